@@ -1,0 +1,673 @@
+//! CPU kernels for the operations of the NB201 networks, as candle custom ops with gradients.
+//!
+//! Why our own: candle's CPU `conv_transpose2d`, which candle's autograd uses for the input
+//! gradient of every convolution, is a plain loop (forward+backward cost about 5× a forward), and
+//! its `avg_pool2d` has no padding, no `count_include_pad=False` and no backward for
+//! kernel ≠ stride, which NB201's 3×3 average pool needs.
+//!
+//! Convolution is im2col + GEMM (the `gemm` crate, the one candle's matmul uses), parallel over
+//! the samples of the batch. The three convolution maps are closed under differentiation —
+//! forward `y = conv(x, w)`, input gradient `gx = conv_data(gy, w)` and weight gradient
+//! `gw = conv_filter(x, gy)` are each linear in both arguments and the adjoint of one is another
+//! — so every op's backward is written with the other two, and gradients of gradients (GraSP's
+//! Hessian-vector product) work. Average pooling and its adjoint form the same kind of pair.
+//!
+//! Both f32 and f64 are supported (synflow runs in f64). On other devices the public functions
+//! fall back to candle's own operations.
+
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor, WithDType};
+use rayon::prelude::*;
+
+/// Geometry of a 2-D convolution over an NCHW batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct ConvGeom {
+    n: usize,
+    cin: usize,
+    h: usize,
+    w: usize,
+    cout: usize,
+    kh: usize,
+    kw: usize,
+    stride: usize,
+    pad: usize,
+    ho: usize,
+    wo: usize,
+}
+
+impl ConvGeom {
+    fn new(x: &[usize], wt: &[usize], stride: usize, pad: usize) -> Result<Self> {
+        let (&[n, cin, h, w], &[cout, wcin, kh, kw]) = (x, wt) else {
+            candle_core::bail!("conv2d expects NCHW input and OIHW weight, got {x:?} and {wt:?}")
+        };
+        if wcin != cin {
+            candle_core::bail!("conv2d: input has {cin} channels, weight expects {wcin}")
+        }
+        if h + 2 * pad < kh || w + 2 * pad < kw || stride == 0 {
+            candle_core::bail!("conv2d: kernel {kh}x{kw} does not fit input {h}x{w} with padding {pad}")
+        }
+        let ho = (h + 2 * pad - kh) / stride + 1;
+        let wo = (w + 2 * pad - kw) / stride + 1;
+        Ok(ConvGeom { n, cin, h, w, cout, kh, kw, stride, pad, ho, wo })
+    }
+    /// Rows of the im2col matrix.
+    fn k(&self) -> usize {
+        self.cin * self.kh * self.kw
+    }
+    /// Output positions per sample.
+    fn p(&self) -> usize {
+        self.ho * self.wo
+    }
+    /// A pointwise convolution needs no im2col: the input plane already is the matrix.
+    fn pointwise(&self) -> bool {
+        self.kh == 1 && self.kw == 1 && self.stride == 1 && self.pad == 0
+    }
+    fn x_shape(&self) -> Shape {
+        (self.n, self.cin, self.h, self.w).into()
+    }
+    fn y_shape(&self) -> Shape {
+        (self.n, self.cout, self.ho, self.wo).into()
+    }
+    fn w_shape(&self) -> Shape {
+        (self.cout, self.cin, self.kh, self.kw).into()
+    }
+}
+
+/// Elements our kernels run on.
+trait Float: WithDType + Default {}
+impl Float for f32 {}
+impl Float for f64 {}
+
+/// `dst (m×n) = lhs (m×k) · rhs (k×n)` (+ `dst` when `acc`), all given by (row, column) strides.
+#[allow(clippy::too_many_arguments)]
+fn gemm<T: Float>(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: &mut [T],
+    dst_rs: usize,
+    acc: bool,
+    lhs: &[T],
+    (lhs_rs, lhs_cs): (usize, usize),
+    rhs: &[T],
+    (rhs_rs, rhs_cs): (usize, usize),
+    threads: usize,
+) {
+    debug_assert!(dst.len() >= (m - 1) * dst_rs + n);
+    debug_assert!(lhs.len() > (m - 1) * lhs_rs + (k - 1) * lhs_cs);
+    debug_assert!(rhs.len() > (k - 1) * rhs_rs + (n - 1) * rhs_cs);
+    let par = if threads > 1 {
+        gemm::Parallelism::Rayon(threads)
+    } else {
+        gemm::Parallelism::None
+    };
+    // SAFETY: the slices cover every element addressed through the given strides (checked above
+    // in debug builds; the callers derive all sizes from one `ConvGeom`), and `dst` does not
+    // alias the inputs since it is borrowed mutably.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            dst_rs as isize,
+            acc,
+            lhs.as_ptr(),
+            lhs_cs as isize,
+            lhs_rs as isize,
+            rhs.as_ptr(),
+            rhs_cs as isize,
+            rhs_rs as isize,
+            T::one(),
+            T::one(),
+            false,
+            false,
+            false,
+            par,
+        )
+    }
+}
+
+/// Unfold one sample `x (cin×h×w)` into `col (k×p)`.
+fn im2col<T: Float>(g: &ConvGeom, x: &[T], col: &mut [T]) {
+    let p = g.p();
+    for c in 0..g.cin {
+        let plane = &x[c * g.h * g.w..(c + 1) * g.h * g.w];
+        for ki in 0..g.kh {
+            for kj in 0..g.kw {
+                let row = &mut col[((c * g.kh + ki) * g.kw + kj) * p..][..p];
+                for oy in 0..g.ho {
+                    let out = &mut row[oy * g.wo..(oy + 1) * g.wo];
+                    let iy = (oy * g.stride + ki) as isize - g.pad as isize;
+                    if iy < 0 || iy >= g.h as isize {
+                        out.fill(T::zero());
+                        continue;
+                    }
+                    let src = &plane[iy as usize * g.w..(iy as usize + 1) * g.w];
+                    let shift = kj as isize - g.pad as isize;
+                    if g.stride == 1 {
+                        // Columns ox with 0 <= ox + shift < w are copied as one run.
+                        let lo = (-shift).max(0) as usize;
+                        let hi = ((g.w as isize - shift).min(g.wo as isize)).max(lo as isize) as usize;
+                        out[..lo].fill(T::zero());
+                        out[hi..].fill(T::zero());
+                        let s0 = (lo as isize + shift) as usize;
+                        out[lo..hi].copy_from_slice(&src[s0..s0 + (hi - lo)]);
+                    } else {
+                        for (ox, o) in out.iter_mut().enumerate() {
+                            let ix = (ox * g.stride) as isize + shift;
+                            *o = if ix < 0 || ix >= g.w as isize { T::zero() } else { src[ix as usize] };
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Fold `col (k×p)` back onto one sample `x (cin×h×w)`, adding overlapping entries (`x` must be
+/// zeroed by the caller).
+fn col2im<T: Float>(g: &ConvGeom, col: &[T], x: &mut [T]) {
+    let p = g.p();
+    for c in 0..g.cin {
+        let plane = &mut x[c * g.h * g.w..(c + 1) * g.h * g.w];
+        for ki in 0..g.kh {
+            for kj in 0..g.kw {
+                let row = &col[((c * g.kh + ki) * g.kw + kj) * p..][..p];
+                for oy in 0..g.ho {
+                    let src = &row[oy * g.wo..(oy + 1) * g.wo];
+                    let iy = (oy * g.stride + ki) as isize - g.pad as isize;
+                    if iy < 0 || iy >= g.h as isize {
+                        continue;
+                    }
+                    let dst = &mut plane[iy as usize * g.w..(iy as usize + 1) * g.w];
+                    let shift = kj as isize - g.pad as isize;
+                    for (ox, &v) in src.iter().enumerate() {
+                        let ix = (ox * g.stride) as isize + shift;
+                        if ix >= 0 && ix < g.w as isize {
+                            dst[ix as usize] += v;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// How to spread a batch over the rayon pool: whole samples per thread when there are enough of
+/// them, otherwise the threads inside each GEMM.
+fn inner_threads(batch: usize) -> usize {
+    let t = rayon::current_num_threads();
+    if batch >= t {
+        1
+    } else {
+        t
+    }
+}
+
+fn conv_fwd<T: Float>(g: &ConvGeom, x: &[T], w: &[T]) -> Vec<T> {
+    let (k, p) = (g.k(), g.p());
+    let mut y = vec![T::zero(); g.n * g.cout * p];
+    let threads = inner_threads(g.n);
+    let xs = g.cin * g.h * g.w;
+    y.par_chunks_mut(g.cout * p).enumerate().for_each_init(
+        || if g.pointwise() { Vec::new() } else { vec![T::zero(); k * p] },
+        |col, (i, yi)| {
+            let xi = &x[i * xs..(i + 1) * xs];
+            let rhs: &[T] = if g.pointwise() {
+                xi
+            } else {
+                im2col(g, xi, col);
+                col
+            };
+            gemm(g.cout, p, k, yi, p, false, w, (k, 1), rhs, (p, 1), threads);
+        },
+    );
+    y
+}
+
+/// `gx = conv_data(gy, w)`: the input gradient (the adjoint of [`conv_fwd`] in `x`).
+fn conv_data<T: Float>(g: &ConvGeom, gy: &[T], w: &[T]) -> Vec<T> {
+    let (k, p) = (g.k(), g.p());
+    let xs = g.cin * g.h * g.w;
+    let mut gx = vec![T::zero(); g.n * xs];
+    let threads = inner_threads(g.n);
+    gx.par_chunks_mut(xs).enumerate().for_each_init(
+        || if g.pointwise() { Vec::new() } else { vec![T::zero(); k * p] },
+        |col, (i, gxi)| {
+            let gyi = &gy[i * g.cout * p..(i + 1) * g.cout * p];
+            // wᵀ (k×cout) · gy_i (cout×p)
+            if g.pointwise() {
+                gemm(k, p, g.cout, gxi, p, false, w, (1, k), gyi, (p, 1), threads);
+            } else {
+                gemm(k, p, g.cout, col, p, false, w, (1, k), gyi, (p, 1), threads);
+                col2im(g, col, gxi);
+            }
+        },
+    );
+    gx
+}
+
+/// `gw = conv_filter(x, gy) = Σᵢ gy_i · col(x_i)ᵀ`: the weight gradient.
+fn conv_filter<T: Float>(g: &ConvGeom, x: &[T], gy: &[T]) -> Vec<T> {
+    let (k, p) = (g.k(), g.p());
+    let xs = g.cin * g.h * g.w;
+    let threads = inner_threads(g.n);
+    let chunks = rayon::current_num_threads().min(g.n).max(1);
+    let per = g.n.div_ceil(chunks);
+    let partials: Vec<Vec<T>> = (0..chunks)
+        .into_par_iter()
+        .map(|c| {
+            let mut acc = vec![T::zero(); g.cout * k];
+            let mut col = if g.pointwise() { Vec::new() } else { vec![T::zero(); k * p] };
+            for i in c * per..((c + 1) * per).min(g.n) {
+                let xi = &x[i * xs..(i + 1) * xs];
+                let gyi = &gy[i * g.cout * p..(i + 1) * g.cout * p];
+                let colr: &[T] = if g.pointwise() {
+                    xi
+                } else {
+                    im2col(g, xi, &mut col);
+                    &col
+                };
+                // gy_i (cout×p) · colᵀ (p×k)
+                gemm(g.cout, k, p, &mut acc, k, true, gyi, (p, 1), colr, (1, p), threads);
+            }
+            acc
+        })
+        .collect();
+    let mut out = partials[0].clone();
+    for part in &partials[1..] {
+        for (o, v) in out.iter_mut().zip(part) {
+            *o += *v;
+        }
+    }
+    out
+}
+
+fn slice<'a, T: Float>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [T]> {
+    let Some((a, b)) = l.contiguous_offsets() else {
+        candle_core::bail!("{what}: expected a contiguous tensor")
+    };
+    Ok(&T::cpu_storage_as_slice(s)?[a..b])
+}
+
+/// Which of the three convolution maps an op computes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ConvMap {
+    /// `(x, w) -> y`
+    Fwd,
+    /// `(gy, w) -> gx`
+    Data,
+    /// `(x, gy) -> gw`
+    Filter,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct ConvOp {
+    map: ConvMap,
+    geom: ConvGeom,
+}
+
+impl ConvOp {
+    fn run<T: Float>(&self, a: &[T], b: &[T]) -> (Vec<T>, Shape) {
+        let g = &self.geom;
+        match self.map {
+            ConvMap::Fwd => (conv_fwd(g, a, b), g.y_shape()),
+            ConvMap::Data => (conv_data(g, a, b), g.x_shape()),
+            ConvMap::Filter => (conv_filter(g, a, b), g.w_shape()),
+        }
+    }
+    fn with(&self, map: ConvMap) -> ConvOp {
+        ConvOp { map, ..*self }
+    }
+}
+
+impl CustomOp2 for ConvOp {
+    fn name(&self) -> &'static str {
+        match self.map {
+            ConvMap::Fwd => "autoagent-conv2d",
+            ConvMap::Data => "autoagent-conv2d-data",
+            ConvMap::Filter => "autoagent-conv2d-filter",
+        }
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        match (s1, s2) {
+            (CpuStorage::F32(_), CpuStorage::F32(_)) => {
+                let (v, s) = self.run::<f32>(slice(s1, l1, self.name())?, slice(s2, l2, self.name())?);
+                Ok((CpuStorage::F32(v), s))
+            }
+            (CpuStorage::F64(_), CpuStorage::F64(_)) => {
+                let (v, s) = self.run::<f64>(slice(s1, l1, self.name())?, slice(s2, l2, self.name())?);
+                Ok((CpuStorage::F64(v), s))
+            }
+            _ => candle_core::bail!("{}: only f32 and f64 tensors of one dtype are supported", self.name()),
+        }
+    }
+
+    fn bwd(&self, a: &Tensor, b: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let grad = grad.contiguous()?;
+        let op = |map: ConvMap, u: &Tensor, v: &Tensor| u.apply_op2(v, self.with(map));
+        Ok(match self.map {
+            // y = conv(x, w): gx = data(gy, w), gw = filter(x, gy)
+            ConvMap::Fwd => (Some(op(ConvMap::Data, &grad, b)?), Some(op(ConvMap::Filter, a, &grad)?)),
+            // gx = data(gy, w): d gy = conv(u, w), d w = filter(u, gy)
+            ConvMap::Data => (Some(op(ConvMap::Fwd, &grad, b)?), Some(op(ConvMap::Filter, &grad, a)?)),
+            // gw = filter(x, gy): d x = data(gy, v), d gy = conv(x, v)
+            ConvMap::Filter => (Some(op(ConvMap::Data, b, &grad)?), Some(op(ConvMap::Fwd, a, &grad)?)),
+        })
+    }
+}
+
+/// 2-D convolution of an NCHW batch with an OIHW weight, no bias, square stride and zero padding.
+///
+/// On CPU this runs our im2col+GEMM kernels (with gradients of any order); on other devices
+/// candle's `conv2d`.
+pub fn conv2d(x: &Tensor, w: &Tensor, stride: usize, pad: usize) -> Result<Tensor> {
+    if !x.device().is_cpu() {
+        return x.conv2d(w, pad, stride, 1, 1);
+    }
+    let geom = ConvGeom::new(x.dims(), w.dims(), stride, pad)?;
+    x.contiguous()?.apply_op2(&w.contiguous()?, ConvOp { map: ConvMap::Fwd, geom })
+}
+
+/// Geometry of a 2-D average pool.
+#[derive(Debug, Clone, Copy)]
+struct PoolOp {
+    n: usize,
+    c: usize,
+    h: usize,
+    w: usize,
+    k: usize,
+    stride: usize,
+    pad: usize,
+    ho: usize,
+    wo: usize,
+    count_pad: bool,
+    /// false: `x -> y` (the pool); true: `gy -> gx` (its adjoint).
+    adjoint: bool,
+}
+
+impl PoolOp {
+    /// The divisor of output position `(oy, ox)` and the input window it covers.
+    fn window(&self, oy: usize, ox: usize) -> (std::ops::Range<usize>, std::ops::Range<usize>, usize) {
+        let y0 = (oy * self.stride) as isize - self.pad as isize;
+        let x0 = (ox * self.stride) as isize - self.pad as isize;
+        let ys = y0.max(0) as usize..((y0 + self.k as isize).min(self.h as isize)) as usize;
+        let xs = x0.max(0) as usize..((x0 + self.k as isize).min(self.w as isize)) as usize;
+        let count = if self.count_pad { self.k * self.k } else { ys.len() * xs.len() };
+        (ys, xs, count)
+    }
+
+    fn run<T: Float>(&self, src: &[T]) -> (Vec<T>, Shape) {
+        let (ins, outs) = (self.h * self.w, self.ho * self.wo);
+        if !self.adjoint {
+            let mut y = vec![T::zero(); self.n * self.c * outs];
+            y.par_chunks_mut(outs).zip(src.par_chunks(ins)).for_each(|(yp, xp)| {
+                for oy in 0..self.ho {
+                    for ox in 0..self.wo {
+                        let (ys, xs, count) = self.window(oy, ox);
+                        let mut s = T::zero();
+                        for iy in ys {
+                            for v in &xp[iy * self.w + xs.start..iy * self.w + xs.end] {
+                                s += *v;
+                            }
+                        }
+                        yp[oy * self.wo + ox] = s / T::from_f64(count as f64);
+                    }
+                }
+            });
+            (y, (self.n, self.c, self.ho, self.wo).into())
+        } else {
+            let mut x = vec![T::zero(); self.n * self.c * ins];
+            x.par_chunks_mut(ins).zip(src.par_chunks(outs)).for_each(|(xp, gp)| {
+                for oy in 0..self.ho {
+                    for ox in 0..self.wo {
+                        let (ys, xs, count) = self.window(oy, ox);
+                        let v = gp[oy * self.wo + ox] / T::from_f64(count as f64);
+                        for iy in ys {
+                            for d in &mut xp[iy * self.w + xs.start..iy * self.w + xs.end] {
+                                *d += v;
+                            }
+                        }
+                    }
+                }
+            });
+            (x, (self.n, self.c, self.h, self.w).into())
+        }
+    }
+}
+
+impl CustomOp1 for PoolOp {
+    fn name(&self) -> &'static str {
+        if self.adjoint {
+            "autoagent-avg-pool2d-adjoint"
+        } else {
+            "autoagent-avg-pool2d"
+        }
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        match s {
+            CpuStorage::F32(_) => {
+                let (v, sh) = self.run::<f32>(slice(s, l, self.name())?);
+                Ok((CpuStorage::F32(v), sh))
+            }
+            CpuStorage::F64(_) => {
+                let (v, sh) = self.run::<f64>(slice(s, l, self.name())?);
+                Ok((CpuStorage::F64(v), sh))
+            }
+            _ => candle_core::bail!("{}: only f32 and f64 are supported", self.name()),
+        }
+    }
+
+    fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        let op = PoolOp { adjoint: !self.adjoint, ..*self };
+        Ok(Some(grad.contiguous()?.apply_op1(op)?))
+    }
+}
+
+/// 2-D average pooling of an NCHW batch: square `kernel`, `stride`, zero `pad`; with
+/// `count_include_pad == false` each window is divided by the number of real (unpadded) inputs
+/// it covers, as in NB201's `avg_pool_3x3`. Differentiable to any order.
+pub fn avg_pool2d(x: &Tensor, kernel: usize, stride: usize, pad: usize, count_include_pad: bool) -> Result<Tensor> {
+    let (n, c, h, w) = x.dims4()?;
+    if stride == 0 || h + 2 * pad < kernel || w + 2 * pad < kernel || pad * 2 > kernel {
+        candle_core::bail!("avg_pool2d: invalid kernel {kernel}, stride {stride}, pad {pad} for {h}x{w}")
+    }
+    let ho = (h + 2 * pad - kernel) / stride + 1;
+    let wo = (w + 2 * pad - kernel) / stride + 1;
+    if !x.device().is_cpu() {
+        return avg_pool2d_generic(x, kernel, stride, pad, count_include_pad, (ho, wo));
+    }
+    let op = PoolOp { n, c, h, w, k: kernel, stride, pad, ho, wo, count_pad: count_include_pad, adjoint: false };
+    x.contiguous()?.apply_op1(op)
+}
+
+/// The same pool from candle's differentiable primitives, for devices without our kernels:
+/// the sum of the k² shifted windows of the zero-padded input, divided by the per-position count.
+fn avg_pool2d_generic(
+    x: &Tensor,
+    k: usize,
+    stride: usize,
+    pad: usize,
+    count_include_pad: bool,
+    (ho, wo): (usize, usize),
+) -> Result<Tensor> {
+    if stride == k && pad == 0 {
+        return x.avg_pool2d(k);
+    }
+    let (_, _, h, w) = x.dims4()?;
+    let xp = x.pad_with_zeros(2, pad, pad)?.pad_with_zeros(3, pad, pad)?;
+    let mut sum: Option<Tensor> = None;
+    for i in 0..k {
+        for j in 0..k {
+            let win = xp.narrow(2, i, (ho - 1) * stride + 1)?.narrow(3, j, (wo - 1) * stride + 1)?;
+            let win = if stride > 1 {
+                let rows: Vec<u32> = (0..ho).map(|r| (r * stride) as u32).collect();
+                let cols: Vec<u32> = (0..wo).map(|c| (c * stride) as u32).collect();
+                let r = Tensor::new(rows, x.device())?;
+                let c = Tensor::new(cols, x.device())?;
+                win.contiguous()?.index_select(&r, 2)?.contiguous()?.index_select(&c, 3)?
+            } else {
+                win
+            };
+            sum = Some(match sum {
+                None => win,
+                Some(s) => (s + win)?,
+            });
+        }
+    }
+    let sum = sum.expect("kernel >= 1");
+    let geom = PoolOp { n: 1, c: 1, h, w, k, stride, pad, ho, wo, count_pad: count_include_pad, adjoint: false };
+    let counts: Vec<f64> = (0..ho * wo).map(|i| geom.window(i / wo, i % wo).2 as f64).collect();
+    let counts = Tensor::from_vec(counts, (1, 1, ho, wo), x.device())?.to_dtype(x.dtype())?;
+    sum.broadcast_div(&counts)
+}
+
+/// Whether our CPU kernels cover a dtype (f32 and f64; everything else goes to candle's ops).
+pub fn supports(dtype: DType) -> bool {
+    matches!(dtype, DType::F32 | DType::F64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+
+    fn randn(shape: &[usize], seed: u64, dtype: DType) -> Tensor {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        let n: usize = shape.iter().product();
+        let v: Vec<f64> = (0..n).map(|_| rng.random_range(-1.0..1.0)).collect();
+        Tensor::from_vec(v, shape, &Device::Cpu).unwrap().to_dtype(dtype).unwrap()
+    }
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
+        assert_eq!(a.dims(), b.dims());
+        (a.to_dtype(DType::F64).unwrap() - b.to_dtype(DType::F64).unwrap())
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f64>()
+            .unwrap()
+    }
+
+    const CASES: [(usize, usize, usize, usize, usize, usize, usize); 6] = [
+        // n, cin, cout, hw, k, stride, pad
+        (2, 3, 4, 7, 3, 1, 1),
+        (3, 4, 5, 8, 3, 2, 1),
+        (2, 4, 3, 6, 1, 1, 0),
+        (1, 2, 3, 9, 1, 2, 0),
+        (4, 3, 2, 5, 3, 1, 0),
+        (1, 5, 4, 4, 3, 1, 1), // batch below the thread count: threads inside the GEMM
+    ];
+
+    #[test]
+    fn conv_forward_and_gradients_match_candle() {
+        for dtype in [DType::F32, DType::F64] {
+            let tol = if dtype == DType::F32 { 1e-4 } else { 1e-10 };
+            for (i, &(n, cin, cout, hw, k, s, p)) in CASES.iter().enumerate() {
+                let x = Var::from_tensor(&randn(&[n, cin, hw, hw], i as u64, dtype)).unwrap();
+                let w = Var::from_tensor(&randn(&[cout, cin, k, k], 100 + i as u64, dtype)).unwrap();
+                let ours = conv2d(&x, &w, s, p).unwrap();
+                let theirs = x.conv2d(&w, p, s, 1, 1).unwrap();
+                assert!(max_diff(&ours, &theirs) < tol, "forward case {i}");
+                // A loss that weighs every output differently.
+                let u = randn(ours.dims(), 200 + i as u64, dtype);
+                let g1 = (&ours * &u).unwrap().sum_all().unwrap().backward().unwrap();
+                let g2 = (&theirs * &u).unwrap().sum_all().unwrap().backward().unwrap();
+                assert!(max_diff(g1.get(&x).unwrap(), g2.get(&x).unwrap()) < tol, "dx case {i}");
+                assert!(max_diff(g1.get(&w).unwrap(), g2.get(&w).unwrap()) < tol, "dw case {i}");
+            }
+        }
+    }
+
+    #[test]
+    fn second_order_gradients_match_finite_differences() {
+        // f(w) = <d/dx <conv(x, w), u>, v>, linear in w: its gradient is filter(v, u) — check it
+        // numerically, which exercises the backward of the data-gradient op.
+        let (n, cin, cout, hw) = (2, 3, 2, 5);
+        let dtype = DType::F64;
+        let x = Var::from_tensor(&randn(&[n, cin, hw, hw], 1, dtype)).unwrap();
+        let w = Var::from_tensor(&randn(&[cout, cin, 3, 3], 2, dtype)).unwrap();
+        let u = randn(&[n, cout, hw, hw], 3, dtype);
+        let v = randn(&[n, cin, hw, hw], 4, dtype);
+        let f = |w: &Tensor| -> (Tensor, Tensor) {
+            let y = conv2d(&x, w, 1, 1).unwrap();
+            let g = (&y * &u).unwrap().sum_all().unwrap().backward().unwrap();
+            let gx = g.get(&x).unwrap().clone();
+            ((&gx * &v).unwrap().sum_all().unwrap(), gx)
+        };
+        let (val, _) = f(&w);
+        let grads = val.backward().unwrap();
+        let analytic = grads.get(&w).expect("second-order gradient w.r.t. w").clone();
+        let wv: Vec<f64> = w.flatten_all().unwrap().to_vec1().unwrap();
+        let an: Vec<f64> = analytic.flatten_all().unwrap().to_vec1().unwrap();
+        for j in [0, 7, 20, 53] {
+            let mut wp = wv.clone();
+            wp[j] += 1e-4;
+            let mut wm = wv.clone();
+            wm[j] -= 1e-4;
+            let fp = f(&Tensor::from_vec(wp, w.dims(), &Device::Cpu).unwrap()).0.to_scalar::<f64>().unwrap();
+            let fm = f(&Tensor::from_vec(wm, w.dims(), &Device::Cpu).unwrap()).0.to_scalar::<f64>().unwrap();
+            let num = (fp - fm) / 2e-4;
+            assert!((num - an[j]).abs() < 1e-6 * (1.0 + num.abs()), "j={j}: {num} vs {}", an[j]);
+        }
+    }
+
+    fn naive_pool(x: &[f64], (n, c, h, w): (usize, usize, usize, usize), k: usize, s: usize, p: usize, inc: bool) -> Vec<f64> {
+        let ho = (h + 2 * p - k) / s + 1;
+        let wo = (w + 2 * p - k) / s + 1;
+        let mut out = vec![0.0; n * c * ho * wo];
+        for b in 0..n * c {
+            for oy in 0..ho {
+                for ox in 0..wo {
+                    let (mut sum, mut cnt) = (0.0, 0);
+                    for dy in 0..k {
+                        for dx in 0..k {
+                            let iy = (oy * s + dy) as isize - p as isize;
+                            let ix = (ox * s + dx) as isize - p as isize;
+                            if iy >= 0 && ix >= 0 && (iy as usize) < h && (ix as usize) < w {
+                                sum += x[b * h * w + iy as usize * w + ix as usize];
+                                cnt += 1;
+                            }
+                        }
+                    }
+                    out[b * ho * wo + oy * wo + ox] = sum / if inc { (k * k) as f64 } else { cnt as f64 };
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn avg_pool_matches_a_naive_loop_and_its_gradient_is_the_adjoint() {
+        for &(k, s, p, inc) in &[(3, 1, 1, false), (3, 1, 1, true), (2, 2, 0, true), (3, 2, 1, false)] {
+            let dims = (2, 3, 6, 6);
+            let x = Var::from_tensor(&randn(&[2, 3, 6, 6], 9, DType::F64)).unwrap();
+            let y = avg_pool2d(&x, k, s, p, inc).unwrap();
+            let xv: Vec<f64> = x.flatten_all().unwrap().to_vec1().unwrap();
+            let want = naive_pool(&xv, dims, k, s, p, inc);
+            let got: Vec<f64> = y.flatten_all().unwrap().to_vec1().unwrap();
+            for (a, b) in got.iter().zip(&want) {
+                assert!((a - b).abs() < 1e-12);
+            }
+            // <pool(x), u> = <x, adjoint(u)>: the gradient of the former in x is adjoint(u).
+            let u = randn(y.dims(), 10, DType::F64);
+            let g = (&y * &u).unwrap().sum_all().unwrap().backward().unwrap();
+            let gx = g.get(&x).unwrap();
+            let lhs = (&y * &u).unwrap().sum_all().unwrap().to_scalar::<f64>().unwrap();
+            let rhs = (x.as_tensor() * gx).unwrap().sum_all().unwrap().to_scalar::<f64>().unwrap();
+            assert!((lhs - rhs).abs() < 1e-10, "k={k} s={s} p={p}");
+            // And the generic path (used off-CPU) computes the same.
+            let (ho, wo) = (y.dim(2).unwrap(), y.dim(3).unwrap());
+            let generic = avg_pool2d_generic(&x, k, s, p, inc, (ho, wo)).unwrap();
+            assert!(max_diff(&generic, &y) < 1e-12);
+        }
+    }
+}

@@ -1,0 +1,19 @@
+//! # autoagent-evaluator
+//!
+//! Search spaces, networks, data and training for autoagent:
+//!
+//! - [`nb201`]: the NAS-Bench-201 cell space (arch strings, sampling, mutation, isomorphism);
+//! - [`net`]: the NB201 network in candle, its parameter and FLOPs counts;
+//! - [`kernels`]: fast CPU convolution and average pooling with gradients of any order;
+//! - [`data`]: CIFAR-10/100, MNIST and Fashion-MNIST in their official formats, downloaded into a
+//!   cache with checksums;
+//! - [`train`]: SGD training with NB201's protocol and test accuracy.
+
+pub mod data;
+pub mod error;
+pub mod kernels;
+pub mod nb201;
+pub mod net;
+pub mod train;
+
+pub use error::{Error, Result};

@@ -1,0 +1,502 @@
+//! The NAS-Bench-201 network (Dong & Yang, ICLR 2020), built candle-style from a `VarBuilder`.
+//!
+//! Macro skeleton with `C` channels and `N` cells per stage: stem Conv3×3(in→C)→BN; `N` cells
+//! at C; a residual reduction block C→2C (main path ReLU→Conv3×3 s2→BN→ReLU→Conv3×3→BN,
+//! shortcut AvgPool2×2 s2→Conv1×1 without BN); `N` cells at 2C; a block 2C→4C; `N` cells at 4C;
+//! head BN→ReLU→global average pool→Linear(4C→classes). Convolutions have no bias; BatchNorm is
+//! affine and tracks running statistics (momentum 0.1, ε 1e-5), as in the benchmark.
+//!
+//! Parameter names follow the structure: `stem.conv.weight`, `cells.{i}.e{t}{s}.conv.weight`
+//! (edge from node `s` to node `t` of cell `i`), `cells.{i}.conv_a.bn.weight`,
+//! `cells.{i}.shortcut.weight`, `lastact.bn.running_var`, `classifier.weight`, ….
+
+use candle_core::{DType, Device, Tensor, Var, D};
+use candle_nn::{VarBuilder, VarMap};
+use rand::{Rng, SeedableRng};
+
+use crate::error::{Error, Result};
+use crate::kernels;
+use crate::nb201::{Arch, Op, EDGES};
+
+/// The shape of a NB201 network. [`Nb201Config::new`] gives the benchmark's CIFAR-10 network.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Nb201Config {
+    /// The cell, repeated in every stage.
+    pub arch: Arch,
+    /// Channels of the first stage (C); the stages run at C, 2C, 4C.
+    pub channels: usize,
+    /// Cells per stage (N).
+    pub cells_per_stage: usize,
+    /// Output classes.
+    pub num_classes: usize,
+    /// Input image channels.
+    pub in_channels: usize,
+    /// Input image side (square images).
+    pub input_size: usize,
+}
+
+impl Nb201Config {
+    /// The benchmark's network for `arch`: C=16, N=5, 10 classes, 3×32×32 input.
+    pub fn new(arch: Arch) -> Self {
+        Nb201Config {
+            arch,
+            channels: 16,
+            cells_per_stage: 5,
+            num_classes: 10,
+            in_channels: 3,
+            input_size: 32,
+        }
+    }
+
+    /// Check the configuration before building.
+    pub fn validate(&self) -> Result<()> {
+        if self.channels == 0 || self.cells_per_stage == 0 || self.num_classes == 0 || self.in_channels == 0 {
+            return Err(Error::Config(format!("network dimensions must be positive: {self:?}")));
+        }
+        if self.input_size < 4 {
+            return Err(Error::Config(format!(
+                "input size {} is too small for two stride-2 reductions",
+                self.input_size
+            )));
+        }
+        Ok(())
+    }
+
+    /// The layers in order: `(stage channels, spatial side, is_reduction)`.
+    fn layout(&self) -> Vec<(usize, usize, bool)> {
+        let mut v = Vec::new();
+        let (mut c, mut s) = (self.channels, self.input_size);
+        for stage in 0..3 {
+            if stage > 0 {
+                c *= 2;
+                s = s.div_ceil(2);
+                v.push((c, s, true));
+            }
+            for _ in 0..self.cells_per_stage {
+                v.push((c, s, false));
+            }
+        }
+        v
+    }
+
+    /// Number of trainable parameters (conv and linear weights, linear bias, BN affine).
+    pub fn param_count(&self) -> usize {
+        let c = self.channels;
+        let relu_conv_bn = |cin: usize, cout: usize, k: usize| cin * cout * k * k + 2 * cout;
+        let mut p = self.in_channels * c * 9 + 2 * c; // stem
+        for (ch, _, reduction) in self.layout() {
+            if reduction {
+                let cin = ch / 2;
+                p += relu_conv_bn(cin, ch, 3) + relu_conv_bn(ch, ch, 3) + cin * ch;
+            } else {
+                for op in self.arch.ops {
+                    p += match op {
+                        Op::NorConv1x1 => relu_conv_bn(ch, ch, 1),
+                        Op::NorConv3x3 => relu_conv_bn(ch, ch, 3),
+                        _ => 0,
+                    };
+                }
+            }
+        }
+        let last = 4 * c;
+        p + 2 * last + last * self.num_classes + self.num_classes
+    }
+
+    /// Forward FLOPs per image, in NAS-Bench-201's counting convention (its `flops_M` column is
+    /// this value / 1e6 for the benchmark network).
+    ///
+    /// Convolutions and the classifier count their multiply-accumulates (plus one per output
+    /// for the classifier's bias); a cell's 3×3 average pool counts 9 per output element; a
+    /// cell's ReLU-Conv-BN counts 3 more per output element (BN and ReLU work). For the
+    /// benchmark's fixed skeleton (stem, reduction blocks, head), NB201's counter adds 160,822
+    /// FLOPs beyond the convolution and classifier MACs, which we could not attribute layer by
+    /// layer; we add that measured constant for the benchmark shape and scale it with the
+    /// stage-1 activation size otherwise (an approximation, documented as such).
+    pub fn flops(&self) -> f64 {
+        let c = self.channels;
+        let s0 = self.input_size;
+        let mut f = (self.in_channels * c * 9 * s0 * s0) as f64; // stem conv MACs
+        for (ch, s, reduction) in self.layout() {
+            let area = (s * s) as f64;
+            let chf = ch as f64;
+            if reduction {
+                let cin = (ch / 2) as f64;
+                f += cin * chf * 9.0 * area + chf * chf * 9.0 * area + cin * chf * area;
+            } else {
+                for op in self.arch.ops {
+                    f += match op {
+                        Op::NorConv1x1 => chf * chf * area + 3.0 * chf * area,
+                        Op::NorConv3x3 => 9.0 * chf * chf * area + 3.0 * chf * area,
+                        Op::AvgPool3x3 => 9.0 * chf * area,
+                        Op::None | Op::SkipConnect => 0.0,
+                    };
+                }
+            }
+        }
+        let last = (4 * c) as f64;
+        f += last * self.num_classes as f64 + self.num_classes as f64;
+        // The skeleton's unattributed BN/ReLU/pool charge, measured on the benchmark network
+        // (16 channels at 32×32), scaled by the first stage's activation size.
+        f + 160_822.0 * ((c * s0 * s0) as f64 / (16.0 * 32.0 * 32.0))
+    }
+}
+
+/// How BatchNorm behaves in a forward pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BnMode {
+    /// Normalise with the batch's statistics and update the running statistics (training).
+    Train,
+    /// Normalise with the batch's statistics without touching the running statistics (the mode
+    /// zero-cost proxies use: train mode on a copy of the network).
+    Batch,
+    /// Normalise with the running statistics (inference).
+    Eval,
+    /// Skip BatchNorm entirely (identity), as synflow requires.
+    Bypass,
+}
+
+/// BatchNorm over the channels of an NCHW tensor.
+#[derive(Debug, Clone)]
+struct BatchNorm {
+    weight: Tensor,
+    bias: Tensor,
+    running_mean: Var,
+    running_var: Var,
+}
+
+const BN_EPS: f64 = 1e-5;
+const BN_MOMENTUM: f64 = 0.1;
+
+impl BatchNorm {
+    fn new(c: usize, vb: VarBuilder) -> Result<Self> {
+        let weight = vb.get_with_hints(c, "weight", candle_nn::Init::Const(1.0))?;
+        let bias = vb.get_with_hints(c, "bias", candle_nn::Init::Const(0.0))?;
+        let rm = vb.get_with_hints(c, "running_mean", candle_nn::Init::Const(0.0))?;
+        let rv = vb.get_with_hints(c, "running_var", candle_nn::Init::Const(1.0))?;
+        // The running statistics live in the VarMap (so they are saved with the weights) but are
+        // updated by hand, never by the optimiser: keep them as `Var`s over the same storage.
+        Ok(BatchNorm {
+            weight,
+            bias,
+            running_mean: Var::from_tensor(&rm)?,
+            running_var: Var::from_tensor(&rv)?,
+        })
+    }
+
+    fn forward(&self, xs: &Tensor, mode: BnMode) -> Result<Tensor> {
+        let c = xs.dim(1)?;
+        let shape = (1, c, 1, 1);
+        let (mean, var) = match mode {
+            BnMode::Bypass => return Ok(xs.clone()),
+            BnMode::Eval => (
+                self.running_mean.as_tensor().reshape(shape)?,
+                self.running_var.as_tensor().reshape(shape)?,
+            ),
+            BnMode::Train | BnMode::Batch => {
+                let (n, _, h, w) = xs.dims4()?;
+                let count = (n * h * w) as f64;
+                let mean = (xs.sum_keepdim((0, 2, 3))? / count)?;
+                let var = (xs.broadcast_sub(&mean)?.sqr()?.sum_keepdim((0, 2, 3))? / count)?;
+                if mode == BnMode::Train {
+                    let unbiased = if count > 1.0 { count / (count - 1.0) } else { 1.0 };
+                    let m = mean.detach().flatten_all()?;
+                    let v = (var.detach().flatten_all()? * unbiased)?;
+                    let rm = ((self.running_mean.as_tensor() * (1.0 - BN_MOMENTUM))? + (m * BN_MOMENTUM)?)?;
+                    let rv = ((self.running_var.as_tensor() * (1.0 - BN_MOMENTUM))? + (v * BN_MOMENTUM)?)?;
+                    self.running_mean.set(&rm)?;
+                    self.running_var.set(&rv)?;
+                }
+                (mean, var)
+            }
+        };
+        let scale = (var + BN_EPS)?.sqrt()?.recip()?.broadcast_mul(&self.weight.reshape(shape)?)?;
+        let shift = (self.bias.reshape(shape)? - mean.broadcast_mul(&scale)?)?;
+        Ok(xs.broadcast_mul(&scale)?.broadcast_add(&shift)?)
+    }
+}
+
+/// Optional ReLU → Conv (no bias) → optional BatchNorm.
+#[derive(Debug, Clone)]
+struct ConvUnit {
+    relu: bool,
+    weight: Tensor,
+    stride: usize,
+    pad: usize,
+    bn: Option<BatchNorm>,
+}
+
+impl ConvUnit {
+    #[allow(clippy::too_many_arguments)]
+    fn new(cin: usize, cout: usize, k: usize, stride: usize, relu: bool, bn: bool, vb: VarBuilder) -> Result<Self> {
+        let (weight, bn) = if bn {
+            (
+                vb.pp("conv").get((cout, cin, k, k), "weight")?,
+                Some(BatchNorm::new(cout, vb.pp("bn"))?),
+            )
+        } else {
+            (vb.get((cout, cin, k, k), "weight")?, None)
+        };
+        Ok(ConvUnit { relu, weight, stride, pad: k / 2, bn })
+    }
+
+    fn forward(&self, xs: &Tensor, mode: BnMode) -> Result<Tensor> {
+        let xs = if self.relu { xs.relu()? } else { xs.clone() };
+        let ys = kernels::conv2d(&xs, &self.weight, self.stride, self.pad)?;
+        match &self.bn {
+            Some(bn) => bn.forward(&ys, mode),
+            None => Ok(ys),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Edge {
+    Skip,
+    Pool,
+    Conv(ConvUnit),
+}
+
+#[derive(Debug, Clone)]
+struct Cell {
+    /// `(target, source, op)` for every edge that is not `none`.
+    edges: Vec<(usize, usize, Edge)>,
+}
+
+impl Cell {
+    fn new(arch: &Arch, c: usize, vb: VarBuilder) -> Result<Self> {
+        let mut edges = Vec::new();
+        for (i, &(t, s)) in EDGES.iter().enumerate() {
+            let vb = vb.pp(format!("e{t}{s}"));
+            let edge = match arch.ops[i] {
+                Op::None => continue,
+                Op::SkipConnect => Edge::Skip,
+                Op::AvgPool3x3 => Edge::Pool,
+                Op::NorConv1x1 => Edge::Conv(ConvUnit::new(c, c, 1, 1, true, true, vb)?),
+                Op::NorConv3x3 => Edge::Conv(ConvUnit::new(c, c, 3, 1, true, true, vb)?),
+            };
+            edges.push((t, s, edge));
+        }
+        Ok(Cell { edges })
+    }
+
+    fn forward(&self, xs: &Tensor, mode: BnMode) -> Result<Tensor> {
+        let mut nodes: Vec<Option<Tensor>> = vec![Some(xs.clone()), None, None, None];
+        for target in 1..4 {
+            let mut sum: Option<Tensor> = None;
+            for (t, s, edge) in &self.edges {
+                if *t != target {
+                    continue;
+                }
+                // A node without incoming edges is zero; ops on it still run (BN's shift makes
+                // a convolution of zeros non-zero once trained), exactly as in the benchmark.
+                let input = match &nodes[*s] {
+                    Some(x) => x.clone(),
+                    None => xs.zeros_like()?,
+                };
+                let y = match edge {
+                    Edge::Skip => input,
+                    Edge::Pool => kernels::avg_pool2d(&input, 3, 1, 1, false)?,
+                    Edge::Conv(unit) => unit.forward(&input, mode)?,
+                };
+                sum = Some(match sum {
+                    None => y,
+                    Some(acc) => (acc + y)?,
+                });
+            }
+            nodes[target] = sum;
+        }
+        match nodes.pop().flatten() {
+            Some(out) => Ok(out),
+            None => Ok(xs.zeros_like()?),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Reduction {
+    conv_a: ConvUnit,
+    conv_b: ConvUnit,
+    shortcut: ConvUnit,
+}
+
+impl Reduction {
+    fn new(cin: usize, cout: usize, vb: VarBuilder) -> Result<Self> {
+        Ok(Reduction {
+            conv_a: ConvUnit::new(cin, cout, 3, 2, true, true, vb.pp("conv_a"))?,
+            conv_b: ConvUnit::new(cout, cout, 3, 1, true, true, vb.pp("conv_b"))?,
+            shortcut: ConvUnit::new(cin, cout, 1, 1, false, false, vb.pp("shortcut"))?,
+        })
+    }
+
+    fn forward(&self, xs: &Tensor, mode: BnMode) -> Result<Tensor> {
+        let main = self.conv_b.forward(&self.conv_a.forward(xs, mode)?, mode)?;
+        let short = self.shortcut.forward(&kernels::avg_pool2d(xs, 2, 2, 0, true)?, mode)?;
+        Ok((main + short)?)
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Layer {
+    Cell(Cell),
+    Reduction(Reduction),
+}
+
+/// A NAS-Bench-201 network.
+#[derive(Debug, Clone)]
+pub struct Nb201Net {
+    config: Nb201Config,
+    stem: ConvUnit,
+    layers: Vec<Layer>,
+    lastact: BatchNorm,
+    classifier_w: Tensor,
+    classifier_b: Tensor,
+}
+
+impl Nb201Net {
+    /// Build the network, taking its parameters from `vb`.
+    pub fn new(config: &Nb201Config, vb: VarBuilder) -> Result<Self> {
+        config.validate()?;
+        let c = config.channels;
+        let stem = ConvUnit::new(config.in_channels, c, 3, 1, false, true, vb.pp("stem"))?;
+        let mut layers = Vec::new();
+        for (i, (ch, _, reduction)) in config.layout().into_iter().enumerate() {
+            let vb = vb.pp("cells").pp(i);
+            layers.push(if reduction {
+                Layer::Reduction(Reduction::new(ch / 2, ch, vb)?)
+            } else {
+                Layer::Cell(Cell::new(&config.arch, ch, vb)?)
+            });
+        }
+        let last = 4 * c;
+        let lastact = BatchNorm::new(last, vb.pp("lastact").pp("bn"))?;
+        let classifier_w = vb.pp("classifier").get((config.num_classes, last), "weight")?;
+        let classifier_b = vb.pp("classifier").get(config.num_classes, "bias")?;
+        Ok(Nb201Net { config: config.clone(), stem, layers, lastact, classifier_w, classifier_b })
+    }
+
+    /// The configuration the network was built from.
+    pub fn config(&self) -> &Nb201Config {
+        &self.config
+    }
+
+    /// Logits `(batch, classes)` for an NCHW batch. `train` selects batch statistics and running
+    /// statistic updates in BatchNorm (training) versus running statistics (inference).
+    pub fn forward_t(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
+        self.forward_mode(xs, if train { BnMode::Train } else { BnMode::Eval })
+    }
+
+    /// Logits with an explicit BatchNorm mode.
+    pub fn forward_mode(&self, xs: &Tensor, mode: BnMode) -> Result<Tensor> {
+        let mut x = self.stem.forward(xs, mode)?;
+        for layer in &self.layers {
+            x = match layer {
+                Layer::Cell(cell) => cell.forward(&x, mode)?,
+                Layer::Reduction(r) => r.forward(&x, mode)?,
+            };
+        }
+        let x = self.lastact.forward(&x, mode)?.relu()?;
+        let pooled = x.mean((2, 3))?; // global average pool: (batch, channels)
+        let logits = pooled.matmul(&self.classifier_w.t()?)?;
+        Ok(logits.broadcast_add(&self.classifier_b)?)
+    }
+}
+
+impl candle_nn::ModuleT for Nb201Net {
+    fn forward_t(&self, xs: &Tensor, train: bool) -> candle_core::Result<Tensor> {
+        Nb201Net::forward_t(self, xs, train).map_err(|e| match e {
+            Error::Candle(e) => e,
+            other => candle_core::Error::Msg(other.to_string()),
+        })
+    }
+}
+
+/// Whether a parameter name is a BatchNorm running statistic (state, not a trainable weight).
+pub fn is_running_stat(name: &str) -> bool {
+    name.ends_with("running_mean") || name.ends_with("running_var")
+}
+
+/// A network together with the variables that hold its state.
+pub struct Model {
+    /// The network.
+    pub net: Nb201Net,
+    /// All of its variables, trainable weights and BatchNorm running statistics.
+    pub varmap: VarMap,
+}
+
+impl Model {
+    /// Build a network on `device` in `dtype`, initialised deterministically from `seed`:
+    /// PyTorch's defaults, i.e. Kaiming-uniform (a = √5, bound 1/√fan_in) for conv and linear
+    /// weights, uniform(±1/√fan_in) for the linear bias, BN γ = 1, β = 0, running mean 0 and
+    /// variance 1.
+    pub fn new(config: &Nb201Config, dtype: DType, device: &Device, seed: u64) -> Result<Self> {
+        let varmap = VarMap::new();
+        let vb = VarBuilder::from_varmap(&varmap, dtype, device);
+        let net = Nb201Net::new(config, vb)?;
+        let model = Model { net, varmap };
+        model.reinitialise(seed)?;
+        Ok(model)
+    }
+
+    /// Draw every weight again from `seed` (see [`Model::new`]).
+    pub fn reinitialise(&self, seed: u64) -> Result<()> {
+        let data = self.varmap.data().lock().expect("varmap lock");
+        let mut names: Vec<&String> = data.keys().collect();
+        names.sort();
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        for name in names {
+            let var = &data[name];
+            let dims = var.dims().to_vec();
+            let numel: usize = dims.iter().product();
+            let values: Vec<f64> = if name.ends_with("running_var") || name.ends_with("bn.weight") {
+                vec![1.0; numel]
+            } else if name.ends_with("running_mean") || name.ends_with("bn.bias") {
+                vec![0.0; numel]
+            } else {
+                // conv/linear weights: fan_in = product of all but the first dimension; the
+                // classifier bias uses the classifier's fan_in.
+                let fan_in = if name == "classifier.bias" {
+                    4 * self.net.config.channels
+                } else {
+                    dims[1..].iter().product()
+                };
+                let bound = 1.0 / (fan_in as f64).sqrt();
+                (0..numel).map(|_| rng.random_range(-bound..bound)).collect()
+            };
+            let t = Tensor::from_vec(values, dims, var.device())?.to_dtype(var.dtype())?;
+            var.set(&t)?;
+        }
+        Ok(())
+    }
+
+    /// The trainable variables (everything but BN running statistics), sorted by name.
+    pub fn trainable(&self) -> Vec<(String, Var)> {
+        let data = self.varmap.data().lock().expect("varmap lock");
+        let mut v: Vec<(String, Var)> = data
+            .iter()
+            .filter(|(n, _)| !is_running_stat(n))
+            .map(|(n, v)| (n.clone(), v.clone()))
+            .collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    }
+
+    /// Number of trainable parameters actually allocated.
+    pub fn param_count(&self) -> usize {
+        self.trainable().iter().map(|(_, v)| v.elem_count()).sum()
+    }
+
+    /// Save every variable (weights and running statistics) as safetensors.
+    pub fn save(&self, path: &std::path::Path) -> Result<()> {
+        self.varmap.save(path).map_err(Error::from)
+    }
+
+    /// Load variables saved by [`Model::save`] into this (identically shaped) model.
+    pub fn load(&mut self, path: &std::path::Path) -> Result<()> {
+        self.varmap.load(path).map_err(Error::from)
+    }
+}
+
+/// Top-1 predictions of a batch of logits.
+pub fn argmax(logits: &Tensor) -> Result<Vec<u32>> {
+    Ok(logits.argmax(D::Minus1)?.to_vec1::<u32>()?)
+}
