@@ -1,1 +1,246 @@
-fn main() {}
+//! `autoagent`: the command-line entry point. Parses arguments, dispatches to the library crates
+//! and turns every error into one line on stderr and exit code 2.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{bail, Context, Result};
+use autoagent_evaluator::data::{self, DatasetKind};
+use autoagent_evaluator::nb201::Arch;
+use autoagent_evaluator::net::Nb201Config;
+use autoagent_evaluator::train::{self, TrainConfig};
+use clap::{Args, Parser, Subcommand};
+use rand::SeedableRng;
+
+#[derive(Parser)]
+#[command(name = "autoagent", version, about = "LLM-guided AutoML agent with zero-cost NAS proxies")]
+struct Cli {
+    /// More log output (repeat for more); RUST_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Train one architecture on an image dataset and report its test accuracy.
+    Train(TrainArgs),
+    /// Work with search spaces.
+    Space {
+        #[command(subcommand)]
+        command: SpaceCommand,
+    },
+    /// Benchmarks (each prints a table).
+    Bench {
+        #[command(subcommand)]
+        command: BenchCommand,
+    },
+}
+
+#[derive(Args)]
+struct DataArgs {
+    /// Data root (default: $AUTOAGENT_DATA, else the user cache directory). A folder that
+    /// directly holds a dataset's files works too.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Never download: fail when the dataset is not present.
+    #[arg(long)]
+    no_download: bool,
+}
+
+#[derive(Args)]
+struct TrainArgs {
+    /// Dataset: cifar10, cifar100, mnist, fashion-mnist.
+    #[arg(long)]
+    task: String,
+    /// NB201 architecture string, e.g. '|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|skip_connect~0|nor_conv_3x3~1|nor_conv_3x3~2|'.
+    #[arg(long)]
+    arch: String,
+    /// Epochs.
+    #[arg(long, default_value_t = 200)]
+    epochs: usize,
+    /// Training batch size.
+    #[arg(long, default_value_t = 256)]
+    batch_size: usize,
+    /// Initial learning rate (cosine decay to 0).
+    #[arg(long, default_value_t = 0.1)]
+    lr: f64,
+    /// SGD momentum (Nesterov).
+    #[arg(long, default_value_t = 0.9)]
+    momentum: f64,
+    /// Weight decay.
+    #[arg(long, default_value_t = 5e-4)]
+    weight_decay: f64,
+    /// Disable random crop and flip.
+    #[arg(long)]
+    no_augment: bool,
+    /// Channels of the first stage.
+    #[arg(long, default_value_t = 16)]
+    channels: usize,
+    /// Cells per stage.
+    #[arg(long, default_value_t = 5)]
+    cells: usize,
+    /// Device: cpu or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// Seed of initialisation, shuffling and augmentation.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Directory for the best weights (best.safetensors) and the run summary (train.json).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Print one JSON object on stdout.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    data: DataArgs,
+}
+
+#[derive(Subcommand)]
+enum SpaceCommand {
+    /// Print K architectures sampled uniformly, one per line.
+    Sample {
+        /// Search space (only nb201 for now).
+        #[arg(long, default_value = "nb201")]
+        space: String,
+        /// How many.
+        #[arg(short = 'n', long = "num", default_value_t = 10)]
+        n: usize,
+        /// Seed.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Only one member of each isomorphism class.
+        #[arg(long)]
+        unique: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// Forward, forward+backward and training speed of NB201 networks, side by side with PyTorch.
+    TrainSpeed(autoagent_benchmarks::train_speed::TrainSpeedArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.verbose);
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let chain: Vec<String> = e.chain().map(|c| c.to_string()).collect();
+            let mut msg = chain.join(": ");
+            msg.retain(|c| c != '\n');
+            eprintln!("error: {msg}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn init_logging(verbose: u8) {
+    let default = match verbose {
+        0 => "warn",
+        1 => "info",
+        2 => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Train(args) => cmd_train(args),
+        Command::Space { command: SpaceCommand::Sample { space, n, seed, unique } } => cmd_sample(&space, n, seed, unique),
+        Command::Bench { command: BenchCommand::TrainSpeed(args) } => autoagent_benchmarks::train_speed::run(&args),
+    }
+}
+
+fn cmd_sample(space: &str, n: usize, seed: u64, unique: bool) -> Result<()> {
+    if space != "nb201" {
+        bail!("unknown search space '{space}' (available: nb201)");
+    }
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let mut seen = std::collections::HashSet::new();
+    let mut out = std::io::stdout().lock();
+    let mut printed = 0;
+    if unique && n > 6466 {
+        bail!("nb201 has only 6466 isomorphism classes, cannot sample {n} unique cells");
+    }
+    while printed < n {
+        let arch = Arch::sample(&mut rng);
+        if unique && !seen.insert(arch.canonical()) {
+            continue;
+        }
+        writeln!(out, "{arch}")?;
+        printed += 1;
+    }
+    Ok(())
+}
+
+fn cmd_train(args: TrainArgs) -> Result<()> {
+    let kind = DatasetKind::from_name(&args.task).with_context(|| {
+        format!("unknown task '{}' (available: cifar10, cifar100, mnist, fashion-mnist)", args.task)
+    })?;
+    let arch = Arch::parse(&args.arch)?;
+    let device = train::parse_device(&args.device)?;
+    let (c, h, _) = kind.image_shape();
+    let net_cfg = Nb201Config {
+        arch,
+        channels: args.channels,
+        cells_per_stage: args.cells,
+        num_classes: kind.num_classes(),
+        in_channels: c,
+        input_size: h,
+    };
+    net_cfg.validate()?;
+    let cfg = TrainConfig {
+        epochs: args.epochs,
+        batch_size: args.batch_size,
+        lr: args.lr,
+        momentum: args.momentum,
+        nesterov: true,
+        weight_decay: args.weight_decay,
+        augment: !args.no_augment,
+        seed: args.seed,
+        ..TrainConfig::default()
+    };
+    cfg.validate()?;
+    let root = data::data_root(args.data.data_dir.as_deref());
+    let dataset = data::open(kind, &root, !args.data.no_download)?;
+    eprintln!(
+        "training {arch} on {} ({} train / {} test images) for {} epoch(s) on {}; {} params, {:.2} MFLOPs",
+        kind.name(),
+        dataset.train.n,
+        dataset.test.n,
+        cfg.epochs,
+        args.device,
+        net_cfg.param_count(),
+        net_cfg.flops() / 1e6
+    );
+    let epochs = cfg.epochs;
+    let report = train::train(&net_cfg, &cfg, &dataset, &device, args.out.as_deref(), &mut |e| {
+        eprintln!(
+            "epoch {:>3}/{epochs}  loss {:.4}  train {:6.2}%  test {:6.2}%  lr {:.5}  {:.1}s",
+            e.epoch, e.train_loss, e.train_acc, e.test_acc, e.lr, e.seconds
+        );
+    })?;
+    let mut json = serde_json::to_value(&report)?;
+    json["task"] = serde_json::Value::from(kind.name());
+    if let Some(dir) = &args.out {
+        let path = dir.join("train.json");
+        std::fs::write(&path, serde_json::to_string_pretty(&json)?)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    if args.json {
+        println!("{}", serde_json::to_string(&json)?);
+    } else {
+        eprintln!(
+            "test accuracy {:.2}% (best {:.2}% at epoch {}), {:.1}s on {}",
+            report.test_acc, report.best_test_acc, report.best_epoch, report.train_seconds, report.device
+        );
+    }
+    Ok(())
+}

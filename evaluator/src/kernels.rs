@@ -525,6 +525,14 @@ fn avg_pool2d_generic(
     sum.broadcast_div(&counts)
 }
 
+/// Use `threads` threads for CPU work: configures rayon's global pool (which our kernels and
+/// candle's matmul share) when it has not been started yet; returns whether it was configured.
+/// Call it before any tensor work.
+pub fn set_threads(threads: usize) -> bool {
+    std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
+    rayon::ThreadPoolBuilder::new().num_threads(threads).build_global().is_ok()
+}
+
 /// Whether our CPU kernels cover a dtype (f32 and f64; everything else goes to candle's ops).
 pub fn supports(dtype: DType) -> bool {
     matches!(dtype, DType::F32 | DType::F64)

@@ -102,6 +102,30 @@ impl Nb201Config {
         p + 2 * last + last * self.num_classes + self.num_classes
     }
 
+    /// Multiply-accumulates per image of the convolutions and the classifier (the arithmetic
+    /// that dominates the cost; 2 × this is the FLOP count used for GFLOP/s figures).
+    pub fn macs(&self) -> f64 {
+        let c = self.channels;
+        let s0 = self.input_size;
+        let mut f = (self.in_channels * c * 9 * s0 * s0) as f64;
+        for (ch, s, reduction) in self.layout() {
+            let (area, chf) = ((s * s) as f64, ch as f64);
+            if reduction {
+                let cin = (ch / 2) as f64;
+                f += cin * chf * 9.0 * area + chf * chf * 9.0 * area + cin * chf * area;
+            } else {
+                for op in self.arch.ops {
+                    f += match op {
+                        Op::NorConv1x1 => chf * chf * area,
+                        Op::NorConv3x3 => 9.0 * chf * chf * area,
+                        _ => 0.0,
+                    };
+                }
+            }
+        }
+        f + (4 * c * self.num_classes) as f64
+    }
+
     /// Forward FLOPs per image, in NAS-Bench-201's counting convention (its `flops_M` column is
     /// this value / 1e6 for the benchmark network).
     ///
@@ -113,30 +137,23 @@ impl Nb201Config {
     /// layer; we add that measured constant for the benchmark shape and scale it with the
     /// stage-1 activation size otherwise (an approximation, documented as such).
     pub fn flops(&self) -> f64 {
-        let c = self.channels;
-        let s0 = self.input_size;
-        let mut f = (self.in_channels * c * 9 * s0 * s0) as f64; // stem conv MACs
+        let mut f = self.macs() + self.num_classes as f64; // + classifier bias
         for (ch, s, reduction) in self.layout() {
-            let area = (s * s) as f64;
-            let chf = ch as f64;
             if reduction {
-                let cin = (ch / 2) as f64;
-                f += cin * chf * 9.0 * area + chf * chf * 9.0 * area + cin * chf * area;
-            } else {
-                for op in self.arch.ops {
-                    f += match op {
-                        Op::NorConv1x1 => chf * chf * area + 3.0 * chf * area,
-                        Op::NorConv3x3 => 9.0 * chf * chf * area + 3.0 * chf * area,
-                        Op::AvgPool3x3 => 9.0 * chf * area,
-                        Op::None | Op::SkipConnect => 0.0,
-                    };
-                }
+                continue;
+            }
+            let elems = (ch * s * s) as f64;
+            for op in self.arch.ops {
+                f += match op {
+                    Op::NorConv1x1 | Op::NorConv3x3 => 3.0 * elems,
+                    Op::AvgPool3x3 => 9.0 * elems,
+                    Op::None | Op::SkipConnect => 0.0,
+                };
             }
         }
-        let last = (4 * c) as f64;
-        f += last * self.num_classes as f64 + self.num_classes as f64;
         // The skeleton's unattributed BN/ReLU/pool charge, measured on the benchmark network
         // (16 channels at 32×32), scaled by the first stage's activation size.
+        let (c, s0) = (self.channels, self.input_size);
         f + 160_822.0 * ((c * s0 * s0) as f64 / (16.0 * 32.0 * 32.0))
     }
 }

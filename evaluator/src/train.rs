@@ -229,11 +229,11 @@ impl Sgd {
         let grads = loss.backward()?;
         for (var, buf) in self.vars.iter_mut() {
             let Some(g) = grads.get(var.as_tensor()) else { continue };
-            let g = if self.weight_decay > 0.0 {
-                (g + (var.as_tensor() * self.weight_decay)?)?
-            } else {
-                g.clone()
-            };
+            // Gradients carry the graph that computed them: detach, or the momentum buffer would
+            // keep every past step's activations alive.
+            let g = g.detach();
+            let w = var.as_tensor().detach();
+            let g = if self.weight_decay > 0.0 { (g + (&w * self.weight_decay)?)? } else { g };
             let update = if self.momentum > 0.0 {
                 let b = match buf.take() {
                     Some(b) => ((b * self.momentum)? + &g)?,
@@ -245,7 +245,7 @@ impl Sgd {
             } else {
                 g
             };
-            var.set(&(var.as_tensor() - (update * lr)?)?)?;
+            var.set(&(w - (update * lr)?)?)?;
         }
         Ok(())
     }

@@ -33,10 +33,7 @@ pub(super) const CIFAR100: Layout =
 pub(super) fn read_split(files: &[PathBuf], layout: Layout) -> Result<Split, DataError> {
     let record = layout.label_bytes + PIXELS;
     // Reserve once for all files (sizes are checked per file below).
-    let total: u64 = files
-        .iter()
-        .map(|p| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0))
-        .sum();
+    let total: u64 = files.iter().map(|p| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0)).sum();
     let expected = usize::try_from(total).unwrap_or(0) / record;
     let mut images = Vec::with_capacity(expected * PIXELS);
     let mut labels = Vec::with_capacity(expected);
@@ -60,7 +57,7 @@ fn parse(
     if bytes.is_empty() {
         return Err(DataError::corrupt(path, "file is empty"));
     }
-    if bytes.len() % record != 0 {
+    if !bytes.chunks_exact(record).remainder().is_empty() {
         return Err(DataError::corrupt(
             path,
             format!(

@@ -146,7 +146,8 @@ pub fn fetch(source: &Source, dest_dir: &Path) -> Result<PathBuf, DataError> {
     match source.format {
         SourceFormat::Gzip => {
             let target = dest_dir.join(&source.file_name);
-            fs::rename(&part.path, &target).map_err(|e| DataError::io("cannot rename to", &target, e))?;
+            fs::rename(&part.path, &target)
+                .map_err(|e| DataError::io("cannot rename to", &target, e))?;
             part.keep();
             Ok(target)
         }
@@ -186,7 +187,10 @@ fn download(source: &Source, path: &Path) -> Result<String, DataError> {
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(e) => {
                 bar.abandon();
-                return Err(fail(format!("connection broke after {received} bytes: {}", error_chain(&e))));
+                return Err(fail(format!(
+                    "connection broke after {received} bytes: {}",
+                    error_chain(&e)
+                )));
             }
         };
         hasher.update(&buf[..n]);
@@ -219,16 +223,18 @@ fn extract(archive: &Path, name: &Path, dest_dir: &Path) -> Result<PathBuf, Data
     fs::create_dir(&tmp.path).map_err(|e| DataError::io("cannot create", &tmp.path, e))?;
     let file = File::open(archive).map_err(|e| DataError::io("cannot read", archive, e))?;
     let mut tar = tar::Archive::new(flate2::read::GzDecoder::new(BufReader::new(file)));
-    let entries = tar.entries().map_err(|e| fail(e.to_string()))?;
+    let entries = tar.entries().map_err(|e| fail(archive_reason(&e)))?;
     for entry in entries {
-        let mut entry = entry.map_err(|e| fail(e.to_string()))?;
+        let mut entry = entry.map_err(|e| fail(archive_reason(&e)))?;
         let kind = entry.header().entry_type();
         if !(kind.is_file() || kind.is_dir()) {
             continue;
         }
-        let inside = entry.unpack_in(&tmp.path).map_err(|e| fail(error_chain(&e)))?;
+        let path = entry.path().map(|p| p.display().to_string()).unwrap_or_default();
+        let inside = entry
+            .unpack_in(&tmp.path)
+            .map_err(|e| fail(format!("entry '{path}': {}", archive_reason(&e))))?;
         if !inside {
-            let path = entry.path().map(|p| p.display().to_string()).unwrap_or_default();
             return Err(fail(format!("entry '{path}' points outside the archive folder")));
         }
     }
@@ -281,6 +287,27 @@ fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
         source = inner.source();
     }
     text.replace('\n', " ")
+}
+
+/// Why reading an archive failed, saying so when the data (not the disk) is at fault.
+fn archive_reason(err: &std::io::Error) -> String {
+    use std::io::ErrorKind::{InvalidData, InvalidInput, UnexpectedEof};
+    let cause = root_cause(err);
+    match err.kind() {
+        InvalidData | InvalidInput | UnexpectedEof => {
+            format!("{cause} (corrupt or truncated archive)")
+        }
+        _ => cause,
+    }
+}
+
+/// The innermost error of a chain (what actually went wrong, without the wrapping context).
+fn root_cause(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut inner = err;
+    while let Some(next) = inner.source() {
+        inner = next;
+    }
+    inner.to_string().replace('\n', " ")
 }
 
 /// A progress bar for a download of `length` bytes on stderr, hidden when stderr is no terminal.

@@ -25,19 +25,19 @@ pub(super) fn read_split(
     w: usize,
     classes: usize,
 ) -> Result<Split, DataError> {
-    let (images, labels) = rayon::join(|| read_idx(images_path), || read_idx(labels_path));
-    let (image_dims, images) = images?;
+    let (images, labels) = rayon::join(
+        || read_idx(images_path, IMAGES_MAGIC, "image"),
+        || read_idx(labels_path, LABELS_MAGIC, "label"),
+    );
+    let (dims, images) = images?;
     let (label_dims, label_bytes) = labels?;
-    check_magic(images_path, &image_dims, IMAGES_MAGIC, "image")?;
-    check_magic(labels_path, &label_dims, LABELS_MAGIC, "label")?;
-    let dims = &image_dims.dims;
     if dims[1] != h || dims[2] != w {
         return Err(DataError::corrupt(
             images_path,
             format!("images are {}x{}, expected {h}x{w}", dims[1], dims[2]),
         ));
     }
-    let (n_images, n_labels) = (dims[0], label_dims.dims[0]);
+    let (n_images, n_labels) = (dims[0], label_dims[0]);
     if n_images != n_labels {
         return Err(DataError::CountMismatch {
             images: images_path.to_path_buf(),
@@ -64,15 +64,10 @@ pub(super) fn read_split(
     Ok(Split { images, labels, n: n_images, c: 1, h, w })
 }
 
-/// The parsed header of an IDX file.
-struct Header {
-    magic: u32,
-    dims: Vec<usize>,
-}
-
 /// Reads a whole IDX file (decompressing gzip when the file starts with the gzip magic) and
-/// returns its header and data, checking that the data length matches the dimensions.
-fn read_idx(path: &Path) -> Result<(Header, Vec<u8>), DataError> {
+/// returns its dimensions and data, checking the magic number (`expected`, for a `what` file) and
+/// that the data length matches the dimensions.
+fn read_idx(path: &Path, expected: u32, what: &str) -> Result<(Vec<usize>, Vec<u8>), DataError> {
     let raw = std::fs::read(path).map_err(|e| DataError::io("cannot read", path, e))?;
     let mut bytes = if raw.starts_with(&[0x1f, 0x8b]) {
         // The gzip trailer's last four bytes hold the uncompressed size (mod 2^32).
@@ -97,12 +92,12 @@ fn read_idx(path: &Path) -> Result<(Header, Vec<u8>), DataError> {
         ));
     }
     let magic = u32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
-    if bytes[0] != 0 || bytes[1] != 0 || bytes[2] != 0x08 {
+    if magic != expected {
         return Err(DataError::corrupt(
             path,
             format!(
-                "bad IDX magic number {magic} (0x{magic:08x}); expected 2051 for images or 2049 \
-                 for labels (unsigned bytes)"
+                "bad IDX magic number {magic} (0x{magic:08x}); expected {expected} \
+                 (0x{expected:08x}) for an IDX {what} file"
             ),
         ));
     }
@@ -118,34 +113,19 @@ fn read_idx(path: &Path) -> Result<(Header, Vec<u8>), DataError> {
         .chunks_exact(4)
         .map(|d| u32::from_be_bytes([d[0], d[1], d[2], d[3]]) as usize)
         .collect();
-    let expected = dims.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d));
+    let size = dims.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d));
     let actual = bytes.len() - header_len;
-    if expected != Some(actual) {
+    if size != Some(actual) {
         let shape: Vec<String> = dims.iter().map(usize::to_string).collect();
         return Err(DataError::corrupt(
             path,
             format!(
                 "IDX header says {} = {} data bytes but the file holds {actual}",
                 shape.join("x"),
-                expected.map_or_else(|| "overflowing".to_string(), |e| e.to_string()),
+                size.map_or_else(|| "overflowing".to_string(), |e| e.to_string()),
             ),
         ));
     }
     bytes.drain(..header_len);
-    Ok((Header { magic, dims }, bytes))
-}
-
-/// Checks that a parsed header has the magic number (and so the rank) `expected`.
-fn check_magic(path: &Path, header: &Header, expected: u32, what: &str) -> Result<(), DataError> {
-    if header.magic != expected {
-        return Err(DataError::corrupt(
-            path,
-            format!(
-                "bad IDX magic number {} (0x{:08x}); expected {expected} (0x{expected:08x}) for \
-                 an IDX {what} file",
-                header.magic, header.magic
-            ),
-        ));
-    }
-    Ok(())
+    Ok((dims, bytes))
 }

@@ -296,10 +296,7 @@ pub fn data_root(explicit: Option<&Path>) -> PathBuf {
     if let Some(dir) = std::env::var_os(DATA_ENV).filter(|v| !v.is_empty()) {
         return PathBuf::from(dir);
     }
-    dirs::cache_dir()
-        .unwrap_or_else(std::env::temp_dir)
-        .join("autoagent")
-        .join("data")
+    dirs::cache_dir().unwrap_or_else(std::env::temp_dir).join("autoagent").join("data")
 }
 
 /// Find the dataset's files. `dir` is the resolved root. Accepts both (a) `dir` itself holding the
@@ -333,10 +330,7 @@ fn has_files(kind: DatasetKind, dir: &Path) -> bool {
 
 /// The CIFAR-10 training batches present in `dir`, in order.
 fn cifar10_train_files(dir: &Path) -> Vec<PathBuf> {
-    (1..=5)
-        .map(|i| dir.join(format!("data_batch_{i}.bin")))
-        .filter(|p| p.is_file())
-        .collect()
+    (1..=5).map(|i| dir.join(format!("data_batch_{i}.bin"))).filter(|p| p.is_file()).collect()
 }
 
 /// IDX file names, without `.gz`: train images, train labels, test images, test labels.
@@ -364,12 +358,14 @@ pub fn load(kind: DatasetKind, dir: &Path) -> Result<Dataset, DataError> {
     let base = locate(kind, dir).ok_or_else(|| DataError::Missing {
         dataset: kind.title(),
         root: dir.to_path_buf(),
-        hint: format!(
-            "expected {} in it, in {}/ or in {}/",
-            kind.expected_files(),
-            kind.archive_folder().unwrap_or(kind.name()),
-            kind.name()
-        ),
+        hint: match kind.archive_folder() {
+            Some(folder) => format!(
+                "expected {} in it or in one of {folder}/, {name}/, {name}/{folder}/",
+                kind.expected_files(),
+                name = kind.name()
+            ),
+            None => format!("expected {} in it or in {}/", kind.expected_files(), kind.name()),
+        },
     })?;
     let (train, test) = match kind {
         DatasetKind::Cifar10 => {
