@@ -13,6 +13,11 @@ use autoagent_evaluator::train::{self, TrainConfig};
 use clap::{Args, Parser, Subcommand};
 use rand::SeedableRng;
 
+// Training allocates and frees many activation-sized buffers per step; glibc returns them to the
+// kernel (each new one then costs page faults), mimalloc keeps and reuses them.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(name = "autoagent", version, about = "LLM-guided AutoML agent with zero-cost NAS proxies")]
 struct Cli {

@@ -15,7 +15,9 @@
 //! Both f32 and f64 are supported (synflow runs in f64). On other devices the public functions
 //! fall back to candle's own operations.
 
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor, WithDType};
+use std::sync::{Arc, Mutex};
+
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor, WithDType};
 use rayon::prelude::*;
 
 /// Geometry of a 2-D convolution over an NCHW batch.
@@ -399,7 +401,67 @@ impl PoolOp {
         (ys, xs, count)
     }
 
+    /// Stride 1 with a centred window (`k = 2·pad + 1`, output size = input size): the pool is a
+    /// separable box sum times a per-position scale, and its adjoint the same box sum of the
+    /// scaled gradient.
+    fn centred(&self) -> bool {
+        self.stride == 1 && self.k == 2 * self.pad + 1
+    }
+
+    fn run_centred<T: Float>(&self, src: &[T]) -> (Vec<T>, Shape) {
+        let (h, w, p) = (self.h, self.w, self.pad);
+        let valid = |i: usize, n: usize| (i + p + 1).min(n) - i.saturating_sub(p);
+        let inv: Vec<T> = (0..h * w)
+            .map(|i| {
+                let count = if self.count_pad { self.k * self.k } else { valid(i / w, h) * valid(i % w, w) };
+                T::from_f64(1.0 / count as f64)
+            })
+            .collect();
+        let mut out = vec![T::zero(); src.len()];
+        out.par_chunks_mut(h * w).zip(src.par_chunks(h * w)).for_each_init(
+            || (vec![T::zero(); h * w], vec![T::zero(); h * w]),
+            |(scaled, rows), (op, sp)| {
+                let input: &[T] = if self.adjoint {
+                    for ((d, v), s) in scaled.iter_mut().zip(sp).zip(&inv) {
+                        *d = *v * *s;
+                    }
+                    scaled
+                } else {
+                    sp
+                };
+                // Horizontal window sums, then vertical ones.
+                for y in 0..h {
+                    let (r, o) = (&input[y * w..(y + 1) * w], &mut rows[y * w..(y + 1) * w]);
+                    for x in 0..w {
+                        let mut acc = T::zero();
+                        for v in &r[x.saturating_sub(p)..(x + p + 1).min(w)] {
+                            acc += *v;
+                        }
+                        o[x] = acc;
+                    }
+                }
+                for y in 0..h {
+                    let o = &mut op[y * w..(y + 1) * w];
+                    for yy in y.saturating_sub(p)..(y + p + 1).min(h) {
+                        for (d, v) in o.iter_mut().zip(&rows[yy * w..(yy + 1) * w]) {
+                            *d += *v;
+                        }
+                    }
+                    if !self.adjoint {
+                        for (d, s) in o.iter_mut().zip(&inv[y * w..(y + 1) * w]) {
+                            *d *= *s;
+                        }
+                    }
+                }
+            },
+        );
+        (out, (self.n, self.c, h, w).into())
+    }
+
     fn run<T: Float>(&self, src: &[T]) -> (Vec<T>, Shape) {
+        if self.centred() {
+            return self.run_centred(src);
+        }
         let (ins, outs) = (self.h * self.w, self.ho * self.wo);
         if !self.adjoint {
             let mut y = vec![T::zero(); self.n * self.c * outs];
@@ -523,6 +585,289 @@ fn avg_pool2d_generic(
     let counts: Vec<f64> = (0..ho * wo).map(|i| geom.window(i / wo, i % wo).2 as f64).collect();
     let counts = Tensor::from_vec(counts, (1, 1, ho, wo), x.device())?.to_dtype(x.dtype())?;
     sum.broadcast_div(&counts)
+}
+
+/// Per-channel statistics of one BatchNorm forward pass, kept for its backward pass.
+#[derive(Debug, Clone, Default)]
+struct BnStats {
+    mean: Vec<f64>,
+    /// Biased batch variance.
+    var: Vec<f64>,
+    invstd: Vec<f64>,
+}
+
+/// Fused BatchNorm with batch statistics: `(x, γ, β) -> γ·(x − μ)/√(σ² + ε) + β` per channel.
+#[derive(Debug, Clone)]
+struct BnOp {
+    eps: f64,
+    stats: Arc<Mutex<BnStats>>,
+}
+
+/// The gradient of [`BnOp`]: `(x, gy, γ) -> [dx, dγ, dβ]`, packed in one flat tensor.
+#[derive(Debug, Clone)]
+struct BnBwdOp {
+    stats: Arc<Mutex<BnStats>>,
+}
+
+fn dims_nc_hw(l: &Layout) -> Result<(usize, usize, usize)> {
+    match l.dims() {
+        &[n, c, h, w] => Ok((n, c, h * w)),
+        d => candle_core::bail!("batch norm expects an NCHW tensor, got {d:?}"),
+    }
+}
+
+fn bn_fwd<T: Float>(x: &[T], g: &[T], b: &[T], (n, c, hw): (usize, usize, usize), eps: f64) -> (Vec<T>, BnStats) {
+    let count = (n * hw) as f64;
+    let per_channel: Vec<(f64, f64)> = (0..c)
+        .into_par_iter()
+        .map(|ch| {
+            let mut sum = 0.0;
+            for i in 0..n {
+                sum += x[(i * c + ch) * hw..][..hw].iter().map(|v| v.to_f64()).sum::<f64>();
+            }
+            let mean = sum / count;
+            let mut sq = 0.0;
+            for i in 0..n {
+                sq += x[(i * c + ch) * hw..][..hw].iter().map(|v| (v.to_f64() - mean).powi(2)).sum::<f64>();
+            }
+            (mean, sq / count)
+        })
+        .collect();
+    let mean: Vec<f64> = per_channel.iter().map(|p| p.0).collect();
+    let var: Vec<f64> = per_channel.iter().map(|p| p.1).collect();
+    let invstd: Vec<f64> = var.iter().map(|v| 1.0 / (v + eps).sqrt()).collect();
+    let mut y = vec![T::zero(); x.len()];
+    y.par_chunks_mut(hw).zip(x.par_chunks(hw)).enumerate().for_each(|(plane, (yp, xp))| {
+        let ch = plane % c;
+        let scale = g[ch].to_f64() * invstd[ch];
+        let shift = b[ch].to_f64() - mean[ch] * scale;
+        let (scale, shift) = (T::from_f64(scale), T::from_f64(shift));
+        for (o, v) in yp.iter_mut().zip(xp) {
+            *o = *v * scale + shift;
+        }
+    });
+    (y, BnStats { mean, var, invstd })
+}
+
+fn bn_bwd<T: Float>(x: &[T], gy: &[T], g: &[T], (n, c, hw): (usize, usize, usize), st: &BnStats) -> Vec<T> {
+    let count = (n * hw) as f64;
+    let sums: Vec<(f64, f64)> = (0..c)
+        .into_par_iter()
+        .map(|ch| {
+            let (m, is) = (st.mean[ch], st.invstd[ch]);
+            let (mut sg, mut sgx) = (0.0, 0.0);
+            for i in 0..n {
+                let off = (i * c + ch) * hw;
+                for (xv, gv) in x[off..off + hw].iter().zip(&gy[off..off + hw]) {
+                    let gv = gv.to_f64();
+                    sg += gv;
+                    sgx += gv * (xv.to_f64() - m) * is;
+                }
+            }
+            (sg, sgx)
+        })
+        .collect();
+    let total = x.len();
+    let mut out = vec![T::zero(); total + 2 * c];
+    let (dx, dparams) = out.split_at_mut(total);
+    dx.par_chunks_mut(hw).enumerate().for_each(|(plane, dp)| {
+        let ch = plane % c;
+        let off = plane * hw;
+        let (m, is) = (st.mean[ch], st.invstd[ch]);
+        let (sg, sgx) = sums[ch];
+        let k = g[ch].to_f64() * is;
+        // dx = γ·invstd·(gy − Σgy/M − x̂·Σ(gy·x̂)/M), with x̂ = (x − μ)·invstd
+        let a = T::from_f64(k);
+        let bconst = T::from_f64(-k * sg / count + k * sgx / count * m * is);
+        let cx = T::from_f64(-k * sgx / count * is);
+        for ((d, xv), gv) in dp.iter_mut().zip(&x[off..off + hw]).zip(&gy[off..off + hw]) {
+            *d = a * *gv + cx * *xv + bconst;
+        }
+    });
+    for ch in 0..c {
+        dparams[ch] = T::from_f64(sums[ch].1);
+        dparams[c + ch] = T::from_f64(sums[ch].0);
+    }
+    out
+}
+
+impl CustomOp3 for BnOp {
+    fn name(&self) -> &'static str {
+        "autoagent-batch-norm"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let dims = dims_nc_hw(l1)?;
+        let (out, stats) = match s1 {
+            CpuStorage::F32(_) => {
+                let (y, st) = bn_fwd::<f32>(slice(s1, l1, "bn")?, slice(s2, l2, "bn")?, slice(s3, l3, "bn")?, dims, self.eps);
+                (CpuStorage::F32(y), st)
+            }
+            CpuStorage::F64(_) => {
+                let (y, st) = bn_fwd::<f64>(slice(s1, l1, "bn")?, slice(s2, l2, "bn")?, slice(s3, l3, "bn")?, dims, self.eps);
+                (CpuStorage::F64(y), st)
+            }
+            _ => candle_core::bail!("batch norm: only f32 and f64 are supported"),
+        };
+        *self.stats.lock().expect("bn stats") = stats;
+        Ok((out, l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        gamma: &Tensor,
+        _beta: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let grad = grad.contiguous()?;
+        let packed = x.apply_op3_no_bwd(&grad, gamma, &BnBwdOp { stats: self.stats.clone() })?;
+        let (total, c) = (x.elem_count(), gamma.elem_count());
+        let dx = packed.narrow(0, 0, total)?.reshape(x.shape())?;
+        let dg = packed.narrow(0, total, c)?;
+        let db = packed.narrow(0, total + c, c)?;
+        Ok((Some(dx), Some(dg), Some(db)))
+    }
+}
+
+impl CustomOp3 for BnBwdOp {
+    fn name(&self) -> &'static str {
+        "autoagent-batch-norm-backward"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let dims = dims_nc_hw(l1)?;
+        let st = self.stats.lock().expect("bn stats").clone();
+        let out = match s1 {
+            CpuStorage::F32(_) => CpuStorage::F32(bn_bwd::<f32>(slice(s1, l1, "bn")?, slice(s2, l2, "bn")?, slice(s3, l3, "bn")?, dims, &st)),
+            CpuStorage::F64(_) => CpuStorage::F64(bn_bwd::<f64>(slice(s1, l1, "bn")?, slice(s2, l2, "bn")?, slice(s3, l3, "bn")?, dims, &st)),
+            _ => candle_core::bail!("batch norm: only f32 and f64 are supported"),
+        };
+        let len = l1.shape().elem_count() + 2 * dims.1;
+        Ok((out, Shape::from(len)))
+    }
+}
+
+/// BatchNorm of an NCHW batch with the batch's own statistics: returns the normalised output
+/// and the per-channel batch mean and biased variance (for running-statistics updates).
+///
+/// On CPU this is one fused kernel forward and one backward (first-order gradients only: a
+/// gradient of this gradient is refused by candle with a clear error; use
+/// [`batch_norm_composite`] where second-order gradients are needed). Elsewhere it is the
+/// composite form.
+pub fn batch_norm(x: &Tensor, gamma: &Tensor, beta: &Tensor, eps: f64) -> Result<(Tensor, Vec<f64>, Vec<f64>)> {
+    if !x.device().is_cpu() || !supports(x.dtype()) {
+        return batch_norm_composite(x, gamma, beta, eps);
+    }
+    let stats = Arc::new(Mutex::new(BnStats::default()));
+    let op = BnOp { eps, stats: stats.clone() };
+    let y = x.contiguous()?.apply_op3(&gamma.contiguous()?, &beta.contiguous()?, op)?;
+    let st = stats.lock().expect("bn stats").clone();
+    Ok((y, st.mean, st.var))
+}
+
+/// BatchNorm with batch statistics from candle's differentiable primitives (any device, any
+/// order of gradients, slower).
+pub fn batch_norm_composite(x: &Tensor, gamma: &Tensor, beta: &Tensor, eps: f64) -> Result<(Tensor, Vec<f64>, Vec<f64>)> {
+    let (n, c, h, w) = x.dims4()?;
+    let count = (n * h * w) as f64;
+    let mean = (x.sum_keepdim((0, 2, 3))? / count)?;
+    let var = (x.broadcast_sub(&mean)?.sqr()?.sum_keepdim((0, 2, 3))? / count)?;
+    let shape = (1, c, 1, 1);
+    let scale = (&var + eps)?.sqrt()?.recip()?.broadcast_mul(&gamma.reshape(shape)?)?;
+    let shift = (beta.reshape(shape)? - mean.broadcast_mul(&scale)?)?;
+    let y = x.broadcast_mul(&scale)?.broadcast_add(&shift)?;
+    let to_vec = |t: &Tensor| -> Result<Vec<f64>> { t.flatten_all()?.to_dtype(DType::F64)?.to_vec1::<f64>() };
+    Ok((y, to_vec(&mean)?, to_vec(&var)?))
+}
+
+/// ReLU whose backward is one fused masking pass (`gy · [x > 0]`) instead of candle's
+/// compare/convert/multiply chain; the mask op is itself differentiable in `gy`.
+#[derive(Debug, Clone, Copy)]
+struct ReluOp;
+
+/// `(gy, x) -> gy · [x > 0]`
+#[derive(Debug, Clone, Copy)]
+struct ReluMaskOp;
+
+fn relu_fwd<T: Float>(x: &[T]) -> Vec<T> {
+    let mut y = vec![T::zero(); x.len()];
+    y.par_chunks_mut(1 << 14).zip(x.par_chunks(1 << 14)).for_each(|(yc, xc)| {
+        for (o, v) in yc.iter_mut().zip(xc) {
+            *o = if *v > T::zero() { *v } else { T::zero() };
+        }
+    });
+    y
+}
+
+fn relu_mask<T: Float>(g: &[T], x: &[T]) -> Vec<T> {
+    let mut y = vec![T::zero(); x.len()];
+    y.par_chunks_mut(1 << 14).zip(g.par_chunks(1 << 14)).zip(x.par_chunks(1 << 14)).for_each(|((yc, gc), xc)| {
+        for ((o, gv), xv) in yc.iter_mut().zip(gc).zip(xc) {
+            *o = if *xv > T::zero() { *gv } else { T::zero() };
+        }
+    });
+    y
+}
+
+impl CustomOp1 for ReluOp {
+    fn name(&self) -> &'static str {
+        "autoagent-relu"
+    }
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let out = match s {
+            CpuStorage::F32(_) => CpuStorage::F32(relu_fwd::<f32>(slice(s, l, "relu")?)),
+            CpuStorage::F64(_) => CpuStorage::F64(relu_fwd::<f64>(slice(s, l, "relu")?)),
+            _ => candle_core::bail!("relu: only f32 and f64 are supported"),
+        };
+        Ok((out, l.shape().clone()))
+    }
+    fn bwd(&self, x: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(grad.contiguous()?.apply_op2(x, ReluMaskOp)?))
+    }
+}
+
+impl CustomOp2 for ReluMaskOp {
+    fn name(&self) -> &'static str {
+        "autoagent-relu-mask"
+    }
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let out = match (s1, s2) {
+            (CpuStorage::F32(_), CpuStorage::F32(_)) => CpuStorage::F32(relu_mask::<f32>(slice(s1, l1, "relu")?, slice(s2, l2, "relu")?)),
+            (CpuStorage::F64(_), CpuStorage::F64(_)) => CpuStorage::F64(relu_mask::<f64>(slice(s1, l1, "relu")?, slice(s2, l2, "relu")?)),
+            _ => candle_core::bail!("relu: only f32 and f64 tensors of one dtype are supported"),
+        };
+        Ok((out, l1.shape().clone()))
+    }
+    fn bwd(&self, _g: &Tensor, x: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        // Linear in gy with the same mask; piecewise constant (zero derivative) in x.
+        Ok((Some(grad.contiguous()?.apply_op2(x, ReluMaskOp)?), None))
+    }
+}
+
+/// ReLU: our fused kernel on CPU, candle's elsewhere.
+pub fn relu(x: &Tensor) -> Result<Tensor> {
+    if !x.device().is_cpu() || !supports(x.dtype()) {
+        return x.relu();
+    }
+    x.contiguous()?.apply_op1(ReluOp)
 }
 
 /// Use `threads` threads for CPU work: configures rayon's global pool (which our kernels and
@@ -676,6 +1021,29 @@ mod tests {
             let (ho, wo) = (y.dim(2).unwrap(), y.dim(3).unwrap());
             let generic = avg_pool2d_generic(&x, k, s, p, inc, (ho, wo)).unwrap();
             assert!(max_diff(&generic, &y) < 1e-12);
+        }
+    }
+
+    #[test]
+    fn fused_batch_norm_and_relu_match_the_composite_forms() {
+        for dtype in [DType::F32, DType::F64] {
+            let tol = if dtype == DType::F32 { 1e-4 } else { 1e-10 };
+            let x = Var::from_tensor(&(randn(&[4, 3, 5, 5], 1, dtype) * 3.0).unwrap()).unwrap();
+            let g = Var::from_tensor(&randn(&[3], 2, dtype)).unwrap();
+            let b = Var::from_tensor(&randn(&[3], 3, dtype)).unwrap();
+            let (y1, m1, v1) = batch_norm(&x, &g, &b, 1e-5).unwrap();
+            let (y2, m2, v2) = batch_norm_composite(&x, &g, &b, 1e-5).unwrap();
+            assert!(max_diff(&y1, &y2) < tol);
+            for (a, c) in m1.iter().zip(&m2).chain(v1.iter().zip(&v2)) {
+                assert!((a - c).abs() < tol);
+            }
+            let u = randn(y1.dims(), 4, dtype);
+            // Push the output through the fused ReLU too, to test both backward passes.
+            let l1 = (relu(&y1).unwrap() * &u).unwrap().sum_all().unwrap().backward().unwrap();
+            let l2 = (y2.relu().unwrap() * &u).unwrap().sum_all().unwrap().backward().unwrap();
+            for var in [&x, &g, &b] {
+                assert!(max_diff(l1.get(var).unwrap(), l2.get(var).unwrap()) < tol);
+            }
         }
     }
 }

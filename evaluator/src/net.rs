@@ -210,20 +210,21 @@ impl BatchNorm {
                 self.running_var.as_tensor().reshape(shape)?,
             ),
             BnMode::Train | BnMode::Batch => {
-                let (n, _, h, w) = xs.dims4()?;
-                let count = (n * h * w) as f64;
-                let mean = (xs.sum_keepdim((0, 2, 3))? / count)?;
-                let var = (xs.broadcast_sub(&mean)?.sqr()?.sum_keepdim((0, 2, 3))? / count)?;
+                let (y, mean, var) = kernels::batch_norm(xs, &self.weight, &self.bias, BN_EPS)?;
                 if mode == BnMode::Train {
+                    let (n, _, h, w) = xs.dims4()?;
+                    let count = (n * h * w) as f64;
                     let unbiased = if count > 1.0 { count / (count - 1.0) } else { 1.0 };
-                    let m = mean.detach().flatten_all()?;
-                    let v = (var.detach().flatten_all()? * unbiased)?;
+                    let dev = xs.device();
+                    let dtype = self.running_mean.dtype();
+                    let m = Tensor::from_vec(mean, c, dev)?.to_dtype(dtype)?;
+                    let v = (Tensor::from_vec(var, c, dev)?.to_dtype(dtype)? * unbiased)?;
                     let rm = ((self.running_mean.as_tensor() * (1.0 - BN_MOMENTUM))? + (m * BN_MOMENTUM)?)?;
                     let rv = ((self.running_var.as_tensor() * (1.0 - BN_MOMENTUM))? + (v * BN_MOMENTUM)?)?;
-                    self.running_mean.set(&rm)?;
-                    self.running_var.set(&rv)?;
+                    self.running_mean.set(&rm.detach())?;
+                    self.running_var.set(&rv.detach())?;
                 }
-                (mean, var)
+                return Ok(y);
             }
         };
         let scale = (var + BN_EPS)?.sqrt()?.recip()?.broadcast_mul(&self.weight.reshape(shape)?)?;
@@ -257,7 +258,7 @@ impl ConvUnit {
     }
 
     fn forward(&self, xs: &Tensor, mode: BnMode) -> Result<Tensor> {
-        let xs = if self.relu { xs.relu()? } else { xs.clone() };
+        let xs = if self.relu { kernels::relu(xs)? } else { xs.clone() };
         let ys = kernels::conv2d(&xs, &self.weight, self.stride, self.pad)?;
         match &self.bn {
             Some(bn) => bn.forward(&ys, mode),
@@ -411,7 +412,7 @@ impl Nb201Net {
                 Layer::Reduction(r) => r.forward(&x, mode)?,
             };
         }
-        let x = self.lastact.forward(&x, mode)?.relu()?;
+        let x = kernels::relu(&self.lastact.forward(&x, mode)?)?;
         let pooled = x.mean((2, 3))?; // global average pool: (batch, channels)
         let logits = pooled.matmul(&self.classifier_w.t()?)?;
         Ok(logits.broadcast_add(&self.classifier_b)?)
