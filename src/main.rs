@@ -78,7 +78,7 @@ struct TrainArgs {
     /// Weight decay.
     #[arg(long, default_value_t = 5e-4)]
     weight_decay: f64,
-    /// Disable random crop and flip.
+    /// Disable augmentation (random crop with 4-pixel padding; horizontal flips on CIFAR).
     #[arg(long)]
     no_augment: bool,
     /// Channels of the first stage.
@@ -209,6 +209,8 @@ fn cmd_train(args: TrainArgs) -> Result<()> {
         nesterov: true,
         weight_decay: args.weight_decay,
         augment: !args.no_augment,
+        // Mirror images are still natural images; mirrored digits and clothes labels are not.
+        hflip: matches!(kind, DatasetKind::Cifar10 | DatasetKind::Cifar100),
         seed: args.seed,
         ..TrainConfig::default()
     };

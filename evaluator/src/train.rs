@@ -29,10 +29,12 @@ pub struct TrainConfig {
     pub nesterov: bool,
     /// L2 weight decay, applied to every trainable parameter.
     pub weight_decay: f64,
-    /// Random crop with this zero padding (0 disables) and random horizontal flips.
+    /// Random crops (and flips, see `hflip`) of the training images.
     pub augment: bool,
     /// Crop padding in pixels.
     pub crop_padding: usize,
+    /// Random horizontal flips (with `augment`; right for natural images, wrong for digits).
+    pub hflip: bool,
     /// Batch size for evaluation.
     pub eval_batch_size: usize,
     /// Seed of initialisation, shuffling and augmentation.
@@ -50,6 +52,7 @@ impl Default for TrainConfig {
             weight_decay: 5e-4,
             augment: true,
             crop_padding: 4,
+            hflip: true,
             eval_batch_size: 500,
             seed: 0,
         }
@@ -149,13 +152,13 @@ impl Batcher {
     }
 
     /// Images `idx` of `split` as a normalised `(B, C, H, W)` f32 batch; with `aug`, each image
-    /// is randomly cropped from its zero-padded version (padding `pad`) and flipped with
-    /// probability ½, drawn from `rng`.
+    /// is randomly cropped from its zero-padded version (padding `pad`) and, when `hflip`,
+    /// flipped with probability ½, drawn from `rng`.
     pub fn batch<R: Rng>(
         &self,
         split: &Split,
         idx: &[usize],
-        aug: Option<(usize, &mut R)>,
+        aug: Option<(usize, bool, &mut R)>,
         device: &Device,
     ) -> Result<(Tensor, Tensor)> {
         let (c, h, w) = (split.c, split.h, split.w);
@@ -167,12 +170,12 @@ impl Batcher {
             labels.push(split.labels[i]);
             let img = &split.images[i * c * plane..(i + 1) * c * plane];
             let (dy, dx, flip) = match aug.as_mut() {
-                Some((pad, rng)) => {
+                Some((pad, hflip, rng)) => {
                     let p = *pad as i64;
                     (
                         rng.random_range(-p..=p) as isize,
                         rng.random_range(-p..=p) as isize,
-                        rng.random_bool(0.5),
+                        *hflip && rng.random_bool(0.5),
                     )
                 }
                 None => (0, 0, false),
@@ -318,7 +321,7 @@ pub fn train(
         let (mut loss_sum, mut correct, mut seen) = (0.0, 0usize, 0usize);
         let mut lr = cfg.lr;
         for chunk in order.chunks(cfg.batch_size) {
-            let aug = cfg.augment.then_some((cfg.crop_padding, &mut rng));
+            let aug = cfg.augment.then_some((cfg.crop_padding, cfg.hflip, &mut rng));
             let (xs, ys) = batcher.batch(&data.train, chunk, aug, device)?;
             let logits = model.net.forward_t(&xs, true)?;
             let loss = candle_nn::loss::cross_entropy(&logits, &ys)?;

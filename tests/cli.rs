@@ -1,0 +1,195 @@
+//! End-to-end runs of the `autoagent` binary on the real fixtures in `../shared/data`.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+const BEST: &str = "|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|skip_connect~0|nor_conv_3x3~1|nor_conv_1x1~2|";
+const SMALL: &str = "|nor_conv_3x3~0|+|skip_connect~0|nor_conv_1x1~1|+|skip_connect~0|avg_pool_3x3~1|none~2|";
+
+fn shared() -> PathBuf {
+    match std::env::var_os("AUTOAGENT_SHARED") {
+        Some(p) => PathBuf::from(p),
+        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/data"),
+    }
+}
+
+fn autoagent(args: &[&str]) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_autoagent"));
+    c.args(args).env_remove("AUTOAGENT_DATA").env_remove("AUTOAGENT_DATA_MIRROR").env("RAYON_NUM_THREADS", "2");
+    c
+}
+
+fn run(args: &[&str]) -> Output {
+    autoagent(args).output().expect("run autoagent")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// A failed command: exit code 2 and exactly one line on stderr, starting with `error:`.
+fn assert_one_line_error(o: &Output, needle: &str) {
+    let err = stderr(o);
+    assert_eq!(o.status.code(), Some(2), "stderr: {err}");
+    let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "expected one line, got: {err}");
+    assert!(lines[0].starts_with("error: "), "{err}");
+    assert!(lines[0].contains(needle), "expected '{needle}' in: {err}");
+    assert!(o.stdout.is_empty());
+}
+
+fn cifar_args<'a>(arch: &'a str, data: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut v = vec!["train", "--task", "cifar10", "--arch", arch, "--data-dir", data, "--no-download"];
+    v.extend_from_slice(extra);
+    v
+}
+
+#[test]
+fn space_sample_prints_valid_seeded_architectures() {
+    let a = run(&["space", "sample", "--space", "nb201", "-n", "25", "--seed", "7"]);
+    assert!(a.status.success(), "{}", stderr(&a));
+    let b = run(&["space", "sample", "--space", "nb201", "-n", "25", "--seed", "7"]);
+    let c = run(&["space", "sample", "--space", "nb201", "-n", "25", "--seed", "8"]);
+    assert_eq!(a.stdout, b.stdout);
+    assert_ne!(a.stdout, c.stdout);
+    let text = String::from_utf8(a.stdout).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 25);
+    for l in &lines {
+        assert!(autoagent_evaluator::nb201::Arch::parse(l).is_ok(), "{l}");
+    }
+    let u = run(&["space", "sample", "-n", "300", "--seed", "1", "--unique"]);
+    let text = String::from_utf8(u.stdout).unwrap();
+    let canon: std::collections::HashSet<String> =
+        text.lines().map(|l| autoagent_evaluator::nb201::Arch::parse(l).unwrap().canonical()).collect();
+    assert_eq!(canon.len(), 300);
+    assert_one_line_error(&run(&["space", "sample", "--space", "darts", "-n", "2"]), "unknown search space 'darts'");
+}
+
+#[test]
+fn bad_inputs_fail_with_one_line_and_exit_code_2() {
+    let data = shared().join("cifar10-mini");
+    let data = data.to_str().unwrap();
+    assert_one_line_error(
+        &run(&["train", "--task", "imagenet", "--arch", BEST, "--data-dir", data]),
+        "unknown task 'imagenet'",
+    );
+    assert_one_line_error(
+        &run(&cifar_args("|nor_conv_3x3~0|+|nor_conv_3x3~0|", data, &[])),
+        "invalid architecture",
+    );
+    assert_one_line_error(
+        &run(&cifar_args("|conv_5x5~0|+|none~0|none~1|+|none~0|none~1|none~2|", data, &[])),
+        "unknown operation 'conv_5x5'",
+    );
+    assert_one_line_error(&run(&cifar_args(BEST, data, &["--epochs", "0"])), "epochs must be at least 1");
+    assert_one_line_error(&run(&cifar_args(BEST, data, &["--lr=-1"])), "learning rate must be positive");
+    assert_one_line_error(&run(&cifar_args(BEST, data, &["--device", "tpu"])), "unknown device 'tpu'");
+    // Without the cuda feature candle refuses CUDA devices; either way it is a clean error.
+    let o = run(&cifar_args(BEST, data, &["--device", "cuda:0"]));
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    // Missing data: an empty data root and no download.
+    let empty = tempfile::tempdir().unwrap();
+    let o = run(&cifar_args(BEST, empty.path().to_str().unwrap(), &[]));
+    assert_one_line_error(&o, "CIFAR-10 not found");
+    // A clap usage error (unknown flag) also exits with 2.
+    assert_eq!(run(&["train", "--bogus"]).status.code(), Some(2));
+}
+
+#[test]
+fn a_download_that_fails_leaves_nothing_behind() {
+    // Nothing listens on this port: the download fails at once.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    drop(listener);
+    let root = tempfile::tempdir().unwrap();
+    let o = autoagent(&["train", "--task", "mnist", "--arch", SMALL, "--data-dir", root.path().to_str().unwrap()])
+        .env("AUTOAGENT_DATA_MIRROR", format!("http://127.0.0.1:{port}/"))
+        .output()
+        .unwrap();
+    assert_one_line_error(&o, "download of http://127.0.0.1");
+    let left: Vec<_> = walk(root.path());
+    assert!(left.is_empty(), "left behind: {left:?}");
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+fn train_json(out: &Path, seed: &str) -> serde_json::Value {
+    let data = shared().join("cifar10-mini");
+    let o = run(&cifar_args(
+        SMALL,
+        data.to_str().unwrap(),
+        &["--epochs", "2", "--channels", "8", "--cells", "1", "--batch-size", "64", "--seed", seed, "--json", "--out", out.to_str().unwrap()],
+    ));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(err.contains("epoch   1/2") && err.contains("epoch   2/2"), "progress per epoch on stderr: {err}");
+    let text = String::from_utf8(o.stdout).unwrap();
+    assert_eq!(text.lines().count(), 1, "exactly one JSON object on stdout: {text}");
+    serde_json::from_str(&text).unwrap()
+}
+
+#[test]
+fn train_learns_on_real_cifar10_and_is_reproducible() {
+    let d1 = tempfile::tempdir().unwrap();
+    let d2 = tempfile::tempdir().unwrap();
+    let a = train_json(d1.path(), "3");
+    for key in ["arch", "params", "flops", "epochs", "train_seconds", "test_acc", "device_seconds"] {
+        assert!(a.get(key).is_some(), "missing {key}: {a}");
+    }
+    assert_eq!(a["arch"], SMALL);
+    assert_eq!(a["epochs"], 2);
+    assert_eq!(a["task"], "cifar10");
+    let acc = a["test_acc"].as_f64().unwrap();
+    // 1000 held-back real CIFAR-10 images, 10 balanced classes: chance is 10 %.
+    assert!(acc > 20.0, "test accuracy {acc} after 2 epochs");
+    let params = a["params"].as_u64().unwrap();
+    let cfg = autoagent_evaluator::net::Nb201Config {
+        channels: 8,
+        cells_per_stage: 1,
+        ..autoagent_evaluator::net::Nb201Config::new(autoagent_evaluator::nb201::Arch::parse(SMALL).unwrap())
+    };
+    assert_eq!(params as usize, cfg.param_count());
+    // Best weights as safetensors, with every variable of the network.
+    let weights = d1.path().join("best.safetensors");
+    let tensors = candle_core::safetensors::load(&weights, &candle_core::Device::Cpu).unwrap();
+    assert!(tensors.contains_key("classifier.weight") && tensors.contains_key("stem.bn.running_var"));
+    let n: usize = tensors.iter().filter(|(k, _)| !k.contains("running")).map(|(_, t)| t.elem_count()).sum();
+    assert_eq!(n as u64, params);
+    assert!(d1.path().join("train.json").exists());
+    // Same seed, same result, bit for bit; another seed differs.
+    let b = train_json(d2.path(), "3");
+    let (ha, hb) = (a["history"].as_array().unwrap(), b["history"].as_array().unwrap());
+    assert_eq!(ha.len(), 2);
+    for (x, y) in ha.iter().zip(hb) {
+        for key in ["train_loss", "train_acc", "test_acc", "lr"] {
+            assert_eq!(x[key], y[key], "{key} differs between two runs with one seed");
+        }
+    }
+    assert_eq!(std::fs::read(&weights).unwrap(), std::fs::read(d2.path().join("best.safetensors")).unwrap());
+}
+
+#[test]
+fn train_runs_on_grey_28x28_images() {
+    for task in ["mnist", "fashion-mnist"] {
+        let dir = shared().join(format!("{task}-mini"));
+        let o = run(&[
+            "train", "--task", task, "--arch", SMALL, "--data-dir", dir.to_str().unwrap(), "--no-download",
+            "--epochs", "2", "--channels", "8", "--cells", "1", "--batch-size", "64", "--json",
+        ]);
+        assert!(o.status.success(), "{task}: {}", stderr(&o));
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        assert!(v["test_acc"].as_f64().unwrap() > 20.0, "{task}: {v}");
+    }
+}
