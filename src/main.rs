@@ -128,7 +128,14 @@ enum BenchCommand {
     TrainSpeed(autoagent_benchmarks::train_speed::TrainSpeedArgs),
 }
 
+/// mimalloc's `mi_option_purge_delay` (index 15 of `mi_option_t` in mimalloc v2's header).
+const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+
 fn main() -> ExitCode {
+    // Never hand freed memory back to the OS: a training step frees and re-allocates the same
+    // activation-sized buffers, and a purge makes every new one pay page faults and zeroing.
+    // SAFETY: setting an option is thread-safe in mimalloc; no allocation invariants change.
+    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1) };
     let cli = Cli::parse();
     init_logging(cli.verbose);
     match run(cli) {

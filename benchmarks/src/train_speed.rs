@@ -42,6 +42,9 @@ pub const DEFAULT_ARCHS: [(usize, &str, &str); 3] = [
 /// Options of `autoagent bench train-speed`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct TrainSpeedArgs {
+    /// Measure only these of the reference archs (NB201 indices, comma-separated).
+    #[arg(long, value_delimiter = ',', default_values_t = DEFAULT_ARCHS.map(|a| a.0))]
+    pub archs: Vec<usize>,
     /// Threads for candle (rayon) and PyTorch.
     #[arg(long, default_value_t = 2)]
     pub threads: usize,
@@ -237,7 +240,10 @@ pub fn run(args: &TrainSpeedArgs) -> Result<()> {
     autoagent_evaluator::kernels::set_threads(args.threads);
     let candle_matmul_gflops = matmul_gflops(2048, 1, 5)?;
     let mut rows = Vec::new();
-    for (index, arch, role) in DEFAULT_ARCHS {
+    for &index in &args.archs {
+        let Some(&(_, arch, role)) = DEFAULT_ARCHS.iter().find(|a| a.0 == index) else {
+            bail!("arch {index} is not one of the reference archs {:?}", DEFAULT_ARCHS.map(|a| a.0));
+        };
         let a = Arch::parse(arch)?;
         let cfg = Nb201Config::new(a);
         eprintln!("candle: measuring {index} ({role})");

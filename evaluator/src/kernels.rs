@@ -184,6 +184,16 @@ fn col2im<T: Float>(g: &ConvGeom, col: &[T], x: &mut [T]) {
                     }
                     let dst = &mut plane[iy as usize * g.w..(iy as usize + 1) * g.w];
                     let shift = kj as isize - g.pad as isize;
+                    if g.stride == 1 {
+                        // Columns ox with 0 <= ox + shift < w, added as one contiguous run.
+                        let lo = (-shift).max(0) as usize;
+                        let hi = ((g.w as isize - shift).min(g.wo as isize)).max(lo as isize) as usize;
+                        let d0 = (lo as isize + shift) as usize;
+                        for (d, v) in dst[d0..d0 + (hi - lo)].iter_mut().zip(&src[lo..hi]) {
+                            *d += *v;
+                        }
+                        continue;
+                    }
                     for (ox, &v) in src.iter().enumerate() {
                         let ix = (ox * g.stride) as isize + shift;
                         if ix >= 0 && ix < g.w as isize {
@@ -870,6 +880,184 @@ pub fn relu(x: &Tensor) -> Result<Tensor> {
     x.contiguous()?.apply_op1(ReluOp)
 }
 
+/// What a fused ReLU→Conv→BatchNorm forward pass keeps for its backward pass.
+struct ConvBnSaved<T> {
+    /// ReLU output (the convolution's input), when the unit has a ReLU.
+    r: Option<Vec<T>>,
+    /// Convolution output (BatchNorm's input).
+    y: Vec<T>,
+    gamma: Vec<T>,
+    stats: BnStats,
+}
+
+type Stash = Arc<Mutex<Option<Box<dyn std::any::Any + Send>>>>;
+
+/// Fused `(x, w, [γ; β]) -> BN(conv(relu?(x), w))` with batch statistics: one graph node
+/// instead of three, so candle's autograd allocates and accumulates one input gradient instead
+/// of three.
+#[derive(Clone)]
+struct ConvBnOp {
+    geom: ConvGeom,
+    relu: bool,
+    eps: f64,
+    saved: Stash,
+}
+
+/// The gradient of [`ConvBnOp`]: `(x, w, gz) -> [gx | gw | gγ | gβ]` (flat).
+#[derive(Clone)]
+struct ConvBnBwdOp {
+    geom: ConvGeom,
+    relu: bool,
+    saved: Stash,
+}
+
+impl ConvBnOp {
+    fn run<T: Float>(&self, x: &[T], w: &[T], gb: &[T]) -> Vec<T> {
+        let g = &self.geom;
+        let r = self.relu.then(|| relu_fwd(x));
+        let y = conv_fwd(g, r.as_deref().unwrap_or(x), w);
+        let (z, stats) = bn_fwd(&y, &gb[..g.cout], &gb[g.cout..], (g.n, g.cout, g.p()), self.eps);
+        let saved = ConvBnSaved { r, y, gamma: gb[..g.cout].to_vec(), stats };
+        *self.saved.lock().expect("conv-bn stash") = Some(Box::new(saved));
+        z
+    }
+}
+
+impl ConvBnBwdOp {
+    fn run<T: Float>(&self, x: &[T], w: &[T], gz: &[T]) -> Result<Vec<T>> {
+        let g = &self.geom;
+        let guard = self.saved.lock().expect("conv-bn stash");
+        let Some(saved) = guard.as_ref().and_then(|b| b.downcast_ref::<ConvBnSaved<T>>()) else {
+            candle_core::bail!("fused conv-bn: backward without a matching forward pass")
+        };
+        let ylen = saved.y.len();
+        let packed = bn_bwd(&saved.y, gz, &saved.gamma, (g.n, g.cout, g.p()), &saved.stats);
+        let (gy, gparams) = packed.split_at(ylen);
+        let input = saved.r.as_deref().unwrap_or(x);
+        let gw = conv_filter(g, input, gy);
+        let gr = conv_data(g, gy, w);
+        let gx = if self.relu { relu_mask(&gr, x) } else { gr };
+        let mut out = gx;
+        out.reserve(gw.len() + gparams.len());
+        out.extend_from_slice(&gw);
+        out.extend_from_slice(gparams);
+        Ok(out)
+    }
+}
+
+impl CustomOp3 for ConvBnOp {
+    fn name(&self) -> &'static str {
+        "autoagent-relu-conv-bn"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let n = self.name();
+        let out = match (s1, s2, s3) {
+            (CpuStorage::F32(_), CpuStorage::F32(_), CpuStorage::F32(_)) => {
+                CpuStorage::F32(self.run::<f32>(slice(s1, l1, n)?, slice(s2, l2, n)?, slice(s3, l3, n)?))
+            }
+            (CpuStorage::F64(_), CpuStorage::F64(_), CpuStorage::F64(_)) => {
+                CpuStorage::F64(self.run::<f64>(slice(s1, l1, n)?, slice(s2, l2, n)?, slice(s3, l3, n)?))
+            }
+            _ => candle_core::bail!("{n}: only f32 and f64 tensors of one dtype are supported"),
+        };
+        Ok((out, self.geom.y_shape()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        gb: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let op = ConvBnBwdOp { geom: self.geom, relu: self.relu, saved: self.saved.clone() };
+        let packed = x.apply_op3_no_bwd(w, &grad.contiguous()?, &op)?;
+        let (nx, nw, ngb) = (x.elem_count(), w.elem_count(), gb.elem_count());
+        let gx = packed.narrow(0, 0, nx)?.reshape(x.shape())?;
+        let gw = packed.narrow(0, nx, nw)?.reshape(w.shape())?;
+        let ggb = packed.narrow(0, nx + nw, ngb)?.reshape(gb.shape())?;
+        Ok((Some(gx), Some(gw), Some(ggb)))
+    }
+}
+
+impl CustomOp3 for ConvBnBwdOp {
+    fn name(&self) -> &'static str {
+        "autoagent-relu-conv-bn-backward"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let n = self.name();
+        let out = match (s1, s2, s3) {
+            (CpuStorage::F32(_), CpuStorage::F32(_), CpuStorage::F32(_)) => {
+                CpuStorage::F32(self.run::<f32>(slice(s1, l1, n)?, slice(s2, l2, n)?, slice(s3, l3, n)?)?)
+            }
+            (CpuStorage::F64(_), CpuStorage::F64(_), CpuStorage::F64(_)) => {
+                CpuStorage::F64(self.run::<f64>(slice(s1, l1, n)?, slice(s2, l2, n)?, slice(s3, l3, n)?)?)
+            }
+            _ => candle_core::bail!("{n}: only f32 and f64 tensors of one dtype are supported"),
+        };
+        let len = out_len(&out);
+        Ok((out, Shape::from(len)))
+    }
+}
+
+fn out_len(s: &CpuStorage) -> usize {
+    match s {
+        CpuStorage::F32(v) => v.len(),
+        CpuStorage::F64(v) => v.len(),
+        _ => 0,
+    }
+}
+
+/// Fused `[ReLU →] Conv (no bias) → BatchNorm with batch statistics` on CPU, with first-order
+/// gradients; returns the output and the batch mean and biased variance of the convolution's
+/// output. `gamma_beta` is `[γ; β]` concatenated (2·cout values).
+pub fn relu_conv_bn(
+    x: &Tensor,
+    w: &Tensor,
+    gamma_beta: &Tensor,
+    stride: usize,
+    pad: usize,
+    relu: bool,
+    eps: f64,
+) -> Result<(Tensor, Vec<f64>, Vec<f64>)> {
+    let geom = ConvGeom::new(x.dims(), w.dims(), stride, pad)?;
+    if !x.device().is_cpu() || !supports(x.dtype()) || gamma_beta.elem_count() != 2 * geom.cout {
+        candle_core::bail!("relu_conv_bn: needs f32/f64 CPU tensors and 2·cout BatchNorm parameters")
+    }
+    let saved: Stash = Arc::new(Mutex::new(None));
+    let op = ConvBnOp { geom, relu, eps, saved: saved.clone() };
+    let z = x.contiguous()?.apply_op3(&w.contiguous()?, &gamma_beta.contiguous()?, op)?;
+    let guard = saved.lock().expect("conv-bn stash");
+    let stats = guard
+        .as_ref()
+        .and_then(|b| {
+            b.downcast_ref::<ConvBnSaved<f32>>()
+                .map(|s| s.stats.clone())
+                .or_else(|| b.downcast_ref::<ConvBnSaved<f64>>().map(|s| s.stats.clone()))
+        })
+        .expect("forward pass saved its statistics");
+    Ok((z, stats.mean, stats.var))
+}
+
 /// Use `threads` threads for CPU work: configures rayon's global pool (which our kernels and
 /// candle's matmul share) when it has not been started yet; returns whether it was configured.
 /// Call it before any tensor work.
@@ -1043,6 +1231,71 @@ mod tests {
             let l2 = (y2.relu().unwrap() * &u).unwrap().sum_all().unwrap().backward().unwrap();
             for var in [&x, &g, &b] {
                 assert!(max_diff(l1.get(var).unwrap(), l2.get(var).unwrap()) < tol);
+            }
+        }
+    }
+
+    /// Per-op timings on the first NB201 stage's shape (batch 64, 16×32×32); run with
+    /// `cargo test -p autoagent-evaluator --lib bench_ops -- --ignored --nocapture`.
+    #[test]
+    #[ignore]
+    fn bench_ops() {
+        let time = |name: &str, f: &mut dyn FnMut()| {
+            f();
+            let t = std::time::Instant::now();
+            for _ in 0..10 {
+                f();
+            }
+            eprintln!("{name:<28} {:8.3} ms", t.elapsed().as_secs_f64() * 100.0);
+        };
+        let x = Var::from_tensor(&randn(&[64, 16, 32, 32], 1, DType::F32)).unwrap();
+        let w3 = Var::from_tensor(&randn(&[16, 16, 3, 3], 2, DType::F32)).unwrap();
+        let w1 = Var::from_tensor(&randn(&[16, 16, 1, 1], 2, DType::F32)).unwrap();
+        let g = Var::from_tensor(&randn(&[16], 3, DType::F32)).unwrap();
+        let u = randn(&[64, 16, 32, 32], 4, DType::F32);
+        let geom = ConvGeom::new(&[64, 16, 32, 32], &[16, 16, 3, 3], 1, 1).unwrap();
+        let xv: Vec<f32> = x.flatten_all().unwrap().to_vec1().unwrap();
+        let wv: Vec<f32> = w3.flatten_all().unwrap().to_vec1().unwrap();
+        time("raw conv_fwd", &mut || { conv_fwd(&geom, &xv, &wv); });
+        time("raw conv_data", &mut || { conv_data(&geom, &xv, &wv); });
+        time("raw conv_filter", &mut || { conv_filter(&geom, &xv, &xv); });
+        time("conv3x3 fwd", &mut || { conv2d(&x, &w3, 1, 1).unwrap(); });
+        time("conv3x3 fwd+bwd", &mut || { (conv2d(&x, &w3, 1, 1).unwrap() * &u).unwrap().sum_all().unwrap().backward().unwrap(); });
+        time("conv1x1 fwd", &mut || { conv2d(&x, &w1, 1, 0).unwrap(); });
+        time("bn fwd", &mut || { batch_norm(&x, &g, &g, 1e-5).unwrap(); });
+        time("bn fwd+bwd", &mut || { (batch_norm(&x, &g, &g, 1e-5).unwrap().0 * &u).unwrap().sum_all().unwrap().backward().unwrap(); });
+        time("relu fwd", &mut || { relu(&x).unwrap(); });
+        time("pool3 fwd", &mut || { avg_pool2d(&x, 3, 1, 1, false).unwrap(); });
+        time("pool3 fwd+bwd", &mut || { (avg_pool2d(&x, 3, 1, 1, false).unwrap() * &u).unwrap().sum_all().unwrap().backward().unwrap(); });
+        time("add", &mut || { (x.as_tensor() + &u).unwrap(); });
+        time("mul+sum (loss stand-in)", &mut || { (x.as_tensor() * &u).unwrap().sum_all().unwrap(); });
+        time("zeros_like", &mut || { x.zeros_like().unwrap(); });
+        time("mul+sum fwd+bwd (baseline)", &mut || { (x.as_tensor() * &u).unwrap().sum_all().unwrap().backward().unwrap(); });
+    }
+
+    #[test]
+    fn fused_relu_conv_bn_matches_the_separate_ops() {
+        for dtype in [DType::F32, DType::F64] {
+            let tol = if dtype == DType::F32 { 2e-4 } else { 1e-10 };
+            for &(stride, k, relu_first) in &[(1, 3, true), (2, 3, true), (1, 1, true), (1, 3, false)] {
+                let x = Var::from_tensor(&randn(&[3, 4, 6, 6], 11, dtype)).unwrap();
+                let w = Var::from_tensor(&randn(&[5, 4, k, k], 12, dtype)).unwrap();
+                let g = Var::from_tensor(&randn(&[5], 13, dtype)).unwrap();
+                let b = Var::from_tensor(&randn(&[5], 14, dtype)).unwrap();
+                let gb = Tensor::cat(&[g.as_tensor(), b.as_tensor()], 0).unwrap();
+                let (z1, m1, v1) = relu_conv_bn(&x, &w, &gb, stride, k / 2, relu_first, 1e-5).unwrap();
+                let xin = if relu_first { relu(&x).unwrap() } else { x.as_tensor().clone() };
+                let (z2, m2, v2) = batch_norm(&conv2d(&xin, &w, stride, k / 2).unwrap(), &g, &b, 1e-5).unwrap();
+                assert!(max_diff(&z1, &z2) < tol);
+                for (a, c) in m1.iter().zip(&m2).chain(v1.iter().zip(&v2)) {
+                    assert!((a - c).abs() < tol);
+                }
+                let u = randn(z1.dims(), 15, dtype);
+                let g1 = (&z1 * &u).unwrap().sum_all().unwrap().backward().unwrap();
+                let g2 = (&z2 * &u).unwrap().sum_all().unwrap().backward().unwrap();
+                for var in [&x, &w, &g, &b] {
+                    assert!(max_diff(g1.get(var).unwrap(), g2.get(var).unwrap()) < tol, "stride {stride} k {k}");
+                }
             }
         }
     }

@@ -200,6 +200,22 @@ impl BatchNorm {
         })
     }
 
+    /// Fold one batch's statistics of `xs` (biased variance) into the running statistics.
+    fn update_running(&self, xs: &Tensor, mean: Vec<f64>, var: Vec<f64>) -> Result<()> {
+        let (n, c, h, w) = xs.dims4()?;
+        let count = (n * h * w) as f64;
+        let unbiased = if count > 1.0 { count / (count - 1.0) } else { 1.0 };
+        let dev = xs.device();
+        let dtype = self.running_mean.dtype();
+        let m = Tensor::from_vec(mean, c, dev)?.to_dtype(dtype)?;
+        let v = (Tensor::from_vec(var, c, dev)?.to_dtype(dtype)? * unbiased)?;
+        let rm = ((self.running_mean.as_tensor() * (1.0 - BN_MOMENTUM))? + (m * BN_MOMENTUM)?)?;
+        let rv = ((self.running_var.as_tensor() * (1.0 - BN_MOMENTUM))? + (v * BN_MOMENTUM)?)?;
+        self.running_mean.set(&rm.detach())?;
+        self.running_var.set(&rv.detach())?;
+        Ok(())
+    }
+
     fn forward(&self, xs: &Tensor, mode: BnMode) -> Result<Tensor> {
         let c = xs.dim(1)?;
         let shape = (1, c, 1, 1);
@@ -212,17 +228,7 @@ impl BatchNorm {
             BnMode::Train | BnMode::Batch => {
                 let (y, mean, var) = kernels::batch_norm(xs, &self.weight, &self.bias, BN_EPS)?;
                 if mode == BnMode::Train {
-                    let (n, _, h, w) = xs.dims4()?;
-                    let count = (n * h * w) as f64;
-                    let unbiased = if count > 1.0 { count / (count - 1.0) } else { 1.0 };
-                    let dev = xs.device();
-                    let dtype = self.running_mean.dtype();
-                    let m = Tensor::from_vec(mean, c, dev)?.to_dtype(dtype)?;
-                    let v = (Tensor::from_vec(var, c, dev)?.to_dtype(dtype)? * unbiased)?;
-                    let rm = ((self.running_mean.as_tensor() * (1.0 - BN_MOMENTUM))? + (m * BN_MOMENTUM)?)?;
-                    let rv = ((self.running_var.as_tensor() * (1.0 - BN_MOMENTUM))? + (v * BN_MOMENTUM)?)?;
-                    self.running_mean.set(&rm.detach())?;
-                    self.running_var.set(&rv.detach())?;
+                    self.update_running(xs, mean, var)?;
                 }
                 return Ok(y);
             }
@@ -258,6 +264,18 @@ impl ConvUnit {
     }
 
     fn forward(&self, xs: &Tensor, mode: BnMode) -> Result<Tensor> {
+        if let (Some(bn), BnMode::Train | BnMode::Batch) = (&self.bn, mode) {
+            if xs.device().is_cpu() && kernels::supports(xs.dtype()) {
+                // One fused node for ReLU, convolution and BatchNorm.
+                let gb = Tensor::cat(&[&bn.weight, &bn.bias], 0)?;
+                let (z, mean, var) =
+                    kernels::relu_conv_bn(xs, &self.weight, &gb, self.stride, self.pad, self.relu, BN_EPS)?;
+                if mode == BnMode::Train {
+                    bn.update_running(&z, mean, var)?;
+                }
+                return Ok(z);
+            }
+        }
         let xs = if self.relu { kernels::relu(xs)? } else { xs.clone() };
         let ys = kernels::conv2d(&xs, &self.weight, self.stride, self.pad)?;
         match &self.bn {
