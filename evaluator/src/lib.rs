@@ -15,5 +15,6 @@ pub mod kernels;
 pub mod nb201;
 pub mod net;
 pub mod train;
+pub mod sgemm;
 
 pub use error::{Error, Result};

@@ -1,0 +1,359 @@
+//! Convolution: im2col + GEMM, and the three maps (forward, data gradient, filter gradient)
+//! as candle ops closed under differentiation.
+
+
+use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+
+use super::{slice, Float};
+
+/// Geometry of a 2-D convolution over an NCHW batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ConvGeom {
+    pub(crate) n: usize,
+    pub(crate) cin: usize,
+    pub(crate) h: usize,
+    pub(crate) w: usize,
+    pub(crate) cout: usize,
+    pub(crate) kh: usize,
+    pub(crate) kw: usize,
+    pub(crate) stride: usize,
+    pub(crate) pad: usize,
+    pub(crate) ho: usize,
+    pub(crate) wo: usize,
+}
+
+impl ConvGeom {
+    pub(crate) fn new(x: &[usize], wt: &[usize], stride: usize, pad: usize) -> Result<Self> {
+        let (&[n, cin, h, w], &[cout, wcin, kh, kw]) = (x, wt) else {
+            candle_core::bail!("conv2d expects NCHW input and OIHW weight, got {x:?} and {wt:?}")
+        };
+        if wcin != cin {
+            candle_core::bail!("conv2d: input has {cin} channels, weight expects {wcin}")
+        }
+        if h + 2 * pad < kh || w + 2 * pad < kw || stride == 0 {
+            candle_core::bail!("conv2d: kernel {kh}x{kw} does not fit input {h}x{w} with padding {pad}")
+        }
+        let ho = (h + 2 * pad - kh) / stride + 1;
+        let wo = (w + 2 * pad - kw) / stride + 1;
+        Ok(ConvGeom { n, cin, h, w, cout, kh, kw, stride, pad, ho, wo })
+    }
+    /// Rows of the im2col matrix.
+    pub(crate) fn k(&self) -> usize {
+        self.cin * self.kh * self.kw
+    }
+    /// Output positions per sample.
+    pub(crate) fn p(&self) -> usize {
+        self.ho * self.wo
+    }
+    /// A pointwise convolution needs no im2col: the input plane already is the matrix.
+    pub(crate) fn pointwise(&self) -> bool {
+        self.kh == 1 && self.kw == 1 && self.stride == 1 && self.pad == 0
+    }
+    pub(crate) fn x_shape(&self) -> Shape {
+        (self.n, self.cin, self.h, self.w).into()
+    }
+    pub(crate) fn y_shape(&self) -> Shape {
+        (self.n, self.cout, self.ho, self.wo).into()
+    }
+    pub(crate) fn w_shape(&self) -> Shape {
+        (self.cout, self.cin, self.kh, self.kw).into()
+    }
+}
+
+/// `dst (m×n) = lhs (m×k) · rhs (k×n)` (+ `dst` when `acc`), all given by (row, column) strides.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn gemm<T: Float>(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: &mut [T],
+    dst_rs: usize,
+    acc: bool,
+    lhs: &[T],
+    (lhs_rs, lhs_cs): (usize, usize),
+    rhs: &[T],
+    (rhs_rs, rhs_cs): (usize, usize),
+    threads: usize,
+) {
+    debug_assert!(dst.len() >= (m - 1) * dst_rs + n);
+    debug_assert!(lhs.len() > (m - 1) * lhs_rs + (k - 1) * lhs_cs);
+    debug_assert!(rhs.len() > (k - 1) * rhs_rs + (n - 1) * rhs_cs);
+    let par = if threads > 1 {
+        gemm::Parallelism::Rayon(threads)
+    } else {
+        gemm::Parallelism::None
+    };
+    // SAFETY: the slices cover every element addressed through the given strides (checked above
+    // in debug builds; the callers derive all sizes from one `ConvGeom`), and `dst` does not
+    // alias the inputs since it is borrowed mutably.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            dst_rs as isize,
+            acc,
+            lhs.as_ptr(),
+            lhs_cs as isize,
+            lhs_rs as isize,
+            rhs.as_ptr(),
+            rhs_cs as isize,
+            rhs_rs as isize,
+            T::one(),
+            T::one(),
+            false,
+            false,
+            false,
+            par,
+        )
+    }
+}
+
+/// Unfold one sample `x (cin×h×w)` into `col (k×p)`.
+pub(crate) fn im2col<T: Float>(g: &ConvGeom, x: &[T], col: &mut [T]) {
+    let p = g.p();
+    for c in 0..g.cin {
+        let plane = &x[c * g.h * g.w..(c + 1) * g.h * g.w];
+        for ki in 0..g.kh {
+            for kj in 0..g.kw {
+                let row = &mut col[((c * g.kh + ki) * g.kw + kj) * p..][..p];
+                for oy in 0..g.ho {
+                    let out = &mut row[oy * g.wo..(oy + 1) * g.wo];
+                    let iy = (oy * g.stride + ki) as isize - g.pad as isize;
+                    if iy < 0 || iy >= g.h as isize {
+                        out.fill(T::zero());
+                        continue;
+                    }
+                    let src = &plane[iy as usize * g.w..(iy as usize + 1) * g.w];
+                    let shift = kj as isize - g.pad as isize;
+                    if g.stride == 1 {
+                        // Columns ox with 0 <= ox + shift < w are copied as one run.
+                        let lo = (-shift).max(0) as usize;
+                        let hi = ((g.w as isize - shift).min(g.wo as isize)).max(lo as isize) as usize;
+                        out[..lo].fill(T::zero());
+                        out[hi..].fill(T::zero());
+                        let s0 = (lo as isize + shift) as usize;
+                        out[lo..hi].copy_from_slice(&src[s0..s0 + (hi - lo)]);
+                    } else {
+                        for (ox, o) in out.iter_mut().enumerate() {
+                            let ix = (ox * g.stride) as isize + shift;
+                            *o = if ix < 0 || ix >= g.w as isize { T::zero() } else { src[ix as usize] };
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Fold `col (k×p)` back onto one sample `x (cin×h×w)`, adding overlapping entries (`x` must be
+/// zeroed by the caller).
+pub(crate) fn col2im<T: Float>(g: &ConvGeom, col: &[T], x: &mut [T]) {
+    let p = g.p();
+    for c in 0..g.cin {
+        let plane = &mut x[c * g.h * g.w..(c + 1) * g.h * g.w];
+        for ki in 0..g.kh {
+            for kj in 0..g.kw {
+                let row = &col[((c * g.kh + ki) * g.kw + kj) * p..][..p];
+                for oy in 0..g.ho {
+                    let src = &row[oy * g.wo..(oy + 1) * g.wo];
+                    let iy = (oy * g.stride + ki) as isize - g.pad as isize;
+                    if iy < 0 || iy >= g.h as isize {
+                        continue;
+                    }
+                    let dst = &mut plane[iy as usize * g.w..(iy as usize + 1) * g.w];
+                    let shift = kj as isize - g.pad as isize;
+                    if g.stride == 1 {
+                        // Columns ox with 0 <= ox + shift < w, added as one contiguous run.
+                        let lo = (-shift).max(0) as usize;
+                        let hi = ((g.w as isize - shift).min(g.wo as isize)).max(lo as isize) as usize;
+                        let d0 = (lo as isize + shift) as usize;
+                        for (d, v) in dst[d0..d0 + (hi - lo)].iter_mut().zip(&src[lo..hi]) {
+                            *d += *v;
+                        }
+                        continue;
+                    }
+                    for (ox, &v) in src.iter().enumerate() {
+                        let ix = (ox * g.stride) as isize + shift;
+                        if ix >= 0 && ix < g.w as isize {
+                            dst[ix as usize] += v;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// How to spread a batch over the rayon pool: whole samples per thread when there are enough of
+/// them, otherwise the threads inside each GEMM.
+pub(crate) fn inner_threads(batch: usize) -> usize {
+    let t = rayon::current_num_threads();
+    if batch >= t {
+        1
+    } else {
+        t
+    }
+}
+
+pub(crate) fn conv_fwd<T: Float>(g: &ConvGeom, x: &[T], w: &[T]) -> Vec<T> {
+    let (k, p) = (g.k(), g.p());
+    let mut y = vec![T::zero(); g.n * g.cout * p];
+    let threads = inner_threads(g.n);
+    let xs = g.cin * g.h * g.w;
+    y.par_chunks_mut(g.cout * p).enumerate().for_each_init(
+        || if g.pointwise() { Vec::new() } else { vec![T::zero(); k * p] },
+        |col, (i, yi)| {
+            let xi = &x[i * xs..(i + 1) * xs];
+            let rhs: &[T] = if g.pointwise() {
+                xi
+            } else {
+                im2col(g, xi, col);
+                col
+            };
+            gemm(g.cout, p, k, yi, p, false, w, (k, 1), rhs, (p, 1), threads);
+        },
+    );
+    y
+}
+
+/// `gx = conv_data(gy, w)`: the input gradient (the adjoint of [`conv_fwd`] in `x`).
+pub(crate) fn conv_data<T: Float>(g: &ConvGeom, gy: &[T], w: &[T]) -> Vec<T> {
+    let (k, p) = (g.k(), g.p());
+    let xs = g.cin * g.h * g.w;
+    let mut gx = vec![T::zero(); g.n * xs];
+    let threads = inner_threads(g.n);
+    gx.par_chunks_mut(xs).enumerate().for_each_init(
+        || if g.pointwise() { Vec::new() } else { vec![T::zero(); k * p] },
+        |col, (i, gxi)| {
+            let gyi = &gy[i * g.cout * p..(i + 1) * g.cout * p];
+            // wᵀ (k×cout) · gy_i (cout×p)
+            if g.pointwise() {
+                gemm(k, p, g.cout, gxi, p, false, w, (1, k), gyi, (p, 1), threads);
+            } else {
+                gemm(k, p, g.cout, col, p, false, w, (1, k), gyi, (p, 1), threads);
+                col2im(g, col, gxi);
+            }
+        },
+    );
+    gx
+}
+
+/// `gw = conv_filter(x, gy) = Σᵢ gy_i · col(x_i)ᵀ`: the weight gradient.
+pub(crate) fn conv_filter<T: Float>(g: &ConvGeom, x: &[T], gy: &[T]) -> Vec<T> {
+    let (k, p) = (g.k(), g.p());
+    let xs = g.cin * g.h * g.w;
+    let threads = inner_threads(g.n);
+    let chunks = rayon::current_num_threads().min(g.n).max(1);
+    let per = g.n.div_ceil(chunks);
+    let partials: Vec<Vec<T>> = (0..chunks)
+        .into_par_iter()
+        .map(|c| {
+            let mut acc = vec![T::zero(); g.cout * k];
+            let mut col = if g.pointwise() { Vec::new() } else { vec![T::zero(); k * p] };
+            for i in c * per..((c + 1) * per).min(g.n) {
+                let xi = &x[i * xs..(i + 1) * xs];
+                let gyi = &gy[i * g.cout * p..(i + 1) * g.cout * p];
+                let colr: &[T] = if g.pointwise() {
+                    xi
+                } else {
+                    im2col(g, xi, &mut col);
+                    &col
+                };
+                // gy_i (cout×p) · colᵀ (p×k)
+                gemm(g.cout, k, p, &mut acc, k, true, gyi, (p, 1), colr, (1, p), threads);
+            }
+            acc
+        })
+        .collect();
+    let mut out = partials[0].clone();
+    for part in &partials[1..] {
+        for (o, v) in out.iter_mut().zip(part) {
+            *o += *v;
+        }
+    }
+    out
+}
+
+/// Which of the three convolution maps an op computes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ConvMap {
+    /// `(x, w) -> y`
+    Fwd,
+    /// `(gy, w) -> gx`
+    Data,
+    /// `(x, gy) -> gw`
+    Filter,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct ConvOp {
+    map: ConvMap,
+    geom: ConvGeom,
+}
+
+impl ConvOp {
+    fn run<T: Float>(&self, a: &[T], b: &[T]) -> (Vec<T>, Shape) {
+        let g = &self.geom;
+        match self.map {
+            ConvMap::Fwd => (conv_fwd(g, a, b), g.y_shape()),
+            ConvMap::Data => (conv_data(g, a, b), g.x_shape()),
+            ConvMap::Filter => (conv_filter(g, a, b), g.w_shape()),
+        }
+    }
+    fn with(&self, map: ConvMap) -> ConvOp {
+        ConvOp { map, ..*self }
+    }
+}
+
+impl CustomOp2 for ConvOp {
+    fn name(&self) -> &'static str {
+        match self.map {
+            ConvMap::Fwd => "autoagent-conv2d",
+            ConvMap::Data => "autoagent-conv2d-data",
+            ConvMap::Filter => "autoagent-conv2d-filter",
+        }
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        match (s1, s2) {
+            (CpuStorage::F32(_), CpuStorage::F32(_)) => {
+                let (v, s) = self.run::<f32>(slice(s1, l1, self.name())?, slice(s2, l2, self.name())?);
+                Ok((CpuStorage::F32(v), s))
+            }
+            (CpuStorage::F64(_), CpuStorage::F64(_)) => {
+                let (v, s) = self.run::<f64>(slice(s1, l1, self.name())?, slice(s2, l2, self.name())?);
+                Ok((CpuStorage::F64(v), s))
+            }
+            _ => candle_core::bail!("{}: only f32 and f64 tensors of one dtype are supported", self.name()),
+        }
+    }
+
+    fn bwd(&self, a: &Tensor, b: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let grad = grad.contiguous()?;
+        let op = |map: ConvMap, u: &Tensor, v: &Tensor| u.apply_op2(v, self.with(map));
+        Ok(match self.map {
+            // y = conv(x, w): gx = data(gy, w), gw = filter(x, gy)
+            ConvMap::Fwd => (Some(op(ConvMap::Data, &grad, b)?), Some(op(ConvMap::Filter, a, &grad)?)),
+            // gx = data(gy, w): d gy = conv(u, w), d w = filter(u, gy)
+            ConvMap::Data => (Some(op(ConvMap::Fwd, &grad, b)?), Some(op(ConvMap::Filter, &grad, a)?)),
+            // gw = filter(x, gy): d x = data(gy, v), d gy = conv(x, v)
+            ConvMap::Filter => (Some(op(ConvMap::Data, b, &grad)?), Some(op(ConvMap::Fwd, a, &grad)?)),
+        })
+    }
+}
+
+/// 2-D convolution of an NCHW batch with an OIHW weight, no bias, square stride and zero padding.
+///
+/// On CPU this runs our im2col+GEMM kernels (with gradients of any order); on other devices
+/// candle's `conv2d`.
+pub fn conv2d(x: &Tensor, w: &Tensor, stride: usize, pad: usize) -> Result<Tensor> {
+    if !x.device().is_cpu() {
+        return x.conv2d(w, pad, stride, 1, 1);
+    }
+    let geom = ConvGeom::new(x.dims(), w.dims(), stride, pad)?;
+    x.contiguous()?.apply_op2(&w.contiguous()?, ConvOp { map: ConvMap::Fwd, geom })
+}

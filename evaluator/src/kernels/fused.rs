@@ -1,0 +1,188 @@
+//! ReLU → Conv → BatchNorm as one autograd node.
+
+use std::sync::{Arc, Mutex};
+
+use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
+
+use super::bn::{bn_bwd, bn_fwd, BnStats};
+use super::conv::{conv_data, conv_filter, conv_fwd, ConvGeom};
+use super::relu::{relu_fwd, relu_mask};
+use super::{slice, supports, Float};
+
+/// What a fused ReLU→Conv→BatchNorm forward pass keeps for its backward pass.
+struct ConvBnSaved<T> {
+    /// ReLU output (the convolution's input), when the unit has a ReLU.
+    r: Option<Vec<T>>,
+    /// Convolution output (BatchNorm's input).
+    y: Vec<T>,
+    gamma: Vec<T>,
+    stats: BnStats,
+}
+
+pub(crate) type Stash = Arc<Mutex<Option<Box<dyn std::any::Any + Send>>>>;
+
+/// Fused `(x, w, [γ; β]) -> BN(conv(relu?(x), w))` with batch statistics: one graph node
+/// instead of three, so candle's autograd allocates and accumulates one input gradient instead
+/// of three.
+#[derive(Clone)]
+struct ConvBnOp {
+    geom: ConvGeom,
+    relu: bool,
+    eps: f64,
+    saved: Stash,
+}
+
+/// The gradient of [`ConvBnOp`]: `(x, w, gz) -> [gx | gw | gγ | gβ]` (flat).
+#[derive(Clone)]
+struct ConvBnBwdOp {
+    geom: ConvGeom,
+    relu: bool,
+    saved: Stash,
+}
+
+impl ConvBnOp {
+    fn run<T: Float>(&self, x: &[T], w: &[T], gb: &[T]) -> Vec<T> {
+        let g = &self.geom;
+        let r = self.relu.then(|| relu_fwd(x));
+        let y = conv_fwd(g, r.as_deref().unwrap_or(x), w);
+        let (z, stats) = bn_fwd(&y, &gb[..g.cout], &gb[g.cout..], (g.n, g.cout, g.p()), self.eps);
+        let saved = ConvBnSaved { r, y, gamma: gb[..g.cout].to_vec(), stats };
+        *self.saved.lock().expect("conv-bn stash") = Some(Box::new(saved));
+        z
+    }
+}
+
+impl ConvBnBwdOp {
+    fn run<T: Float>(&self, x: &[T], w: &[T], gz: &[T]) -> Result<Vec<T>> {
+        let g = &self.geom;
+        let guard = self.saved.lock().expect("conv-bn stash");
+        let Some(saved) = guard.as_ref().and_then(|b| b.downcast_ref::<ConvBnSaved<T>>()) else {
+            candle_core::bail!("fused conv-bn: backward without a matching forward pass")
+        };
+        let ylen = saved.y.len();
+        let packed = bn_bwd(&saved.y, gz, &saved.gamma, (g.n, g.cout, g.p()), &saved.stats);
+        let (gy, gparams) = packed.split_at(ylen);
+        let input = saved.r.as_deref().unwrap_or(x);
+        let gw = conv_filter(g, input, gy);
+        let gr = conv_data(g, gy, w);
+        let gx = if self.relu { relu_mask(&gr, x) } else { gr };
+        let mut out = gx;
+        out.reserve(gw.len() + gparams.len());
+        out.extend_from_slice(&gw);
+        out.extend_from_slice(gparams);
+        Ok(out)
+    }
+}
+
+impl CustomOp3 for ConvBnOp {
+    fn name(&self) -> &'static str {
+        "autoagent-relu-conv-bn"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let n = self.name();
+        let out = match (s1, s2, s3) {
+            (CpuStorage::F32(_), CpuStorage::F32(_), CpuStorage::F32(_)) => {
+                CpuStorage::F32(self.run::<f32>(slice(s1, l1, n)?, slice(s2, l2, n)?, slice(s3, l3, n)?))
+            }
+            (CpuStorage::F64(_), CpuStorage::F64(_), CpuStorage::F64(_)) => {
+                CpuStorage::F64(self.run::<f64>(slice(s1, l1, n)?, slice(s2, l2, n)?, slice(s3, l3, n)?))
+            }
+            _ => candle_core::bail!("{n}: only f32 and f64 tensors of one dtype are supported"),
+        };
+        Ok((out, self.geom.y_shape()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        gb: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let op = ConvBnBwdOp { geom: self.geom, relu: self.relu, saved: self.saved.clone() };
+        let packed = x.apply_op3_no_bwd(w, &grad.contiguous()?, &op)?;
+        let (nx, nw, ngb) = (x.elem_count(), w.elem_count(), gb.elem_count());
+        let gx = packed.narrow(0, 0, nx)?.reshape(x.shape())?;
+        let gw = packed.narrow(0, nx, nw)?.reshape(w.shape())?;
+        let ggb = packed.narrow(0, nx + nw, ngb)?.reshape(gb.shape())?;
+        Ok((Some(gx), Some(gw), Some(ggb)))
+    }
+}
+
+impl CustomOp3 for ConvBnBwdOp {
+    fn name(&self) -> &'static str {
+        "autoagent-relu-conv-bn-backward"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let n = self.name();
+        let out = match (s1, s2, s3) {
+            (CpuStorage::F32(_), CpuStorage::F32(_), CpuStorage::F32(_)) => {
+                CpuStorage::F32(self.run::<f32>(slice(s1, l1, n)?, slice(s2, l2, n)?, slice(s3, l3, n)?)?)
+            }
+            (CpuStorage::F64(_), CpuStorage::F64(_), CpuStorage::F64(_)) => {
+                CpuStorage::F64(self.run::<f64>(slice(s1, l1, n)?, slice(s2, l2, n)?, slice(s3, l3, n)?)?)
+            }
+            _ => candle_core::bail!("{n}: only f32 and f64 tensors of one dtype are supported"),
+        };
+        let len = out_len(&out);
+        Ok((out, Shape::from(len)))
+    }
+}
+
+fn out_len(s: &CpuStorage) -> usize {
+    match s {
+        CpuStorage::F32(v) => v.len(),
+        CpuStorage::F64(v) => v.len(),
+        _ => 0,
+    }
+}
+
+/// Fused `[ReLU →] Conv (no bias) → BatchNorm with batch statistics` on CPU, with first-order
+/// gradients; returns the output and the batch mean and biased variance of the convolution's
+/// output. `gamma_beta` is `[γ; β]` concatenated (2·cout values).
+pub fn relu_conv_bn(
+    x: &Tensor,
+    w: &Tensor,
+    gamma_beta: &Tensor,
+    stride: usize,
+    pad: usize,
+    relu: bool,
+    eps: f64,
+) -> Result<(Tensor, Vec<f64>, Vec<f64>)> {
+    let geom = ConvGeom::new(x.dims(), w.dims(), stride, pad)?;
+    if !x.device().is_cpu() || !supports(x.dtype()) || gamma_beta.elem_count() != 2 * geom.cout {
+        candle_core::bail!("relu_conv_bn: needs f32/f64 CPU tensors and 2·cout BatchNorm parameters")
+    }
+    let saved: Stash = Arc::new(Mutex::new(None));
+    let op = ConvBnOp { geom, relu, eps, saved: saved.clone() };
+    let z = x.contiguous()?.apply_op3(&w.contiguous()?, &gamma_beta.contiguous()?, op)?;
+    let guard = saved.lock().expect("conv-bn stash");
+    let stats = guard
+        .as_ref()
+        .and_then(|b| {
+            b.downcast_ref::<ConvBnSaved<f32>>()
+                .map(|s| s.stats.clone())
+                .or_else(|| b.downcast_ref::<ConvBnSaved<f64>>().map(|s| s.stats.clone()))
+        })
+        .expect("forward pass saved its statistics");
+    Ok((z, stats.mean, stats.var))
+}

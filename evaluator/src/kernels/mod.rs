@@ -1,0 +1,57 @@
+//! CPU kernels for the operations of the NB201 networks, as candle custom ops with gradients.
+//!
+//! Why our own: candle's CPU `conv_transpose2d`, which candle's autograd uses for the input
+//! gradient of every convolution, is a plain loop (forward+backward cost about 5× a forward), and
+//! its `avg_pool2d` has no padding, no `count_include_pad=False` and no backward for
+//! kernel ≠ stride, which NB201's 3×3 average pool needs.
+//!
+//! Convolution is im2col + GEMM (the `gemm` crate, the one candle's matmul uses), parallel over
+//! the samples of the batch. The three convolution maps are closed under differentiation —
+//! forward `y = conv(x, w)`, input gradient `gx = conv_data(gy, w)` and weight gradient
+//! `gw = conv_filter(x, gy)` are each linear in both arguments and the adjoint of one is another
+//! — so every op's backward is written with the other two, and gradients of gradients (GraSP's
+//! Hessian-vector product) work. Average pooling and its adjoint form the same kind of pair.
+//!
+//! Both f32 and f64 are supported (synflow runs in f64). On other devices the public functions
+//! fall back to candle's own operations.
+
+mod bn;
+mod conv;
+mod fused;
+mod pool;
+mod relu;
+#[cfg(test)]
+mod tests;
+
+use candle_core::{CpuStorage, DType, Layout, Result, WithDType};
+
+pub use bn::{batch_norm, batch_norm_composite};
+pub use conv::conv2d;
+pub use fused::relu_conv_bn;
+pub use pool::avg_pool2d;
+pub use relu::relu;
+
+/// Elements our kernels run on.
+pub(crate) trait Float: WithDType + Default {}
+impl Float for f32 {}
+impl Float for f64 {}
+
+pub(crate) fn slice<'a, T: Float>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [T]> {
+    let Some((a, b)) = l.contiguous_offsets() else {
+        candle_core::bail!("{what}: expected a contiguous tensor")
+    };
+    Ok(&T::cpu_storage_as_slice(s)?[a..b])
+}
+
+/// Use `threads` threads for CPU work: configures rayon's global pool (which our kernels and
+/// candle's matmul share) when it has not been started yet; returns whether it was configured.
+/// Call it before any tensor work.
+pub fn set_threads(threads: usize) -> bool {
+    std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
+    rayon::ThreadPoolBuilder::new().num_threads(threads).build_global().is_ok()
+}
+
+/// Whether our CPU kernels cover a dtype (f32 and f64; everything else goes to candle's ops).
+pub fn supports(dtype: DType) -> bool {
+    matches!(dtype, DType::F32 | DType::F64)
+}

@@ -1,0 +1,230 @@
+//! Tests of the kernels against candle's own operations, naive loops and finite differences.
+
+use super::*;
+use super::conv::{conv_data, conv_filter, conv_fwd, ConvGeom};
+use super::pool::avg_pool2d_generic;
+use candle_core::{DType, Device, Tensor, Var};
+
+fn randn(shape: &[usize], seed: u64, dtype: DType) -> Tensor {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let n: usize = shape.iter().product();
+    let v: Vec<f64> = (0..n).map(|_| rng.random_range(-1.0..1.0)).collect();
+    Tensor::from_vec(v, shape, &Device::Cpu).unwrap().to_dtype(dtype).unwrap()
+}
+
+fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
+    assert_eq!(a.dims(), b.dims());
+    (a.to_dtype(DType::F64).unwrap() - b.to_dtype(DType::F64).unwrap())
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f64>()
+        .unwrap()
+}
+
+const CASES: [(usize, usize, usize, usize, usize, usize, usize); 6] = [
+    // n, cin, cout, hw, k, stride, pad
+    (2, 3, 4, 7, 3, 1, 1),
+    (3, 4, 5, 8, 3, 2, 1),
+    (2, 4, 3, 6, 1, 1, 0),
+    (1, 2, 3, 9, 1, 2, 0),
+    (4, 3, 2, 5, 3, 1, 0),
+    (1, 5, 4, 4, 3, 1, 1), // batch below the thread count: threads inside the GEMM
+];
+
+#[test]
+fn conv_forward_and_gradients_match_candle() {
+    for dtype in [DType::F32, DType::F64] {
+        let tol = if dtype == DType::F32 { 1e-4 } else { 1e-10 };
+        for (i, &(n, cin, cout, hw, k, s, p)) in CASES.iter().enumerate() {
+            let x = Var::from_tensor(&randn(&[n, cin, hw, hw], i as u64, dtype)).unwrap();
+            let w = Var::from_tensor(&randn(&[cout, cin, k, k], 100 + i as u64, dtype)).unwrap();
+            let ours = conv2d(&x, &w, s, p).unwrap();
+            let theirs = x.conv2d(&w, p, s, 1, 1).unwrap();
+            assert!(max_diff(&ours, &theirs) < tol, "forward case {i}");
+            // A loss that weighs every output differently.
+            let u = randn(ours.dims(), 200 + i as u64, dtype);
+            let g1 = (&ours * &u).unwrap().sum_all().unwrap().backward().unwrap();
+            let g2 = (&theirs * &u).unwrap().sum_all().unwrap().backward().unwrap();
+            assert!(max_diff(g1.get(&x).unwrap(), g2.get(&x).unwrap()) < tol, "dx case {i}");
+            assert!(max_diff(g1.get(&w).unwrap(), g2.get(&w).unwrap()) < tol, "dw case {i}");
+        }
+    }
+}
+
+#[test]
+fn second_order_gradients_match_finite_differences() {
+    // f(w) = <d/dx <conv(x, w), u>, v>, linear in w: its gradient is filter(v, u) — check it
+    // numerically, which exercises the backward of the data-gradient op.
+    let (n, cin, cout, hw) = (2, 3, 2, 5);
+    let dtype = DType::F64;
+    let x = Var::from_tensor(&randn(&[n, cin, hw, hw], 1, dtype)).unwrap();
+    let w = Var::from_tensor(&randn(&[cout, cin, 3, 3], 2, dtype)).unwrap();
+    let u = randn(&[n, cout, hw, hw], 3, dtype);
+    let v = randn(&[n, cin, hw, hw], 4, dtype);
+    let f = |w: &Tensor| -> (Tensor, Tensor) {
+        let y = conv2d(&x, w, 1, 1).unwrap();
+        let g = (&y * &u).unwrap().sum_all().unwrap().backward().unwrap();
+        let gx = g.get(&x).unwrap().clone();
+        ((&gx * &v).unwrap().sum_all().unwrap(), gx)
+    };
+    let (val, _) = f(&w);
+    let grads = val.backward().unwrap();
+    let analytic = grads.get(&w).expect("second-order gradient w.r.t. w").clone();
+    let wv: Vec<f64> = w.flatten_all().unwrap().to_vec1().unwrap();
+    let an: Vec<f64> = analytic.flatten_all().unwrap().to_vec1().unwrap();
+    for j in [0, 7, 20, 53] {
+        let mut wp = wv.clone();
+        wp[j] += 1e-4;
+        let mut wm = wv.clone();
+        wm[j] -= 1e-4;
+        let fp = f(&Tensor::from_vec(wp, w.dims(), &Device::Cpu).unwrap()).0.to_scalar::<f64>().unwrap();
+        let fm = f(&Tensor::from_vec(wm, w.dims(), &Device::Cpu).unwrap()).0.to_scalar::<f64>().unwrap();
+        let num = (fp - fm) / 2e-4;
+        assert!((num - an[j]).abs() < 1e-6 * (1.0 + num.abs()), "j={j}: {num} vs {}", an[j]);
+    }
+}
+
+fn naive_pool(x: &[f64], (n, c, h, w): (usize, usize, usize, usize), k: usize, s: usize, p: usize, inc: bool) -> Vec<f64> {
+    let ho = (h + 2 * p - k) / s + 1;
+    let wo = (w + 2 * p - k) / s + 1;
+    let mut out = vec![0.0; n * c * ho * wo];
+    for b in 0..n * c {
+        for oy in 0..ho {
+            for ox in 0..wo {
+                let (mut sum, mut cnt) = (0.0, 0);
+                for dy in 0..k {
+                    for dx in 0..k {
+                        let iy = (oy * s + dy) as isize - p as isize;
+                        let ix = (ox * s + dx) as isize - p as isize;
+                        if iy >= 0 && ix >= 0 && (iy as usize) < h && (ix as usize) < w {
+                            sum += x[b * h * w + iy as usize * w + ix as usize];
+                            cnt += 1;
+                        }
+                    }
+                }
+                out[b * ho * wo + oy * wo + ox] = sum / if inc { (k * k) as f64 } else { cnt as f64 };
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn avg_pool_matches_a_naive_loop_and_its_gradient_is_the_adjoint() {
+    for &(k, s, p, inc) in &[(3, 1, 1, false), (3, 1, 1, true), (2, 2, 0, true), (3, 2, 1, false)] {
+        let dims = (2, 3, 6, 6);
+        let x = Var::from_tensor(&randn(&[2, 3, 6, 6], 9, DType::F64)).unwrap();
+        let y = avg_pool2d(&x, k, s, p, inc).unwrap();
+        let xv: Vec<f64> = x.flatten_all().unwrap().to_vec1().unwrap();
+        let want = naive_pool(&xv, dims, k, s, p, inc);
+        let got: Vec<f64> = y.flatten_all().unwrap().to_vec1().unwrap();
+        for (a, b) in got.iter().zip(&want) {
+            assert!((a - b).abs() < 1e-12);
+        }
+        // <pool(x), u> = <x, adjoint(u)>: the gradient of the former in x is adjoint(u).
+        let u = randn(y.dims(), 10, DType::F64);
+        let g = (&y * &u).unwrap().sum_all().unwrap().backward().unwrap();
+        let gx = g.get(&x).unwrap();
+        let lhs = (&y * &u).unwrap().sum_all().unwrap().to_scalar::<f64>().unwrap();
+        let rhs = (x.as_tensor() * gx).unwrap().sum_all().unwrap().to_scalar::<f64>().unwrap();
+        assert!((lhs - rhs).abs() < 1e-10, "k={k} s={s} p={p}");
+        // And the generic path (used off-CPU) computes the same.
+        let (ho, wo) = (y.dim(2).unwrap(), y.dim(3).unwrap());
+        let generic = avg_pool2d_generic(&x, k, s, p, inc, (ho, wo)).unwrap();
+        assert!(max_diff(&generic, &y) < 1e-12);
+    }
+}
+
+#[test]
+fn fused_batch_norm_and_relu_match_the_composite_forms() {
+    for dtype in [DType::F32, DType::F64] {
+        let tol = if dtype == DType::F32 { 1e-4 } else { 1e-10 };
+        let x = Var::from_tensor(&(randn(&[4, 3, 5, 5], 1, dtype) * 3.0).unwrap()).unwrap();
+        let g = Var::from_tensor(&randn(&[3], 2, dtype)).unwrap();
+        let b = Var::from_tensor(&randn(&[3], 3, dtype)).unwrap();
+        let (y1, m1, v1) = batch_norm(&x, &g, &b, 1e-5).unwrap();
+        let (y2, m2, v2) = batch_norm_composite(&x, &g, &b, 1e-5).unwrap();
+        assert!(max_diff(&y1, &y2) < tol);
+        for (a, c) in m1.iter().zip(&m2).chain(v1.iter().zip(&v2)) {
+            assert!((a - c).abs() < tol);
+        }
+        let u = randn(y1.dims(), 4, dtype);
+        // Push the output through the fused ReLU too, to test both backward passes.
+        let l1 = (relu(&y1).unwrap() * &u).unwrap().sum_all().unwrap().backward().unwrap();
+        let l2 = (y2.relu().unwrap() * &u).unwrap().sum_all().unwrap().backward().unwrap();
+        for var in [&x, &g, &b] {
+            assert!(max_diff(l1.get(var).unwrap(), l2.get(var).unwrap()) < tol);
+        }
+    }
+}
+
+/// Per-op timings on the first NB201 stage's shape (batch 64, 16×32×32); run with
+/// `cargo test -p autoagent-evaluator --lib bench_ops -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn bench_ops() {
+    let time = |name: &str, f: &mut dyn FnMut()| {
+        f();
+        let t = std::time::Instant::now();
+        for _ in 0..10 {
+            f();
+        }
+        eprintln!("{name:<28} {:8.3} ms", t.elapsed().as_secs_f64() * 100.0);
+    };
+    let x = Var::from_tensor(&randn(&[64, 16, 32, 32], 1, DType::F32)).unwrap();
+    let w3 = Var::from_tensor(&randn(&[16, 16, 3, 3], 2, DType::F32)).unwrap();
+    let w1 = Var::from_tensor(&randn(&[16, 16, 1, 1], 2, DType::F32)).unwrap();
+    let g = Var::from_tensor(&randn(&[16], 3, DType::F32)).unwrap();
+    let u = randn(&[64, 16, 32, 32], 4, DType::F32);
+    let geom = ConvGeom::new(&[64, 16, 32, 32], &[16, 16, 3, 3], 1, 1).unwrap();
+    let xv: Vec<f32> = x.flatten_all().unwrap().to_vec1().unwrap();
+    let wv: Vec<f32> = w3.flatten_all().unwrap().to_vec1().unwrap();
+    time("raw conv_fwd", &mut || { conv_fwd(&geom, &xv, &wv); });
+    time("raw conv_data", &mut || { conv_data(&geom, &xv, &wv); });
+    time("raw conv_filter", &mut || { conv_filter(&geom, &xv, &xv); });
+    time("conv3x3 fwd", &mut || { conv2d(&x, &w3, 1, 1).unwrap(); });
+    time("conv3x3 fwd+bwd", &mut || { (conv2d(&x, &w3, 1, 1).unwrap() * &u).unwrap().sum_all().unwrap().backward().unwrap(); });
+    time("conv1x1 fwd", &mut || { conv2d(&x, &w1, 1, 0).unwrap(); });
+    time("bn fwd", &mut || { batch_norm(&x, &g, &g, 1e-5).unwrap(); });
+    time("bn fwd+bwd", &mut || { (batch_norm(&x, &g, &g, 1e-5).unwrap().0 * &u).unwrap().sum_all().unwrap().backward().unwrap(); });
+    time("relu fwd", &mut || { relu(&x).unwrap(); });
+    time("pool3 fwd", &mut || { avg_pool2d(&x, 3, 1, 1, false).unwrap(); });
+    time("pool3 fwd+bwd", &mut || { (avg_pool2d(&x, 3, 1, 1, false).unwrap() * &u).unwrap().sum_all().unwrap().backward().unwrap(); });
+    time("add", &mut || { (x.as_tensor() + &u).unwrap(); });
+    time("mul+sum (loss stand-in)", &mut || { (x.as_tensor() * &u).unwrap().sum_all().unwrap(); });
+    time("zeros_like", &mut || { x.zeros_like().unwrap(); });
+    time("mul+sum fwd+bwd (baseline)", &mut || { (x.as_tensor() * &u).unwrap().sum_all().unwrap().backward().unwrap(); });
+}
+
+#[test]
+fn fused_relu_conv_bn_matches_the_separate_ops() {
+    for dtype in [DType::F32, DType::F64] {
+        let tol = if dtype == DType::F32 { 2e-4 } else { 1e-10 };
+        for &(stride, k, relu_first) in &[(1, 3, true), (2, 3, true), (1, 1, true), (1, 3, false)] {
+            let x = Var::from_tensor(&randn(&[3, 4, 6, 6], 11, dtype)).unwrap();
+            let w = Var::from_tensor(&randn(&[5, 4, k, k], 12, dtype)).unwrap();
+            let g = Var::from_tensor(&randn(&[5], 13, dtype)).unwrap();
+            let b = Var::from_tensor(&randn(&[5], 14, dtype)).unwrap();
+            let gb = Tensor::cat(&[g.as_tensor(), b.as_tensor()], 0).unwrap();
+            let (z1, m1, v1) = relu_conv_bn(&x, &w, &gb, stride, k / 2, relu_first, 1e-5).unwrap();
+            let xin = if relu_first { relu(&x).unwrap() } else { x.as_tensor().clone() };
+            let (z2, m2, v2) = batch_norm(&conv2d(&xin, &w, stride, k / 2).unwrap(), &g, &b, 1e-5).unwrap();
+            assert!(max_diff(&z1, &z2) < tol);
+            for (a, c) in m1.iter().zip(&m2).chain(v1.iter().zip(&v2)) {
+                assert!((a - c).abs() < tol);
+            }
+            let u = randn(z1.dims(), 15, dtype);
+            let g1 = (&z1 * &u).unwrap().sum_all().unwrap().backward().unwrap();
+            let g2 = (&z2 * &u).unwrap().sum_all().unwrap().backward().unwrap();
+            for var in [&x, &w, &g, &b] {
+                assert!(max_diff(g1.get(var).unwrap(), g2.get(var).unwrap()) < tol, "stride {stride} k {k}");
+            }
+        }
+    }
+}
