@@ -10,6 +10,8 @@
 //! (edge from node `s` to node `t` of cell `i`), `cells.{i}.conv_a.bn.weight`,
 //! `cells.{i}.shortcut.weight`, `lastact.bn.running_var`, `classifier.weight`, ….
 
+use std::sync::Arc;
+
 use candle_core::{DType, Device, Tensor, Var, D};
 use candle_nn::{VarBuilder, VarMap};
 use rand::{Rng, SeedableRng};
@@ -172,6 +174,22 @@ pub enum BnMode {
     Bypass,
 }
 
+/// Which implementation of the network's operations runs on CPU (other devices always use
+/// candle's own operations).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Kernels {
+    /// Fastest: each cell is one autograd node, each ReLU-Conv-BN of the skeleton another
+    /// (first-order gradients).
+    #[default]
+    Fused,
+    /// One autograd node per operation (convolution, BatchNorm, ReLU, pool, sum), with our
+    /// kernels (first-order gradients through BatchNorm).
+    PerOp,
+    /// Our convolution, pooling and ReLU with BatchNorm from candle's primitives: gradients of
+    /// any order (GraSP's Hessian-vector product), slowest.
+    Composite,
+}
+
 /// BatchNorm over the channels of an NCHW tensor.
 #[derive(Debug, Clone)]
 struct BatchNorm {
@@ -216,7 +234,7 @@ impl BatchNorm {
         Ok(())
     }
 
-    fn forward(&self, xs: &Tensor, mode: BnMode) -> Result<Tensor> {
+    fn forward(&self, xs: &Tensor, mode: BnMode, k: Kernels) -> Result<Tensor> {
         let c = xs.dim(1)?;
         let shape = (1, c, 1, 1);
         let (mean, var) = match mode {
@@ -226,7 +244,11 @@ impl BatchNorm {
                 self.running_var.as_tensor().reshape(shape)?,
             ),
             BnMode::Train | BnMode::Batch => {
-                let (y, mean, var) = kernels::batch_norm(xs, &self.weight, &self.bias, BN_EPS)?;
+                let (y, mean, var) = if k == Kernels::Composite {
+                    kernels::batch_norm_composite(xs, &self.weight, &self.bias, BN_EPS)?
+                } else {
+                    kernels::batch_norm(xs, &self.weight, &self.bias, BN_EPS)?
+                };
                 if mode == BnMode::Train {
                     self.update_running(xs, mean, var)?;
                 }
@@ -263,8 +285,8 @@ impl ConvUnit {
         Ok(ConvUnit { relu, weight, stride, pad: k / 2, bn })
     }
 
-    fn forward(&self, xs: &Tensor, mode: BnMode) -> Result<Tensor> {
-        if let (Some(bn), BnMode::Train | BnMode::Batch) = (&self.bn, mode) {
+    fn forward(&self, xs: &Tensor, mode: BnMode, k: Kernels) -> Result<Tensor> {
+        if let (Some(bn), BnMode::Train | BnMode::Batch, Kernels::Fused) = (&self.bn, mode, k) {
             if xs.device().is_cpu() && kernels::supports(xs.dtype()) {
                 // One fused node for ReLU, convolution and BatchNorm.
                 let gb = Tensor::cat(&[&bn.weight, &bn.bias], 0)?;
@@ -279,7 +301,7 @@ impl ConvUnit {
         let xs = if self.relu { kernels::relu(xs)? } else { xs.clone() };
         let ys = kernels::conv2d(&xs, &self.weight, self.stride, self.pad)?;
         match &self.bn {
-            Some(bn) => bn.forward(&ys, mode),
+            Some(bn) => bn.forward(&ys, mode, k),
             None => Ok(ys),
         }
     }
@@ -296,6 +318,8 @@ enum Edge {
 struct Cell {
     /// `(target, source, op)` for every edge that is not `none`.
     edges: Vec<(usize, usize, Edge)>,
+    /// The same edges for the fused cell kernel.
+    plan: Arc<kernels::CellPlan>,
 }
 
 impl Cell {
@@ -312,10 +336,56 @@ impl Cell {
             };
             edges.push((t, s, edge));
         }
-        Ok(Cell { edges })
+        let plan_edges = edges
+            .iter()
+            .map(|(t, s, e)| {
+                let kind = match e {
+                    Edge::Skip => kernels::CellEdge::Skip,
+                    Edge::Pool => kernels::CellEdge::Pool,
+                    Edge::Conv(u) => kernels::CellEdge::Conv(u.weight.dim(2).unwrap_or(1)),
+                };
+                (*t, *s, kind)
+            })
+            .collect();
+        Ok(Cell { edges, plan: Arc::new(kernels::CellPlan::new(plan_edges, c)) })
     }
 
-    fn forward(&self, xs: &Tensor, mode: BnMode) -> Result<Tensor> {
+    /// The cell as one fused node: parameters packed in plan order, running statistics updated
+    /// in training mode.
+    fn forward_fused(&self, xs: &Tensor, mode: BnMode) -> Result<Tensor> {
+        let mut parts: Vec<Tensor> = Vec::new();
+        let mut bns: Vec<&BatchNorm> = Vec::new();
+        for (_, _, e) in &self.edges {
+            if let Edge::Conv(u) = e {
+                let bn = u.bn.as_ref().expect("cell convolutions have BatchNorm");
+                parts.push(u.weight.flatten_all()?);
+                parts.push(bn.weight.clone());
+                parts.push(bn.bias.clone());
+                bns.push(bn);
+            }
+        }
+        let params = if parts.is_empty() {
+            Tensor::zeros(0, xs.dtype(), xs.device())?
+        } else {
+            Tensor::cat(&parts, 0)?
+        };
+        let (out, stats) = kernels::nb201_cell(&self.plan, xs, &params, BN_EPS)?;
+        if mode == BnMode::Train {
+            for (bn, (mean, var)) in bns.into_iter().zip(stats) {
+                bn.update_running(xs, mean, var)?;
+            }
+        }
+        Ok(out)
+    }
+
+    fn forward(&self, xs: &Tensor, mode: BnMode, k: Kernels) -> Result<Tensor> {
+        if k == Kernels::Fused
+            && matches!(mode, BnMode::Train | BnMode::Batch)
+            && xs.device().is_cpu()
+            && kernels::supports(xs.dtype())
+        {
+            return self.forward_fused(xs, mode);
+        }
         let mut nodes: Vec<Option<Tensor>> = vec![Some(xs.clone()), None, None, None];
         for target in 1..4 {
             let mut sum: Option<Tensor> = None;
@@ -332,7 +402,7 @@ impl Cell {
                 let y = match edge {
                     Edge::Skip => input,
                     Edge::Pool => kernels::avg_pool2d(&input, 3, 1, 1, false)?,
-                    Edge::Conv(unit) => unit.forward(&input, mode)?,
+                    Edge::Conv(unit) => unit.forward(&input, mode, k)?,
                 };
                 sum = Some(match sum {
                     None => y,
@@ -364,9 +434,9 @@ impl Reduction {
         })
     }
 
-    fn forward(&self, xs: &Tensor, mode: BnMode) -> Result<Tensor> {
-        let main = self.conv_b.forward(&self.conv_a.forward(xs, mode)?, mode)?;
-        let short = self.shortcut.forward(&kernels::avg_pool2d(xs, 2, 2, 0, true)?, mode)?;
+    fn forward(&self, xs: &Tensor, mode: BnMode, k: Kernels) -> Result<Tensor> {
+        let main = self.conv_b.forward(&self.conv_a.forward(xs, mode, k)?, mode, k)?;
+        let short = self.shortcut.forward(&kernels::avg_pool2d(xs, 2, 2, 0, true)?, mode, k)?;
         Ok((main + short)?)
     }
 }
@@ -386,6 +456,7 @@ pub struct Nb201Net {
     lastact: BatchNorm,
     classifier_w: Tensor,
     classifier_b: Tensor,
+    kernels: Kernels,
 }
 
 impl Nb201Net {
@@ -407,7 +478,12 @@ impl Nb201Net {
         let lastact = BatchNorm::new(last, vb.pp("lastact").pp("bn"))?;
         let classifier_w = vb.pp("classifier").get((config.num_classes, last), "weight")?;
         let classifier_b = vb.pp("classifier").get(config.num_classes, "bias")?;
-        Ok(Nb201Net { config: config.clone(), stem, layers, lastact, classifier_w, classifier_b })
+        Ok(Nb201Net { config: config.clone(), stem, layers, lastact, classifier_w, classifier_b, kernels: Kernels::Fused })
+    }
+
+    /// Choose the CPU implementation of the operations (see [`Kernels`]).
+    pub fn set_kernels(&mut self, kernels: Kernels) {
+        self.kernels = kernels;
     }
 
     /// The configuration the network was built from.
@@ -423,14 +499,16 @@ impl Nb201Net {
 
     /// Logits with an explicit BatchNorm mode.
     pub fn forward_mode(&self, xs: &Tensor, mode: BnMode) -> Result<Tensor> {
-        let mut x = self.stem.forward(xs, mode)?;
+        let k = self.kernels;
+        let mut x = self.stem.forward(xs, mode, k)?;
         for layer in &self.layers {
             x = match layer {
-                Layer::Cell(cell) => cell.forward(&x, mode)?,
-                Layer::Reduction(r) => r.forward(&x, mode)?,
+                Layer::Cell(cell) => cell.forward(&x, mode, k)?,
+                Layer::Reduction(r) => r.forward(&x, mode, k)?,
             };
         }
-        let x = kernels::relu(&self.lastact.forward(&x, mode)?)?;
+        let x = self.lastact.forward(&x, mode, k)?;
+        let x = kernels::relu(&x)?;
         let pooled = x.mean((2, 3))?; // global average pool: (batch, channels)
         let logits = pooled.matmul(&self.classifier_w.t()?)?;
         Ok(logits.broadcast_add(&self.classifier_b)?)

@@ -154,3 +154,55 @@ fn initialisation_is_seeded() {
     assert_eq!(run(5), run(5));
     assert_ne!(run(5), run(6));
 }
+
+#[test]
+fn fused_per_op_and_composite_kernels_agree_on_outputs_gradients_and_running_stats() {
+    use autoagent_evaluator::net::{BnMode, Kernels};
+    let archs = [
+        "|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|skip_connect~0|nor_conv_3x3~1|nor_conv_1x1~2|",
+        "|avg_pool_3x3~0|+|nor_conv_1x1~0|skip_connect~1|+|nor_conv_1x1~0|skip_connect~1|skip_connect~2|",
+        // node 1 has no input (none), yet feeds a convolution: BN of zeros is β.
+        "|none~0|+|skip_connect~0|nor_conv_3x3~1|+|nor_conv_1x1~0|avg_pool_3x3~1|nor_conv_3x3~2|",
+        "|none~0|+|none~0|none~1|+|none~0|none~1|none~2|",
+        "|avg_pool_3x3~0|+|avg_pool_3x3~0|avg_pool_3x3~1|+|avg_pool_3x3~0|avg_pool_3x3~1|avg_pool_3x3~2|",
+    ];
+    for arch in archs {
+        let cfg = Nb201Config {
+            channels: 4,
+            cells_per_stage: 2,
+            num_classes: 5,
+            input_size: 8,
+            ..Nb201Config::new(Arch::parse(arch).unwrap())
+        };
+        let xs = Tensor::randn(0f64, 1.0, (3, 3, 8, 8), &Device::Cpu).unwrap();
+        let ys = Tensor::new(&[0u32, 3, 4], &Device::Cpu).unwrap();
+        let mut results = Vec::new();
+        for k in [Kernels::Fused, Kernels::PerOp, Kernels::Composite] {
+            let mut model = Model::new(&cfg, DType::F64, &Device::Cpu, 9).unwrap();
+            model.net.set_kernels(k);
+            let logits = model.net.forward_mode(&xs, BnMode::Train).unwrap();
+            let loss = candle_nn::loss::cross_entropy(&logits, &ys).unwrap();
+            let grads = loss.backward().unwrap();
+            let mut values: Vec<(String, Vec<f64>)> = vec![("logits".into(), logits.flatten_all().unwrap().to_vec1().unwrap())];
+            for (name, var) in model.trainable() {
+                let g = grads.get(var.as_tensor()).map(|g| g.flatten_all().unwrap().to_vec1::<f64>().unwrap());
+                values.push((format!("grad {name}"), g.unwrap_or_else(|| vec![0.0; var.elem_count()])));
+            }
+            let data = model.varmap.data().lock().unwrap();
+            let mut stats: Vec<_> = data.iter().filter(|(n, _)| n.contains("running")).collect();
+            stats.sort_by(|a, b| a.0.cmp(b.0));
+            for (name, v) in stats {
+                values.push((name.clone(), v.flatten_all().unwrap().to_vec1().unwrap()));
+            }
+            results.push(values);
+        }
+        for other in &results[1..] {
+            assert_eq!(results[0].len(), other.len());
+            for ((name, a), (_, b)) in results[0].iter().zip(other) {
+                for (x, y) in a.iter().zip(b) {
+                    assert!((x - y).abs() < 1e-9 * (1.0 + x.abs()), "{arch}: {name}: {x} vs {y}");
+                }
+            }
+        }
+    }
+}

@@ -16,6 +16,7 @@
 //! fall back to candle's own operations.
 
 mod bn;
+mod cell;
 mod conv;
 mod fused;
 mod pool;
@@ -26,6 +27,7 @@ mod tests;
 use candle_core::{CpuStorage, DType, Layout, Result, WithDType};
 
 pub use bn::{batch_norm, batch_norm_composite};
+pub use cell::{nb201_cell, CellEdge, CellPlan};
 pub use conv::conv2d;
 pub use fused::relu_conv_bn;
 pub use pool::avg_pool2d;
