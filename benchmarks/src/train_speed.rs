@@ -344,3 +344,28 @@ pub fn markdown(r: &Report) -> String {
     s.push_str("\nGFLOP/s count 2 × multiply-accumulates of convolutions and the classifier; forward+backward counts 3 × forward. `fwd+bwd vs torch` > 1 means candle is faster.\n");
     s
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reference_archs_are_the_tables_rows_and_what_they_claim() {
+        let path = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/nb201/nb201.csv");
+        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let rows: Vec<Vec<&str>> = text.lines().skip(1).map(|l| l.split(',').collect()).collect();
+        for (index, arch, _) in DEFAULT_ARCHS {
+            assert_eq!(rows[index][0], index.to_string());
+            assert_eq!(rows[index][1], arch, "index {index}");
+        }
+        // 6111 has the best CIFAR-10 test accuracy (tied with an isomorphic cell); 5681 has no convolution; 9631 sits at the
+        // median parameter count.
+        let acc = |r: &Vec<&str>| r[3].parse::<f64>().unwrap();
+        let best = rows.iter().map(acc).fold(f64::MIN, f64::max);
+        assert_eq!(acc(&rows[6111]), best);
+        assert!(!DEFAULT_ARCHS[2].1.contains("conv"));
+        let mut params: Vec<f64> = rows.iter().map(|r| r[8].parse().unwrap()).collect();
+        params.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        assert_eq!(rows[9631][8].parse::<f64>().unwrap(), params[params.len() / 2]);
+    }
+}

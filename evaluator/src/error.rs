@@ -8,7 +8,12 @@ use crate::data::DataError;
 pub enum Error {
     /// An architecture string that is not a valid cell of the search space.
     #[error("invalid architecture '{arch}': {reason}")]
-    InvalidArch { arch: String, reason: String },
+    InvalidArch {
+        /// The string as given.
+        arch: String,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// A configuration value out of its domain (batch size 0, negative learning rate, ...).
     #[error("invalid configuration: {0}")]
     Config(String),
@@ -24,7 +29,9 @@ pub enum Error {
     /// File system errors with the path involved.
     #[error("{path}: {source}")]
     Io {
+        /// The file or directory involved.
         path: String,
+        /// The underlying error.
         #[source]
         source: std::io::Error,
     },

@@ -9,6 +9,8 @@
 //!   cache with checksums;
 //! - [`train`]: SGD training with NB201's protocol and test accuracy.
 
+#![warn(missing_docs)]
+
 pub mod data;
 pub mod error;
 pub mod kernels;

@@ -2,34 +2,47 @@
 //! AVX-512F.
 //!
 //! [`sgemm`] computes `dst (m×n) = lhs (m×k) · rhs (k×n)` (optionally added to `dst`) on one
-//! thread. Where AVX-512F is detected at run time it uses the kernel below; everywhere else (other
-//! CPUs, other architectures) it calls the `gemm` crate, see [`sgemm_fallback`].
+//! thread, for any strides of `lhs` and `rhs`. Where AVX-512F is detected at run time it uses the
+//! code below (stable `core::arch` intrinsics, Rust ≥ 1.89, inside `#[target_feature]` functions,
+//! so the crate's own target stays x86-64-v3); everywhere else (other CPUs, other architectures)
+//! it calls the `gemm` crate, as [`sgemm_fallback`] does.
 //!
-//! The AVX-512 path is the classic GotoBLAS/BLIS scheme, in row-major terms:
+//! The AVX-512 path is the GotoBLAS/BLIS scheme, in row-major terms:
 //!
-//! - `k` is cut into blocks of at most [`KC_MAX`] (balanced), `n` into blocks whose packed `rhs`
-//!   (`kc × nc` floats) fits in about [`B_BLOCK_BYTES`] of L2;
-//! - each `rhs` block is packed into column panels of `NR = 16·NV` columns, `kc` rows of `NR`
-//!   contiguous floats, 64-byte aligned and zero padded (a plain copy when `rhs` is row-major, a
-//!   16×16 in-register transpose when it is column-major, a gather otherwise);
-//! - `lhs` is read in panels of `MR` rows: straight from the caller's matrix when it is row-major
-//!   (every element is broadcast, so no layout is needed), otherwise packed `k`-major;
-//! - the microkernel keeps an `MR × NR` tile of `dst` in `MR·NV` zmm accumulators, and per step
-//!   of `k` loads `NV` vectors of the `rhs` panel and broadcasts `MR` elements of `lhs`;
-//!   ragged right edges use masked loads and stores, ragged bottom edges skip rows.
+//! - `k` is cut into balanced blocks of at most 384, `n` into blocks whose packed `rhs` fits in
+//!   about 1 MiB of L2;
+//! - a microkernel keeps an `MR × NR` tile of `dst` (`NR = 16·NV`) in `MR·NV` zmm accumulators
+//!   and, per step of `k`, loads `NV` vectors of a row of `rhs` and broadcasts `MR` elements of a
+//!   column of `lhs`; ragged right edges use masked loads and stores, ragged bottom edges skip
+//!   rows. The tile shape is chosen per call among five, `(MR, NV)` = (8, 3), (12, 2), (6, 4),
+//!   (8, 2), (8, 1), to waste the least on edges (the NB201 shapes have `n` a multiple of 16, 32
+//!   or 48 and `m` of 8 or 12);
+//! - `rhs` is read in place when it is row-major and at most 8 panels of `lhs` share it (as in
+//!   the forward convolution, where `m` is the few output channels); otherwise each block is
+//!   packed into `NR`-wide panels, 64-byte aligned and zero padded (a copy when row-major, 16×16
+//!   in-register transposes when column-major, a gather otherwise);
+//! - `lhs` is read in place when row- or column-major (broadcasts need no layout), unless the
+//!   cache lines a panel keeps in L1 would crowd into a few cache sets (rows 4 KiB apart);
+//!   otherwise, and for a ragged last panel, panels of `MR` rows are packed;
+//! - when `rhs` is column-major (the weight gradient's `colᵀ`) and transposing all of it would
+//!   cost more than transposing the result, the product is computed transposed,
+//!   `dstᵀ = rhsᵀ · lhsᵀ`, into a scratch buffer that is then added into `dst` by 16×16 blocks.
 //!
-//! The tile shape `(MR, NV)` is chosen per call from a few compiled variants to waste as little
-//! as possible on ragged edges: the NB201 shapes have `n` a multiple of 32 (positions) or 48
-//! (`cin·9`) and `m` a multiple of 8 or 12.
+//! Buffers are thread-local and reused, so a call allocates only when it needs more room than
+//! any earlier call on the same thread (at most about 1 MiB of packed `rhs`, one `lhs` panel and
+//! an `m × n` scratch per thread).
 //!
-//! Packing buffers are thread-local and reused, so a call allocates only when it needs more room
-//! than any earlier call on the same thread.
+//! Our dev profile keeps debug assertions, which add run-time checks to `ptr::add`,
+//! `ptr::read_unaligned` and friends; in the hot loops those checks spill the accumulators, so
+//! the code uses `wrapping_add` and masked loads and stores instead.
 
 /// Largest block of `k` the AVX-512 path multiplies at once.
-pub const KC_MAX: usize = 384;
+#[cfg(target_arch = "x86_64")]
+const KC_MAX: usize = 384;
 
 /// Budget for one packed block of `rhs`, in bytes (it stays in L2 while all of `lhs` passes).
-pub const B_BLOCK_BYTES: usize = 1 << 20;
+#[cfg(target_arch = "x86_64")]
+const B_BLOCK_BYTES: usize = 1 << 20;
 
 /// dst (m×n, row stride dst_rs, unit column stride) = lhs (m×k) · rhs (k×n)  [+ dst when acc]
 ///
@@ -126,7 +139,10 @@ pub fn sgemm_fallback(
 /// Index one past the last element addressed by a `rows × cols` matrix with the given strides
 /// (both dimensions non-zero), or `None` on overflow.
 fn extent(rows: usize, cols: usize, rs: usize, cs: usize) -> Option<usize> {
-    (rows - 1).checked_mul(rs)?.checked_add((cols - 1).checked_mul(cs)?)?.checked_add(1)
+    (rows - 1)
+        .checked_mul(rs)?
+        .checked_add((cols - 1).checked_mul(cs)?)?
+        .checked_add(1)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -198,15 +214,46 @@ fn fallback(
     }
 }
 
+/// Overrides of the AVX-512 path's automatic choices, so that tests can reach every code path
+/// (each test thread sets its own); always the defaults outside tests.
+#[derive(Clone, Copy, Debug, Default)]
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+struct Force {
+    /// Index into the tile shapes.
+    variant: Option<usize>,
+    /// Whether to compute the transposed product.
+    swap: Option<bool>,
+    /// Whether to read row-major `rhs` in place.
+    direct_b: Option<bool>,
+    /// Pack every panel of `lhs`.
+    pack_a: bool,
+}
+
+#[cfg(test)]
+thread_local! {
+    static FORCE: std::cell::Cell<Force> = std::cell::Cell::new(Force::default());
+}
+
+#[cfg(target_arch = "x86_64")]
+fn forced() -> Force {
+    #[cfg(test)]
+    return FORCE.with(|f| f.get());
+    #[cfg(not(test))]
+    Force::default()
+}
+
 /// A 64-byte aligned line of floats: the unit of the packing buffers.
+#[cfg(target_arch = "x86_64")]
 #[derive(Clone, Copy)]
 #[repr(C, align(64))]
 struct Line([f32; 16]);
 
 /// A growable, 64-byte aligned buffer of floats.
+#[cfg(target_arch = "x86_64")]
 #[derive(Default)]
 struct AlignedBuf(Vec<Line>);
 
+#[cfg(target_arch = "x86_64")]
 impl AlignedBuf {
     /// At least `len` floats, contents unspecified (but initialised).
     fn get(&mut self, len: usize) -> &mut [f32] {
@@ -271,8 +318,7 @@ mod avx512 {
 
     /// Tile shapes `(MR, NV)` compiled, with their relative speed (measured on the NB201
     /// shapes; 24 accumulators are the sweet spot of the 32 zmm registers).
-    const VARIANTS: [(usize, usize, f64); 5] =
-        [(8, 3, 1.0), (12, 2, 1.0), (6, 4, 0.97), (8, 2, 0.93), (16, 1, 0.80)];
+    const VARIANTS: [(usize, usize, f64); 5] = [(8, 3, 1.0), (12, 2, 0.95), (6, 4, 0.97), (8, 2, 0.93), (8, 1, 0.8)];
 
     /// # Safety
     ///
@@ -325,22 +371,8 @@ mod avx512 {
     /// worth it when `rhs` is column-major (packing it means transposing all `k × n` of it) and
     /// the transposed problem moves less (`lhs`, `k × m`, and the result, `m × n`).
     fn swap(p: &Problem) -> bool {
-        let forced = tune("SGEMM_SWAP", 2);
-        if forced < 2 {
-            return forced == 1;
-        }
-        p.b_rs == 1 && p.b_cs != 1 && p.m * p.n + p.k * p.m < p.k * p.n
-    }
-
-    /// Experiment knobs (read once from the environment).
-    fn tune(name: &str, default: usize) -> usize {
-        static V: std::sync::OnceLock<[usize; 3]> = std::sync::OnceLock::new();
-        let v = V.get_or_init(|| {
-            let get = |n: &str| std::env::var(n).ok().and_then(|v| v.parse().ok()).unwrap_or(usize::MAX);
-            [get("SGEMM_SWAP"), get("SGEMM_VARIANT"), get("SGEMM_DIRECT_B")]
-        });
-        let i = ["SGEMM_SWAP", "SGEMM_VARIANT", "SGEMM_DIRECT_B"].iter().position(|&n| n == name).unwrap();
-        if v[i] == usize::MAX { default } else { v[i] }
+        let auto = p.b_rs == 1 && p.b_cs != 1 && p.m * p.n + p.k * p.m < p.k * p.n;
+        super::forced().swap.unwrap_or(auto)
     }
 
     /// Pick a tile shape for the problem and run it.
@@ -353,12 +385,17 @@ mod avx512 {
         let mut best = (f64::INFINITY, 0);
         for (i, &(mr, nv, speed)) in VARIANTS.iter().enumerate() {
             let nr = 16 * nv;
-            let work = (p.m.div_ceil(mr) * mr * p.n.div_ceil(nr) * nr) as f64 / speed;
+            let mut work = (p.m.div_ceil(mr) * mr * p.n.div_ceil(nr) * nr) as f64 / speed;
+            if p.a_cs == 1 && p.a_rs != 1 && lines_per_set(p.a_rs, mr) > 8 {
+                // Row-major `lhs` whose rows crowd into few cache sets: `run` would transpose
+                // it into packed panels, element by element.
+                work *= 3.0;
+            }
             if work < best.0 {
                 best = (work, i);
             }
         }
-        let v = tune("SGEMM_VARIANT", best.1);
+        let v = super::forced().variant.unwrap_or(best.1);
         // SAFETY: forwarded from this function's contract.
         unsafe {
             match v {
@@ -366,9 +403,7 @@ mod avx512 {
                 1 => run::<12, 2>(p, bbuf, abuf),
                 2 => run::<6, 4>(p, bbuf, abuf),
                 3 => run::<8, 2>(p, bbuf, abuf),
-                4 => run::<16, 1>(p, bbuf, abuf),
-                5 => run::<8, 1>(p, bbuf, abuf),
-                _ => run::<12, 1>(p, bbuf, abuf),
+                _ => run::<8, 1>(p, bbuf, abuf),
             }
         }
     }
@@ -397,7 +432,11 @@ mod avx512 {
                     let d = p.dst.wrapping_add((i0 + r) * p.dst_rs + j0);
                     // SAFETY: row `i0 + r < m` of `dst`, columns `j0 ..< j0 + jn`.
                     unsafe {
-                        let y = if p.acc { _mm512_add_ps(y, _mm512_maskz_loadu_ps(jmask, d)) } else { y };
+                        let y = if p.acc {
+                            _mm512_add_ps(y, _mm512_maskz_loadu_ps(jmask, d))
+                        } else {
+                            y
+                        };
                         _mm512_mask_storeu_ps(d, jmask, y);
                     }
                 }
@@ -405,12 +444,6 @@ mod avx512 {
             }
             i0 += 16;
         }
-    }
-
-    /// Most panels of `lhs` for which row-major `rhs` is read in place (tunable for experiments
-    /// through `SGEMM_DIRECT_B`).
-    fn direct_b_max_panels() -> usize {
-        tune("SGEMM_DIRECT_B", 8)
     }
 
     /// `_mm512_loadu_ps`, which goes through `ptr::read_unaligned`: with debug assertions on
@@ -463,14 +496,22 @@ mod avx512 {
         let nr_full = 16 * NV;
         let kc_max = balanced(p.k, KC_MAX, 1);
         let nc_max = balanced(p.n, (B_BLOCK_BYTES / 4 / kc_max).max(nr_full), nr_full);
+        let force = super::forced();
         // Row-major `rhs` is read in place when few panels of `lhs` share it (packing would
         // cost more than it saves).
-        let b_direct = p.b_cs == 1 && p.m.div_ceil(MR) <= direct_b_max_panels();
-        let bpack = if b_direct { std::ptr::null_mut() } else { bbuf.get(kc_max * nc_max.div_ceil(nr_full) * nr_full).as_mut_ptr() };
+        let b_direct = p.b_cs == 1 && force.direct_b.unwrap_or(p.m.div_ceil(MR) <= 8);
+        let bpack = if b_direct {
+            std::ptr::null_mut()
+        } else {
+            bbuf.get(kc_max * nc_max.div_ceil(nr_full) * nr_full).as_mut_ptr()
+        };
         let apack = abuf.get(kc_max * MR).as_mut_ptr();
-        // Row-major `lhs` is read in place, except a ragged last panel (its missing rows would
-        // be read out of bounds) which is packed like any other layout.
-        let a_direct = p.a_cs == 1;
+        // `lhs` is read in place when it is row-major (the microkernel broadcasts each element,
+        // so any layout with unit stride along a panel works) or column-major, unless the
+        // lines a panel keeps in L1 would crowd into a few cache sets; otherwise (and for a
+        // ragged last panel, whose missing rows would be read out of bounds) panels are packed.
+        let a_rows = p.a_cs == 1 && lines_per_set(p.a_rs, MR) <= 8 && !force.pack_a;
+        let a_cols = p.a_rs == 1 && lines_per_set(p.a_cs, kc_max) <= 4 && !force.pack_a;
         let mut k0 = 0;
         while k0 < p.k {
             let kc = kc_max.min(p.k - k0);
@@ -478,43 +519,53 @@ mod avx512 {
             let mut j0 = 0;
             while j0 < p.n {
                 let nc = nc_max.min(p.n - j0);
-                // SAFETY: the buffer holds `kc_max · ceil(nc_max / NR) · NR` floats, and the
-                // source block lies inside `rhs`.
                 if !b_direct {
+                    // SAFETY: the buffer holds `kc_max · ceil(nc_max / NR) · NR` floats, and
+                    // the source block lies inside `rhs`.
                     unsafe { pack_b::<NV>(p, k0, kc, j0, nc, bpack) };
                 }
                 let mut i0 = 0;
                 while i0 < p.m {
                     let mr = MR.min(p.m - i0);
-                    // SAFETY (all three): rows `i0..i0 + mr` and columns `k0..k0 + kc` of `lhs`
-                    // are in bounds; the packed panel holds `kc_max · MR` floats.
-                    let (a, a_rs, a_cs) = if a_direct && mr == MR {
-                        (unsafe { p.a.add(i0 * p.a_rs + k0) }, p.a_rs, 1)
+                    // `A` panel as (pointer, row stride, column stride).
+                    let a_at = p.a.wrapping_add(i0 * p.a_rs + k0 * p.a_cs);
+                    let (a, a_rs, a_cs) = if mr == MR && (a_rows || a_cols) {
+                        (a_at, p.a_rs, p.a_cs)
                     } else {
+                        // SAFETY: rows `i0..i0 + mr` and columns `k0..k0 + kc` of `lhs` are in
+                        // bounds; the packed panel holds `kc_max · MR` floats.
                         unsafe { pack_a::<MR>(p, i0, mr, k0, kc, apack) };
                         (apack.cast_const(), 1, MR)
                     };
                     let mut jp = 0;
                     while jp < nc {
                         let nr = nr_full.min(nc - jp);
+                        let c = p.dst.wrapping_add(i0 * p.dst_rs + j0 + jp);
                         // SAFETY: the panel of `lhs` has `MR` readable rows of `kc` elements,
-                        // the packed panel of `rhs` `kc` rows of `NR` floats, and the `mr × nr`
-                        // tile of `dst` at row `i0`, column `j0 + jp` is in bounds.
+                        // the panel of `rhs` `kc` rows of `nr` (packed: `NR`) floats, and the
+                        // `mr × nr` tile of `dst` at row `i0`, column `j0 + jp` is in bounds.
                         unsafe {
-                            let c = p.dst.add(i0 * p.dst_rs + j0 + jp);
                             if b_direct {
-                                let b = p.b.add(k0 * p.b_rs + j0 + jp);
+                                let b = p.b.wrapping_add(k0 * p.b_rs + j0 + jp);
                                 if a_cs == 1 {
-                                    kernel::<MR, NV, false, false>(kc, a, a_rs, b, p.b_rs, c, p.dst_rs, mr, nr, load_c);
+                                    kernel::<MR, NV, true, false>(
+                                        kc, a, a_rs, a_cs, b, p.b_rs, c, p.dst_rs, mr, nr, load_c,
+                                    );
                                 } else {
-                                    kernel::<MR, NV, true, false>(kc, a, a_rs, b, p.b_rs, c, p.dst_rs, mr, nr, load_c);
+                                    kernel::<MR, NV, false, false>(
+                                        kc, a, a_rs, a_cs, b, p.b_rs, c, p.dst_rs, mr, nr, load_c,
+                                    );
                                 }
                             } else {
-                                let b = bpack.add(jp * kc).cast_const();
+                                let b = bpack.wrapping_add(jp * kc).cast_const();
                                 if a_cs == 1 {
-                                    kernel::<MR, NV, false, true>(kc, a, a_rs, b, nr_full, c, p.dst_rs, mr, nr, load_c);
+                                    kernel::<MR, NV, true, true>(
+                                        kc, a, a_rs, a_cs, b, nr_full, c, p.dst_rs, mr, nr, load_c,
+                                    );
                                 } else {
-                                    kernel::<MR, NV, true, true>(kc, a, a_rs, b, nr_full, c, p.dst_rs, mr, nr, load_c);
+                                    kernel::<MR, NV, false, true>(
+                                        kc, a, a_rs, a_cs, b, nr_full, c, p.dst_rs, mr, nr, load_c,
+                                    );
                                 }
                             }
                         }
@@ -528,26 +579,46 @@ mod avx512 {
         }
     }
 
+    /// Most cache lines that `count` addresses `stride` floats apart put into one set of the
+    /// L1 data cache (64 sets of 64-byte lines: 48 KiB, 12 ways on Golden Cove).
+    fn lines_per_set(stride: usize, count: usize) -> usize {
+        let bytes = stride.wrapping_mul(4);
+        if bytes % 64 != 0 {
+            // Misaligned strides walk through the sets.
+            return count.div_ceil(64);
+        }
+        let (mut x, mut y) = ((bytes / 64) % 64, 64);
+        while x != 0 {
+            (x, y) = (y % x, x);
+        }
+        // `y` = gcd(step in sets, 64): the addresses visit 64 / y sets.
+        count.div_ceil(64 / y)
+    }
+
     /// `dst[..mr, ..nr] (+)= A · B` for one `MR × 16·NV` tile.
     ///
-    /// `A` is `MR` rows of `kc`: element `(r, t)` at `a + r·a_rs + t` when `PACKED` is false
-    /// (row-major, read in place), at `a + t·MR + r` when it is true. `B` is packed: `kc` rows of
-    /// `16·NV` floats, 64-byte aligned. `dst` rows are `c_rs` apart; only the first `mr` rows and
-    /// `nr` columns are touched (read too when `load_c`).
+    /// `A` is `MR` rows of `kc`, element `(r, t)` at `a + r·a_rs + t·a_cs`, where `a_cs` is 1
+    /// when `ROWS` (row-major, read in place) and `a_rs` is 1 otherwise (packed panels, with
+    /// `a_cs = MR`, or column-major matrices read in place). `B` is `kc` rows of `16·NV` floats
+    /// `b_rs` apart: when `B_PACKED`, a packed panel (64-byte aligned, `b_rs = 16·NV`), otherwise
+    /// row-major `rhs` read in place, of which only the first `nr` columns are read. `dst` rows
+    /// are `c_rs` apart; only the first `mr` rows and `nr` columns are touched (read too when
+    /// `load_c`).
+    ///
+    /// Never inlined: each instance then gets the whole register file to itself (inlined into
+    /// the loops of [`run`], LLVM merged instances and spilled accumulators).
     ///
     /// # Safety
     ///
     /// AVX-512F must be available and the three regions above valid (all `MR` rows of `A`).
-    ///
-    /// Never inlined: each instance then gets the whole register file to itself (inlined into
-    /// the loops of [`run`], LLVM merged instances and spilled accumulators).
     #[target_feature(enable = "avx512f")]
     #[inline(never)]
     #[allow(clippy::too_many_arguments)]
-    unsafe fn kernel<const MR: usize, const NV: usize, const PACKED: bool, const B_PACKED: bool>(
+    unsafe fn kernel<const MR: usize, const NV: usize, const ROWS: bool, const B_PACKED: bool>(
         kc: usize,
         a: *const f32,
         a_rs: usize,
+        a_cs: usize,
         b: *const f32,
         b_rs: usize,
         c: *mut f32,
@@ -561,7 +632,7 @@ mod avx512 {
         // fully unroll the stores by itself, and one variable index puts the whole array in
         // memory). Wrapping pointer arithmetic: it cannot overflow (the addresses are valid)
         // and keeps debug builds free of checks.
-        let a_step = if PACKED { MR } else { 1 };
+        let a_step = if ROWS { 1 } else { a_cs };
         let b_step = if B_PACKED { 16 * NV } else { b_rs };
         let mut bmask = [0 as __mmask16; NV];
         unroll!(v < NV => { bmask[v] = lane_mask(nr, v); });
@@ -580,7 +651,7 @@ mod avx512 {
                 };
             });
             unroll!(r < MR => {
-                let off = if PACKED { r } else { r.wrapping_mul(a_rs) };
+                let off = if ROWS { r.wrapping_mul(a_rs) } else { r };
                 // SAFETY: element (r, t) of the `A` panel.
                 let av = _mm512_broadcastss_ps(unsafe { _mm_load_ss(ap.wrapping_add(off)) });
                 unroll!(v < NV => { acc[r][v] = _mm512_fmadd_ps(av, bv[v], acc[r][v]); });
@@ -636,7 +707,11 @@ mod avx512 {
                 let cp = c.wrapping_add(r * c_rs + 16 * v);
                 // SAFETY: the unmasked lanes are row `r < mr`, columns `< nr` of the tile.
                 unsafe {
-                    let x = if load_c { _mm512_add_ps(x, _mm512_maskz_loadu_ps(mask, cp)) } else { x };
+                    let x = if load_c {
+                        _mm512_add_ps(x, _mm512_maskz_loadu_ps(mask, cp))
+                    } else {
+                        x
+                    };
                     _mm512_mask_storeu_ps(cp, mask, x);
                 }
             }
@@ -653,20 +728,27 @@ mod avx512 {
     unsafe fn pack_a<const MR: usize>(p: &Problem, i0: usize, mr: usize, k0: usize, kc: usize, out: *mut f32) {
         // SAFETY: the caller guarantees `out` holds `kc · MR` floats.
         let out = unsafe { std::slice::from_raw_parts_mut(out, kc * MR) };
-        if p.a_rs == 1 {
+        if p.a_rs == 1 && MR <= 16 {
+            // One masked vector per column: the lanes past `mr` are neither read nor kept.
+            let load = ((1u32 << mr) - 1) as __mmask16;
+            let store = ((1u32 << MR) - 1) as __mmask16;
             for (t, o) in out.chunks_exact_mut(MR).enumerate() {
-                // SAFETY: elements (i0..i0 + mr, k0 + t) are consecutive and inside `lhs`.
-                let src = unsafe { std::slice::from_raw_parts(p.a.add(i0 + (k0 + t) * p.a_cs), mr) };
-                o[..mr].copy_from_slice(src);
-                for x in &mut o[mr..] {
-                    *x = 0.0;
+                // SAFETY: elements (i0 ..< i0 + mr, k0 + t) are consecutive and inside `lhs`;
+                // `o` holds the `MR` lanes stored.
+                unsafe {
+                    let x = _mm512_maskz_loadu_ps(load, p.a.wrapping_add(i0 + (k0 + t) * p.a_cs));
+                    _mm512_mask_storeu_ps(o.as_mut_ptr(), store, x);
                 }
             }
         } else {
             for (t, o) in out.chunks_exact_mut(MR).enumerate() {
                 for (r, x) in o.iter_mut().enumerate() {
                     // SAFETY: element (i0 + r, k0 + t) with r < mr is inside `lhs`.
-                    *x = if r < mr { unsafe { *p.a.add((i0 + r) * p.a_rs + (k0 + t) * p.a_cs) } } else { 0.0 };
+                    *x = if r < mr {
+                        unsafe { *p.a.add((i0 + r) * p.a_rs + (k0 + t) * p.a_cs) }
+                    } else {
+                        0.0
+                    };
                 }
             }
         }
@@ -680,7 +762,7 @@ mod avx512 {
     /// The block must lie inside `rhs`; `out` must be 64-byte aligned and hold
     /// `kc · ceil(nc / NR) · NR` floats.
     #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn pack_b<const NV: usize>(p: &Problem, k0: usize, kc: usize, j0: usize, nc: usize, out: *mut f32) {
+    unsafe fn pack_b<const NV: usize>(p: &Problem, k0: usize, kc: usize, j0: usize, nc: usize, out: *mut f32) {
         let nr_full = 16 * NV;
         let mut jp = 0;
         while jp < nc {
@@ -715,7 +797,11 @@ mod avx512 {
                     let head = (16 - (col0 as usize / 4) % 16) % 16;
                     let mut t0 = 0;
                     while t0 < kc {
-                        let kt = if t0 == 0 && head > 0 { head.min(kc) } else { 16.min(kc - t0) };
+                        let kt = if t0 == 0 && head > 0 {
+                            head.min(kc)
+                        } else {
+                            16.min(kc - t0)
+                        };
                         let src = col0.wrapping_add(t0);
                         let dst = dst0.wrapping_add(t0 * nr_full);
                         // SAFETY: rows `k0 + t0 ..< k0 + t0 + kt` of columns `j + 16v ..< j + 16v
@@ -737,8 +823,11 @@ mod avx512 {
                         // SAFETY: element (k0 + t, j + l) with l < nr is inside `rhs`; the
                         // destination is inside the panel.
                         unsafe {
-                            *panel.add(t * nr_full + l) =
-                                if l < nr { *p.b.add((k0 + t) * p.b_rs + (j + l) * p.b_cs) } else { 0.0 };
+                            *panel.add(t * nr_full + l) = if l < nr {
+                                *p.b.add((k0 + t) * p.b_rs + (j + l) * p.b_cs)
+                            } else {
+                                0.0
+                            };
                         }
                     }
                 }
@@ -897,7 +986,11 @@ mod tests {
                 let (w, g) = (want[i * dst_rs + j], got[i * dst_rs + j]);
                 if j >= n {
                     // Padding between rows is never touched.
-                    assert_eq!(g.to_bits(), init[i * dst_rs + j].to_bits(), "padding at ({i},{j}) changed");
+                    assert_eq!(
+                        g.to_bits(),
+                        init[i * dst_rs + j].to_bits(),
+                        "padding at ({i},{j}) changed"
+                    );
                 } else {
                     assert!(
                         (w - g).abs() <= tol,
@@ -938,18 +1031,18 @@ mod tests {
         sweep(sgemm_fallback);
     }
 
-    /// Blocks of `k` (> KC_MAX) and of `n` (past the L2 budget), and each tile variant.
+    /// Blocks of `k` (> 384) and of `n` (past the L2 budget), and each tile variant.
     #[test]
     fn sgemm_matches_naive_across_blocks_and_variants() {
         let mut seed = 1000;
         for (m, n, k) in [
-            (8, 48 * 3, 900),      // 8×48 tiles, three blocks of k
-            (24, 96, 385),         // 12×32 tiles
-            (6, 64, 50),           // 6×64 tiles
-            (16, 1024 + 5, 577),   // two blocks of k, several blocks of n
-            (64, 256, 288),        // forward, stage 2
-            (288, 256, 32),        // input gradient, stage 2
-            (32, 288, 256),        // weight gradient, stage 2
+            (8, 48 * 3, 900),    // 8×48 tiles, three blocks of k
+            (24, 96, 385),       // 12×32 tiles
+            (6, 64, 50),         // 6×64 tiles
+            (16, 1024 + 5, 577), // two blocks of k, several blocks of n
+            (64, 256, 288),      // forward, stage 2
+            (288, 256, 32),      // input gradient, stage 2
+            (32, 288, 256),      // weight gradient, stage 2
             (5, 7, 1300),
         ] {
             for (la, lb) in [(0, 0), (1, 0), (0, 1), (3, 3)] {
@@ -961,11 +1054,65 @@ mod tests {
         }
     }
 
+    /// Every tile shape, with and without the transposed product, `rhs` read in place or
+    /// packed, `lhs` read in place or packed.
+    #[test]
+    #[cfg(target_arch = "x86_64")]
+    fn sgemm_matches_naive_in_every_mode() {
+        if !std::arch::is_x86_feature_detected!("avx512f") {
+            return;
+        }
+        let mut seed = 9000;
+        for variant in 0..5 {
+            for swap in [false, true] {
+                for direct_b in [false, true] {
+                    for pack_a in [false, true] {
+                        let force = Force {
+                            variant: Some(variant),
+                            swap: Some(swap),
+                            direct_b: Some(direct_b),
+                            pack_a,
+                        };
+                        FORCE.with(|f| f.set(force));
+                        for s in [1, 9, 17, 49, 100] {
+                            for (m, n, k) in [(s, 37, 19), (13, s, 23), (11, 29, s)] {
+                                for la in 0..4 {
+                                    for lb in 0..4 {
+                                        let acc = (la + lb + s) % 2 == 0;
+                                        check(sgemm, m, n, k, la, lb, acc, (la + 2 * lb) % 3, seed);
+                                        seed += 3;
+                                    }
+                                }
+                            }
+                        }
+                        // Several blocks of `k` and `n`; rows 4 KiB apart (cache-set crowding).
+                        for (m, n, k, la, lb) in [
+                            (5, 7, 1300, 0, 0),
+                            (16, 1029, 577, 0, 1),
+                            (16, 144, 1024, 0, 1),
+                            (16, 1024, 144, 0, 0),
+                        ] {
+                            check(sgemm, m, n, k, la, lb, true, 1, seed);
+                            seed += 3;
+                        }
+                    }
+                }
+            }
+        }
+        FORCE.with(|f| f.set(Force::default()));
+    }
+
     /// The NB201 convolution shapes, through the exact strides the kernels use.
     #[test]
     fn sgemm_matches_naive_on_conv_shapes() {
         let mut seed = 5000;
-        for (cout, cin, p) in [(16, 3, 1024), (16, 16, 1024), (32, 32, 256), (64, 64, 64), (32, 16, 256)] {
+        for (cout, cin, p) in [
+            (16, 3, 1024),
+            (16, 16, 1024),
+            (32, 32, 256),
+            (64, 64, 64),
+            (32, 16, 256),
+        ] {
             for k in [cin * 9, cin] {
                 // forward: w (cout×k) · col (k×p)
                 check(sgemm, cout, p, k, 0, 0, false, 0, seed);
@@ -974,6 +1121,24 @@ mod tests {
                 // weight gradient: gy (cout×p) · colᵀ (p×k), accumulated
                 check(sgemm, cout, k, p, 0, 1, true, 0, seed + 2);
                 seed += 3;
+            }
+        }
+    }
+
+    /// Without `acc`, `dst` is written, never read: NaN already there does not leak through.
+    #[test]
+    fn sgemm_overwrites_dst_without_acc() {
+        for (m, n, k, la, lb) in [(16, 1024, 144, 0, 0), (13, 50, 40, 1, 0), (16, 144, 1024, 0, 1), (7, 9, 700, 3, 3)] {
+            let (sa, na) = layout(la, m, k);
+            let (sb, nb) = layout(lb, k, n);
+            let (lhs, rhs) = (fill(na, 1), fill(nb, 2));
+            let mut want = vec![0.0f32; m * n];
+            naive(m, n, k, &mut want, n, false, &lhs, sa, &rhs, sb);
+            for f in [sgemm as Gemm, sgemm_fallback] {
+                let mut got = vec![f32::NAN; m * n];
+                f(m, n, k, &mut got, n, false, &lhs, sa, &rhs, sb);
+                let tol = 1e-5 * (k as f32 + 4.0);
+                assert!(want.iter().zip(&got).all(|(w, g)| (w - g).abs() <= tol), "m={m} n={n} k={k}");
             }
         }
     }
@@ -1060,6 +1225,17 @@ mod tests {
     #[test]
     #[ignore]
     fn bench_sgemm_shapes() {
+        // SGEMM_VARIANT / SGEMM_SWAP / SGEMM_DIRECT_B (0 or 1) / SGEMM_PACK_A (1) override the
+        // automatic choices, for experiments.
+        let env = |name: &str| std::env::var(name).ok().and_then(|v| v.parse::<usize>().ok());
+        FORCE.with(|f| {
+            f.set(Force {
+                variant: env("SGEMM_VARIANT"),
+                swap: env("SGEMM_SWAP").map(|v| v != 0),
+                direct_b: env("SGEMM_DIRECT_B").map(|v| v != 0),
+                pack_a: env("SGEMM_PACK_A").is_some_and(|v| v != 0),
+            })
+        });
         // SGEMM_BENCH=substring keeps the matching shapes only (and skips the peak).
         let only = std::env::var("SGEMM_BENCH").unwrap_or_default();
         #[cfg(target_arch = "x86_64")]
@@ -1068,22 +1244,36 @@ mod tests {
         }
         // (label, m, n, k, lhs layout, rhs layout, acc); layouts as in `layout`.
         let mut shapes = vec![];
-        for (cout, cin, p) in [(16, 16, 1024), (32, 32, 256), (64, 64, 64)] {
-            let k = cin * 9;
-            shapes.push((format!("fwd  c{cout} p{p}"), cout, p, k, 0, 0, false));
-            shapes.push((format!("data c{cout} p{p}"), k, p, cout, 1, 0, false));
-            shapes.push((format!("filt c{cout} p{p}"), cout, k, p, 0, 1, true));
+        for (c, p) in [(16, 1024), (32, 256), (64, 64)] {
+            // 3×3 convolution, C → C channels: fwd, input gradient, weight gradient.
+            let k = c * 9;
+            shapes.push((format!("fwd  3x3 c{c}"), c, p, k, 0, 0, false));
+            shapes.push((format!("data 3x3 c{c}"), k, p, c, 1, 0, false));
+            shapes.push((format!("filt 3x3 c{c}"), c, k, p, 0, 1, true));
         }
-        shapes.push(("fwd  stem k27".into(), 16, 1024, 27, 0, 0, false));
-        shapes.push(("fwd  1x1 c32".into(), 32, 256, 16, 0, 0, false));
-        shapes.push(("filt 1x1 c32".into(), 32, 16, 256, 0, 1, true));
+        for (c, p) in [(16, 1024), (64, 64)] {
+            // 1×1 convolution, C → C channels.
+            shapes.push((format!("fwd  1x1 c{c}"), c, p, c, 0, 0, false));
+            shapes.push((format!("data 1x1 c{c}"), c, p, c, 1, 0, false));
+            shapes.push((format!("filt 1x1 c{c}"), c, c, p, 0, 1, true));
+        }
+        // The stem (3 → 16 channels) and a reduction block's first conv (16 → 32, stride 2).
+        shapes.push(("fwd  stem".into(), 16, 1024, 27, 0, 0, false));
+        shapes.push(("fwd  red c32".into(), 32, 256, 144, 0, 0, false));
+        shapes.push(("filt red c32".into(), 32, 144, 256, 0, 1, true));
         shapes.push(("square 2048".into(), 2048, 2048, 2048, 0, 0, false));
         // SGEMM_SHAPE=m,n,k,lhs_layout,rhs_layout,acc (layouts as in `layout`) adds one shape.
         if let Ok(spec) = std::env::var("SGEMM_SHAPE") {
-            let v: Vec<usize> = spec.split(',').map(|x| x.trim().parse().expect("SGEMM_SHAPE")).collect();
+            let v: Vec<usize> = spec
+                .split(',')
+                .map(|x| x.trim().parse().expect("SGEMM_SHAPE"))
+                .collect();
             shapes.push((format!("custom {spec}"), v[0], v[1], v[2], v[3], v[4], v[5] != 0));
         }
-        println!("{:<16} {:>5} {:>5} {:>5} {:>9} {:>9} {:>6}", "shape", "m", "n", "k", "ours", "gemm", "ratio");
+        println!(
+            "{:<16} {:>5} {:>5} {:>5} {:>9} {:>9} {:>6}",
+            "shape", "m", "n", "k", "ours", "gemm", "ratio"
+        );
         for (label, m, n, k, la, lb, acc) in shapes.into_iter().filter(|s| s.0.contains(&only)) {
             let ours = gflops(sgemm, m, n, k, la, lb, acc);
             // SGEMM_BENCH_OURS=1 skips the `gemm` crate (for profiling).
@@ -1092,35 +1282,10 @@ mod tests {
             } else {
                 gflops(sgemm_fallback, m, n, k, la, lb, acc)
             };
-            println!("{label:<16} {m:>5} {n:>5} {k:>5} {ours:>9.1} {theirs:>9.1} {:>6.2}", ours / theirs);
-        }
-    }
-}
-#[cfg(test)]
-mod tmp_bench {
-    #[test]
-    #[ignore]
-    fn tmp_pack() {
-        let (k, n) = (1024usize, 144usize);
-        let rhs = vec![1.0f32; k * n];
-        let mut out = super::AlignedBuf::default();
-        let buf = out.get(k * 192).as_mut_ptr();
-        for (brs, bcs) in [(1, k), (n, 1)] {
-            let p = super::avx512::Problem { m: 1, n, k, dst: std::ptr::null_mut(), dst_rs: n, acc: false, a: std::ptr::null(), a_rs: 0, a_cs: 0, b: rhs.as_ptr(), b_rs: brs, b_cs: bcs };
-            let mut best = f64::INFINITY;
-            for _ in 0..20 {
-                let t = std::time::Instant::now();
-                for _ in 0..100 {
-                    let mut k0 = 0;
-                    while k0 < k {
-                        let kc = 342.min(k - k0);
-                        unsafe { super::avx512::pack_b::<3>(&p, k0, kc, 0, n, buf) };
-                        k0 += kc;
-                    }
-                }
-                best = best.min(t.elapsed().as_secs_f64() / 100.0);
-            }
-            println!("strides ({brs},{bcs}): {:.2} us, {:.3} ns/elt", best * 1e6, best * 1e9 / (k * n) as f64);
+            println!(
+                "{label:<16} {m:>5} {n:>5} {k:>5} {ours:>9.1} {theirs:>9.1} {:>6.2}",
+                ours / theirs
+            );
         }
     }
 }

@@ -65,6 +65,15 @@ impl PoolOp {
                 // Horizontal window sums, then vertical ones.
                 for y in 0..h {
                     let (r, o) = (&input[y * w..(y + 1) * w], &mut rows[y * w..(y + 1) * w]);
+                    if p == 1 && w >= 2 {
+                        // The 3-wide window as three shifted slices (vectorises).
+                        o[0] = r[0] + r[1];
+                        o[w - 1] = r[w - 2] + r[w - 1];
+                        for (((d, a), b), c) in o[1..w - 1].iter_mut().zip(&r[..w - 2]).zip(&r[1..w - 1]).zip(&r[2..]) {
+                            *d = *a + *b + *c;
+                        }
+                        continue;
+                    }
                     for x in 0..w {
                         let mut acc = T::zero();
                         for v in &r[x.saturating_sub(p)..(x + p + 1).min(w)] {
