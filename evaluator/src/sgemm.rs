@@ -583,7 +583,7 @@ mod avx512 {
     /// L1 data cache (64 sets of 64-byte lines: 48 KiB, 12 ways on Golden Cove).
     fn lines_per_set(stride: usize, count: usize) -> usize {
         let bytes = stride.wrapping_mul(4);
-        if bytes % 64 != 0 {
+        if !bytes.is_multiple_of(64) {
             // Misaligned strides walk through the sets.
             return count.div_ceil(64);
         }
@@ -1128,7 +1128,12 @@ mod tests {
     /// Without `acc`, `dst` is written, never read: NaN already there does not leak through.
     #[test]
     fn sgemm_overwrites_dst_without_acc() {
-        for (m, n, k, la, lb) in [(16, 1024, 144, 0, 0), (13, 50, 40, 1, 0), (16, 144, 1024, 0, 1), (7, 9, 700, 3, 3)] {
+        for (m, n, k, la, lb) in [
+            (16, 1024, 144, 0, 0),
+            (13, 50, 40, 1, 0),
+            (16, 144, 1024, 0, 1),
+            (7, 9, 700, 3, 3),
+        ] {
             let (sa, na) = layout(la, m, k);
             let (sb, nb) = layout(lb, k, n);
             let (lhs, rhs) = (fill(na, 1), fill(nb, 2));
@@ -1138,7 +1143,10 @@ mod tests {
                 let mut got = vec![f32::NAN; m * n];
                 f(m, n, k, &mut got, n, false, &lhs, sa, &rhs, sb);
                 let tol = 1e-5 * (k as f32 + 4.0);
-                assert!(want.iter().zip(&got).all(|(w, g)| (w - g).abs() <= tol), "m={m} n={n} k={k}");
+                assert!(
+                    want.iter().zip(&got).all(|(w, g)| (w - g).abs() <= tol),
+                    "m={m} n={n} k={k}"
+                );
             }
         }
     }
