@@ -62,6 +62,8 @@ impl ConvGeom {
 }
 
 /// `dst (m×n) = lhs (m×k) · rhs (k×n)` (+ `dst` when `acc`), all given by (row, column) strides.
+/// f32 runs our AVX-512 kernel ([`crate::sgemm`], single-threaded: callers parallelise over the
+/// batch) where the CPU has it; everything else the `gemm` crate.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn gemm<T: Float>(
     m: usize,
@@ -71,45 +73,12 @@ pub(crate) fn gemm<T: Float>(
     dst_rs: usize,
     acc: bool,
     lhs: &[T],
-    (lhs_rs, lhs_cs): (usize, usize),
+    lhs_strides: (usize, usize),
     rhs: &[T],
-    (rhs_rs, rhs_cs): (usize, usize),
+    rhs_strides: (usize, usize),
     threads: usize,
 ) {
-    debug_assert!(dst.len() >= (m - 1) * dst_rs + n);
-    debug_assert!(lhs.len() > (m - 1) * lhs_rs + (k - 1) * lhs_cs);
-    debug_assert!(rhs.len() > (k - 1) * rhs_rs + (n - 1) * rhs_cs);
-    let par = if threads > 1 {
-        gemm::Parallelism::Rayon(threads)
-    } else {
-        gemm::Parallelism::None
-    };
-    // SAFETY: the slices cover every element addressed through the given strides (checked above
-    // in debug builds; the callers derive all sizes from one `ConvGeom`), and `dst` does not
-    // alias the inputs since it is borrowed mutably.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
-            1,
-            dst_rs as isize,
-            acc,
-            lhs.as_ptr(),
-            lhs_cs as isize,
-            lhs_rs as isize,
-            rhs.as_ptr(),
-            rhs_cs as isize,
-            rhs_rs as isize,
-            T::one(),
-            T::one(),
-            false,
-            false,
-            false,
-            par,
-        )
-    }
+    T::matmul(m, n, k, dst, dst_rs, acc, lhs, lhs_strides, rhs, rhs_strides, threads)
 }
 
 /// Unfold one sample `x (cin×h×w)` into `col (k×p)`.
