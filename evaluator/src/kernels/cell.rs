@@ -57,6 +57,15 @@ impl CellPlan {
             .sum()
     }
 
+    /// Whether some node that is read (or the output) has no incoming edge, i.e. is zero.
+    fn has_empty_node(&self) -> bool {
+        (1..4).any(|node| {
+            let fed = self.edges.iter().any(|e| e.0 == node);
+            let read = node == 3 || self.edges.iter().any(|e| e.1 == node);
+            read && !fed
+        })
+    }
+
     /// `(offset, k)` into the flat parameters of every convolution edge, by edge index.
     fn conv_offsets(&self) -> Vec<Option<(usize, usize)>> {
         let c = self.channels;
@@ -138,8 +147,10 @@ impl CellOp {
         let (n, c, h, w) = self.dims;
         let hw = h * w;
         let offsets = self.plan.conv_offsets();
-        let zeros = vec![T::zero(); x.len()];
+        let zeros = if self.plan.has_empty_node() { vec![T::zero(); x.len()] } else { Vec::new() };
         let mut nodes: [Option<Vec<T>>; 3] = [None, None, None];
+        // ReLU of each node, computed once however many convolutions read it.
+        let mut relus: [Option<Vec<T>>; 3] = [None, None, None];
         let mut convs: Vec<Option<(Vec<T>, BnStats)>> = vec![None; 0];
         convs.resize_with(self.plan.edges.len(), || None);
         for target in 1..4 {
@@ -156,9 +167,8 @@ impl CellOp {
                         let (off, _) = offsets[i].expect("conv edge has parameters");
                         let wl = c * c * k * k;
                         let (wt, gamma, beta) = (&params[off..off + wl], &params[off + wl..off + wl + c], &params[off + wl + c..off + wl + 2 * c]);
-                        let r = relu_fwd(input);
-                        let y = conv_fwd(&self.geom(k), &r, wt);
-                        drop(r);
+                        let r = relus[s].get_or_insert_with(|| relu_fwd(input));
+                        let y = conv_fwd(&self.geom(k), r, wt);
                         let (z, stats) = bn_fwd(&y, gamma, beta, (n, c, hw), self.eps);
                         add_into(&mut sum, z);
                         convs[i] = Some((y, stats));
@@ -166,8 +176,9 @@ impl CellOp {
                 }
             }
             nodes[target - 1] = sum;
+            relus[target - 1] = None; // no edge reads node target-1 any more
         }
-        let out = nodes[2].take().unwrap_or(zeros);
+        let out = nodes[2].take().unwrap_or_else(|| vec![T::zero(); x.len()]);
         let [n1, n2, _] = nodes;
         let saved = Saved { nodes: [n1, n2], convs, params: params.to_vec() };
         *self.saved.lock().expect("cell stash") = Some(Box::new(saved));
@@ -183,16 +194,21 @@ impl CellOp {
         };
         let params = &saved.params[..];
         let offsets = self.plan.conv_offsets();
-        let zeros = vec![T::zero(); x.len()];
+        let zeros = if self.plan.has_empty_node() { vec![T::zero(); x.len()] } else { Vec::new() };
         let mut gparams = vec![T::zero(); params.len()];
         // Gradients of nodes 0..=2; node 3's is `gout`.
         let mut grads: [Option<Vec<T>>; 3] = [None, None, None];
+        let mut relus: [Option<Vec<T>>; 3] = [None, None, None];
         for target in (1..4).rev() {
-            let g: Vec<T> = if target == 3 {
-                gout.to_vec()
+            let owned;
+            let g: &[T] = if target == 3 {
+                gout
             } else {
                 match grads[target].take() {
-                    Some(g) => g,
+                    Some(g) => {
+                        owned = g;
+                        &owned
+                    }
                     None => continue,
                 }
             };
@@ -202,19 +218,18 @@ impl CellOp {
                 }
                 let input: &[T] = if s == 0 { x } else { saved.nodes[s - 1].as_deref().unwrap_or(&zeros) };
                 match edge {
-                    CellEdge::Skip => add_ref_into(&mut grads[s], &g),
-                    CellEdge::Pool => add_into(&mut grads[s], self.pool(true).run(&g).0),
+                    CellEdge::Skip => add_ref_into(&mut grads[s], g),
+                    CellEdge::Pool => add_into(&mut grads[s], self.pool(true).run(g).0),
                     CellEdge::Conv(k) => {
                         let (off, _) = offsets[i].expect("conv edge has parameters");
                         let wl = c * c * k * k;
                         let (y, stats) = saved.convs[i].as_ref().expect("conv edge saved its output");
-                        let packed = bn_bwd(y, &g, &params[off + wl..off + wl + c], (n, c, hw), stats);
+                        let packed = bn_bwd(y, g, &params[off + wl..off + wl + c], (n, c, hw), stats);
                         let (gy, gbn) = packed.split_at(y.len());
                         gparams[off + wl..off + wl + 2 * c].copy_from_slice(gbn);
                         let geom = self.geom(k);
-                        let r = relu_fwd(input);
-                        let gw = conv_filter(&geom, &r, gy);
-                        drop(r);
+                        let r = relus[s].get_or_insert_with(|| relu_fwd(input));
+                        let gw = conv_filter(&geom, r, gy);
                         gparams[off..off + wl].copy_from_slice(&gw);
                         let gr = conv_data(&geom, gy, &params[off..off + wl]);
                         add_into(&mut grads[s], relu_mask(&gr, input));
@@ -222,7 +237,7 @@ impl CellOp {
                 }
             }
         }
-        let mut out = grads[0].take().unwrap_or(zeros);
+        let mut out = grads[0].take().unwrap_or_else(|| vec![T::zero(); x.len()]);
         out.extend_from_slice(&gparams);
         Ok(out)
     }

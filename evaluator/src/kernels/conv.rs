@@ -157,6 +157,12 @@ pub(crate) fn col2im<T: Float>(g: &ConvGeom, col: &[T], x: &mut [T]) {
     }
 }
 
+/// Samples per rayon job: one contiguous share per thread, so the per-job scratch buffers
+/// (`for_each_init`) are allocated once per thread and call, not once per sample.
+pub(crate) fn per_thread(items: usize) -> usize {
+    items.div_ceil(rayon::current_num_threads()).max(1)
+}
+
 /// How to spread a batch over the rayon pool: whole samples per thread when there are enough of
 /// them, otherwise the threads inside each GEMM.
 pub(crate) fn inner_threads(batch: usize) -> usize {
@@ -173,7 +179,7 @@ pub(crate) fn conv_fwd<T: Float>(g: &ConvGeom, x: &[T], w: &[T]) -> Vec<T> {
     let mut y = vec![T::zero(); g.n * g.cout * p];
     let threads = inner_threads(g.n);
     let xs = g.cin * g.h * g.w;
-    y.par_chunks_mut(g.cout * p).enumerate().for_each_init(
+    y.par_chunks_mut(g.cout * p).enumerate().with_min_len(per_thread(g.n)).for_each_init(
         || if g.pointwise() { Vec::new() } else { vec![T::zero(); k * p] },
         |col, (i, yi)| {
             let xi = &x[i * xs..(i + 1) * xs];
@@ -195,7 +201,7 @@ pub(crate) fn conv_data<T: Float>(g: &ConvGeom, gy: &[T], w: &[T]) -> Vec<T> {
     let xs = g.cin * g.h * g.w;
     let mut gx = vec![T::zero(); g.n * xs];
     let threads = inner_threads(g.n);
-    gx.par_chunks_mut(xs).enumerate().for_each_init(
+    gx.par_chunks_mut(xs).enumerate().with_min_len(per_thread(g.n)).for_each_init(
         || if g.pointwise() { Vec::new() } else { vec![T::zero(); k * p] },
         |col, (i, gxi)| {
             let gyi = &gy[i * g.cout * p..(i + 1) * g.cout * p];

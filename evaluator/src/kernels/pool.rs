@@ -51,7 +51,7 @@ impl PoolOp {
             })
             .collect();
         let mut out = vec![T::zero(); src.len()];
-        out.par_chunks_mut(h * w).zip(src.par_chunks(h * w)).for_each_init(
+        out.par_chunks_mut(h * w).zip(src.par_chunks(h * w)).with_min_len(super::conv::per_thread(self.n * self.c)).for_each_init(
             || (vec![T::zero(); h * w], vec![T::zero(); h * w]),
             |(scaled, rows), (op, sp)| {
                 let input: &[T] = if self.adjoint {

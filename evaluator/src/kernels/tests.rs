@@ -188,6 +188,16 @@ fn bench_ops() {
     time("raw conv_fwd", &mut || { conv_fwd(&geom, &xv, &wv); });
     time("raw conv_data", &mut || { conv_data(&geom, &xv, &wv); });
     time("raw conv_filter", &mut || { conv_filter(&geom, &xv, &xv); });
+    {
+        use std::sync::Arc;
+        let plan = Arc::new(CellPlan::new(
+            vec![(1, 0, CellEdge::Conv(3)), (2, 0, CellEdge::Conv(3)), (2, 1, CellEdge::Conv(3)), (3, 0, CellEdge::Skip), (3, 1, CellEdge::Conv(3)), (3, 2, CellEdge::Conv(1))],
+            16,
+        ));
+        let params = Var::from_tensor(&(randn(&[plan.param_len()], 5, DType::F32) * 0.1).unwrap()).unwrap();
+        time("cell 6111 fwd", &mut || { nb201_cell(&plan, &x, &params, 1e-5).unwrap(); });
+        time("cell 6111 fwd+bwd", &mut || { (nb201_cell(&plan, &x, &params, 1e-5).unwrap().0 * &u).unwrap().sum_all().unwrap().backward().unwrap(); });
+    }
     time("conv3x3 fwd", &mut || { conv2d(&x, &w3, 1, 1).unwrap(); });
     time("conv3x3 fwd+bwd", &mut || { (conv2d(&x, &w3, 1, 1).unwrap() * &u).unwrap().sum_all().unwrap().backward().unwrap(); });
     time("conv1x1 fwd", &mut || { conv2d(&x, &w1, 1, 0).unwrap(); });
