@@ -84,6 +84,9 @@ pub(crate) fn gemm<T: Float>(
 /// Unfold one sample `x (cin×h×w)` into `col (k×p)`.
 pub(crate) fn im2col<T: Float>(g: &ConvGeom, x: &[T], col: &mut [T]) {
     let p = g.p();
+    if g.stride == 1 && g.ho == g.h && g.wo == g.w {
+        return im2col_same(g, x, col);
+    }
     for c in 0..g.cin {
         let plane = &x[c * g.h * g.w..(c + 1) * g.h * g.w];
         for ki in 0..g.kh {
@@ -111,6 +114,47 @@ pub(crate) fn im2col<T: Float>(g: &ConvGeom, x: &[T], col: &mut [T]) {
                             let ix = (ox * g.stride) as isize + shift;
                             *o = if ix < 0 || ix >= g.w as isize { T::zero() } else { src[ix as usize] };
                         }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// [`im2col`] for stride 1 and "same" padding: each im2col row is the input plane shifted by
+/// `dy·w + dx`, so it is one block copy, after which the rows and columns that fell outside the
+/// image (including the elements the flat shift wrapped around the row ends) are zeroed.
+fn im2col_same<T: Float>(g: &ConvGeom, x: &[T], col: &mut [T]) {
+    let (h, w) = (g.h, g.w);
+    let hw = h * w;
+    for c in 0..g.cin {
+        let plane = &x[c * hw..(c + 1) * hw];
+        for ki in 0..g.kh {
+            for kj in 0..g.kw {
+                let row = &mut col[((c * g.kh + ki) * g.kw + kj) * hw..][..hw];
+                let (dy, dx) = (ki as isize - g.pad as isize, kj as isize - g.pad as isize);
+                let oy0 = (-dy).max(0) as usize;
+                let oy1 = (h as isize - dy).clamp(0, h as isize) as usize;
+                row[..oy0 * w].fill(T::zero());
+                row[oy1.max(oy0) * w..].fill(T::zero());
+                if oy1 <= oy0 {
+                    continue;
+                }
+                let start = (oy0 as isize + dy) * w as isize + dx;
+                let len = (oy1 - oy0) * w;
+                let lo = (-start).max(0) as usize;
+                let hi = (hw as isize - start).min(len as isize).max(lo as isize) as usize;
+                let dst = &mut row[oy0 * w..oy1 * w];
+                let s0 = (start + lo as isize) as usize;
+                dst[lo..hi].copy_from_slice(&plane[s0..s0 + (hi - lo)]);
+                dst[..lo].fill(T::zero());
+                dst[hi..].fill(T::zero());
+                // Columns whose source lies left or right of the image.
+                let (zl, zr) = ((-dx).max(0) as usize, dx.max(0) as usize);
+                if zl + zr > 0 {
+                    for r in dst.chunks_mut(w) {
+                        r[..zl.min(w)].fill(T::zero());
+                        r[w - zr.min(w)..].fill(T::zero());
                     }
                 }
             }
