@@ -286,11 +286,14 @@ impl CustomOp2 for CellBwdOp {
     }
 }
 
+/// Per-channel batch mean and biased variance of one BatchNorm's input.
+pub type ChannelStats = (Vec<f64>, Vec<f64>);
+
 /// Run a cell on an NCHW batch `x` with its flat parameters (see the module docs), BatchNorm
 /// with batch statistics. Returns the cell's output and, for every convolution edge in plan
 /// order, the batch mean and biased variance of its convolution output (for running statistics).
 /// First-order gradients flow to `x` and `params`.
-pub fn nb201_cell(plan: &Arc<CellPlan>, x: &Tensor, params: &Tensor, eps: f64) -> Result<(Tensor, Vec<(Vec<f64>, Vec<f64>)>)> {
+pub fn nb201_cell(plan: &Arc<CellPlan>, x: &Tensor, params: &Tensor, eps: f64) -> Result<(Tensor, Vec<ChannelStats>)> {
     let (n, c, h, w) = x.dims4()?;
     if !x.device().is_cpu() || !supports(x.dtype()) || c != plan.channels || params.elem_count() != plan.param_len() {
         candle_core::bail!("nb201_cell: needs f32/f64 CPU tensors with {} channels and {} parameters", plan.channels, plan.param_len())
