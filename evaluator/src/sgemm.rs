@@ -172,7 +172,8 @@ fn check_args(
     assert!(rhs.len() >= need, "sgemm: rhs has {} elements, needs {need}", rhs.len());
 }
 
-/// The `gemm` crate on checked arguments with `m, n, k > 0`.
+/// The `gemm` crate on checked arguments with `m, n, k > 0`, single-threaded (the kernels'
+/// own wrapper of it, shared with the f64 path).
 #[allow(clippy::too_many_arguments)]
 fn fallback(
     m: usize,
@@ -182,36 +183,11 @@ fn fallback(
     dst_rs: usize,
     acc: bool,
     lhs: &[f32],
-    (lhs_rs, lhs_cs): (usize, usize),
+    lhs_strides: (usize, usize),
     rhs: &[f32],
-    (rhs_rs, rhs_cs): (usize, usize),
+    rhs_strides: (usize, usize),
 ) {
-    // SAFETY: `check_args` proved that the slices cover every element addressed through the
-    // strides (which fit in `isize`, as slice lengths do); `dst` is borrowed mutably, so it
-    // aliases neither input, and its rows do not overlap.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
-            1,
-            dst_rs as isize,
-            acc,
-            lhs.as_ptr(),
-            lhs_cs as isize,
-            lhs_rs as isize,
-            rhs.as_ptr(),
-            rhs_cs as isize,
-            rhs_rs as isize,
-            1.0f32,
-            1.0f32,
-            false,
-            false,
-            false,
-            gemm::Parallelism::None,
-        )
-    }
+    crate::kernels::gemm_crate(m, n, k, dst, dst_rs, acc, lhs, lhs_strides, rhs, rhs_strides, 1)
 }
 
 /// Overrides of the AVX-512 path's automatic choices, so that tests can reach every code path
