@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::{slice, supports, Float};
+use super::{supports, Float};
 
 /// Per-channel statistics of one BatchNorm forward pass, kept for its backward pass.
 #[derive(Debug, Clone, Default)]
@@ -126,18 +126,11 @@ impl CustomOp3 for BnOp {
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let dims = dims_nc_hw(l1)?;
-        let (out, stats) = match s1 {
-            CpuStorage::F32(_) => {
-                let (y, st) = bn_fwd::<f32>(slice(s1, l1, "bn")?, slice(s2, l2, "bn")?, slice(s3, l3, "bn")?, dims, self.eps);
-                (CpuStorage::F32(y), st)
-            }
-            CpuStorage::F64(_) => {
-                let (y, st) = bn_fwd::<f64>(slice(s1, l1, "bn")?, slice(s2, l2, "bn")?, slice(s3, l3, "bn")?, dims, self.eps);
-                (CpuStorage::F64(y), st)
-            }
-            _ => candle_core::bail!("batch norm: only f32 and f64 are supported"),
-        };
-        *self.stats.lock().expect("bn stats") = stats;
+        let out = dispatch!(self.name(); (s1, l1), (s2, l2), (s3, l3) => |x, g, b| {
+            let (y, stats) = bn_fwd(x, g, b, dims, self.eps);
+            *self.stats.lock().expect("bn stats") = stats;
+            Ok::<_, candle_core::Error>(y)
+        });
         Ok((out, l1.shape().clone()))
     }
 
@@ -175,11 +168,7 @@ impl CustomOp3 for BnBwdOp {
     ) -> Result<(CpuStorage, Shape)> {
         let dims = dims_nc_hw(l1)?;
         let st = self.stats.lock().expect("bn stats").clone();
-        let out = match s1 {
-            CpuStorage::F32(_) => CpuStorage::F32(bn_bwd::<f32>(slice(s1, l1, "bn")?, slice(s2, l2, "bn")?, slice(s3, l3, "bn")?, dims, &st)),
-            CpuStorage::F64(_) => CpuStorage::F64(bn_bwd::<f64>(slice(s1, l1, "bn")?, slice(s2, l2, "bn")?, slice(s3, l3, "bn")?, dims, &st)),
-            _ => candle_core::bail!("batch norm: only f32 and f64 are supported"),
-        };
+        let out = dispatch!(self.name(); (s1, l1), (s2, l2), (s3, l3) => |x, gy, g| Ok::<_, candle_core::Error>(bn_bwd(x, gy, g, dims, &st)));
         let len = l1.shape().elem_count() + 2 * dims.1;
         Ok((out, Shape::from(len)))
     }

@@ -18,7 +18,7 @@ use super::bn::{bn_bwd, bn_fwd, BnStats};
 use super::conv::{conv_data, conv_filter, conv_fwd, ConvGeom};
 use super::pool::PoolOp;
 use super::relu::{relu_fwd, relu_mask};
-use super::{slice, supports, Float};
+use super::{supports, Float};
 
 /// What an edge of the cell computes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -243,25 +243,13 @@ impl CellOp {
     }
 }
 
-fn dispatch2<F32, F64>(s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout, name: &str, f32: F32, f64: F64) -> Result<CpuStorage>
-where
-    F32: FnOnce(&[f32], &[f32]) -> Result<Vec<f32>>,
-    F64: FnOnce(&[f64], &[f64]) -> Result<Vec<f64>>,
-{
-    Ok(match (s1, s2) {
-        (CpuStorage::F32(_), CpuStorage::F32(_)) => CpuStorage::F32(f32(slice(s1, l1, name)?, slice(s2, l2, name)?)?),
-        (CpuStorage::F64(_), CpuStorage::F64(_)) => CpuStorage::F64(f64(slice(s1, l1, name)?, slice(s2, l2, name)?)?),
-        _ => candle_core::bail!("{name}: only f32 and f64 tensors of one dtype are supported"),
-    })
-}
-
 impl CustomOp2 for CellOp {
     fn name(&self) -> &'static str {
         "autoagent-nb201-cell"
     }
 
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
-        let out = dispatch2(s1, l1, s2, l2, self.name(), |x, p| Ok(self.forward(x, p)), |x, p| Ok(self.forward(x, p)))?;
+        let out = dispatch!(self.name(); (s1, l1), (s2, l2) => |x, p| Ok::<_, candle_core::Error>(self.forward(x, p)));
         Ok((out, l1.shape().clone()))
     }
 
@@ -280,7 +268,7 @@ impl CustomOp2 for CellBwdOp {
     }
 
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
-        let out = dispatch2(s1, l1, s2, l2, self.name(), |x, g| self.op.backward(x, g), |x, g| self.op.backward(x, g))?;
+        let out = dispatch!(self.name(); (s1, l1), (s2, l2) => |x, g| self.op.backward(x, g));
         let len = l1.shape().elem_count() + self.op.plan.param_len();
         Ok((out, Shape::from(len)))
     }

@@ -7,7 +7,7 @@ use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use super::bn::{bn_bwd, bn_fwd, BnStats};
 use super::conv::{conv_data, conv_filter, conv_fwd, ConvGeom};
 use super::relu::{relu_fwd, relu_mask};
-use super::{slice, supports, Float};
+use super::{supports, Float};
 
 /// What a fused ReLU→Conv→BatchNorm forward pass keeps for its backward pass.
 struct ConvBnSaved<T> {
@@ -88,16 +88,7 @@ impl CustomOp3 for ConvBnOp {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let n = self.name();
-        let out = match (s1, s2, s3) {
-            (CpuStorage::F32(_), CpuStorage::F32(_), CpuStorage::F32(_)) => {
-                CpuStorage::F32(self.run::<f32>(slice(s1, l1, n)?, slice(s2, l2, n)?, slice(s3, l3, n)?))
-            }
-            (CpuStorage::F64(_), CpuStorage::F64(_), CpuStorage::F64(_)) => {
-                CpuStorage::F64(self.run::<f64>(slice(s1, l1, n)?, slice(s2, l2, n)?, slice(s3, l3, n)?))
-            }
-            _ => candle_core::bail!("{n}: only f32 and f64 tensors of one dtype are supported"),
-        };
+        let out = dispatch!(self.name(); (s1, l1), (s2, l2), (s3, l3) => |x, w, gb| Ok::<_, candle_core::Error>(self.run(x, w, gb)));
         Ok((out, self.geom.y_shape()))
     }
 
@@ -133,16 +124,7 @@ impl CustomOp3 for ConvBnBwdOp {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let n = self.name();
-        let out = match (s1, s2, s3) {
-            (CpuStorage::F32(_), CpuStorage::F32(_), CpuStorage::F32(_)) => {
-                CpuStorage::F32(self.run::<f32>(slice(s1, l1, n)?, slice(s2, l2, n)?, slice(s3, l3, n)?)?)
-            }
-            (CpuStorage::F64(_), CpuStorage::F64(_), CpuStorage::F64(_)) => {
-                CpuStorage::F64(self.run::<f64>(slice(s1, l1, n)?, slice(s2, l2, n)?, slice(s3, l3, n)?)?)
-            }
-            _ => candle_core::bail!("{n}: only f32 and f64 tensors of one dtype are supported"),
-        };
+        let out = dispatch!(self.name(); (s1, l1), (s2, l2), (s3, l3) => |x, w, gz| self.run(x, w, gz));
         let len = out_len(&out);
         Ok((out, Shape::from(len)))
     }

@@ -15,6 +15,27 @@
 //! Both f32 and f64 are supported (synflow runs in f64). On other devices the public functions
 //! fall back to candle's own operations.
 
+/// Run one body on the contiguous slices of CPU storages of one float dtype (f32 or f64), giving
+/// the matching `CpuStorage`: `dispatch!(name; (s1, l1), (s2, l2) => |a, b| body)`, where the body
+/// is generic code returning `Result<Vec<T>>`.
+macro_rules! dispatch {
+    ($name:expr; $(($s:expr, $l:expr)),+ => |$($a:ident),+| $body:expr) => {{
+        let name = $name;
+        match ($($s,)+) {
+            ($(dispatch!(@pat F32 $s),)+) => {
+                $(let $a: &[f32] = $crate::kernels::slice($s, $l, name)?;)+
+                candle_core::CpuStorage::F32($body?)
+            }
+            ($(dispatch!(@pat F64 $s),)+) => {
+                $(let $a: &[f64] = $crate::kernels::slice($s, $l, name)?;)+
+                candle_core::CpuStorage::F64($body?)
+            }
+            _ => candle_core::bail!("{name}: only f32 and f64 tensors of one dtype are supported"),
+        }
+    }};
+    (@pat $v:ident $s:expr) => { candle_core::CpuStorage::$v(_) };
+}
+
 mod bn;
 mod cell;
 mod conv;
