@@ -61,26 +61,6 @@ impl ConvGeom {
     }
 }
 
-/// `dst (m×n) = lhs (m×k) · rhs (k×n)` (+ `dst` when `acc`), all given by (row, column) strides.
-/// f32 runs our AVX-512 kernel ([`crate::sgemm`], single-threaded: callers parallelise over the
-/// batch) where the CPU has it; everything else the `gemm` crate.
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn gemm<T: Float>(
-    m: usize,
-    n: usize,
-    k: usize,
-    dst: &mut [T],
-    dst_rs: usize,
-    acc: bool,
-    lhs: &[T],
-    lhs_strides: (usize, usize),
-    rhs: &[T],
-    rhs_strides: (usize, usize),
-    threads: usize,
-) {
-    T::matmul(m, n, k, dst, dst_rs, acc, lhs, lhs_strides, rhs, rhs_strides, threads)
-}
-
 /// Unfold one sample `x (cin×h×w)` into `col (k×p)`.
 pub(crate) fn im2col<T: Float>(g: &ConvGeom, x: &[T], col: &mut [T]) {
     let p = g.p();
@@ -233,7 +213,7 @@ pub(crate) fn conv_fwd<T: Float>(g: &ConvGeom, x: &[T], w: &[T]) -> Vec<T> {
                 im2col(g, xi, col);
                 col
             };
-            gemm(g.cout, p, k, yi, p, false, w, (k, 1), rhs, (p, 1), threads);
+            T::matmul(g.cout, p, k, yi, p, false, w, (k, 1), rhs, (p, 1), threads);
         },
     );
     y
@@ -251,9 +231,9 @@ pub(crate) fn conv_data<T: Float>(g: &ConvGeom, gy: &[T], w: &[T]) -> Vec<T> {
             let gyi = &gy[i * g.cout * p..(i + 1) * g.cout * p];
             // wᵀ (k×cout) · gy_i (cout×p)
             if g.pointwise() {
-                gemm(k, p, g.cout, gxi, p, false, w, (1, k), gyi, (p, 1), threads);
+                T::matmul(k, p, g.cout, gxi, p, false, w, (1, k), gyi, (p, 1), threads);
             } else {
-                gemm(k, p, g.cout, col, p, false, w, (1, k), gyi, (p, 1), threads);
+                T::matmul(k, p, g.cout, col, p, false, w, (1, k), gyi, (p, 1), threads);
                 col2im(g, col, gxi);
             }
         },
@@ -283,7 +263,7 @@ pub(crate) fn conv_filter<T: Float>(g: &ConvGeom, x: &[T], gy: &[T]) -> Vec<T> {
                     &col
                 };
                 // gy_i (cout×p) · colᵀ (p×k)
-                gemm(g.cout, k, p, &mut acc, k, true, gyi, (p, 1), colr, (1, p), threads);
+                T::matmul(g.cout, k, p, &mut acc, k, true, gyi, (p, 1), colr, (1, p), threads);
             }
             acc
         })

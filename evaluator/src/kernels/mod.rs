@@ -58,6 +58,8 @@ pub use relu::relu;
 pub(crate) trait Float: WithDType + Default {
     /// `dst (m×n) = lhs (m×k) · rhs (k×n)` (+ `dst` when `acc`), operands given by
     /// (row, column) strides; `threads` > 1 lets the product use that many rayon threads.
+    /// f32 runs our AVX-512 kernel ([`crate::sgemm`], single-threaded: callers parallelise
+    /// over the batch) where the CPU has it; everything else the `gemm` crate.
     #[allow(clippy::too_many_arguments)]
     fn matmul(
         m: usize,
