@@ -157,16 +157,19 @@ fn init_logging(verbose: u8) {
         2 => "debug",
         _ => "trace",
     };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
 }
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Train(args) => cmd_train(args),
-        Command::Space { command: SpaceCommand::Sample { space, n, seed, unique } } => cmd_sample(&space, n, seed, unique),
-        Command::Bench { command: BenchCommand::TrainSpeed(args) } => autoagent_benchmarks::train_speed::run(&args),
+        Command::Space {
+            command: SpaceCommand::Sample { space, n, seed, unique },
+        } => cmd_sample(&space, n, seed, unique),
+        Command::Bench {
+            command: BenchCommand::TrainSpeed(args),
+        } => autoagent_benchmarks::train_speed::run(&args),
     }
 }
 
@@ -193,9 +196,8 @@ fn cmd_sample(space: &str, n: usize, seed: u64, unique: bool) -> Result<()> {
 }
 
 fn cmd_train(args: TrainArgs) -> Result<()> {
-    let kind = DatasetKind::from_name(&args.task).with_context(|| {
-        format!("unknown task '{}' (available: cifar10, cifar100, mnist, fashion-mnist)", args.task)
-    })?;
+    let kind =
+        DatasetKind::from_name(&args.task).with_context(|| format!("unknown task '{}' (available: cifar10, cifar100, mnist, fashion-mnist)", args.task))?;
     let arch = Arch::parse(&args.arch)?;
     let device = train::parse_device(&args.device)?;
     let (c, h, _) = kind.image_shape();
@@ -245,8 +247,7 @@ fn cmd_train(args: TrainArgs) -> Result<()> {
     json["task"] = serde_json::Value::from(kind.name());
     if let Some(dir) = &args.out {
         let path = dir.join("train.json");
-        std::fs::write(&path, serde_json::to_string_pretty(&json)?)
-            .with_context(|| format!("cannot write {}", path.display()))?;
+        std::fs::write(&path, serde_json::to_string_pretty(&json)?).with_context(|| format!("cannot write {}", path.display()))?;
     }
     if args.json {
         println!("{}", serde_json::to_string(&json)?);

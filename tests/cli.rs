@@ -15,7 +15,10 @@ fn shared() -> PathBuf {
 
 fn autoagent(args: &[&str]) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_autoagent"));
-    c.args(args).env_remove("AUTOAGENT_DATA").env_remove("AUTOAGENT_DATA_MIRROR").env("RAYON_NUM_THREADS", "2");
+    c.args(args)
+        .env_remove("AUTOAGENT_DATA")
+        .env_remove("AUTOAGENT_DATA_MIRROR")
+        .env("RAYON_NUM_THREADS", "2");
     c
 }
 
@@ -60,8 +63,7 @@ fn space_sample_prints_valid_seeded_architectures() {
     }
     let u = run(&["space", "sample", "-n", "300", "--seed", "1", "--unique"]);
     let text = String::from_utf8(u.stdout).unwrap();
-    let canon: std::collections::HashSet<String> =
-        text.lines().map(|l| autoagent_evaluator::nb201::Arch::parse(l).unwrap().canonical()).collect();
+    let canon: std::collections::HashSet<String> = text.lines().map(|l| autoagent_evaluator::nb201::Arch::parse(l).unwrap().canonical()).collect();
     assert_eq!(canon.len(), 300);
     assert_one_line_error(&run(&["space", "sample", "--space", "darts", "-n", "2"]), "unknown search space 'darts'");
 }
@@ -74,10 +76,7 @@ fn bad_inputs_fail_with_one_line_and_exit_code_2() {
         &run(&["train", "--task", "imagenet", "--arch", BEST, "--data-dir", data]),
         "unknown task 'imagenet'",
     );
-    assert_one_line_error(
-        &run(&cifar_args("|nor_conv_3x3~0|+|nor_conv_3x3~0|", data, &[])),
-        "invalid architecture",
-    );
+    assert_one_line_error(&run(&cifar_args("|nor_conv_3x3~0|+|nor_conv_3x3~0|", data, &[])), "invalid architecture");
     assert_one_line_error(
         &run(&cifar_args("|conv_5x5~0|+|none~0|none~1|+|none~0|none~1|none~2|", data, &[])),
         "unknown operation 'conv_5x5'",
@@ -130,11 +129,28 @@ fn train_json(out: &Path, seed: &str) -> serde_json::Value {
     let o = run(&cifar_args(
         SMALL,
         data.to_str().unwrap(),
-        &["--epochs", "2", "--channels", "8", "--cells", "1", "--batch-size", "64", "--seed", seed, "--json", "--out", out.to_str().unwrap()],
+        &[
+            "--epochs",
+            "2",
+            "--channels",
+            "8",
+            "--cells",
+            "1",
+            "--batch-size",
+            "64",
+            "--seed",
+            seed,
+            "--json",
+            "--out",
+            out.to_str().unwrap(),
+        ],
     ));
     assert!(o.status.success(), "{}", stderr(&o));
     let err = stderr(&o);
-    assert!(err.contains("epoch   1/2") && err.contains("epoch   2/2"), "progress per epoch on stderr: {err}");
+    assert!(
+        err.contains("epoch   1/2") && err.contains("epoch   2/2"),
+        "progress per epoch on stderr: {err}"
+    );
     let text = String::from_utf8(o.stdout).unwrap();
     assert_eq!(text.lines().count(), 1, "exactly one JSON object on stdout: {text}");
     serde_json::from_str(&text).unwrap()
@@ -185,8 +201,23 @@ fn train_runs_on_grey_28x28_images() {
     for task in ["mnist", "fashion-mnist"] {
         let dir = shared().join(format!("{task}-mini"));
         let o = run(&[
-            "train", "--task", task, "--arch", SMALL, "--data-dir", dir.to_str().unwrap(), "--no-download",
-            "--epochs", "2", "--channels", "8", "--cells", "1", "--batch-size", "64", "--json",
+            "train",
+            "--task",
+            task,
+            "--arch",
+            SMALL,
+            "--data-dir",
+            dir.to_str().unwrap(),
+            "--no-download",
+            "--epochs",
+            "2",
+            "--channels",
+            "8",
+            "--cells",
+            "1",
+            "--batch-size",
+            "64",
+            "--json",
         ]);
         assert!(o.status.success(), "{task}: {}", stderr(&o));
         let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();

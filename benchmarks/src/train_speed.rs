@@ -213,7 +213,11 @@ pub fn measure_candle(arch: &Arch, args: &TrainSpeedArgs) -> Result<Speed> {
         step()?;
     }
     let train_images_per_s = (args.train_batch * args.train_steps.max(1)) as f64 / t.elapsed().as_secs_f64();
-    Ok(Speed { fwd_ms, fwdbwd_ms, train_images_per_s })
+    Ok(Speed {
+        fwd_ms,
+        fwdbwd_ms,
+        train_images_per_s,
+    })
 }
 
 #[derive(serde::Deserialize)]
@@ -248,7 +252,11 @@ fn run_torch(python: &PathBuf, args: &TrainSpeedArgs, indices: &[usize]) -> Resu
     if !out.status.success() {
         let err = String::from_utf8_lossy(&out.stderr);
         let tail: Vec<&str> = err.lines().rev().take(3).collect();
-        bail!("the PyTorch reference failed ({}): {}", out.status, tail.into_iter().rev().collect::<Vec<_>>().join(" | "));
+        bail!(
+            "the PyTorch reference failed ({}): {}",
+            out.status,
+            tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
+        );
     }
     serde_json::from_slice(&out.stdout).context("the PyTorch reference printed no valid JSON")
 }
@@ -289,7 +297,11 @@ pub fn run(args: &TrainSpeedArgs) -> Result<()> {
         torch_version = Some(t.torch_version);
         for a in t.archs {
             if let Some(r) = rows.iter_mut().find(|r| r.index == a.index) {
-                r.torch = Some(Speed { fwd_ms: a.fwd_ms, fwdbwd_ms: a.fwdbwd_ms, train_images_per_s: a.train_images_per_s });
+                r.torch = Some(Speed {
+                    fwd_ms: a.fwd_ms,
+                    fwdbwd_ms: a.fwdbwd_ms,
+                    train_images_per_s: a.train_images_per_s,
+                });
             }
         }
     }

@@ -16,7 +16,7 @@ pub mod error;
 pub mod kernels;
 pub mod nb201;
 pub mod net;
-pub mod train;
 pub mod sgemm;
+pub mod train;
 
 pub use error::{Error, Result};

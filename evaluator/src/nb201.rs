@@ -41,13 +41,7 @@ pub enum Op {
 
 impl Op {
     /// All operations, in the benchmark's canonical order.
-    pub const ALL: [Op; 5] = [
-        Op::None,
-        Op::SkipConnect,
-        Op::NorConv1x1,
-        Op::NorConv3x3,
-        Op::AvgPool3x3,
-    ];
+    pub const ALL: [Op; 5] = [Op::None, Op::SkipConnect, Op::NorConv1x1, Op::NorConv3x3, Op::AvgPool3x3];
 
     /// The benchmark's name of the operation.
     pub fn name(self) -> &'static str {
@@ -92,16 +86,10 @@ impl Arch {
 
     /// Parse an official arch string; see [`Arch::to_string`] for the inverse.
     pub fn parse(s: &str) -> Result<Self> {
-        let bad = |reason: String| Error::InvalidArch {
-            arch: s.to_string(),
-            reason,
-        };
+        let bad = |reason: String| Error::InvalidArch { arch: s.to_string(), reason };
         let nodes: Vec<&str> = s.trim().split('+').collect();
         if nodes.len() != 3 {
-            return Err(bad(format!(
-                "expected 3 node groups separated by '+', found {}",
-                nodes.len()
-            )));
+            return Err(bad(format!("expected 3 node groups separated by '+', found {}", nodes.len())));
         }
         let mut ops = [Op::None; NUM_EDGES];
         let mut edge = 0;
@@ -113,25 +101,14 @@ impl Arch {
                 .ok_or_else(|| bad(format!("node {target} group '{group}' must be enclosed in '|'")))?;
             let items: Vec<&str> = inner.split('|').collect();
             if items.len() != target {
-                return Err(bad(format!(
-                    "node {target} must have {target} input edge(s), found {}",
-                    items.len()
-                )));
+                return Err(bad(format!("node {target} must have {target} input edge(s), found {}", items.len())));
             }
             for (source, item) in items.iter().enumerate() {
-                let (name, src) = item
-                    .split_once('~')
-                    .ok_or_else(|| bad(format!("edge '{item}' is not of the form op~source")))?;
-                let op = Op::from_name(name).ok_or_else(|| {
-                    bad(format!(
-                        "unknown operation '{name}' (expected one of {})",
-                        Op::ALL.map(Op::name).join(", ")
-                    ))
-                })?;
+                let (name, src) = item.split_once('~').ok_or_else(|| bad(format!("edge '{item}' is not of the form op~source")))?;
+                let op =
+                    Op::from_name(name).ok_or_else(|| bad(format!("unknown operation '{name}' (expected one of {})", Op::ALL.map(Op::name).join(", "))))?;
                 if src != source.to_string() {
-                    return Err(bad(format!(
-                        "edge '{item}' of node {target} must come from node {source}"
-                    )));
+                    return Err(bad(format!("edge '{item}' of node {target} must come from node {source}")));
                 }
                 ops[edge] = op;
                 edge += 1;
@@ -164,9 +141,7 @@ impl Arch {
     /// significant, ops in [`Op::ALL`] order). This is *not* the benchmark's index, whose order
     /// has no closed form; use the NB201 table for that.
     pub fn ordinal(&self) -> usize {
-        self.ops.iter().fold(0, |acc, op| {
-            acc * 5 + Op::ALL.iter().position(|o| o == op).unwrap()
-        })
+        self.ops.iter().fold(0, |acc, op| acc * 5 + Op::ALL.iter().position(|o| o == op).unwrap())
     }
 
     /// The inverse of [`Arch::ordinal`].
@@ -186,10 +161,7 @@ impl Arch {
 
     /// The operation on edge `source → target`.
     pub fn op(&self, target: usize, source: usize) -> Op {
-        let i = EDGES
-            .iter()
-            .position(|&e| e == (target, source))
-            .expect("edge of the NB201 cell");
+        let i = EDGES.iter().position(|&e| e == (target, source)).expect("edge of the NB201 cell");
         self.ops[i]
     }
 
@@ -270,8 +242,7 @@ mod tests {
     use super::*;
     use rand::SeedableRng;
 
-    const BEST: &str =
-        "|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|skip_connect~0|nor_conv_3x3~1|nor_conv_3x3~2|";
+    const BEST: &str = "|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|skip_connect~0|nor_conv_3x3~1|nor_conv_3x3~2|";
 
     #[test]
     fn parse_and_print_round_trip() {

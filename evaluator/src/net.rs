@@ -239,10 +239,7 @@ impl BatchNorm {
         let shape = (1, c, 1, 1);
         let (mean, var) = match mode {
             BnMode::Bypass => return Ok(xs.clone()),
-            BnMode::Eval => (
-                self.running_mean.as_tensor().reshape(shape)?,
-                self.running_var.as_tensor().reshape(shape)?,
-            ),
+            BnMode::Eval => (self.running_mean.as_tensor().reshape(shape)?, self.running_var.as_tensor().reshape(shape)?),
             BnMode::Train | BnMode::Batch => {
                 let (y, mean, var) = if k == Kernels::Composite {
                     kernels::batch_norm_composite(xs, &self.weight, &self.bias, BN_EPS)?
@@ -275,14 +272,17 @@ impl ConvUnit {
     #[allow(clippy::too_many_arguments)]
     fn new(cin: usize, cout: usize, k: usize, stride: usize, relu: bool, bn: bool, vb: VarBuilder) -> Result<Self> {
         let (weight, bn) = if bn {
-            (
-                vb.pp("conv").get((cout, cin, k, k), "weight")?,
-                Some(BatchNorm::new(cout, vb.pp("bn"))?),
-            )
+            (vb.pp("conv").get((cout, cin, k, k), "weight")?, Some(BatchNorm::new(cout, vb.pp("bn"))?))
         } else {
             (vb.get((cout, cin, k, k), "weight")?, None)
         };
-        Ok(ConvUnit { relu, weight, stride, pad: k / 2, bn })
+        Ok(ConvUnit {
+            relu,
+            weight,
+            stride,
+            pad: k / 2,
+            bn,
+        })
     }
 
     fn forward(&self, xs: &Tensor, mode: BnMode, k: Kernels) -> Result<Tensor> {
@@ -290,8 +290,7 @@ impl ConvUnit {
             if xs.device().is_cpu() && kernels::supports(xs.dtype()) {
                 // One fused node for ReLU, convolution and BatchNorm.
                 let gb = Tensor::cat(&[&bn.weight, &bn.bias], 0)?;
-                let (z, mean, var) =
-                    kernels::relu_conv_bn(xs, &self.weight, &gb, self.stride, self.pad, self.relu, BN_EPS)?;
+                let (z, mean, var) = kernels::relu_conv_bn(xs, &self.weight, &gb, self.stride, self.pad, self.relu, BN_EPS)?;
                 if mode == BnMode::Train {
                     bn.update_running(&z, mean, var)?;
                 }
@@ -347,7 +346,10 @@ impl Cell {
                 (*t, *s, kind)
             })
             .collect();
-        Ok(Cell { edges, plan: Arc::new(kernels::CellPlan::new(plan_edges, c)) })
+        Ok(Cell {
+            edges,
+            plan: Arc::new(kernels::CellPlan::new(plan_edges, c)),
+        })
     }
 
     /// The cell as one fused node: parameters packed in plan order, running statistics updated
@@ -379,11 +381,7 @@ impl Cell {
     }
 
     fn forward(&self, xs: &Tensor, mode: BnMode, k: Kernels) -> Result<Tensor> {
-        if k == Kernels::Fused
-            && matches!(mode, BnMode::Train | BnMode::Batch)
-            && xs.device().is_cpu()
-            && kernels::supports(xs.dtype())
-        {
+        if k == Kernels::Fused && matches!(mode, BnMode::Train | BnMode::Batch) && xs.device().is_cpu() && kernels::supports(xs.dtype()) {
             return self.forward_fused(xs, mode);
         }
         let mut nodes: Vec<Option<Tensor>> = vec![Some(xs.clone()), None, None, None];
@@ -478,7 +476,15 @@ impl Nb201Net {
         let lastact = BatchNorm::new(last, vb.pp("lastact").pp("bn"))?;
         let classifier_w = vb.pp("classifier").get((config.num_classes, last), "weight")?;
         let classifier_b = vb.pp("classifier").get(config.num_classes, "bias")?;
-        Ok(Nb201Net { config: config.clone(), stem, layers, lastact, classifier_w, classifier_b, kernels: Kernels::Fused })
+        Ok(Nb201Net {
+            config: config.clone(),
+            stem,
+            layers,
+            lastact,
+            classifier_w,
+            classifier_b,
+            kernels: Kernels::Fused,
+        })
     }
 
     /// Choose the CPU implementation of the operations (see [`Kernels`]).
@@ -585,11 +591,7 @@ impl Model {
     /// The trainable variables (everything but BN running statistics), sorted by name.
     pub fn trainable(&self) -> Vec<(String, Var)> {
         let data = self.varmap.data().lock().expect("varmap lock");
-        let mut v: Vec<(String, Var)> = data
-            .iter()
-            .filter(|(n, _)| !is_running_stat(n))
-            .map(|(n, v)| (n.clone(), v.clone()))
-            .collect();
+        let mut v: Vec<(String, Var)> = data.iter().filter(|(n, _)| !is_running_stat(n)).map(|(n, v)| (n.clone(), v.clone())).collect();
         v.sort_by(|a, b| a.0.cmp(&b.0));
         v
     }

@@ -139,10 +139,7 @@ pub fn sgemm_fallback(
 /// Index one past the last element addressed by a `rows × cols` matrix with the given strides
 /// (both dimensions non-zero), or `None` on overflow.
 fn extent(rows: usize, cols: usize, rs: usize, cs: usize) -> Option<usize> {
-    (rows - 1)
-        .checked_mul(rs)?
-        .checked_add((cols - 1).checked_mul(cs)?)?
-        .checked_add(1)
+    (rows - 1).checked_mul(rs)?.checked_add((cols - 1).checked_mul(cs)?)?.checked_add(1)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -408,11 +405,7 @@ mod avx512 {
                     let d = p.dst.wrapping_add((i0 + r) * p.dst_rs + j0);
                     // SAFETY: row `i0 + r < m` of `dst`, columns `j0 ..< j0 + jn`.
                     unsafe {
-                        let y = if p.acc {
-                            _mm512_add_ps(y, _mm512_maskz_loadu_ps(jmask, d))
-                        } else {
-                            y
-                        };
+                        let y = if p.acc { _mm512_add_ps(y, _mm512_maskz_loadu_ps(jmask, d)) } else { y };
                         _mm512_mask_storeu_ps(d, jmask, y);
                     }
                 }
@@ -524,24 +517,16 @@ mod avx512 {
                             if b_direct {
                                 let b = p.b.wrapping_add(k0 * p.b_rs + j0 + jp);
                                 if a_cs == 1 {
-                                    kernel::<MR, NV, true, false>(
-                                        kc, a, a_rs, a_cs, b, p.b_rs, c, p.dst_rs, mr, nr, load_c,
-                                    );
+                                    kernel::<MR, NV, true, false>(kc, a, a_rs, a_cs, b, p.b_rs, c, p.dst_rs, mr, nr, load_c);
                                 } else {
-                                    kernel::<MR, NV, false, false>(
-                                        kc, a, a_rs, a_cs, b, p.b_rs, c, p.dst_rs, mr, nr, load_c,
-                                    );
+                                    kernel::<MR, NV, false, false>(kc, a, a_rs, a_cs, b, p.b_rs, c, p.dst_rs, mr, nr, load_c);
                                 }
                             } else {
                                 let b = bpack.wrapping_add(jp * kc).cast_const();
                                 if a_cs == 1 {
-                                    kernel::<MR, NV, true, true>(
-                                        kc, a, a_rs, a_cs, b, nr_full, c, p.dst_rs, mr, nr, load_c,
-                                    );
+                                    kernel::<MR, NV, true, true>(kc, a, a_rs, a_cs, b, nr_full, c, p.dst_rs, mr, nr, load_c);
                                 } else {
-                                    kernel::<MR, NV, false, true>(
-                                        kc, a, a_rs, a_cs, b, nr_full, c, p.dst_rs, mr, nr, load_c,
-                                    );
+                                    kernel::<MR, NV, false, true>(kc, a, a_rs, a_cs, b, nr_full, c, p.dst_rs, mr, nr, load_c);
                                 }
                             }
                         }
@@ -664,14 +649,7 @@ mod avx512 {
     /// As for [`kernel`].
     #[target_feature(enable = "avx512f")]
     #[inline(never)]
-    unsafe fn store_ragged<const MR: usize, const NV: usize>(
-        tile: &[[__m512; NV]; MR],
-        c: *mut f32,
-        c_rs: usize,
-        mr: usize,
-        nr: usize,
-        load_c: bool,
-    ) {
+    unsafe fn store_ragged<const MR: usize, const NV: usize>(tile: &[[__m512; NV]; MR], c: *mut f32, c_rs: usize, mr: usize, nr: usize, load_c: bool) {
         for (r, row) in tile.iter().enumerate().take(mr) {
             for (v, &x) in row.iter().enumerate() {
                 let mask = lane_mask(nr, v);
@@ -683,11 +661,7 @@ mod avx512 {
                 let cp = c.wrapping_add(r * c_rs + 16 * v);
                 // SAFETY: the unmasked lanes are row `r < mr`, columns `< nr` of the tile.
                 unsafe {
-                    let x = if load_c {
-                        _mm512_add_ps(x, _mm512_maskz_loadu_ps(mask, cp))
-                    } else {
-                        x
-                    };
+                    let x = if load_c { _mm512_add_ps(x, _mm512_maskz_loadu_ps(mask, cp)) } else { x };
                     _mm512_mask_storeu_ps(cp, mask, x);
                 }
             }
@@ -773,11 +747,7 @@ mod avx512 {
                     let head = (16 - (col0 as usize / 4) % 16) % 16;
                     let mut t0 = 0;
                     while t0 < kc {
-                        let kt = if t0 == 0 && head > 0 {
-                            head.min(kc)
-                        } else {
-                            16.min(kc - t0)
-                        };
+                        let kt = if t0 == 0 && head > 0 { head.min(kc) } else { 16.min(kc - t0) };
                         let src = col0.wrapping_add(t0);
                         let dst = dst0.wrapping_add(t0 * nr_full);
                         // SAFETY: rows `k0 + t0 ..< k0 + t0 + kt` of columns `j + 16v ..< j + 16v
@@ -799,11 +769,7 @@ mod avx512 {
                         // SAFETY: element (k0 + t, j + l) with l < nr is inside `rhs`; the
                         // destination is inside the panel.
                         unsafe {
-                            *panel.add(t * nr_full + l) = if l < nr {
-                                *p.b.add((k0 + t) * p.b_rs + (j + l) * p.b_cs)
-                            } else {
-                                0.0
-                            };
+                            *panel.add(t * nr_full + l) = if l < nr { *p.b.add((k0 + t) * p.b_rs + (j + l) * p.b_cs) } else { 0.0 };
                         }
                     }
                 }
@@ -962,11 +928,7 @@ mod tests {
                 let (w, g) = (want[i * dst_rs + j], got[i * dst_rs + j]);
                 if j >= n {
                     // Padding between rows is never touched.
-                    assert_eq!(
-                        g.to_bits(),
-                        init[i * dst_rs + j].to_bits(),
-                        "padding at ({i},{j}) changed"
-                    );
+                    assert_eq!(g.to_bits(), init[i * dst_rs + j].to_bits(), "padding at ({i},{j}) changed");
                 } else {
                     assert!(
                         (w - g).abs() <= tol,
@@ -1062,12 +1024,7 @@ mod tests {
                             }
                         }
                         // Several blocks of `k` and `n`; rows 4 KiB apart (cache-set crowding).
-                        for (m, n, k, la, lb) in [
-                            (5, 7, 1300, 0, 0),
-                            (16, 1029, 577, 0, 1),
-                            (16, 144, 1024, 0, 1),
-                            (16, 1024, 144, 0, 0),
-                        ] {
+                        for (m, n, k, la, lb) in [(5, 7, 1300, 0, 0), (16, 1029, 577, 0, 1), (16, 144, 1024, 0, 1), (16, 1024, 144, 0, 0)] {
                             check(sgemm, m, n, k, la, lb, true, 1, seed);
                             seed += 3;
                         }
@@ -1082,13 +1039,7 @@ mod tests {
     #[test]
     fn sgemm_matches_naive_on_conv_shapes() {
         let mut seed = 5000;
-        for (cout, cin, p) in [
-            (16, 3, 1024),
-            (16, 16, 1024),
-            (32, 32, 256),
-            (64, 64, 64),
-            (32, 16, 256),
-        ] {
+        for (cout, cin, p) in [(16, 3, 1024), (16, 16, 1024), (32, 32, 256), (64, 64, 64), (32, 16, 256)] {
             for k in [cin * 9, cin] {
                 // forward: w (cout×k) · col (k×p)
                 check(sgemm, cout, p, k, 0, 0, false, 0, seed);
@@ -1104,12 +1055,7 @@ mod tests {
     /// Without `acc`, `dst` is written, never read: NaN already there does not leak through.
     #[test]
     fn sgemm_overwrites_dst_without_acc() {
-        for (m, n, k, la, lb) in [
-            (16, 1024, 144, 0, 0),
-            (13, 50, 40, 1, 0),
-            (16, 144, 1024, 0, 1),
-            (7, 9, 700, 3, 3),
-        ] {
+        for (m, n, k, la, lb) in [(16, 1024, 144, 0, 0), (13, 50, 40, 1, 0), (16, 144, 1024, 0, 1), (7, 9, 700, 3, 3)] {
             let (sa, na) = layout(la, m, k);
             let (sb, nb) = layout(lb, k, n);
             let (lhs, rhs) = (fill(na, 1), fill(nb, 2));
@@ -1119,10 +1065,7 @@ mod tests {
                 let mut got = vec![f32::NAN; m * n];
                 f(m, n, k, &mut got, n, false, &lhs, sa, &rhs, sb);
                 let tol = 1e-5 * (k as f32 + 4.0);
-                assert!(
-                    want.iter().zip(&got).all(|(w, g)| (w - g).abs() <= tol),
-                    "m={m} n={n} k={k}"
-                );
+                assert!(want.iter().zip(&got).all(|(w, g)| (w - g).abs() <= tol), "m={m} n={n} k={k}");
             }
         }
     }
@@ -1248,16 +1191,10 @@ mod tests {
         shapes.push(("square 2048".into(), 2048, 2048, 2048, 0, 0, false));
         // SGEMM_SHAPE=m,n,k,lhs_layout,rhs_layout,acc (layouts as in `layout`) adds one shape.
         if let Ok(spec) = std::env::var("SGEMM_SHAPE") {
-            let v: Vec<usize> = spec
-                .split(',')
-                .map(|x| x.trim().parse().expect("SGEMM_SHAPE"))
-                .collect();
+            let v: Vec<usize> = spec.split(',').map(|x| x.trim().parse().expect("SGEMM_SHAPE")).collect();
             shapes.push((format!("custom {spec}"), v[0], v[1], v[2], v[3], v[4], v[5] != 0));
         }
-        println!(
-            "{:<16} {:>5} {:>5} {:>5} {:>9} {:>9} {:>6}",
-            "shape", "m", "n", "k", "ours", "gemm", "ratio"
-        );
+        println!("{:<16} {:>5} {:>5} {:>5} {:>9} {:>9} {:>6}", "shape", "m", "n", "k", "ours", "gemm", "ratio");
         for (label, m, n, k, la, lb, acc) in shapes.into_iter().filter(|s| s.0.contains(&only)) {
             let ours = gflops(sgemm, m, n, k, la, lb, acc);
             // SGEMM_BENCH_OURS=1 skips the `gemm` crate (for profiling).
@@ -1266,10 +1203,7 @@ mod tests {
             } else {
                 gflops(sgemm_fallback, m, n, k, la, lb, acc)
             };
-            println!(
-                "{label:<16} {m:>5} {n:>5} {k:>5} {ours:>9.1} {theirs:>9.1} {:>6.2}",
-                ours / theirs
-            );
+            println!("{label:<16} {m:>5} {n:>5} {k:>5} {ours:>9.1} {theirs:>9.1} {:>6.2}", ours / theirs);
         }
     }
 }

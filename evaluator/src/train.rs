@@ -148,19 +148,16 @@ pub struct Batcher {
 impl Batcher {
     /// For a dataset with these per-channel mean and standard deviation (on the [0, 1] scale).
     pub fn new(mean: &[f32], std: &[f32]) -> Self {
-        Batcher { mean: mean.to_vec(), inv_std: std.iter().map(|s| 1.0 / s).collect() }
+        Batcher {
+            mean: mean.to_vec(),
+            inv_std: std.iter().map(|s| 1.0 / s).collect(),
+        }
     }
 
     /// Images `idx` of `split` as a normalised `(B, C, H, W)` f32 batch; with `aug`, each image
     /// is randomly cropped from its zero-padded version (padding `pad`) and, when `hflip`,
     /// flipped with probability ½, drawn from `rng`.
-    pub fn batch<R: Rng>(
-        &self,
-        split: &Split,
-        idx: &[usize],
-        aug: Option<(usize, bool, &mut R)>,
-        device: &Device,
-    ) -> Result<(Tensor, Tensor)> {
+    pub fn batch<R: Rng>(&self, split: &Split, idx: &[usize], aug: Option<(usize, bool, &mut R)>, device: &Device) -> Result<(Tensor, Tensor)> {
         let (c, h, w) = (split.c, split.h, split.w);
         let plane = h * w;
         let mut out = vec![0f32; idx.len() * c * plane];
@@ -224,14 +221,21 @@ pub struct Sgd {
 impl Sgd {
     /// An optimiser over `vars`.
     pub fn new(vars: Vec<Var>, momentum: f64, nesterov: bool, weight_decay: f64) -> Self {
-        Sgd { vars: vars.into_iter().map(|v| (v, None)).collect(), momentum, nesterov, weight_decay }
+        Sgd {
+            vars: vars.into_iter().map(|v| (v, None)).collect(),
+            momentum,
+            nesterov,
+            weight_decay,
+        }
     }
 
     /// One step with learning rate `lr`, from the gradients of `loss`.
     pub fn step(&mut self, loss: &Tensor, lr: f64) -> Result<()> {
         let grads = loss.backward()?;
         for (var, buf) in self.vars.iter_mut() {
-            let Some(g) = grads.get(var.as_tensor()) else { continue };
+            let Some(g) = grads.get(var.as_tensor()) else {
+                continue;
+            };
             // Gradients carry the graph that computed them: detach, or the momentum buffer would
             // keep every past step's activations alive.
             let g = g.detach();
@@ -294,7 +298,10 @@ pub fn train(
         return Err(Error::Config(format!("dataset {} has an empty split", data.kind.name())));
     }
     if let Some(dir) = out_dir {
-        std::fs::create_dir_all(dir).map_err(|e| Error::Io { path: dir.display().to_string(), source: e })?;
+        std::fs::create_dir_all(dir).map_err(|e| Error::Io {
+            path: dir.display().to_string(),
+            source: e,
+        })?;
     }
     let model = Model::new(net_cfg, DType::F32, device, cfg.seed)?;
     let (mean, std) = data.kind.mean_std();
@@ -330,7 +337,9 @@ pub fn train(
             step += 1;
             let l = loss.to_scalar::<f32>()? as f64;
             if !l.is_finite() {
-                return Err(Error::Config(format!("training diverged: loss is {l} at epoch {epoch}; lower the learning rate")));
+                return Err(Error::Config(format!(
+                    "training diverged: loss is {l} at epoch {epoch}; lower the learning rate"
+                )));
             }
             loss_sum += l * chunk.len() as f64;
             let pred = argmax(&logits)?;
@@ -355,7 +364,10 @@ pub fn train(
                 let tmp = dir.join(".best.safetensors.tmp");
                 let path = dir.join("best.safetensors");
                 model.save(&tmp)?;
-                std::fs::rename(&tmp, &path).map_err(|e| Error::Io { path: path.display().to_string(), source: e })?;
+                std::fs::rename(&tmp, &path).map_err(|e| Error::Io {
+                    path: path.display().to_string(),
+                    source: e,
+                })?;
                 weights = Some(path);
             }
         }

@@ -10,10 +10,7 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use autoagent_evaluator::data::{
-    data_root, fetch, load, locate, open, sources, Checksum, DataError, Dataset, DatasetKind,
-    Source, SourceFormat,
-};
+use autoagent_evaluator::data::{data_root, fetch, load, locate, open, sources, Checksum, DataError, Dataset, DatasetKind, Source, SourceFormat};
 use flate2::write::GzEncoder;
 use flate2::Compression;
 use md5::{Digest, Md5};
@@ -391,10 +388,7 @@ fn cifar100_binary_uses_fine_labels() {
     bad[2 * 3074] = 20;
     std::fs::write(dir.join("test.bin"), &bad).unwrap();
     let err = load(DatasetKind::Cifar100, &dir).unwrap_err();
-    assert!(
-        matches!(&err, DataError::Corrupt { reason, .. } if reason.contains("coarse")),
-        "{err}"
-    );
+    assert!(matches!(&err, DataError::Corrupt { reason, .. } if reason.contains("coarse")), "{err}");
     // A CIFAR-10 file is not a CIFAR-100 file: 3073 does not divide into 3074-byte records.
     std::fs::copy(fixture("cifar10-mini").join("test_batch.bin"), dir.join("test.bin")).unwrap();
     let err = load(DatasetKind::Cifar100, &dir).unwrap_err();
@@ -408,8 +402,7 @@ fn cifar100_binary_uses_fine_labels() {
 fn cifar10_dir_with(train: &[u8]) -> tempfile::TempDir {
     let tmp = tempfile::tempdir().unwrap();
     std::fs::write(tmp.path().join("data_batch_1.bin"), train).unwrap();
-    std::fs::copy(fixture("cifar10-mini/test_batch.bin"), tmp.path().join("test_batch.bin"))
-        .unwrap();
+    std::fs::copy(fixture("cifar10-mini/test_batch.bin"), tmp.path().join("test_batch.bin")).unwrap();
     tmp
 }
 
@@ -498,7 +491,12 @@ fn idx_count_mismatch_is_rejected() {
         }
     });
     match load(DatasetKind::Mnist, tmp.path()).unwrap_err() {
-        DataError::CountMismatch { n_images, n_labels, images, labels } => {
+        DataError::CountMismatch {
+            n_images,
+            n_labels,
+            images,
+            labels,
+        } => {
             assert_eq!((n_images, n_labels), (20, 19));
             assert!(images.ends_with("train-images-idx3-ubyte.gz"));
             assert!(labels.ends_with("train-labels-idx1-ubyte.gz"));
@@ -542,10 +540,7 @@ fn idx_bad_dims_length_and_gzip_are_rejected() {
         }
     });
     let err = load(DatasetKind::Mnist, tmp.path()).unwrap_err();
-    assert!(
-        matches!(&err, DataError::Corrupt { reason, .. } if reason.contains("20x28x28")),
-        "{err}"
-    );
+    assert!(matches!(&err, DataError::Corrupt { reason, .. } if reason.contains("20x28x28")), "{err}");
     // A gzip stream cut short.
     write_idx_set(tmp.path(), 20, 10, |_, _| {});
     let path = tmp.path().join("train-images-idx3-ubyte.gz");
@@ -585,9 +580,7 @@ impl TestServer {
                     hits.lock().unwrap().push(path.clone());
                     let _ = match files.get(&path) {
                         Some(body) => request.respond(tiny_http::Response::from_data(body.clone())),
-                        None => request.respond(
-                            tiny_http::Response::from_string("not found").with_status_code(404),
-                        ),
+                        None => request.respond(tiny_http::Response::from_string("not found").with_status_code(404)),
                     };
                 }
             })
@@ -649,11 +642,8 @@ fn cifar10_archive() -> &'static [u8] {
     ARCHIVE.get_or_init(|| {
         let mut tar = tar::Builder::new(GzEncoder::new(Vec::new(), Compression::fast()));
         for name in ["batches.meta.txt", "data_batch_1.bin", "test_batch.bin"] {
-            tar.append_path_with_name(
-                fixture("cifar10-mini").join(name),
-                format!("cifar-10-batches-bin/{name}"),
-            )
-            .unwrap();
+            tar.append_path_with_name(fixture("cifar10-mini").join(name), format!("cifar-10-batches-bin/{name}"))
+                .unwrap();
         }
         tar.into_inner().unwrap().finish().unwrap()
     })
@@ -671,14 +661,10 @@ fn cifar10_source(url: String, checksum: Checksum) -> Source {
 #[test]
 fn fetch_cifar10_archive_then_load() {
     let archive = cifar10_archive();
-    let server =
-        TestServer::new(HashMap::from([("/cifar-10-binary.tar.gz".to_string(), archive.to_vec())]));
+    let server = TestServer::new(HashMap::from([("/cifar-10-binary.tar.gz".to_string(), archive.to_vec())]));
     let tmp = tempfile::tempdir().unwrap();
     let dest = tmp.path().join("cifar10");
-    let source = cifar10_source(
-        server.url("/cifar-10-binary.tar.gz"),
-        Checksum::Md5(md5_hex(archive).to_uppercase()),
-    );
+    let source = cifar10_source(server.url("/cifar-10-binary.tar.gz"), Checksum::Md5(md5_hex(archive).to_uppercase()));
     let out = fetch(&source, &dest).unwrap();
     assert_eq!(out, dest.join("cifar-10-batches-bin"));
     assert_eq!(entries(&dest), vec!["cifar-10-batches-bin".to_string()], "no temp files left");
@@ -706,17 +692,12 @@ fn fetch_truncated_body_leaves_nothing() {
     let archive = cifar10_archive();
     let half = &archive[..archive.len() / 2];
     // Content-Length announces the whole archive, the server sends half and closes.
-    let mut response = format!(
-        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        archive.len()
-    )
-    .into_bytes();
+    let mut response = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", archive.len()).into_bytes();
     response.extend_from_slice(half);
     let (base, handle) = raw_server(response);
     let tmp = tempfile::tempdir().unwrap();
     let dest = tmp.path().join("cifar10");
-    let source =
-        cifar10_source(format!("{base}/cifar-10-binary.tar.gz"), Checksum::Md5(md5_hex(archive)));
+    let source = cifar10_source(format!("{base}/cifar-10-binary.tar.gz"), Checksum::Md5(md5_hex(archive)));
     let err = fetch(&source, &dest).unwrap_err();
     handle.join().unwrap();
     assert!(matches!(err, DataError::Download { .. }), "{err:?}");
@@ -727,8 +708,7 @@ fn fetch_truncated_body_leaves_nothing() {
     let mut response = b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n".to_vec();
     response.extend_from_slice(half);
     let (base, handle) = raw_server(response);
-    let source =
-        cifar10_source(format!("{base}/cifar-10-binary.tar.gz"), Checksum::Md5(md5_hex(archive)));
+    let source = cifar10_source(format!("{base}/cifar-10-binary.tar.gz"), Checksum::Md5(md5_hex(archive)));
     let err = fetch(&source, &dest).unwrap_err();
     handle.join().unwrap();
     assert!(matches!(err, DataError::Checksum { .. }), "{err:?}");
@@ -738,17 +718,15 @@ fn fetch_truncated_body_leaves_nothing() {
 #[test]
 fn fetch_checksum_mismatch_leaves_nothing() {
     let archive = cifar10_archive();
-    let server =
-        TestServer::new(HashMap::from([("/cifar-10-binary.tar.gz".to_string(), archive.to_vec())]));
+    let server = TestServer::new(HashMap::from([("/cifar-10-binary.tar.gz".to_string(), archive.to_vec())]));
     let tmp = tempfile::tempdir().unwrap();
     let dest = tmp.path().join("cifar10");
-    let source = cifar10_source(
-        server.url("/cifar-10-binary.tar.gz"),
-        Checksum::Md5("c32a1d4ab5d03f1284b67883e8d87530".into()),
-    );
+    let source = cifar10_source(server.url("/cifar-10-binary.tar.gz"), Checksum::Md5("c32a1d4ab5d03f1284b67883e8d87530".into()));
     let err = fetch(&source, &dest).unwrap_err();
     match &err {
-        DataError::Checksum { algorithm, expected, actual, .. } => {
+        DataError::Checksum {
+            algorithm, expected, actual, ..
+        } => {
             assert_eq!(*algorithm, "md5");
             assert_eq!(expected, "c32a1d4ab5d03f1284b67883e8d87530");
             assert_eq!(actual, &md5_hex(archive));
@@ -870,10 +848,7 @@ fn open_downloads_from_mirror() {
     // then rejects the file for its checksum and leaves nothing behind.
     let tmp = tempfile::tempdir().unwrap();
     let err = open(DatasetKind::FashionMnist, tmp.path(), true).unwrap_err();
-    assert!(
-        matches!(&err, DataError::Checksum { url, .. } if url.starts_with(&server.base)),
-        "{err:?}"
-    );
+    assert!(matches!(&err, DataError::Checksum { url, .. } if url.starts_with(&server.base)), "{err:?}");
     assert_eq!(server.hits(), ["/m/fashion-mnist/train-images-idx3-ubyte.gz"]);
     assert!(entries(tmp.path()).is_empty(), "left: {:?}", entries(tmp.path()));
 

@@ -88,7 +88,13 @@ fn closed_form_params_and_flops_match_the_table_for_every_arch() {
         let params = cfg.param_count() as f64;
         assert!((params - row.params_m * 1e6).abs() < 0.5, "{}: params {params} vs {}", row.arch, row.params_m);
         let flops = cfg.flops();
-        assert!((flops / 1e6 - row.flops_m).abs() < 1e-6, "{}: flops {} vs {}", row.arch, flops / 1e6, row.flops_m);
+        assert!(
+            (flops / 1e6 - row.flops_m).abs() < 1e-6,
+            "{}: flops {} vs {}",
+            row.arch,
+            flops / 1e6,
+            row.flops_m
+        );
     }
 }
 
@@ -130,7 +136,14 @@ fn network_shape_is_parametrised() {
     // CIFAR-100 head, ImageNet16-sized input, a narrower and shallower network, MNIST's 1 channel.
     let arch = Arch::parse("|nor_conv_3x3~0|+|nor_conv_1x1~0|avg_pool_3x3~1|+|skip_connect~0|none~1|nor_conv_3x3~2|").unwrap();
     for (c, n, classes, cin, size) in [(16, 5, 100, 3, 32), (16, 5, 120, 3, 16), (8, 1, 10, 3, 32), (8, 2, 10, 1, 28)] {
-        let cfg = Nb201Config { arch, channels: c, cells_per_stage: n, num_classes: classes, in_channels: cin, input_size: size };
+        let cfg = Nb201Config {
+            arch,
+            channels: c,
+            cells_per_stage: n,
+            num_classes: classes,
+            in_channels: cin,
+            input_size: size,
+        };
         let model = Model::new(&cfg, DType::F32, &Device::Cpu, 3).unwrap();
         assert_eq!(model.param_count(), cfg.param_count());
         let xs = Tensor::randn(0f32, 1.0, (3, cin, size, size), &Device::Cpu).unwrap();
@@ -139,7 +152,14 @@ fn network_shape_is_parametrised() {
         let v: Vec<f32> = logits.flatten_all().unwrap().to_vec1().unwrap();
         assert!(v.iter().all(|x| x.is_finite()));
     }
-    let bad = Nb201Config { arch, channels: 0, cells_per_stage: 5, num_classes: 10, in_channels: 3, input_size: 32 };
+    let bad = Nb201Config {
+        arch,
+        channels: 0,
+        cells_per_stage: 5,
+        num_classes: 10,
+        in_channels: 3,
+        input_size: 32,
+    };
     assert!(Model::new(&bad, DType::F32, &Device::Cpu, 0).is_err());
 }
 

@@ -22,12 +22,20 @@ pub(super) struct Layout {
 }
 
 /// CIFAR-10: one label byte (0-9).
-pub(super) const CIFAR10: Layout =
-    Layout { label_bytes: 1, label_index: 0, classes: 10, coarse_classes: None };
+pub(super) const CIFAR10: Layout = Layout {
+    label_bytes: 1,
+    label_index: 0,
+    classes: 10,
+    coarse_classes: None,
+};
 
 /// CIFAR-100: coarse label byte (0-19), then fine label byte (0-99); the fine label is used.
-pub(super) const CIFAR100: Layout =
-    Layout { label_bytes: 2, label_index: 1, classes: 100, coarse_classes: Some(20) };
+pub(super) const CIFAR100: Layout = Layout {
+    label_bytes: 2,
+    label_index: 1,
+    classes: 100,
+    coarse_classes: Some(20),
+};
 
 /// Reads and concatenates the records of `files` into one split.
 pub(super) fn read_split(files: &[PathBuf], layout: Layout) -> Result<Split, DataError> {
@@ -42,17 +50,18 @@ pub(super) fn read_split(files: &[PathBuf], layout: Layout) -> Result<Split, Dat
         parse(path, &bytes, layout, &mut images, &mut labels)?;
     }
     let n = labels.len();
-    Ok(Split { images, labels, n, c: 3, h: 32, w: 32 })
+    Ok(Split {
+        images,
+        labels,
+        n,
+        c: 3,
+        h: 32,
+        w: 32,
+    })
 }
 
 /// Validates the records in `bytes` and appends their pixels and labels.
-fn parse(
-    path: &Path,
-    bytes: &[u8],
-    layout: Layout,
-    images: &mut Vec<u8>,
-    labels: &mut Vec<u32>,
-) -> Result<(), DataError> {
+fn parse(path: &Path, bytes: &[u8], layout: Layout, images: &mut Vec<u8>, labels: &mut Vec<u32>) -> Result<(), DataError> {
     let record = layout.label_bytes + PIXELS;
     if bytes.is_empty() {
         return Err(DataError::corrupt(path, "file is empty"));
@@ -73,10 +82,7 @@ fn parse(
             if usize::from(rec[0]) >= coarse {
                 return Err(DataError::corrupt(
                     path,
-                    format!(
-                        "coarse label {} of record {index} is out of range (expected 0..{coarse})",
-                        rec[0]
-                    ),
+                    format!("coarse label {} of record {index} is out of range (expected 0..{coarse})", rec[0]),
                 ));
             }
         }

@@ -75,12 +75,8 @@ pub struct Source {
 /// the base URL; file names and checksums stay the same.
 pub fn sources(kind: DatasetKind) -> Vec<Source> {
     let (base, files): (&str, &[(&str, &str)]) = match kind {
-        DatasetKind::Cifar10 => {
-            (CIFAR_BASE, &[("cifar-10-binary.tar.gz", "c32a1d4ab5d03f1284b67883e8d87530")])
-        }
-        DatasetKind::Cifar100 => {
-            (CIFAR_BASE, &[("cifar-100-binary.tar.gz", "03b5dce01913d631647c71ecec9e9cb8")])
-        }
+        DatasetKind::Cifar10 => (CIFAR_BASE, &[("cifar-10-binary.tar.gz", "c32a1d4ab5d03f1284b67883e8d87530")]),
+        DatasetKind::Cifar100 => (CIFAR_BASE, &[("cifar-100-binary.tar.gz", "03b5dce01913d631647c71ecec9e9cb8")]),
         DatasetKind::Mnist => (
             MNIST_BASE,
             &[
@@ -146,8 +142,7 @@ pub fn fetch(source: &Source, dest_dir: &Path) -> Result<PathBuf, DataError> {
     match source.format {
         SourceFormat::Gzip => {
             let target = dest_dir.join(&source.file_name);
-            fs::rename(&part.path, &target)
-                .map_err(|e| DataError::io("cannot rename to", &target, e))?;
+            fs::rename(&part.path, &target).map_err(|e| DataError::io("cannot rename to", &target, e))?;
             part.keep();
             Ok(target)
         }
@@ -187,10 +182,7 @@ fn download(source: &Source, path: &Path) -> Result<String, DataError> {
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(e) => {
                 bar.abandon();
-                return Err(fail(format!(
-                    "connection broke after {received} bytes: {}",
-                    error_chain(&e)
-                )));
+                return Err(fail(format!("connection broke after {received} bytes: {}", error_chain(&e))));
             }
         };
         hasher.update(&buf[..n]);
@@ -201,9 +193,7 @@ fn download(source: &Source, path: &Path) -> Result<String, DataError> {
     bar.finish_and_clear();
     if let Some(length) = length {
         if received != length {
-            return Err(fail(format!(
-                "truncated body: received {received} of {length} bytes (Content-Length)"
-            )));
+            return Err(fail(format!("truncated body: received {received} of {length} bytes (Content-Length)")));
         }
     }
     if received == 0 {
@@ -217,7 +207,10 @@ fn download(source: &Source, path: &Path) -> Result<String, DataError> {
 /// directory. Only regular files and directories are extracted; paths escaping the directory are
 /// refused.
 fn extract(archive: &Path, name: &Path, dest_dir: &Path) -> Result<PathBuf, DataError> {
-    let fail = |reason: String| DataError::Archive { path: name.to_path_buf(), reason };
+    let fail = |reason: String| DataError::Archive {
+        path: name.to_path_buf(),
+        reason,
+    };
     let file_name = name.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let tmp = TempPath::new(dest_dir, &file_name, "extract");
     fs::create_dir(&tmp.path).map_err(|e| DataError::io("cannot create", &tmp.path, e))?;
@@ -253,8 +246,7 @@ fn extract(archive: &Path, name: &Path, dest_dir: &Path) -> Result<PathBuf, Data
         } else if target.exists() {
             fs::remove_file(&target).map_err(|e| DataError::io("cannot replace", &target, e))?;
         }
-        fs::rename(tmp.path.join(top), &target)
-            .map_err(|e| DataError::io("cannot rename to", &target, e))?;
+        fs::rename(tmp.path.join(top), &target).map_err(|e| DataError::io("cannot rename to", &target, e))?;
     }
     Ok(match tops.as_slice() {
         [single] => dest_dir.join(single),
@@ -267,8 +259,7 @@ fn is_loopback(url: &reqwest::Url) -> bool {
     match url.host_str() {
         Some(host) => {
             let host = host.trim_start_matches('[').trim_end_matches(']');
-            host.eq_ignore_ascii_case("localhost")
-                || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+            host.eq_ignore_ascii_case("localhost") || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
         }
         None => false,
     }

@@ -18,24 +18,12 @@ const LABELS_MAGIC: u32 = 0x0000_0801;
 const MAX_SIZE_HINT: usize = 1 << 30;
 
 /// Reads an image file and its label file into one split; the images must be `h` x `w`.
-pub(super) fn read_split(
-    images_path: &Path,
-    labels_path: &Path,
-    h: usize,
-    w: usize,
-    classes: usize,
-) -> Result<Split, DataError> {
-    let (images, labels) = rayon::join(
-        || read_idx(images_path, IMAGES_MAGIC, "image"),
-        || read_idx(labels_path, LABELS_MAGIC, "label"),
-    );
+pub(super) fn read_split(images_path: &Path, labels_path: &Path, h: usize, w: usize, classes: usize) -> Result<Split, DataError> {
+    let (images, labels) = rayon::join(|| read_idx(images_path, IMAGES_MAGIC, "image"), || read_idx(labels_path, LABELS_MAGIC, "label"));
     let (dims, images) = images?;
     let (label_dims, label_bytes) = labels?;
     if dims[1] != h || dims[2] != w {
-        return Err(DataError::corrupt(
-            images_path,
-            format!("images are {}x{}, expected {h}x{w}", dims[1], dims[2]),
-        ));
+        return Err(DataError::corrupt(images_path, format!("images are {}x{}, expected {h}x{w}", dims[1], dims[2])));
     }
     let (n_images, n_labels) = (dims[0], label_dims[0]);
     if n_images != n_labels {
@@ -61,7 +49,14 @@ pub(super) fn read_split(
         }
         labels.push(u32::from(label));
     }
-    Ok(Split { images, labels, n: n_images, c: 1, h, w })
+    Ok(Split {
+        images,
+        labels,
+        n: n_images,
+        c: 1,
+        h,
+        w,
+    })
 }
 
 /// Reads a whole IDX file (decompressing gzip when the file starts with the gzip magic) and
@@ -86,10 +81,7 @@ fn read_idx(path: &Path, expected: u32, what: &str) -> Result<(Vec<usize>, Vec<u
         raw
     };
     if bytes.len() < 4 {
-        return Err(DataError::corrupt(
-            path,
-            format!("{} bytes is too short for an IDX header", bytes.len()),
-        ));
+        return Err(DataError::corrupt(path, format!("{} bytes is too short for an IDX header", bytes.len())));
     }
     let magic = u32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
     if magic != expected {

@@ -38,12 +38,7 @@ pub enum DatasetKind {
 
 impl DatasetKind {
     /// Every dataset kind, in a fixed order.
-    pub const ALL: [DatasetKind; 4] = [
-        DatasetKind::Cifar10,
-        DatasetKind::Cifar100,
-        DatasetKind::Mnist,
-        DatasetKind::FashionMnist,
-    ];
+    pub const ALL: [DatasetKind; 4] = [DatasetKind::Cifar10, DatasetKind::Cifar100, DatasetKind::Mnist, DatasetKind::FashionMnist];
 
     /// Parses a dataset name: `cifar10`, `cifar100`, `mnist`, `fashion-mnist` (also
     /// `fashion_mnist`, `cifar-10`, `cifar-100`); case-insensitive.
@@ -137,9 +132,7 @@ impl FromStr for DatasetKind {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Self::from_name(s).ok_or_else(|| {
-            format!("unknown dataset '{s}' (expected cifar10, cifar100, mnist or fashion-mnist)")
-        })
+        Self::from_name(s).ok_or_else(|| format!("unknown dataset '{s}' (expected cifar10, cifar100, mnist or fashion-mnist)"))
     }
 }
 
@@ -279,11 +272,18 @@ pub enum DataError {
 
 impl DataError {
     pub(crate) fn io(action: &'static str, path: &Path, source: std::io::Error) -> Self {
-        DataError::Io { action, path: path.to_path_buf(), source }
+        DataError::Io {
+            action,
+            path: path.to_path_buf(),
+            source,
+        }
     }
 
     pub(crate) fn corrupt(path: &Path, reason: impl Into<String>) -> Self {
-        DataError::Corrupt { path: path.to_path_buf(), reason: reason.into() }
+        DataError::Corrupt {
+            path: path.to_path_buf(),
+            reason: reason.into(),
+        }
     }
 }
 
@@ -318,13 +318,9 @@ pub fn locate(kind: DatasetKind, dir: &Path) -> Option<PathBuf> {
 /// Whether `dir` holds a complete set of files for `kind`.
 fn has_files(kind: DatasetKind, dir: &Path) -> bool {
     match kind {
-        DatasetKind::Cifar10 => {
-            dir.join("test_batch.bin").is_file() && !cifar10_train_files(dir).is_empty()
-        }
+        DatasetKind::Cifar10 => dir.join("test_batch.bin").is_file() && !cifar10_train_files(dir).is_empty(),
         DatasetKind::Cifar100 => dir.join("train.bin").is_file() && dir.join("test.bin").is_file(),
-        DatasetKind::Mnist | DatasetKind::FashionMnist => {
-            IDX_FILES.iter().all(|name| idx_file(dir, name).is_some())
-        }
+        DatasetKind::Mnist | DatasetKind::FashionMnist => IDX_FILES.iter().all(|name| idx_file(dir, name).is_some()),
     }
 }
 
@@ -402,7 +398,11 @@ pub fn load(kind: DatasetKind, dir: &Path) -> Result<Dataset, DataError> {
             )
         }
     };
-    Ok(Dataset { kind, train: train?, test: test? })
+    Ok(Dataset {
+        kind,
+        train: train?,
+        test: test?,
+    })
 }
 
 /// [`locate`], else download into `root/<name>/` (unless `download == false` ->

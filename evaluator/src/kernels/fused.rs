@@ -46,7 +46,12 @@ impl ConvBnOp {
         let r = self.relu.then(|| relu_fwd(x));
         let y = conv_fwd(g, r.as_deref().unwrap_or(x), w);
         let (z, stats) = bn_fwd(&y, &gb[..g.cout], &gb[g.cout..], (g.n, g.cout, g.p()), self.eps);
-        let saved = ConvBnSaved { r, y, gamma: gb[..g.cout].to_vec(), stats };
+        let saved = ConvBnSaved {
+            r,
+            y,
+            gamma: gb[..g.cout].to_vec(),
+            stats,
+        };
         *self.saved.lock().expect("conv-bn stash") = Some(Box::new(saved));
         z
     }
@@ -79,28 +84,17 @@ impl CustomOp3 for ConvBnOp {
         "autoagent-relu-conv-bn"
     }
 
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout, s3: &CpuStorage, l3: &Layout) -> Result<(CpuStorage, Shape)> {
         let out = dispatch!(self.name(); (s1, l1), (s2, l2), (s3, l3) => |x, w, gb| Ok::<_, candle_core::Error>(self.run(x, w, gb)));
         Ok((out, self.geom.y_shape()))
     }
 
-    fn bwd(
-        &self,
-        x: &Tensor,
-        w: &Tensor,
-        gb: &Tensor,
-        _res: &Tensor,
-        grad: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let op = ConvBnBwdOp { geom: self.geom, relu: self.relu, saved: self.saved.clone() };
+    fn bwd(&self, x: &Tensor, w: &Tensor, gb: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let op = ConvBnBwdOp {
+            geom: self.geom,
+            relu: self.relu,
+            saved: self.saved.clone(),
+        };
         let packed = x.apply_op3_no_bwd(w, &grad.contiguous()?, &op)?;
         let (nx, nw, ngb) = (x.elem_count(), w.elem_count(), gb.elem_count());
         let gx = packed.narrow(0, 0, nx)?.reshape(x.shape())?;
@@ -115,15 +109,7 @@ impl CustomOp3 for ConvBnBwdOp {
         "autoagent-relu-conv-bn-backward"
     }
 
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout, s3: &CpuStorage, l3: &Layout) -> Result<(CpuStorage, Shape)> {
         let out = dispatch!(self.name(); (s1, l1), (s2, l2), (s3, l3) => |x, w, gz| self.run(x, w, gz));
         let len = out_len(&out);
         Ok((out, Shape::from(len)))
@@ -141,21 +127,18 @@ fn out_len(s: &CpuStorage) -> usize {
 /// Fused `[ReLU →] Conv (no bias) → BatchNorm with batch statistics` on CPU, with first-order
 /// gradients; returns the output and the batch mean and biased variance of the convolution's
 /// output. `gamma_beta` is `[γ; β]` concatenated (2·cout values).
-pub fn relu_conv_bn(
-    x: &Tensor,
-    w: &Tensor,
-    gamma_beta: &Tensor,
-    stride: usize,
-    pad: usize,
-    relu: bool,
-    eps: f64,
-) -> Result<(Tensor, Vec<f64>, Vec<f64>)> {
+pub fn relu_conv_bn(x: &Tensor, w: &Tensor, gamma_beta: &Tensor, stride: usize, pad: usize, relu: bool, eps: f64) -> Result<(Tensor, Vec<f64>, Vec<f64>)> {
     let geom = ConvGeom::new(x.dims(), w.dims(), stride, pad)?;
     if !x.device().is_cpu() || !supports(x.dtype()) || gamma_beta.elem_count() != 2 * geom.cout {
         candle_core::bail!("relu_conv_bn: needs f32/f64 CPU tensors and 2·cout BatchNorm parameters")
     }
     let saved: Stash = Arc::new(Mutex::new(None));
-    let op = ConvBnOp { geom, relu, eps, saved: saved.clone() };
+    let op = ConvBnOp {
+        geom,
+        relu,
+        eps,
+        saved: saved.clone(),
+    };
     let z = x.contiguous()?.apply_op3(&w.contiguous()?, &gamma_beta.contiguous()?, op)?;
     let guard = saved.lock().expect("conv-bn stash");
     let stats = guard

@@ -1,6 +1,5 @@
 //! Average pooling and its adjoint.
 
-
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
@@ -51,52 +50,55 @@ impl PoolOp {
             })
             .collect();
         let mut out = vec![T::zero(); src.len()];
-        out.par_chunks_mut(h * w).zip(src.par_chunks(h * w)).with_min_len(super::conv::per_thread(self.n * self.c)).for_each_init(
-            || (vec![T::zero(); h * w], vec![T::zero(); h * w]),
-            |(scaled, rows), (op, sp)| {
-                let input: &[T] = if self.adjoint {
-                    for ((d, v), s) in scaled.iter_mut().zip(sp).zip(&inv) {
-                        *d = *v * *s;
-                    }
-                    scaled
-                } else {
-                    sp
-                };
-                // Horizontal window sums, then vertical ones.
-                for y in 0..h {
-                    let (r, o) = (&input[y * w..(y + 1) * w], &mut rows[y * w..(y + 1) * w]);
-                    if p == 1 && w >= 2 {
-                        // The 3-wide window as three shifted slices (vectorises).
-                        o[0] = r[0] + r[1];
-                        o[w - 1] = r[w - 2] + r[w - 1];
-                        for (((d, a), b), c) in o[1..w - 1].iter_mut().zip(&r[..w - 2]).zip(&r[1..w - 1]).zip(&r[2..]) {
-                            *d = *a + *b + *c;
+        out.par_chunks_mut(h * w)
+            .zip(src.par_chunks(h * w))
+            .with_min_len(super::conv::per_thread(self.n * self.c))
+            .for_each_init(
+                || (vec![T::zero(); h * w], vec![T::zero(); h * w]),
+                |(scaled, rows), (op, sp)| {
+                    let input: &[T] = if self.adjoint {
+                        for ((d, v), s) in scaled.iter_mut().zip(sp).zip(&inv) {
+                            *d = *v * *s;
                         }
-                        continue;
-                    }
-                    for x in 0..w {
-                        let mut acc = T::zero();
-                        for v in &r[x.saturating_sub(p)..(x + p + 1).min(w)] {
-                            acc += *v;
+                        scaled
+                    } else {
+                        sp
+                    };
+                    // Horizontal window sums, then vertical ones.
+                    for y in 0..h {
+                        let (r, o) = (&input[y * w..(y + 1) * w], &mut rows[y * w..(y + 1) * w]);
+                        if p == 1 && w >= 2 {
+                            // The 3-wide window as three shifted slices (vectorises).
+                            o[0] = r[0] + r[1];
+                            o[w - 1] = r[w - 2] + r[w - 1];
+                            for (((d, a), b), c) in o[1..w - 1].iter_mut().zip(&r[..w - 2]).zip(&r[1..w - 1]).zip(&r[2..]) {
+                                *d = *a + *b + *c;
+                            }
+                            continue;
                         }
-                        o[x] = acc;
-                    }
-                }
-                for y in 0..h {
-                    let o = &mut op[y * w..(y + 1) * w];
-                    for yy in y.saturating_sub(p)..(y + p + 1).min(h) {
-                        for (d, v) in o.iter_mut().zip(&rows[yy * w..(yy + 1) * w]) {
-                            *d += *v;
+                        for x in 0..w {
+                            let mut acc = T::zero();
+                            for v in &r[x.saturating_sub(p)..(x + p + 1).min(w)] {
+                                acc += *v;
+                            }
+                            o[x] = acc;
                         }
                     }
-                    if !self.adjoint {
-                        for (d, s) in o.iter_mut().zip(&inv[y * w..(y + 1) * w]) {
-                            *d *= *s;
+                    for y in 0..h {
+                        let o = &mut op[y * w..(y + 1) * w];
+                        for yy in y.saturating_sub(p)..(y + p + 1).min(h) {
+                            for (d, v) in o.iter_mut().zip(&rows[yy * w..(yy + 1) * w]) {
+                                *d += *v;
+                            }
+                        }
+                        if !self.adjoint {
+                            for (d, s) in o.iter_mut().zip(&inv[y * w..(y + 1) * w]) {
+                                *d *= *s;
+                            }
                         }
                     }
-                }
-            },
-        );
+                },
+            );
         (out, (self.n, self.c, h, w).into())
     }
 
@@ -166,7 +168,10 @@ impl CustomOp1 for PoolOp {
     }
 
     fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        let op = PoolOp { adjoint: !self.adjoint, ..*self };
+        let op = PoolOp {
+            adjoint: !self.adjoint,
+            ..*self
+        };
         Ok(Some(grad.contiguous()?.apply_op1(op)?))
     }
 }
@@ -184,20 +189,25 @@ pub fn avg_pool2d(x: &Tensor, kernel: usize, stride: usize, pad: usize, count_in
     if !x.device().is_cpu() {
         return avg_pool2d_generic(x, kernel, stride, pad, count_include_pad, (ho, wo));
     }
-    let op = PoolOp { n, c, h, w, k: kernel, stride, pad, ho, wo, count_pad: count_include_pad, adjoint: false };
+    let op = PoolOp {
+        n,
+        c,
+        h,
+        w,
+        k: kernel,
+        stride,
+        pad,
+        ho,
+        wo,
+        count_pad: count_include_pad,
+        adjoint: false,
+    };
     x.contiguous()?.apply_op1(op)
 }
 
 /// The same pool from candle's differentiable primitives, for devices without our kernels:
 /// the sum of the k² shifted windows of the zero-padded input, divided by the per-position count.
-pub(crate) fn avg_pool2d_generic(
-    x: &Tensor,
-    k: usize,
-    stride: usize,
-    pad: usize,
-    count_include_pad: bool,
-    (ho, wo): (usize, usize),
-) -> Result<Tensor> {
+pub(crate) fn avg_pool2d_generic(x: &Tensor, k: usize, stride: usize, pad: usize, count_include_pad: bool, (ho, wo): (usize, usize)) -> Result<Tensor> {
     if stride == k && pad == 0 {
         return x.avg_pool2d(k);
     }
@@ -223,7 +233,19 @@ pub(crate) fn avg_pool2d_generic(
         }
     }
     let sum = sum.expect("kernel >= 1");
-    let geom = PoolOp { n: 1, c: 1, h, w, k, stride, pad, ho, wo, count_pad: count_include_pad, adjoint: false };
+    let geom = PoolOp {
+        n: 1,
+        c: 1,
+        h,
+        w,
+        k,
+        stride,
+        pad,
+        ho,
+        wo,
+        count_pad: count_include_pad,
+        adjoint: false,
+    };
     let counts: Vec<f64> = (0..ho * wo).map(|i| geom.window(i / wo, i % wo).2 as f64).collect();
     let counts = Tensor::from_vec(counts, (1, 1, ho, wo), x.device())?.to_dtype(x.dtype())?;
     sum.broadcast_div(&counts)

@@ -1,6 +1,5 @@
 //! ReLU with a fused masking backward.
 
-
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
@@ -27,11 +26,14 @@ pub(crate) fn relu_fwd<T: Float>(x: &[T]) -> Vec<T> {
 
 pub(crate) fn relu_mask<T: Float>(g: &[T], x: &[T]) -> Vec<T> {
     let mut y = vec![T::zero(); x.len()];
-    y.par_chunks_mut(1 << 14).zip(g.par_chunks(1 << 14)).zip(x.par_chunks(1 << 14)).for_each(|((yc, gc), xc)| {
-        for ((o, gv), xv) in yc.iter_mut().zip(gc).zip(xc) {
-            *o = if *xv > T::zero() { *gv } else { T::zero() };
-        }
-    });
+    y.par_chunks_mut(1 << 14)
+        .zip(g.par_chunks(1 << 14))
+        .zip(x.par_chunks(1 << 14))
+        .for_each(|((yc, gc), xc)| {
+            for ((o, gv), xv) in yc.iter_mut().zip(gc).zip(xc) {
+                *o = if *xv > T::zero() { *gv } else { T::zero() };
+            }
+        });
     y
 }
 

@@ -1,8 +1,8 @@
 //! Tests of the kernels against candle's own operations, naive loops and finite differences.
 
-use super::*;
 use super::conv::{conv_data, conv_filter, conv_fwd, ConvGeom};
 use super::pool::avg_pool2d_generic;
+use super::*;
 use candle_core::{DType, Device, Tensor, Var};
 
 fn randn(shape: &[usize], seed: u64, dtype: DType) -> Tensor {
@@ -185,31 +185,77 @@ fn bench_ops() {
     let geom = ConvGeom::new(&[64, 16, 32, 32], &[16, 16, 3, 3], 1, 1).unwrap();
     let xv: Vec<f32> = x.flatten_all().unwrap().to_vec1().unwrap();
     let wv: Vec<f32> = w3.flatten_all().unwrap().to_vec1().unwrap();
-    time("raw conv_fwd", &mut || { conv_fwd(&geom, &xv, &wv); });
-    time("raw conv_data", &mut || { conv_data(&geom, &xv, &wv); });
-    time("raw conv_filter", &mut || { conv_filter(&geom, &xv, &xv); });
+    time("raw conv_fwd", &mut || {
+        conv_fwd(&geom, &xv, &wv);
+    });
+    time("raw conv_data", &mut || {
+        conv_data(&geom, &xv, &wv);
+    });
+    time("raw conv_filter", &mut || {
+        conv_filter(&geom, &xv, &xv);
+    });
     {
         use std::sync::Arc;
         let plan = Arc::new(CellPlan::new(
-            vec![(1, 0, CellEdge::Conv(3)), (2, 0, CellEdge::Conv(3)), (2, 1, CellEdge::Conv(3)), (3, 0, CellEdge::Skip), (3, 1, CellEdge::Conv(3)), (3, 2, CellEdge::Conv(1))],
+            vec![
+                (1, 0, CellEdge::Conv(3)),
+                (2, 0, CellEdge::Conv(3)),
+                (2, 1, CellEdge::Conv(3)),
+                (3, 0, CellEdge::Skip),
+                (3, 1, CellEdge::Conv(3)),
+                (3, 2, CellEdge::Conv(1)),
+            ],
             16,
         ));
         let params = Var::from_tensor(&(randn(&[plan.param_len()], 5, DType::F32) * 0.1).unwrap()).unwrap();
-        time("cell 6111 fwd", &mut || { nb201_cell(&plan, &x, &params, 1e-5).unwrap(); });
-        time("cell 6111 fwd+bwd", &mut || { (nb201_cell(&plan, &x, &params, 1e-5).unwrap().0 * &u).unwrap().sum_all().unwrap().backward().unwrap(); });
+        time("cell 6111 fwd", &mut || {
+            nb201_cell(&plan, &x, &params, 1e-5).unwrap();
+        });
+        time("cell 6111 fwd+bwd", &mut || {
+            (nb201_cell(&plan, &x, &params, 1e-5).unwrap().0 * &u)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap();
+        });
     }
-    time("conv3x3 fwd", &mut || { conv2d(&x, &w3, 1, 1).unwrap(); });
-    time("conv3x3 fwd+bwd", &mut || { (conv2d(&x, &w3, 1, 1).unwrap() * &u).unwrap().sum_all().unwrap().backward().unwrap(); });
-    time("conv1x1 fwd", &mut || { conv2d(&x, &w1, 1, 0).unwrap(); });
-    time("bn fwd", &mut || { batch_norm(&x, &g, &g, 1e-5).unwrap(); });
-    time("bn fwd+bwd", &mut || { (batch_norm(&x, &g, &g, 1e-5).unwrap().0 * &u).unwrap().sum_all().unwrap().backward().unwrap(); });
-    time("relu fwd", &mut || { relu(&x).unwrap(); });
-    time("pool3 fwd", &mut || { avg_pool2d(&x, 3, 1, 1, false).unwrap(); });
-    time("pool3 fwd+bwd", &mut || { (avg_pool2d(&x, 3, 1, 1, false).unwrap() * &u).unwrap().sum_all().unwrap().backward().unwrap(); });
-    time("add", &mut || { (x.as_tensor() + &u).unwrap(); });
-    time("mul+sum (loss stand-in)", &mut || { (x.as_tensor() * &u).unwrap().sum_all().unwrap(); });
-    time("zeros_like", &mut || { x.zeros_like().unwrap(); });
-    time("mul+sum fwd+bwd (baseline)", &mut || { (x.as_tensor() * &u).unwrap().sum_all().unwrap().backward().unwrap(); });
+    time("conv3x3 fwd", &mut || {
+        conv2d(&x, &w3, 1, 1).unwrap();
+    });
+    time("conv3x3 fwd+bwd", &mut || {
+        (conv2d(&x, &w3, 1, 1).unwrap() * &u).unwrap().sum_all().unwrap().backward().unwrap();
+    });
+    time("conv1x1 fwd", &mut || {
+        conv2d(&x, &w1, 1, 0).unwrap();
+    });
+    time("bn fwd", &mut || {
+        batch_norm(&x, &g, &g, 1e-5).unwrap();
+    });
+    time("bn fwd+bwd", &mut || {
+        (batch_norm(&x, &g, &g, 1e-5).unwrap().0 * &u).unwrap().sum_all().unwrap().backward().unwrap();
+    });
+    time("relu fwd", &mut || {
+        relu(&x).unwrap();
+    });
+    time("pool3 fwd", &mut || {
+        avg_pool2d(&x, 3, 1, 1, false).unwrap();
+    });
+    time("pool3 fwd+bwd", &mut || {
+        (avg_pool2d(&x, 3, 1, 1, false).unwrap() * &u).unwrap().sum_all().unwrap().backward().unwrap();
+    });
+    time("add", &mut || {
+        (x.as_tensor() + &u).unwrap();
+    });
+    time("mul+sum (loss stand-in)", &mut || {
+        (x.as_tensor() * &u).unwrap().sum_all().unwrap();
+    });
+    time("zeros_like", &mut || {
+        x.zeros_like().unwrap();
+    });
+    time("mul+sum fwd+bwd (baseline)", &mut || {
+        (x.as_tensor() * &u).unwrap().sum_all().unwrap().backward().unwrap();
+    });
 }
 
 #[test]
