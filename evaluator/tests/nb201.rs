@@ -226,3 +226,37 @@ fn fused_per_op_and_composite_kernels_agree_on_outputs_gradients_and_running_sta
         }
     }
 }
+
+#[test]
+fn fused_cells_agree_with_the_composite_form_in_f32() {
+    // f32 takes the AVX-512 paths (sgemm, masked im2col) where the CPU has them; the f64 test
+    // above checks the algebra, this one the f32 kernels, on every NB201 edge type.
+    use autoagent_evaluator::net::{BnMode, Kernels};
+    let archs = [
+        "|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|skip_connect~0|nor_conv_3x3~1|nor_conv_1x1~2|",
+        "|avg_pool_3x3~0|+|nor_conv_1x1~0|nor_conv_3x3~1|+|nor_conv_3x3~0|skip_connect~1|avg_pool_3x3~2|",
+    ];
+    for arch in archs {
+        let cfg = Nb201Config { channels: 8, cells_per_stage: 1, num_classes: 10, input_size: 16, ..Nb201Config::new(Arch::parse(arch).unwrap()) };
+        let xs = Tensor::randn(0f32, 1.0, (5, 3, 16, 16), &Device::Cpu).unwrap();
+        let ys = Tensor::new(&[0u32, 3, 4, 9, 1], &Device::Cpu).unwrap();
+        let mut results = Vec::new();
+        for k in [Kernels::Fused, Kernels::Composite] {
+            let mut model = Model::new(&cfg, DType::F32, &Device::Cpu, 3).unwrap();
+            model.net.set_kernels(k);
+            let logits = model.net.forward_mode(&xs, BnMode::Train).unwrap();
+            let grads = candle_nn::loss::cross_entropy(&logits, &ys).unwrap().backward().unwrap();
+            let mut values: Vec<(String, Vec<f32>)> = vec![("logits".into(), logits.flatten_all().unwrap().to_vec1().unwrap())];
+            for (name, var) in model.trainable() {
+                let g = grads.get(var.as_tensor()).map(|g| g.flatten_all().unwrap().to_vec1::<f32>().unwrap());
+                values.push((format!("grad {name}"), g.unwrap_or_else(|| vec![0.0; var.elem_count()])));
+            }
+            results.push(values);
+        }
+        for ((name, a), (_, b)) in results[0].iter().zip(&results[1]) {
+            let scale = a.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-4);
+            let worst = a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+            assert!(worst <= 1e-3 * scale, "{arch}: {name}: max difference {worst} against magnitude {scale}");
+        }
+    }
+}

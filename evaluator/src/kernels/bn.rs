@@ -36,72 +36,152 @@ pub(crate) fn dims_nc_hw(l: &Layout) -> Result<(usize, usize, usize)> {
     }
 }
 
-pub(crate) fn bn_fwd<T: Float>(x: &[T], g: &[T], b: &[T], (n, c, hw): (usize, usize, usize), eps: f64) -> (Vec<T>, BnStats) {
-    let count = (n * hw) as f64;
-    let per_channel: Vec<(f64, f64)> = (0..c)
-        .into_par_iter()
-        .map(|ch| {
-            let mut sum = 0.0;
-            for i in 0..n {
-                sum += x[(i * c + ch) * hw..][..hw].iter().map(|v| v.to_f64()).sum::<f64>();
-            }
-            let mean = sum / count;
-            let mut sq = 0.0;
-            for i in 0..n {
-                sq += x[(i * c + ch) * hw..][..hw].iter().map(|v| (v.to_f64() - mean).powi(2)).sum::<f64>();
-            }
-            (mean, sq / count)
-        })
+/// Independent accumulators per reduction: enough for LLVM to vectorise the sums (two AVX
+/// registers of f32) while each lane adds only `len/16` terms in `T`.
+const LANES: usize = 16;
+
+/// Sum of `x` with [`LANES`] accumulators in `T`, returned in f64.
+#[inline]
+fn lane_sum<T: Float>(x: &[T]) -> f64 {
+    let mut acc = [T::zero(); LANES];
+    let chunks = x.chunks_exact(LANES);
+    let rest: f64 = chunks.remainder().iter().map(|v| v.to_f64()).sum();
+    for ch in chunks {
+        for (a, v) in acc.iter_mut().zip(ch) {
+            *a += *v;
+        }
+    }
+    acc.iter().map(|a| a.to_f64()).sum::<f64>() + rest
+}
+
+/// `Σ (x − m)²` with [`LANES`] accumulators in `T`, returned in f64.
+#[inline]
+fn lane_sq_dev<T: Float>(x: &[T], m: T) -> f64 {
+    let mut acc = [T::zero(); LANES];
+    let chunks = x.chunks_exact(LANES);
+    let rest: f64 = chunks.remainder().iter().map(|v| (*v - m).to_f64().powi(2)).sum();
+    for ch in chunks {
+        for (a, v) in acc.iter_mut().zip(ch) {
+            let d = *v - m;
+            *a += d * d;
+        }
+    }
+    acc.iter().map(|a| a.to_f64()).sum::<f64>() + rest
+}
+
+/// `(Σ g, Σ g·(y − m))` with [`LANES`] accumulators in `T`, returned in f64.
+#[inline]
+fn lane_grad_sums<T: Float>(g: &[T], y: &[T], m: T) -> (f64, f64) {
+    let (mut sg, mut sgy) = ([T::zero(); LANES], [T::zero(); LANES]);
+    let len = g.len().min(y.len());
+    let full = len / LANES * LANES;
+    for (gc, yc) in g[..full].chunks_exact(LANES).zip(y[..full].chunks_exact(LANES)) {
+        for l in 0..LANES {
+            sg[l] += gc[l];
+            sgy[l] += gc[l] * (yc[l] - m);
+        }
+    }
+    let (mut a, mut b) = (sg.iter().map(|v| v.to_f64()).sum::<f64>(), sgy.iter().map(|v| v.to_f64()).sum::<f64>());
+    for i in full..len {
+        a += g[i].to_f64();
+        b += (g[i] * (y[i] - m)).to_f64();
+    }
+    (a, b)
+}
+
+/// Mean and `M2 = Σ (x − mean)²` of one plane (the second pass reads the plane while it is
+/// still in cache). Per-plane sums in `T` are short (at most a few thousand terms); the planes
+/// are combined in f64 by [`stats_from_planes`].
+pub(crate) fn plane_moments<T: Float>(x: &[T]) -> (f64, f64) {
+    let mean = lane_sum(x) / x.len() as f64;
+    (mean, lane_sq_dev(x, T::from_f64(mean)))
+}
+
+/// Per-channel batch statistics from the [`plane_moments`] of every `(sample, channel)` plane,
+/// laid out sample-major (`n·c` entries of `hw` elements each): Chan's parallel combination,
+/// `M2 = Σ M2ₚ + hw·Σ (meanₚ − mean)²`.
+pub(crate) fn stats_from_planes(parts: &[(f64, f64)], c: usize, hw: usize, eps: f64) -> BnStats {
+    let n = parts.len() / c;
+    let mut mean = vec![0.0; c];
+    let mut var = vec![0.0; c];
+    for ch in 0..c {
+        let m = (0..n).map(|i| parts[i * c + ch].0).sum::<f64>() / n as f64;
+        let m2: f64 = (0..n)
+            .map(|i| {
+                let (pm, pm2) = parts[i * c + ch];
+                pm2 + hw as f64 * (pm - m) * (pm - m)
+            })
+            .sum();
+        mean[ch] = m;
+        var[ch] = m2 / (n * hw) as f64;
+    }
+    let invstd = var.iter().map(|v| 1.0 / (v + eps).sqrt()).collect();
+    BnStats { mean, var, invstd }
+}
+
+/// Per-channel `(Σ gy, Σ gy·x̂)` of a BatchNorm's output gradient `gy` and input `x`.
+pub(crate) fn grad_sums<T: Float>(x: &[T], gy: &[T], (c, hw): (usize, usize), st: &BnStats) -> Vec<(f64, f64)> {
+    let parts: Vec<(f64, f64)> = x
+        .par_chunks(hw)
+        .zip(gy.par_chunks(hw))
+        .enumerate()
+        .with_min_len(64)
+        .map(|(plane, (xp, gp))| lane_grad_sums(gp, xp, T::from_f64(st.mean[plane % c])))
         .collect();
-    let mean: Vec<f64> = per_channel.iter().map(|p| p.0).collect();
-    let var: Vec<f64> = per_channel.iter().map(|p| p.1).collect();
-    let invstd: Vec<f64> = var.iter().map(|v| 1.0 / (v + eps).sqrt()).collect();
-    let mut y = vec![T::zero(); x.len()];
+    (0..c)
+        .map(|ch| {
+            let (mut sg, mut sgx) = (0.0, 0.0);
+            for p in parts.iter().skip(ch).step_by(c) {
+                sg += p.0;
+                sgx += p.1;
+            }
+            (sg, sgx * st.invstd[ch])
+        })
+        .collect()
+}
+
+/// The per-channel affine map `dx = a·gy + cx·x + b` of the BatchNorm input gradient:
+/// `dx = γ·invstd·(gy − Σgy/M − x̂·Σ(gy·x̂)/M)` with `x̂ = (x − μ)·invstd`, `M = n·hw`.
+pub(crate) fn bwd_coefficients(g: &[f64], sums: &[(f64, f64)], st: &BnStats, count: f64) -> Vec<[f64; 3]> {
+    sums.iter()
+        .enumerate()
+        .map(|(ch, &(sg, sgx))| {
+            let (m, is) = (st.mean[ch], st.invstd[ch]);
+            let k = g[ch] * is;
+            [k, -k * sgx / count * is, -k * sg / count + k * sgx / count * m * is]
+        })
+        .collect()
+}
+
+pub(crate) fn bn_fwd<T: Float>(x: &[T], g: &[T], b: &[T], (n, c, hw): (usize, usize, usize), eps: f64) -> (Vec<T>, BnStats) {
+    debug_assert_eq!(x.len(), n * c * hw);
+    let parts: Vec<(f64, f64)> = x.par_chunks(hw).with_min_len(64).map(plane_moments).collect();
+    let stats = stats_from_planes(&parts, c, hw, eps);
+    let mut y = super::alloc_uninit::<T>(x.len());
     y.par_chunks_mut(hw).zip(x.par_chunks(hw)).enumerate().for_each(|(plane, (yp, xp))| {
         let ch = plane % c;
-        let scale = g[ch].to_f64() * invstd[ch];
-        let shift = b[ch].to_f64() - mean[ch] * scale;
+        let scale = g[ch].to_f64() * stats.invstd[ch];
+        let shift = b[ch].to_f64() - stats.mean[ch] * scale;
         let (scale, shift) = (T::from_f64(scale), T::from_f64(shift));
         for (o, v) in yp.iter_mut().zip(xp) {
             *o = *v * scale + shift;
         }
     });
-    (y, BnStats { mean, var, invstd })
+    (y, stats)
 }
 
 pub(crate) fn bn_bwd<T: Float>(x: &[T], gy: &[T], g: &[T], (n, c, hw): (usize, usize, usize), st: &BnStats) -> Vec<T> {
-    let count = (n * hw) as f64;
-    let sums: Vec<(f64, f64)> = (0..c)
-        .into_par_iter()
-        .map(|ch| {
-            let (m, is) = (st.mean[ch], st.invstd[ch]);
-            let (mut sg, mut sgx) = (0.0, 0.0);
-            for i in 0..n {
-                let off = (i * c + ch) * hw;
-                for (xv, gv) in x[off..off + hw].iter().zip(&gy[off..off + hw]) {
-                    let gv = gv.to_f64();
-                    sg += gv;
-                    sgx += gv * (xv.to_f64() - m) * is;
-                }
-            }
-            (sg, sgx)
-        })
-        .collect();
+    let sums = grad_sums(x, gy, (c, hw), st);
+    let gamma: Vec<f64> = g.iter().map(|v| v.to_f64()).collect();
+    let coef = bwd_coefficients(&gamma, &sums, st, (n * hw) as f64);
     let total = x.len();
-    let mut out = vec![T::zero(); total + 2 * c];
+    let mut out = super::alloc_uninit::<T>(total + 2 * c);
     let (dx, dparams) = out.split_at_mut(total);
     dx.par_chunks_mut(hw).enumerate().for_each(|(plane, dp)| {
-        let ch = plane % c;
+        let [a, cx, b] = coef[plane % c].map(T::from_f64);
         let off = plane * hw;
-        let (m, is) = (st.mean[ch], st.invstd[ch]);
-        let (sg, sgx) = sums[ch];
-        let k = g[ch].to_f64() * is;
-        // dx = γ·invstd·(gy − Σgy/M − x̂·Σ(gy·x̂)/M), with x̂ = (x − μ)·invstd
-        let a = T::from_f64(k);
-        let bconst = T::from_f64(-k * sg / count + k * sgx / count * m * is);
-        let cx = T::from_f64(-k * sgx / count * is);
         for ((d, xv), gv) in dp.iter_mut().zip(&x[off..off + hw]).zip(&gy[off..off + hw]) {
-            *d = a * *gv + cx * *xv + bconst;
+            *d = a * *gv + cx * *xv + b;
         }
     });
     for ch in 0..c {
@@ -116,15 +196,7 @@ impl CustomOp3 for BnOp {
         "autoagent-batch-norm"
     }
 
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout, s3: &CpuStorage, l3: &Layout) -> Result<(CpuStorage, Shape)> {
         let dims = dims_nc_hw(l1)?;
         let out = dispatch!(self.name(); (s1, l1), (s2, l2), (s3, l3) => |x, g, b| {
             let (y, stats) = bn_fwd(x, g, b, dims, self.eps);
@@ -134,14 +206,7 @@ impl CustomOp3 for BnOp {
         Ok((out, l1.shape().clone()))
     }
 
-    fn bwd(
-        &self,
-        x: &Tensor,
-        gamma: &Tensor,
-        _beta: &Tensor,
-        _res: &Tensor,
-        grad: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+    fn bwd(&self, x: &Tensor, gamma: &Tensor, _beta: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let grad = grad.contiguous()?;
         let packed = x.apply_op3_no_bwd(&grad, gamma, &BnBwdOp { stats: self.stats.clone() })?;
         let (total, c) = (x.elem_count(), gamma.elem_count());
@@ -157,15 +222,7 @@ impl CustomOp3 for BnBwdOp {
         "autoagent-batch-norm-backward"
     }
 
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout, s3: &CpuStorage, l3: &Layout) -> Result<(CpuStorage, Shape)> {
         let dims = dims_nc_hw(l1)?;
         let st = self.stats.lock().expect("bn stats").clone();
         let out = dispatch!(self.name(); (s1, l1), (s2, l2), (s3, l3) => |x, gy, g| Ok::<_, candle_core::Error>(bn_bwd(x, gy, g, dims, &st)));

@@ -6,6 +6,18 @@
 //! arithmetic of the small ops. As one node, the cell runs its forward and backward passes on
 //! plain buffers with our kernels: candle sees one input gradient and one parameter gradient.
 //!
+//! A convolution edge works sample by sample (each thread one contiguous share of the batch),
+//! so that its intermediates stay in cache:
+//!
+//! - forward: im2col of the source node with the ReLU fused in, the GEMM, and the per-channel
+//!   moments of the sample's output while it is hot; the BatchNorm is then applied inside the
+//!   target node's sum (no normalised copy is stored);
+//! - backward: one pass for the per-channel sums of the BatchNorm gradient, then per sample the
+//!   BatchNorm input gradient `gyb`, one im2col of `gyb` that serves both the input gradient
+//!   (a convolution of `gyb` with the flipped weight: a GEMM shaped like the forward one, no
+//!   col2im scatter) and the weight gradient (against `relu(x)`, no second im2col), and the ReLU
+//!   mask applied while adding into the source node's gradient.
+//!
 //! The parameters of a cell travel as one flat tensor: for every convolution edge, in edge
 //! order, its weight, then γ, then β of its BatchNorm.
 
@@ -14,11 +26,10 @@ use std::sync::{Arc, Mutex};
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::bn::{bn_bwd, bn_fwd, BnStats};
-use super::conv::{conv_data, conv_filter, conv_fwd, ConvGeom};
+use super::bn::{bwd_coefficients, grad_sums, plane_moments, stats_from_planes, BnStats};
+use super::conv::{im2col_map, inner_threads, per_thread, ConvGeom};
 use super::pool::PoolOp;
-use super::relu::{relu_fwd, relu_mask};
-use super::{supports, Float};
+use super::{alloc_uninit, supports, Float};
 
 /// What an edge of the cell computes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -132,25 +143,112 @@ fn add_ref_into<T: Float>(acc: &mut Option<Vec<T>>, v: &[T]) {
     }
 }
 
+/// `acc += scale[ch]·y + shift[ch]` per `(sample, channel)` plane of `hw` elements (the
+/// BatchNorm of a convolution edge, fused into the node's sum); the first term initialises.
+fn add_affine_into<T: Float>(acc: &mut Option<Vec<T>>, y: &[T], affine: &[(T, T)], hw: usize) {
+    let c = affine.len();
+    let fresh = acc.is_none();
+    let out = acc.get_or_insert_with(|| alloc_uninit(y.len()));
+    out.par_chunks_mut(hw).zip(y.par_chunks(hw)).enumerate().for_each(|(plane, (o, yp))| {
+        let (scale, shift) = affine[plane % c];
+        if fresh {
+            for (o, v) in o.iter_mut().zip(yp) {
+                *o = *v * scale + shift;
+            }
+        } else {
+            for (o, v) in o.iter_mut().zip(yp) {
+                *o += *v * scale + shift;
+            }
+        }
+    });
+}
+
+/// The weight of a stride-1 "same" convolution rearranged for its input gradient:
+/// `w (cout, cin, k, k)` → `w' (cin, cout, k, k)` with the taps reversed, so that
+/// `gx = w' · im2col(gy)` — the input gradient as an ordinary convolution of `gy` (a GEMM with
+/// `cin` rows and `cout·k²` depth, like the forward pass) instead of a GEMM with depth `cout`
+/// followed by a col2im scatter.
+fn flip_weight<T: Float>(w: &[T], c: usize, k: usize) -> Vec<T> {
+    let kk = k * k;
+    let mut out = alloc_uninit(w.len());
+    for co in 0..c {
+        for ci in 0..c {
+            for t in 0..kk {
+                out[(ci * c + co) * kk + (kk - 1 - t)] = w[(co * c + ci) * kk + t];
+            }
+        }
+    }
+    out
+}
+
 impl CellOp {
     fn geom(&self, k: usize) -> ConvGeom {
         let (n, c, h, w) = self.dims;
-        ConvGeom { n, cin: c, h, w, cout: c, kh: k, kw: k, stride: 1, pad: k / 2, ho: h, wo: w }
+        ConvGeom {
+            n,
+            cin: c,
+            h,
+            w,
+            cout: c,
+            kh: k,
+            kw: k,
+            stride: 1,
+            pad: k / 2,
+            ho: h,
+            wo: w,
+        }
     }
 
     fn pool(&self, adjoint: bool) -> PoolOp {
         let (n, c, h, w) = self.dims;
-        PoolOp { n, c, h, w, k: 3, stride: 1, pad: 1, ho: h, wo: w, count_pad: false, adjoint }
+        PoolOp {
+            n,
+            c,
+            h,
+            w,
+            k: 3,
+            stride: 1,
+            pad: 1,
+            ho: h,
+            wo: w,
+            count_pad: false,
+            adjoint,
+        }
+    }
+
+    /// ReLU → Conv of one edge over the batch: the convolution output and its BatchNorm
+    /// statistics. Per sample (one contiguous share of the batch per thread), the ReLU is fused
+    /// into im2col and the per-channel moments are taken while the sample's output is in cache.
+    fn conv_edge_fwd<T: Float>(&self, k: usize, input: &[T], wt: &[T]) -> (Vec<T>, BnStats) {
+        let (n, c, h, w) = self.dims;
+        let (hw, xs) = (h * w, c * h * w);
+        let g = self.geom(k);
+        let threads = inner_threads(n);
+        let mut y = alloc_uninit::<T>(n * xs);
+        let mut parts = vec![(0.0, 0.0); n * c];
+        y.par_chunks_mut(xs)
+            .zip(parts.par_chunks_mut(c))
+            .enumerate()
+            .with_min_len(per_thread(n))
+            .for_each_init(
+                || alloc_uninit::<T>(g.k() * hw),
+                |col, (i, (yi, pi))| {
+                    im2col_map::<T, true>(&g, &input[i * xs..(i + 1) * xs], col);
+                    T::matmul(c, hw, g.k(), yi, hw, false, wt, (g.k(), 1), col, (hw, 1), threads);
+                    for (ch, p) in pi.iter_mut().enumerate() {
+                        *p = plane_moments(&yi[ch * hw..(ch + 1) * hw]);
+                    }
+                },
+            );
+        (y, stats_from_planes(&parts, c, hw, self.eps))
     }
 
     fn forward<T: Float>(&self, x: &[T], params: &[T]) -> Vec<T> {
-        let (n, c, h, w) = self.dims;
+        let (_, c, h, w) = self.dims;
         let hw = h * w;
         let offsets = self.plan.conv_offsets();
         let zeros = if self.plan.has_empty_node() { vec![T::zero(); x.len()] } else { Vec::new() };
         let mut nodes: [Option<Vec<T>>; 3] = [None, None, None];
-        // ReLU of each node, computed once however many convolutions read it.
-        let mut relus: [Option<Vec<T>>; 3] = [None, None, None];
         let mut convs: Vec<Option<(Vec<T>, BnStats)>> = vec![None; 0];
         convs.resize_with(self.plan.edges.len(), || None);
         for target in 1..4 {
@@ -167,22 +265,119 @@ impl CellOp {
                         let (off, _) = offsets[i].expect("conv edge has parameters");
                         let wl = c * c * k * k;
                         let (wt, gamma, beta) = (&params[off..off + wl], &params[off + wl..off + wl + c], &params[off + wl + c..off + wl + 2 * c]);
-                        let r = relus[s].get_or_insert_with(|| relu_fwd(input));
-                        let y = conv_fwd(&self.geom(k), r, wt);
-                        let (z, stats) = bn_fwd(&y, gamma, beta, (n, c, hw), self.eps);
-                        add_into(&mut sum, z);
+                        let (y, stats) = self.conv_edge_fwd(k, input, wt);
+                        let affine: Vec<(T, T)> = (0..c)
+                            .map(|ch| {
+                                let scale = gamma[ch].to_f64() * stats.invstd[ch];
+                                (T::from_f64(scale), T::from_f64(beta[ch].to_f64() - stats.mean[ch] * scale))
+                            })
+                            .collect();
+                        add_affine_into(&mut sum, &y, &affine, hw);
                         convs[i] = Some((y, stats));
                     }
                 }
             }
             nodes[target - 1] = sum;
-            relus[target - 1] = None; // no edge reads node target-1 any more
         }
         let out = nodes[2].take().unwrap_or_else(|| vec![T::zero(); x.len()]);
         let [n1, n2, _] = nodes;
-        let saved = Saved { nodes: [n1, n2], convs, params: params.to_vec() };
+        let saved = Saved {
+            nodes: [n1, n2],
+            convs,
+            params: params.to_vec(),
+        };
         *self.saved.lock().expect("cell stash") = Some(Box::new(saved));
         out
+    }
+
+    /// Backward pass of one ReLU → Conv → BN edge from `input` (the source node, before the
+    /// ReLU) given the gradient `g` of its BatchNorm output. Accumulates the source node's
+    /// gradient into `gin` and returns the weight gradient. Per sample, in cache: the BatchNorm
+    /// input gradient, the weight gradient's GEMM against im2col(ReLU(input)), the input
+    /// gradient as a convolution of it with the flipped weight, and the ReLU mask.
+    #[allow(clippy::too_many_arguments)]
+    fn conv_edge_bwd<T: Float>(&self, k: usize, input: &[T], g: &[T], y: &[T], wt: &[T], coef: &[[f64; 3]], gin: &mut Option<Vec<T>>) -> Vec<T> {
+        let (n, c, h, w) = self.dims;
+        let (hw, xs) = (h * w, c * h * w);
+        let geom = self.geom(k);
+        let pointwise = self.geom(1);
+        let ck = geom.k();
+        let threads = inner_threads(n);
+        let coef: Vec<[T; 3]> = coef.iter().map(|a| a.map(T::from_f64)).collect();
+        let flipped = if k > 1 { flip_weight(wt, c, k) } else { Vec::new() };
+        let fresh = gin.is_none();
+        let gx = gin.get_or_insert_with(|| alloc_uninit(n * xs));
+        let per = per_thread(n);
+        let partials: Vec<Vec<T>> = gx
+            .par_chunks_mut(per * xs)
+            .enumerate()
+            .map(|(chunk, gx)| {
+                // k = 1: gw (co×ci); k > 1: gwᵀ by tap, [ci][co·k² + t'] (see below)
+                let mut gw = vec![T::zero(); c * ck];
+                let mut gyb = alloc_uninit::<T>(xs);
+                let mut rx = alloc_uninit::<T>(xs);
+                let mut col = if k > 1 { alloc_uninit::<T>(ck * hw) } else { Vec::new() };
+                let mut gr = alloc_uninit::<T>(xs);
+                for (j, gxi) in gx.chunks_mut(xs).enumerate() {
+                    let i = chunk * per + j;
+                    let (gi, yi, xi) = (&g[i * xs..(i + 1) * xs], &y[i * xs..(i + 1) * xs], &input[i * xs..(i + 1) * xs]);
+                    // gyb: the gradient of the convolution output (BatchNorm backward)
+                    for (ch, &[a, cx, b]) in coef.iter().enumerate() {
+                        let r = ch * hw..(ch + 1) * hw;
+                        for ((o, gv), yv) in gyb[r.clone()].iter_mut().zip(&gi[r.clone()]).zip(&yi[r]) {
+                            *o = a * *gv + cx * *yv + b;
+                        }
+                    }
+                    // relu(x): the im2col of a pointwise convolution is a copy through the ReLU
+                    im2col_map::<T, true>(&pointwise, xi, &mut rx);
+                    if k == 1 {
+                        // gw += gyb (c×hw) · relu(x)ᵀ ; gr = wᵀ · gyb
+                        T::matmul(c, c, hw, &mut gw, c, true, &gyb, (hw, 1), &rx, (1, hw), threads);
+                        T::matmul(c, hw, c, &mut gr, hw, false, wt, (1, c), &gyb, (hw, 1), threads);
+                    } else {
+                        // col = im2col(gyb): its row (co, t') is gyb shifted by the offset of tap t',
+                        // which is minus the offset of tap t = k²−1−t'. It serves both gradients:
+                        //   gr = w' · col                          (w' = the flipped weight)
+                        //   gwᵀ[ci][co·k² + t'] += relu(x) · colᵀ   (= gw[co][ci][t])
+                        im2col_map::<T, false>(&geom, &gyb, &mut col);
+                        T::matmul(c, hw, ck, &mut gr, hw, false, &flipped, (ck, 1), &col, (hw, 1), threads);
+                        T::matmul(c, ck, hw, &mut gw, ck, true, &rx, (hw, 1), &col, (1, hw), threads);
+                    }
+                    // gx (+)= gr · [x > 0]
+                    if fresh {
+                        for ((o, gv), xv) in gxi.iter_mut().zip(&gr).zip(xi) {
+                            *o = if *xv > T::zero() { *gv } else { T::zero() };
+                        }
+                    } else {
+                        for ((o, gv), xv) in gxi.iter_mut().zip(&gr).zip(xi) {
+                            if *xv > T::zero() {
+                                *o += *gv;
+                            }
+                        }
+                    }
+                }
+                gw
+            })
+            .collect();
+        let mut acc = partials[0].clone();
+        for part in &partials[1..] {
+            for (o, v) in acc.iter_mut().zip(part) {
+                *o += *v;
+            }
+        }
+        if k == 1 {
+            return acc;
+        }
+        let kk = k * k;
+        let mut gw = alloc_uninit(acc.len());
+        for ci in 0..c {
+            for co in 0..c {
+                for t in 0..kk {
+                    gw[(co * c + ci) * kk + t] = acc[ci * ck + co * kk + (kk - 1 - t)];
+                }
+            }
+        }
+        gw
     }
 
     fn backward<T: Float>(&self, x: &[T], gout: &[T]) -> Result<Vec<T>> {
@@ -198,7 +393,6 @@ impl CellOp {
         let mut gparams = vec![T::zero(); params.len()];
         // Gradients of nodes 0..=2; node 3's is `gout`.
         let mut grads: [Option<Vec<T>>; 3] = [None, None, None];
-        let mut relus: [Option<Vec<T>>; 3] = [None, None, None];
         for target in (1..4).rev() {
             let owned;
             let g: &[T] = if target == 3 {
@@ -224,15 +418,15 @@ impl CellOp {
                         let (off, _) = offsets[i].expect("conv edge has parameters");
                         let wl = c * c * k * k;
                         let (y, stats) = saved.convs[i].as_ref().expect("conv edge saved its output");
-                        let packed = bn_bwd(y, g, &params[off + wl..off + wl + c], (n, c, hw), stats);
-                        let (gy, gbn) = packed.split_at(y.len());
-                        gparams[off + wl..off + wl + 2 * c].copy_from_slice(gbn);
-                        let geom = self.geom(k);
-                        let r = relus[s].get_or_insert_with(|| relu_fwd(input));
-                        let gw = conv_filter(&geom, r, gy);
+                        let gamma: Vec<f64> = params[off + wl..off + wl + c].iter().map(|v| v.to_f64()).collect();
+                        let sums = grad_sums(y, g, (c, hw), stats);
+                        for (ch, &(sg, sgx)) in sums.iter().enumerate() {
+                            gparams[off + wl + ch] = T::from_f64(sgx);
+                            gparams[off + wl + c + ch] = T::from_f64(sg);
+                        }
+                        let coef = bwd_coefficients(&gamma, &sums, stats, (n * hw) as f64);
+                        let gw = self.conv_edge_bwd(k, input, g, y, &params[off..off + wl], &coef, &mut grads[s]);
                         gparams[off..off + wl].copy_from_slice(&gw);
-                        let gr = conv_data(&geom, gy, &params[off..off + wl]);
-                        add_into(&mut grads[s], relu_mask(&gr, input));
                     }
                 }
             }
@@ -284,10 +478,19 @@ pub type ChannelStats = (Vec<f64>, Vec<f64>);
 pub fn nb201_cell(plan: &Arc<CellPlan>, x: &Tensor, params: &Tensor, eps: f64) -> Result<(Tensor, Vec<ChannelStats>)> {
     let (n, c, h, w) = x.dims4()?;
     if !x.device().is_cpu() || !supports(x.dtype()) || c != plan.channels || params.elem_count() != plan.param_len() {
-        candle_core::bail!("nb201_cell: needs f32/f64 CPU tensors with {} channels and {} parameters", plan.channels, plan.param_len())
+        candle_core::bail!(
+            "nb201_cell: needs f32/f64 CPU tensors with {} channels and {} parameters",
+            plan.channels,
+            plan.param_len()
+        )
     }
     let saved: Stash = Arc::new(Mutex::new(None));
-    let op = CellOp { plan: plan.clone(), dims: (n, c, h, w), eps, saved: saved.clone() };
+    let op = CellOp {
+        plan: plan.clone(),
+        dims: (n, c, h, w),
+        eps,
+        saved: saved.clone(),
+    };
     let out = x.contiguous()?.apply_op2(&params.contiguous()?, op)?;
     let guard = saved.lock().expect("cell stash");
     let stats = |convs: Vec<Option<(Vec<f64>, Vec<f64>)>>| convs.into_iter().flatten().collect::<Vec<_>>();

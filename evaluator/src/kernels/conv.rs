@@ -1,7 +1,6 @@
 //! Convolution: im2col + GEMM, and the three maps (forward, data gradient, filter gradient)
 //! as candle ops closed under differentiation.
 
-
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
@@ -36,7 +35,19 @@ impl ConvGeom {
         }
         let ho = (h + 2 * pad - kh) / stride + 1;
         let wo = (w + 2 * pad - kw) / stride + 1;
-        Ok(ConvGeom { n, cin, h, w, cout, kh, kw, stride, pad, ho, wo })
+        Ok(ConvGeom {
+            n,
+            cin,
+            h,
+            w,
+            cout,
+            kh,
+            kw,
+            stride,
+            pad,
+            ho,
+            wo,
+        })
     }
     /// Rows of the im2col matrix.
     pub(crate) fn k(&self) -> usize {
@@ -63,9 +74,45 @@ impl ConvGeom {
 
 /// Unfold one sample `x (cin×h×w)` into `col (k×p)`.
 pub(crate) fn im2col<T: Float>(g: &ConvGeom, x: &[T], col: &mut [T]) {
+    im2col_map::<T, false>(g, x, col)
+}
+
+/// Copy `src` into `dst`, through a ReLU when `RELU`.
+#[inline]
+fn copy_map<T: Float, const RELU: bool>(dst: &mut [T], src: &[T]) {
+    if RELU {
+        for (d, s) in dst.iter_mut().zip(src) {
+            *d = if *s > T::zero() { *s } else { T::zero() };
+        }
+    } else {
+        dst.copy_from_slice(src);
+    }
+}
+
+/// The f32 views of an f32 input and output (`None` for f64).
+fn as_f32<'a, T: Float>(x: &'a [T], col: &'a mut [T]) -> Option<(&'a [f32], &'a mut [f32])> {
+    if T::DTYPE != candle_core::DType::F32 {
+        return None;
+    }
+    // SAFETY: T is f32 (checked through its dtype), so the casts are identities.
+    unsafe {
+        Some((
+            std::slice::from_raw_parts(x.as_ptr().cast::<f32>(), x.len()),
+            std::slice::from_raw_parts_mut(col.as_mut_ptr().cast::<f32>(), col.len()),
+        ))
+    }
+}
+
+/// [`im2col`] of `relu(x)` when `RELU` (the ReLU of a ReLU→Conv edge, fused into the copy).
+pub(crate) fn im2col_map<T: Float, const RELU: bool>(g: &ConvGeom, x: &[T], col: &mut [T]) {
     let p = g.p();
     if g.stride == 1 && g.ho == g.h && g.wo == g.w {
-        return im2col_same(g, x, col);
+        if let Some((x32, col32)) = as_f32(x, col) {
+            if super::im2col_simd::available() {
+                return super::im2col_simd::im2col_same_f32(g, x32, col32, RELU);
+            }
+        }
+        return im2col_same::<T, RELU>(g, x, col);
     }
     for c in 0..g.cin {
         let plane = &x[c * g.h * g.w..(c + 1) * g.h * g.w];
@@ -88,11 +135,12 @@ pub(crate) fn im2col<T: Float>(g: &ConvGeom, x: &[T], col: &mut [T]) {
                         out[..lo].fill(T::zero());
                         out[hi..].fill(T::zero());
                         let s0 = (lo as isize + shift) as usize;
-                        out[lo..hi].copy_from_slice(&src[s0..s0 + (hi - lo)]);
+                        copy_map::<T, RELU>(&mut out[lo..hi], &src[s0..s0 + (hi - lo)]);
                     } else {
                         for (ox, o) in out.iter_mut().enumerate() {
                             let ix = (ox * g.stride) as isize + shift;
-                            *o = if ix < 0 || ix >= g.w as isize { T::zero() } else { src[ix as usize] };
+                            let v = if ix < 0 || ix >= g.w as isize { T::zero() } else { src[ix as usize] };
+                            *o = if RELU && v < T::zero() { T::zero() } else { v };
                         }
                     }
                 }
@@ -104,7 +152,7 @@ pub(crate) fn im2col<T: Float>(g: &ConvGeom, x: &[T], col: &mut [T]) {
 /// [`im2col`] for stride 1 and "same" padding: each im2col row is the input plane shifted by
 /// `dy·w + dx`, so it is one block copy, after which the rows and columns that fell outside the
 /// image (including the elements the flat shift wrapped around the row ends) are zeroed.
-fn im2col_same<T: Float>(g: &ConvGeom, x: &[T], col: &mut [T]) {
+fn im2col_same<T: Float, const RELU: bool>(g: &ConvGeom, x: &[T], col: &mut [T]) {
     let (h, w) = (g.h, g.w);
     let hw = h * w;
     for c in 0..g.cin {
@@ -126,7 +174,7 @@ fn im2col_same<T: Float>(g: &ConvGeom, x: &[T], col: &mut [T]) {
                 let hi = (hw as isize - start).min(len as isize).max(lo as isize) as usize;
                 let dst = &mut row[oy0 * w..oy1 * w];
                 let s0 = (start + lo as isize) as usize;
-                dst[lo..hi].copy_from_slice(&plane[s0..s0 + (hi - lo)]);
+                copy_map::<T, RELU>(&mut dst[lo..hi], &plane[s0..s0 + (hi - lo)]);
                 dst[..lo].fill(T::zero());
                 dst[hi..].fill(T::zero());
                 // Columns whose source lies left or right of the image.
@@ -204,7 +252,13 @@ pub(crate) fn conv_fwd<T: Float>(g: &ConvGeom, x: &[T], w: &[T]) -> Vec<T> {
     let threads = inner_threads(g.n);
     let xs = g.cin * g.h * g.w;
     y.par_chunks_mut(g.cout * p).enumerate().with_min_len(per_thread(g.n)).for_each_init(
-        || if g.pointwise() { Vec::new() } else { vec![T::zero(); k * p] },
+        || {
+            if g.pointwise() {
+                Vec::new()
+            } else {
+                vec![T::zero(); k * p]
+            }
+        },
         |col, (i, yi)| {
             let xi = &x[i * xs..(i + 1) * xs];
             let rhs: &[T] = if g.pointwise() {
@@ -226,7 +280,13 @@ pub(crate) fn conv_data<T: Float>(g: &ConvGeom, gy: &[T], w: &[T]) -> Vec<T> {
     let mut gx = vec![T::zero(); g.n * xs];
     let threads = inner_threads(g.n);
     gx.par_chunks_mut(xs).enumerate().with_min_len(per_thread(g.n)).for_each_init(
-        || if g.pointwise() { Vec::new() } else { vec![T::zero(); k * p] },
+        || {
+            if g.pointwise() {
+                Vec::new()
+            } else {
+                vec![T::zero(); k * p]
+            }
+        },
         |col, (i, gxi)| {
             let gyi = &gy[i * g.cout * p..(i + 1) * g.cout * p];
             // wᵀ (k×cout) · gy_i (cout×p)

@@ -5,8 +5,9 @@
 //! its `avg_pool2d` has no padding, no `count_include_pad=False` and no backward for
 //! kernel ≠ stride, which NB201's 3×3 average pool needs.
 //!
-//! Convolution is im2col + GEMM (the `gemm` crate, the one candle's matmul uses), parallel over
-//! the samples of the batch. The three convolution maps are closed under differentiation —
+//! Convolution is im2col + GEMM (our AVX-512 [`crate::sgemm`] for f32 where the CPU has it, the
+//! `gemm` crate otherwise), parallel over the samples of the batch; the im2col of stride-1
+//! "same" convolutions uses AVX-512 masked loads in f32. The three convolution maps are closed under differentiation —
 //! forward `y = conv(x, w)`, input gradient `gx = conv_data(gy, w)` and weight gradient
 //! `gw = conv_filter(x, gy)` are each linear in both arguments and the adjoint of one is another
 //! — so every op's backward is written with the other two, and gradients of gradients (GraSP's
@@ -40,6 +41,7 @@ mod bn;
 mod cell;
 mod conv;
 mod fused;
+mod im2col_simd;
 mod pool;
 mod relu;
 #[cfg(test)]
@@ -150,7 +152,18 @@ pub(crate) fn gemm_crate<T: Float>(
     }
 }
 
-
+/// A buffer of `len` elements whose contents are unspecified: for outputs that the caller
+/// overwrites completely before reading, so that no pass is spent zeroing them (a memset of
+/// every activation-sized output cost about 10 % of a training step).
+#[allow(clippy::uninit_vec)]
+pub(crate) fn alloc_uninit<T: Float>(len: usize) -> Vec<T> {
+    let mut v = Vec::with_capacity(len);
+    // SAFETY: `Float` is implemented only for f32 and f64, plain floats for which every bit
+    // pattern is a value and which have no drop glue; every caller writes each element before
+    // reading it (the same contract as candle's own `alloc_uninit`).
+    unsafe { v.set_len(len) };
+    v
+}
 
 pub(crate) fn slice<'a, T: Float>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [T]> {
     let Some((a, b)) = l.contiguous_offsets() else {

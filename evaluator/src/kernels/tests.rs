@@ -284,3 +284,26 @@ fn fused_relu_conv_bn_matches_the_separate_ops() {
         }
     }
 }
+
+#[test]
+fn simd_im2col_matches_the_portable_one() {
+    if !super::im2col_simd::available() {
+        return;
+    }
+    for &(c, h, w, k) in &[(3, 7, 5, 3), (2, 8, 8, 3), (4, 32, 32, 3), (2, 4, 4, 1), (3, 6, 9, 5), (1, 1, 3, 3)] {
+        let g = ConvGeom { n: 1, cin: c, h, w, cout: 1, kh: k, kw: k, stride: 1, pad: k / 2, ho: h, wo: w };
+        let x: Vec<f32> = randn(&[c * h * w], 7, DType::F32).to_vec1().unwrap();
+        for relu in [false, true] {
+            let mut simd = vec![f32::NAN; g.k() * h * w];
+            super::im2col_simd::im2col_same_f32(&g, &x, &mut simd, relu);
+            // The portable path, on f64 (which never takes the SIMD route), then the ReLU.
+            let x64: Vec<f64> = x.iter().map(|&v| v as f64).collect();
+            let mut portable = vec![f64::NAN; g.k() * h * w];
+            super::conv::im2col(&g, &x64, &mut portable);
+            for (i, (a, b)) in simd.iter().zip(&portable).enumerate() {
+                let b = if relu { b.max(0.0) } else { *b };
+                assert_eq!(*a as f64, b, "c={c} h={h} w={w} k={k} relu={relu}: element {i}");
+            }
+        }
+    }
+}
