@@ -64,31 +64,41 @@ pub(crate) fn im2col_same_f32(g: &ConvGeom, x: &[f32], col: &mut [f32], relu: bo
     MASKS.with(|cache| {
         let mut cache = cache.borrow_mut();
         let key = (g.h, g.w, g.kh, g.kw, g.pad);
-        if cache.0 != key || cache.1.is_empty() {
-            *cache = (key, masks(g));
-        }
+        let at = match cache.iter().position(|(k, _)| *k == key) {
+            Some(at) => at,
+            None => {
+                if cache.len() == MASK_CACHE {
+                    cache.remove(0);
+                }
+                cache.push((key, masks(g)));
+                cache.len() - 1
+            }
+        };
+        let masks = &cache[at].1;
         #[cfg(target_arch = "x86_64")]
         // SAFETY: AVX-512F is present (asserted above); the sizes were checked above and the
         // masks belong to this geometry.
         unsafe {
             if relu {
-                avx512::run::<true>(g, x, col, &cache.1)
+                avx512::run::<true>(g, x, col, masks)
             } else {
-                avx512::run::<false>(g, x, col, &cache.1)
+                avx512::run::<false>(g, x, col, masks)
             }
         }
         #[cfg(not(target_arch = "x86_64"))]
-        let _ = relu;
+        let _ = (masks, relu);
     })
 }
+
+/// Geometries whose masks a thread keeps (a network has a few: per stage, 1×1 and 3×3).
+const MASK_CACHE: usize = 16;
 
 /// `(h, w, kh, kw, pad)`: what the masks depend on.
 type MaskKey = (usize, usize, usize, usize, usize);
 
 thread_local! {
-    /// The masks of the last geometry this thread unfolded (consecutive calls share it: every
-    /// sample of a batch, every edge of a cell).
-    static MASKS: std::cell::RefCell<(MaskKey, Vec<u16>)> = const { std::cell::RefCell::new(((0, 0, 0, 0, 0), Vec::new())) };
+    /// The masks of the geometries this thread unfolded last.
+    static MASKS: std::cell::RefCell<Vec<(MaskKey, Vec<u16>)>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 #[cfg(target_arch = "x86_64")]
