@@ -1,6 +1,8 @@
 //! `autoagent`: the command-line entry point. Parses arguments, dispatches to the library crates
 //! and turns every error into one line on stderr and exit code 2.
 
+mod score;
+
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -36,6 +38,11 @@ enum Command {
     Space {
         #[command(subcommand)]
         command: SpaceCommand,
+    },
+    /// Zero-cost proxies.
+    Proxies {
+        #[command(subcommand)]
+        command: ProxiesCommand,
     },
     /// Benchmarks (each prints a table).
     Bench {
@@ -123,6 +130,12 @@ enum SpaceCommand {
 }
 
 #[derive(Subcommand)]
+enum ProxiesCommand {
+    /// Score architectures with zero-cost proxies on one batch of real images.
+    Score(score::ScoreArgs),
+}
+
+#[derive(Subcommand)]
 enum BenchCommand {
     /// Forward, forward+backward and training speed of NB201 networks, side by side with PyTorch.
     TrainSpeed(autoagent_benchmarks::train_speed::TrainSpeedArgs),
@@ -167,6 +180,9 @@ fn run(cli: Cli) -> Result<()> {
         Command::Space {
             command: SpaceCommand::Sample { space, n, seed, unique },
         } => cmd_sample(&space, n, seed, unique),
+        Command::Proxies {
+            command: ProxiesCommand::Score(args),
+        } => score::cmd_score(args),
         Command::Bench {
             command: BenchCommand::TrainSpeed(args),
         } => autoagent_benchmarks::train_speed::run(&args),

@@ -224,3 +224,47 @@ fn train_runs_on_grey_28x28_images() {
         assert!(v["test_acc"].as_f64().unwrap() > 20.0, "{task}: {v}");
     }
 }
+
+#[test]
+fn proxies_score_prints_one_json_line_per_arch_with_nulls_for_undefined_scores() {
+    let data = shared().join("cifar10-mini");
+    let data = data.to_str().unwrap();
+    let best = "|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|skip_connect~0|nor_conv_3x3~1|nor_conv_1x1~2|";
+    let dead = "|none~0|+|none~0|none~1|+|none~0|none~1|none~2|";
+    let dir = tempfile::tempdir().unwrap();
+    let list = dir.path().join("archs.txt");
+    std::fs::write(&list, format!("{best}\n\n{dead}\n")).unwrap();
+    let o = run(&[
+        "proxies",
+        "score",
+        "--archs",
+        list.to_str().unwrap(),
+        "--proxies",
+        "synflow,jacob_cov,params",
+        "--batch-size",
+        "8",
+        "--data-dir",
+        data,
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let lines: Vec<serde_json::Value> = String::from_utf8(o.stdout.clone())
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2);
+    assert_eq!(lines[0]["arch"], best);
+    assert!(lines[0]["synflow"].as_f64().unwrap() > 1e30);
+    assert!(lines[0]["jacob_cov"].as_f64().unwrap() < -8.0);
+    assert_eq!(lines[0]["params"].as_f64().unwrap(), 1.073466);
+    assert!(lines[0]["ms"]["synflow"].as_f64().unwrap() > 0.0);
+    // The dead network's jacob_cov is undefined: null, with a warning, never a made-up number.
+    assert!(lines[1]["jacob_cov"].is_null());
+    assert!(stderr(&o).contains("jacob_cov of |none~0|"), "{}", stderr(&o));
+    // Unknown proxy names are an error, not silently skipped.
+    assert_one_line_error(
+        &run(&["proxies", "score", "--arch", best, "--proxies", "synflow,bogus", "--data-dir", data]),
+        "unknown proxy `bogus`",
+    );
+}

@@ -16,6 +16,7 @@ pub mod error;
 pub mod kernels;
 pub mod nb201;
 pub mod net;
+pub mod proxy;
 pub mod sgemm;
 pub mod train;
 

@@ -10,7 +10,10 @@
 //! (edge from node `s` to node `t` of cell `i`), `cells.{i}.conv_a.bn.weight`,
 //! `cells.{i}.shortcut.weight`, `lastact.bn.running_var`, `classifier.weight`, ….
 
+use std::cell::RefCell;
 use std::sync::Arc;
+
+use autoagent_proxies::{LayerOutput, Trace};
 
 use candle_core::{DType, Device, Tensor, Var, D};
 use candle_nn::{VarBuilder, VarMap};
@@ -190,6 +193,61 @@ pub enum Kernels {
     Composite,
 }
 
+/// What an instrumented forward pass records for the zero-cost proxies (see
+/// [`autoagent_proxies::ProxyNet`]). While it records anything, the fused kernels are not used
+/// (their intermediates never exist as tensors).
+#[derive(Debug, Default)]
+pub(crate) struct Recorder {
+    trace: Trace,
+    relu_inputs: RefCell<Vec<Tensor>>,
+    layer_outputs: RefCell<Vec<LayerOutput>>,
+    features: RefCell<Option<Tensor>>,
+}
+
+impl Recorder {
+    pub(crate) fn new(trace: Trace) -> Self {
+        Recorder { trace, ..Recorder::default() }
+    }
+
+    fn active(rec: Option<&Recorder>) -> bool {
+        rec.is_some_and(|r| r.trace != Trace::default())
+    }
+
+    fn relu_input(rec: Option<&Recorder>, x: &Tensor) {
+        if let Some(r) = rec.filter(|r| r.trace.relu_inputs) {
+            r.relu_inputs.borrow_mut().push(x.detach());
+        }
+    }
+
+    /// `z`, or `z + probe` with a recorded zero probe when layer outputs are traced.
+    fn layer_output(rec: Option<&Recorder>, z: Tensor, fan_in: usize) -> Result<Tensor> {
+        match rec.filter(|r| r.trace.layer_outputs) {
+            None => Ok(z),
+            Some(r) => {
+                let probe = Var::zeros(z.shape(), z.dtype(), z.device())?;
+                let out = (&z + probe.as_tensor())?;
+                r.layer_outputs.borrow_mut().push(LayerOutput {
+                    value: z.detach(),
+                    probe,
+                    fan_in,
+                });
+                Ok(out)
+            }
+        }
+    }
+
+    fn features(rec: Option<&Recorder>, x: &Tensor) {
+        if let Some(r) = rec.filter(|r| r.trace.features) {
+            *r.features.borrow_mut() = Some(x.detach());
+        }
+    }
+
+    /// The recorded ReLU inputs, layer outputs and features.
+    pub(crate) fn finish(self) -> (Vec<Tensor>, Vec<LayerOutput>, Option<Tensor>) {
+        (self.relu_inputs.into_inner(), self.layer_outputs.into_inner(), self.features.into_inner())
+    }
+}
+
 /// BatchNorm over the channels of an NCHW tensor.
 #[derive(Debug, Clone)]
 struct BatchNorm {
@@ -285,9 +343,9 @@ impl ConvUnit {
         })
     }
 
-    fn forward(&self, xs: &Tensor, mode: BnMode, k: Kernels) -> Result<Tensor> {
+    fn forward(&self, xs: &Tensor, mode: BnMode, k: Kernels, rec: Option<&Recorder>) -> Result<Tensor> {
         if let (Some(bn), BnMode::Train | BnMode::Batch, Kernels::Fused) = (&self.bn, mode, k) {
-            if xs.device().is_cpu() && kernels::supports(xs.dtype()) {
+            if xs.device().is_cpu() && kernels::supports(xs.dtype()) && !Recorder::active(rec) {
                 // One fused node for ReLU, convolution and BatchNorm.
                 let gb = Tensor::cat(&[&bn.weight, &bn.bias], 0)?;
                 let (z, mean, var) = kernels::relu_conv_bn(xs, &self.weight, &gb, self.stride, self.pad, self.relu, BN_EPS)?;
@@ -297,8 +355,15 @@ impl ConvUnit {
                 return Ok(z);
             }
         }
-        let xs = if self.relu { kernels::relu(xs)? } else { xs.clone() };
+        let xs = if self.relu {
+            Recorder::relu_input(rec, xs);
+            kernels::relu(xs)?
+        } else {
+            xs.clone()
+        };
         let ys = kernels::conv2d(&xs, &self.weight, self.stride, self.pad)?;
+        let fan_in = self.weight.dims()[1..].iter().product();
+        let ys = Recorder::layer_output(rec, ys, fan_in)?;
         match &self.bn {
             Some(bn) => bn.forward(&ys, mode, k),
             None => Ok(ys),
@@ -380,8 +445,13 @@ impl Cell {
         Ok(out)
     }
 
-    fn forward(&self, xs: &Tensor, mode: BnMode, k: Kernels) -> Result<Tensor> {
-        if k == Kernels::Fused && matches!(mode, BnMode::Train | BnMode::Batch) && xs.device().is_cpu() && kernels::supports(xs.dtype()) {
+    fn forward(&self, xs: &Tensor, mode: BnMode, k: Kernels, rec: Option<&Recorder>) -> Result<Tensor> {
+        if k == Kernels::Fused
+            && matches!(mode, BnMode::Train | BnMode::Batch)
+            && xs.device().is_cpu()
+            && kernels::supports(xs.dtype())
+            && !Recorder::active(rec)
+        {
             return self.forward_fused(xs, mode);
         }
         let mut nodes: Vec<Option<Tensor>> = vec![Some(xs.clone()), None, None, None];
@@ -400,7 +470,7 @@ impl Cell {
                 let y = match edge {
                     Edge::Skip => input,
                     Edge::Pool => kernels::avg_pool2d(&input, 3, 1, 1, false)?,
-                    Edge::Conv(unit) => unit.forward(&input, mode, k)?,
+                    Edge::Conv(unit) => unit.forward(&input, mode, k, rec)?,
                 };
                 sum = Some(match sum {
                     None => y,
@@ -432,9 +502,9 @@ impl Reduction {
         })
     }
 
-    fn forward(&self, xs: &Tensor, mode: BnMode, k: Kernels) -> Result<Tensor> {
-        let main = self.conv_b.forward(&self.conv_a.forward(xs, mode, k)?, mode, k)?;
-        let short = self.shortcut.forward(&kernels::avg_pool2d(xs, 2, 2, 0, true)?, mode, k)?;
+    fn forward(&self, xs: &Tensor, mode: BnMode, k: Kernels, rec: Option<&Recorder>) -> Result<Tensor> {
+        let main = self.conv_b.forward(&self.conv_a.forward(xs, mode, k, rec)?, mode, k, rec)?;
+        let short = self.shortcut.forward(&kernels::avg_pool2d(xs, 2, 2, 0, true)?, mode, k, rec)?;
         Ok((main + short)?)
     }
 }
@@ -505,19 +575,26 @@ impl Nb201Net {
 
     /// Logits with an explicit BatchNorm mode.
     pub fn forward_mode(&self, xs: &Tensor, mode: BnMode) -> Result<Tensor> {
+        self.forward_traced(xs, mode, None)
+    }
+
+    /// [`Nb201Net::forward_mode`], recording what `rec` traces.
+    pub(crate) fn forward_traced(&self, xs: &Tensor, mode: BnMode, rec: Option<&Recorder>) -> Result<Tensor> {
         let k = self.kernels;
-        let mut x = self.stem.forward(xs, mode, k)?;
+        let mut x = self.stem.forward(xs, mode, k, rec)?;
         for layer in &self.layers {
             x = match layer {
-                Layer::Cell(cell) => cell.forward(&x, mode, k)?,
-                Layer::Reduction(r) => r.forward(&x, mode, k)?,
+                Layer::Cell(cell) => cell.forward(&x, mode, k, rec)?,
+                Layer::Reduction(r) => r.forward(&x, mode, k, rec)?,
             };
         }
         let x = self.lastact.forward(&x, mode, k)?;
+        Recorder::relu_input(rec, &x);
         let x = kernels::relu(&x)?;
+        Recorder::features(rec, &x);
         let pooled = x.mean((2, 3))?; // global average pool: (batch, channels)
-        let logits = pooled.matmul(&self.classifier_w.t()?)?;
-        Ok(logits.broadcast_add(&self.classifier_b)?)
+        let logits = pooled.matmul(&self.classifier_w.t()?)?.broadcast_add(&self.classifier_b)?;
+        Recorder::layer_output(rec, logits, self.classifier_w.dim(1)?)
     }
 }
 

@@ -237,7 +237,13 @@ fn fused_cells_agree_with_the_composite_form_in_f32() {
         "|avg_pool_3x3~0|+|nor_conv_1x1~0|nor_conv_3x3~1|+|nor_conv_3x3~0|skip_connect~1|avg_pool_3x3~2|",
     ];
     for arch in archs {
-        let cfg = Nb201Config { channels: 8, cells_per_stage: 1, num_classes: 10, input_size: 16, ..Nb201Config::new(Arch::parse(arch).unwrap()) };
+        let cfg = Nb201Config {
+            channels: 8,
+            cells_per_stage: 1,
+            num_classes: 10,
+            input_size: 16,
+            ..Nb201Config::new(Arch::parse(arch).unwrap())
+        };
         let xs = Tensor::randn(0f32, 1.0, (5, 3, 16, 16), &Device::Cpu).unwrap();
         let ys = Tensor::new(&[0u32, 3, 4, 9, 1], &Device::Cpu).unwrap();
         let mut results = Vec::new();

@@ -1,6 +1,89 @@
 //! # autoagent-proxies
 //!
-//! Zero-cost NAS proxies (synflow, NASWOT, jacob_cov, grad_norm, snip, grasp, fisher, zen, zico,
-//! params, flops) behind one `Proxy` trait, and the small instrumentation trait networks implement
-//! so that every proxy works on every search space. Built next (issue 3); this crate is an empty
-//! member of the workspace until then.
+//! Zero-cost NAS proxies: rank a candidate network without training it. Each proxy follows the
+//! reference definition in `shared/PROXIES.md` §2 (precision, input, BatchNorm handling, loss,
+//! how per-layer values are summed) and lives in its own module behind the [`Proxy`] trait;
+//! [`registry`] finds them by name. Networks take part through the small instrumentation trait
+//! in [`net`] ([`Candidate`] builds fresh seeded copies, [`ProxyNet`] records ReLU inputs, layer
+//! outputs and features), so any search space that implements it gets every proxy.
+//!
+//! Scores are f64. A non-finite score is an `Ok(f64::NAN / ±inf)`: callers report it as missing
+//! (never silently replaced, unlike NASLib's −1e8).
+
+#![warn(missing_docs)]
+
+use candle_core::Tensor;
+
+pub mod fisher;
+pub mod flops;
+pub mod grad_norm;
+pub mod jacob_cov;
+mod linalg;
+pub mod naswot;
+pub mod net;
+pub mod params;
+pub mod registry;
+pub mod score;
+pub mod snip;
+pub mod stats;
+pub mod synflow;
+
+pub use net::{BnHandling, Candidate, LayerOutput, ProxyNet, Recording, Trace, Weight};
+pub use registry::{all_names, by_name};
+
+/// Errors of proxy computation.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A tensor operation failed.
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+    /// Anything else, with its explanation.
+    #[error("{0}")]
+    Msg(String),
+}
+
+/// Result of proxy computation.
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// One minibatch, loaded once and reused by every proxy and architecture.
+#[derive(Debug, Clone)]
+pub struct Batch {
+    /// `(n, c, h, w)` images, normalised.
+    pub images: Tensor,
+    /// `(n,)` class labels (u32).
+    pub labels: Tensor,
+}
+
+/// A zero-cost proxy.
+pub trait Proxy: Send + Sync {
+    /// Its registry name (`synflow`, `naswot`, …).
+    fn name(&self) -> &'static str;
+    /// Whether the score depends on the data batch (synflow, params and flops do not), which
+    /// decides whether the batch is part of its cache key.
+    fn uses_data(&self) -> bool {
+        true
+    }
+    /// Score one architecture: higher should mean better.
+    fn score(&self, candidate: &dyn Candidate, batch: &Batch, seed: u64) -> Result<f64>;
+}
+
+/// Sum of `f(weight, gradient)` over the scored weights, each term an f64 scalar.
+pub(crate) fn sum_over_weights(weights: &[Weight], grads: &candle_core::backprop::GradStore, f: impl Fn(&Tensor, &Tensor) -> Result<f64>) -> Result<f64> {
+    let mut total = 0.0;
+    for w in weights {
+        if let Some(g) = grads.get(w.var.as_tensor()) {
+            total += f(w.var.as_tensor(), g)?;
+        }
+    }
+    Ok(total)
+}
+
+/// Cross-entropy of logits against labels (mean over the batch), in the logits' dtype.
+pub(crate) fn cross_entropy(logits: &Tensor, labels: &Tensor) -> Result<Tensor> {
+    Ok(candle_nn::loss::cross_entropy(logits, labels)?)
+}
+
+/// A tensor's elements as f64.
+pub(crate) fn to_f64_vec(t: &Tensor) -> Result<Vec<f64>> {
+    Ok(t.to_dtype(candle_core::DType::F64)?.flatten_all()?.to_vec1::<f64>()?)
+}

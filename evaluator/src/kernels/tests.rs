@@ -291,7 +291,19 @@ fn simd_im2col_matches_the_portable_one() {
         return;
     }
     for &(c, h, w, k) in &[(3, 7, 5, 3), (2, 8, 8, 3), (4, 32, 32, 3), (2, 4, 4, 1), (3, 6, 9, 5), (1, 1, 3, 3)] {
-        let g = ConvGeom { n: 1, cin: c, h, w, cout: 1, kh: k, kw: k, stride: 1, pad: k / 2, ho: h, wo: w };
+        let g = ConvGeom {
+            n: 1,
+            cin: c,
+            h,
+            w,
+            cout: 1,
+            kh: k,
+            kw: k,
+            stride: 1,
+            pad: k / 2,
+            ho: h,
+            wo: w,
+        };
         let x: Vec<f32> = randn(&[c * h * w], 7, DType::F32).to_vec1().unwrap();
         for relu in [false, true] {
             let mut simd = vec![f32::NAN; g.k() * h * w];

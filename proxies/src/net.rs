@@ -1,0 +1,100 @@
+//! What a network exposes so that every proxy works on it: the instrumentation trait.
+//!
+//! A search space implements [`Candidate`] (build a fresh network for a proxy, in the dtype and
+//! mode it needs) and [`ProxyNet`] (a forward pass that can record what proxies look at). The
+//! proxies never see the network's structure beyond this.
+
+use candle_core::{DType, Device, Tensor, Var};
+
+use crate::Result;
+
+/// How BatchNorm behaves in an instrumented forward pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BnHandling {
+    /// Normalise with the batch's statistics, leave the running statistics alone (the
+    /// reference harness: train mode on a copy of the network).
+    Batch,
+    /// Normalise with the batch's statistics and fold them into the running statistics (zen
+    /// reads the running variances afterwards).
+    Train,
+    /// BatchNorm is the identity (synflow).
+    Bypass,
+}
+
+/// What a forward pass records besides the logits.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Trace {
+    /// The input of every ReLU, per module (NASWOT's binary codes).
+    pub relu_inputs: bool,
+    /// The output of every convolution and linear layer (before BatchNorm), each with a zero
+    /// probe variable added to it so that its gradient can be read (fisher).
+    pub layer_outputs: bool,
+    /// The feature map before global average pooling (zen).
+    pub features: bool,
+}
+
+/// A convolution or linear layer's output recorded by a traced forward pass.
+#[derive(Debug, Clone)]
+pub struct LayerOutput {
+    /// The layer's output (detached).
+    pub value: Tensor,
+    /// A zero variable added to the output in the graph: its gradient is the output's.
+    pub probe: Var,
+    /// The layer's fan-in (see [`Weight::fan_in`]).
+    pub fan_in: usize,
+}
+
+/// What a traced forward pass returns.
+#[derive(Debug, Clone)]
+pub struct Recording {
+    /// `(batch, classes)` logits.
+    pub logits: Tensor,
+    /// ReLU inputs (detached), one per ReLU module in forward order, when traced.
+    pub relu_inputs: Vec<Tensor>,
+    /// Convolution and linear outputs in forward order, when traced.
+    pub layer_outputs: Vec<LayerOutput>,
+    /// The feature map before global average pooling, when traced.
+    pub features: Option<Tensor>,
+}
+
+/// A scored weight: the weight of a convolution or linear layer (biases and BatchNorm
+/// parameters are never scored).
+#[derive(Debug, Clone)]
+pub struct Weight {
+    /// Its name in the network's parameter store.
+    pub name: String,
+    /// The variable.
+    pub var: Var,
+    /// Inputs per output unit: `cin·kh·kw` for a convolution, `in_features` for a linear layer.
+    pub fan_in: usize,
+}
+
+/// A network instrumented for zero-cost proxies.
+pub trait ProxyNet {
+    /// Forward an NCHW batch, recording what `trace` asks for.
+    fn forward(&self, x: &Tensor, bn: BnHandling, trace: Trace) -> Result<Recording>;
+    /// The convolution and linear weights, in forward order.
+    fn weights(&self) -> Vec<Weight>;
+    /// Every state tensor: weights, biases, BatchNorm parameters and running statistics.
+    fn state(&self) -> Vec<(String, Var)>;
+    /// The running variance of every BatchNorm, in forward order.
+    fn bn_running_vars(&self) -> Vec<Tensor>;
+}
+
+/// An architecture that proxies can score: it builds fresh, seeded networks on demand (each
+/// proxy works on its own copy, as the reference harness does) and knows its closed-form cost.
+pub trait Candidate: Sync {
+    /// A stable key for caching: the canonical form of the architecture (isomorphic cells
+    /// share it).
+    fn key(&self) -> String;
+    /// Build the network with PyTorch-default initialisation from `seed`, in `dtype`, on
+    /// `device`. `higher_order` asks for operations whose gradients can be differentiated again
+    /// (GraSP's Hessian-vector product).
+    fn build(&self, dtype: DType, device: &Device, seed: u64, higher_order: bool) -> Result<Box<dyn ProxyNet>>;
+    /// Trainable parameters.
+    fn param_count(&self) -> usize;
+    /// FLOPs of one forward pass, in the search space's own counting convention.
+    fn flops(&self) -> f64;
+    /// Input shape `(channels, height, width)` the network expects.
+    fn input_shape(&self) -> (usize, usize, usize);
+}

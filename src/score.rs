@@ -1,0 +1,149 @@
+//! `autoagent proxies score`: zero-cost proxy scores of NB201 architectures on real images.
+
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use autoagent_evaluator::data::{self, DatasetKind};
+use autoagent_evaluator::nb201::Arch;
+use autoagent_evaluator::net::Nb201Config;
+use autoagent_evaluator::proxy::{proxy_batch, Nb201Candidate};
+use autoagent_evaluator::train;
+use autoagent_proxies::registry::parse_list;
+use autoagent_proxies::score::Scorer;
+use clap::Args;
+use rand::SeedableRng;
+
+use crate::DataArgs;
+
+#[derive(Args)]
+pub(crate) struct ScoreArgs {
+    /// Search space (only nb201 for now).
+    #[arg(long, default_value = "nb201")]
+    space: String,
+    /// One architecture string.
+    #[arg(long, conflicts_with_all = ["archs", "sample"])]
+    arch: Option<String>,
+    /// A file with one architecture string per line.
+    #[arg(long, conflicts_with = "sample")]
+    archs: Option<PathBuf>,
+    /// Score K architectures sampled uniformly with --seed.
+    #[arg(long)]
+    sample: Option<usize>,
+    /// Dataset the images come from: cifar10, cifar100, mnist, fashion-mnist.
+    #[arg(long, default_value = "cifar10")]
+    task: String,
+    /// Comma-separated proxy names, or `all`.
+    #[arg(long, default_value = "synflow,naswot,grad_norm")]
+    proxies: String,
+    /// Images in the proxies' batch.
+    #[arg(long, default_value_t = 64)]
+    batch_size: usize,
+    /// Seed of the batch draw, the initialisation and --sample.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Device: cpu or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// Print one JSON object per architecture per line.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    data: DataArgs,
+}
+
+fn archs_of(args: &ScoreArgs) -> Result<Vec<Arch>> {
+    if let Some(a) = &args.arch {
+        return Ok(vec![Arch::parse(a)?]);
+    }
+    if let Some(path) = &args.archs {
+        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+        let archs = text
+            .lines()
+            .enumerate()
+            .filter(|(_, l)| !l.trim().is_empty())
+            .map(|(i, l)| Arch::parse(l.trim()).with_context(|| format!("{}:{}", path.display(), i + 1)))
+            .collect::<Result<Vec<_>>>()?;
+        if archs.is_empty() {
+            bail!("{} holds no architecture", path.display());
+        }
+        return Ok(archs);
+    }
+    match args.sample {
+        Some(0) => bail!("--sample must be at least 1"),
+        Some(k) => {
+            let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(args.seed);
+            Ok((0..k).map(|_| Arch::sample(&mut rng)).collect())
+        }
+        None => bail!("name the architectures: --arch ARCH, --archs FILE or --sample K"),
+    }
+}
+
+pub(crate) fn cmd_score(args: ScoreArgs) -> Result<()> {
+    if args.space != "nb201" {
+        bail!("unknown search space '{}' (available: nb201)", args.space);
+    }
+    let kind =
+        DatasetKind::from_name(&args.task).with_context(|| format!("unknown task '{}' (available: cifar10, cifar100, mnist, fashion-mnist)", args.task))?;
+    let proxies = parse_list(&args.proxies).map_err(anyhow::Error::msg)?;
+    let archs = archs_of(&args)?;
+    let device = train::parse_device(&args.device)?;
+    let root = data::data_root(args.data.data_dir.as_deref());
+    let dataset = data::open(kind, &root, !args.data.no_download)?;
+    let batch = proxy_batch(&dataset, args.batch_size, args.seed, &device)?;
+    let scorer = Scorer::new(proxies, batch, format!("{}:b{}:s{}", kind.name(), args.batch_size, args.seed), args.seed);
+    let (c, h, _) = kind.image_shape();
+    let bar = if std::io::stderr().is_terminal() {
+        let bar = indicatif::ProgressBar::new(archs.len() as u64);
+        bar.set_style(indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} archs  {elapsed} (eta {eta})  {msg}").expect("valid template"));
+        bar
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    let mut out = std::io::stdout().lock();
+    let names = scorer.names();
+    if !args.json {
+        writeln!(out, "{}\tarch", names.join("\t"))?;
+    }
+    for arch in archs {
+        let config = Nb201Config {
+            num_classes: kind.num_classes(),
+            in_channels: c,
+            input_size: h,
+            ..Nb201Config::new(arch)
+        };
+        let candidate = Nb201Candidate::new(config);
+        let scores = scorer.score(&candidate);
+        let mut json = serde_json::Map::new();
+        json.insert("arch".into(), arch.to_string().into());
+        let mut ms = serde_json::Map::new();
+        let mut cols = Vec::new();
+        for s in &scores {
+            let value = match &s.value {
+                Ok(v) if v.is_finite() => Some(*v),
+                Ok(v) => {
+                    bar.suspend(|| eprintln!("warning: {} of {arch} is not finite ({v}); reported as null", s.proxy));
+                    None
+                }
+                Err(e) => {
+                    bar.suspend(|| eprintln!("warning: {} of {arch} failed: {e}; reported as null", s.proxy));
+                    None
+                }
+            };
+            json.insert(s.proxy.into(), value.map_or(serde_json::Value::Null, serde_json::Value::from));
+            ms.insert(s.proxy.into(), serde_json::Value::from((s.ms * 1000.0).round() / 1000.0));
+            cols.push(value.map_or("null".to_string(), |v| format!("{v:.6}")));
+        }
+        json.insert("ms".into(), ms.into());
+        bar.suspend(|| -> std::io::Result<()> {
+            if args.json {
+                writeln!(out, "{}", serde_json::Value::Object(json))
+            } else {
+                writeln!(out, "{}\t{arch}", cols.join("\t"))
+            }
+        })?;
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    Ok(())
+}
