@@ -199,6 +199,8 @@ pub enum Kernels {
 #[derive(Debug, Default)]
 pub(crate) struct Recorder {
     trace: Trace,
+    /// ReLU masks to apply instead of the ReLUs, in forward order (a frozen linearisation).
+    masks: RefCell<std::collections::VecDeque<Tensor>>,
     relu_inputs: RefCell<Vec<Tensor>>,
     layer_outputs: RefCell<Vec<LayerOutput>>,
     features: RefCell<Option<Tensor>>,
@@ -209,13 +211,36 @@ impl Recorder {
         Recorder { trace, ..Recorder::default() }
     }
 
-    fn active(rec: Option<&Recorder>) -> bool {
-        rec.is_some_and(|r| r.trace != Trace::default())
+    /// A recorder that replaces the ReLUs, in forward order, by multiplications with `masks`.
+    pub(crate) fn with_masks(trace: Trace, masks: &[Tensor]) -> Self {
+        Recorder {
+            trace,
+            masks: RefCell::new(masks.iter().cloned().collect()),
+            ..Recorder::default()
+        }
     }
 
-    fn relu_input(rec: Option<&Recorder>, x: &Tensor) {
+    fn active(rec: Option<&Recorder>) -> bool {
+        rec.is_some_and(|r| r.trace != Trace::default() || !r.masks.borrow().is_empty())
+    }
+
+    /// The ReLU of `x`, recording its input when traced, or `x ⊙ mask` when masks are replayed.
+    fn relu(rec: Option<&Recorder>, x: &Tensor) -> Result<Tensor> {
         if let Some(r) = rec.filter(|r| r.trace.relu_inputs) {
             r.relu_inputs.borrow_mut().push(x.detach());
+        }
+        match rec.and_then(|r| r.masks.borrow_mut().pop_front()) {
+            Some(mask) => {
+                if mask.shape() != x.shape() {
+                    return Err(Error::Config(format!(
+                        "ReLU mask of shape {:?} replayed on an input of shape {:?}",
+                        mask.dims(),
+                        x.dims()
+                    )));
+                }
+                Ok((x * mask.to_dtype(x.dtype())?)?)
+            }
+            None => Ok(kernels::relu(x)?),
         }
     }
 
@@ -355,12 +380,7 @@ impl ConvUnit {
                 return Ok(z);
             }
         }
-        let xs = if self.relu {
-            Recorder::relu_input(rec, xs);
-            kernels::relu(xs)?
-        } else {
-            xs.clone()
-        };
+        let xs = if self.relu { Recorder::relu(rec, xs)? } else { xs.clone() };
         let ys = kernels::conv2d(&xs, &self.weight, self.stride, self.pad)?;
         let fan_in = self.weight.dims()[1..].iter().product();
         let ys = Recorder::layer_output(rec, ys, fan_in)?;
@@ -589,8 +609,7 @@ impl Nb201Net {
             };
         }
         let x = self.lastact.forward(&x, mode, k)?;
-        Recorder::relu_input(rec, &x);
-        let x = kernels::relu(&x)?;
+        let x = Recorder::relu(rec, &x)?;
         Recorder::features(rec, &x);
         let pooled = x.mean((2, 3))?; // global average pool: (batch, channels)
         let logits = pooled.matmul(&self.classifier_w.t()?)?.broadcast_add(&self.classifier_b)?;

@@ -13,22 +13,29 @@ fn proxy_err(e: crate::Error) -> autoagent_proxies::Error {
     }
 }
 
+fn run(model: &Model, x: &Tensor, bn: BnHandling, rec: Recorder) -> autoagent_proxies::Result<Recording> {
+    let mode = match bn {
+        BnHandling::Batch => BnMode::Batch,
+        BnHandling::Train => BnMode::Train,
+        BnHandling::Bypass => BnMode::Bypass,
+    };
+    let logits = model.net.forward_traced(x, mode, Some(&rec)).map_err(proxy_err)?;
+    let (relu_inputs, layer_outputs, features) = rec.finish();
+    Ok(Recording {
+        logits,
+        relu_inputs,
+        layer_outputs,
+        features,
+    })
+}
+
 impl ProxyNet for Model {
     fn forward(&self, x: &Tensor, bn: BnHandling, trace: Trace) -> autoagent_proxies::Result<Recording> {
-        let mode = match bn {
-            BnHandling::Batch => BnMode::Batch,
-            BnHandling::Train => BnMode::Train,
-            BnHandling::Bypass => BnMode::Bypass,
-        };
-        let rec = Recorder::new(trace);
-        let logits = self.net.forward_traced(x, mode, Some(&rec)).map_err(proxy_err)?;
-        let (relu_inputs, layer_outputs, features) = rec.finish();
-        Ok(Recording {
-            logits,
-            relu_inputs,
-            layer_outputs,
-            features,
-        })
+        run(self, x, bn, Recorder::new(trace))
+    }
+
+    fn forward_masked(&self, x: &Tensor, bn: BnHandling, masks: &[Tensor]) -> autoagent_proxies::Result<Recording> {
+        run(self, x, bn, Recorder::with_masks(Trace::default(), masks))
     }
 
     fn weights(&self) -> Vec<Weight> {

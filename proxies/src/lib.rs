@@ -17,6 +17,7 @@ use candle_core::Tensor;
 pub mod fisher;
 pub mod flops;
 pub mod grad_norm;
+pub mod grasp;
 pub mod jacob_cov;
 mod linalg;
 pub mod naswot;
@@ -27,6 +28,8 @@ pub mod score;
 pub mod snip;
 pub mod stats;
 pub mod synflow;
+pub mod zen;
+pub mod zico;
 
 pub use net::{BnHandling, Candidate, LayerOutput, ProxyNet, Recording, Trace, Weight};
 pub use registry::{all_names, by_name};

@@ -79,6 +79,10 @@ pub trait ProxyNet {
     fn state(&self) -> Vec<(String, Var)>;
     /// The running variance of every BatchNorm, in forward order.
     fn bn_running_vars(&self) -> Vec<Tensor>;
+    /// Forward with every ReLU replaced by a multiplication with the given mask (in forward
+    /// order, the shapes of [`Recording::relu_inputs`]): the network linearised in its ReLUs at
+    /// the point where the masks were taken, so that finite differences see no kinks.
+    fn forward_masked(&self, x: &Tensor, bn: BnHandling, masks: &[Tensor]) -> Result<Recording>;
 }
 
 /// An architecture that proxies can score: it builds fresh, seeded networks on demand (each

@@ -4,7 +4,19 @@ use crate::Proxy;
 
 /// Every proxy's name, in the order tables list them.
 pub fn all_names() -> &'static [&'static str] {
-    &["synflow", "naswot", "jacob_cov", "grad_norm", "snip", "fisher", "params", "flops"]
+    &[
+        "synflow",
+        "naswot",
+        "jacob_cov",
+        "grad_norm",
+        "snip",
+        "grasp",
+        "fisher",
+        "zen",
+        "zico",
+        "params",
+        "flops",
+    ]
 }
 
 /// The proxy called `name`, or `None`.
@@ -15,7 +27,10 @@ pub fn by_name(name: &str) -> Option<Box<dyn Proxy>> {
         "jacob_cov" | "jacov" => Box::new(crate::jacob_cov::JacobCov),
         "grad_norm" => Box::new(crate::grad_norm::GradNorm),
         "snip" => Box::new(crate::snip::Snip),
+        "grasp" => Box::new(crate::grasp::Grasp),
         "fisher" => Box::new(crate::fisher::Fisher),
+        "zen" => Box::new(crate::zen::Zen),
+        "zico" => Box::new(crate::zico::Zico),
         "params" => Box::new(crate::params::Params),
         "flops" => Box::new(crate::flops::Flops),
         _ => return None,
