@@ -139,6 +139,8 @@ enum ProxiesCommand {
 enum BenchCommand {
     /// Forward, forward+backward and training speed of NB201 networks, side by side with PyTorch.
     TrainSpeed(autoagent_benchmarks::train_speed::TrainSpeedArgs),
+    /// Milliseconds per architecture per zero-cost proxy, side by side with PyTorch.
+    ProxiesSpeed(autoagent_benchmarks::proxies_speed::ProxiesSpeedArgs),
 }
 
 /// mimalloc's `mi_option_purge_delay` (index 15 of `mi_option_t` in mimalloc v2's header).
@@ -186,6 +188,9 @@ fn run(cli: Cli) -> Result<()> {
         Command::Bench {
             command: BenchCommand::TrainSpeed(args),
         } => autoagent_benchmarks::train_speed::run(&args),
+        Command::Bench {
+            command: BenchCommand::ProxiesSpeed(args),
+        } => autoagent_benchmarks::proxies_speed::run(&args),
     }
 }
 
