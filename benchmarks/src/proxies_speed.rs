@@ -114,7 +114,11 @@ fn run_torch(python: &PathBuf, args: &ProxiesSpeedArgs, names: &[&str], data_dir
     if !out.status.success() {
         let err = String::from_utf8_lossy(&out.stderr);
         let tail: Vec<&str> = err.lines().rev().take(3).collect();
-        bail!("the PyTorch reference failed ({}): {}", out.status, tail.into_iter().rev().collect::<Vec<_>>().join(" | "));
+        bail!(
+            "the PyTorch reference failed ({}): {}",
+            out.status,
+            tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
+        );
     }
     String::from_utf8_lossy(&out.stdout)
         .lines()
@@ -182,7 +186,10 @@ pub fn run(args: &ProxiesSpeedArgs) -> Result<()> {
     print!("{md}");
     if let Some(path) = &args.out {
         let cmd: Vec<String> = std::env::args().collect();
-        let text = format!("# Zero-cost proxy speed: candle vs PyTorch on CPU\n\nProduced by:\n\n```\n{}\n```\n\n{md}", cmd.join(" "));
+        let text = format!(
+            "# Zero-cost proxy speed: candle vs PyTorch on CPU\n\nProduced by:\n\n```\n{}\n```\n\n{md}",
+            cmd.join(" ")
+        );
         std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))?;
     }
     Ok(())

@@ -220,15 +220,27 @@ impl Recorder {
         }
     }
 
+    /// Whether the recorder needs the intermediates of the cells and convolution units (the
+    /// features before pooling are taken outside them, so they do not count).
     fn active(rec: Option<&Recorder>) -> bool {
-        rec.is_some_and(|r| r.trace != Trace::default() || !r.masks.borrow().is_empty())
+        rec.is_some_and(|r| r.trace.relu_inputs || r.trace.layer_outputs || !r.masks.borrow().is_empty())
+    }
+
+    /// Whether the cells must run op by op: layer outputs and mask replay need the units'
+    /// intermediates, ReLU inputs can be read from a fused cell's nodes.
+    fn needs_units(rec: Option<&Recorder>) -> bool {
+        rec.is_some_and(|r| r.trace.layer_outputs || !r.masks.borrow().is_empty())
+    }
+
+    fn relu_input(rec: Option<&Recorder>, x: &Tensor) {
+        if let Some(r) = rec.filter(|r| r.trace.relu_inputs) {
+            r.relu_inputs.borrow_mut().push(x.detach());
+        }
     }
 
     /// The ReLU of `x`, recording its input when traced, or `x ⊙ mask` when masks are replayed.
     fn relu(rec: Option<&Recorder>, x: &Tensor) -> Result<Tensor> {
-        if let Some(r) = rec.filter(|r| r.trace.relu_inputs) {
-            r.relu_inputs.borrow_mut().push(x.detach());
-        }
+        Recorder::relu_input(rec, x);
         match rec.and_then(|r| r.masks.borrow_mut().pop_front()) {
             Some(mask) => {
                 if mask.shape() != x.shape() {
@@ -439,7 +451,7 @@ impl Cell {
 
     /// The cell as one fused node: parameters packed in plan order, running statistics updated
     /// in training mode.
-    fn forward_fused(&self, xs: &Tensor, mode: BnMode) -> Result<Tensor> {
+    fn forward_fused(&self, xs: &Tensor, mode: BnMode, rec: Option<&Recorder>) -> Result<Tensor> {
         let mut parts: Vec<Tensor> = Vec::new();
         let mut bns: Vec<&BatchNorm> = Vec::new();
         for (_, _, e) in &self.edges {
@@ -456,7 +468,18 @@ impl Cell {
         } else {
             Tensor::cat(&parts, 0)?
         };
-        let (out, stats) = kernels::nb201_cell(&self.plan, xs, &params, BN_EPS)?;
+        let (out, stats) = if rec.is_some_and(|r| r.trace.relu_inputs) {
+            // The ReLU input of a convolution edge is its source node.
+            let (out, stats, nodes) = kernels::nb201_cell_with_nodes(&self.plan, xs, &params, BN_EPS)?;
+            for (_, s, e) in &self.edges {
+                if matches!(e, Edge::Conv(_)) {
+                    Recorder::relu_input(rec, if *s == 0 { xs } else { &nodes[*s - 1] });
+                }
+            }
+            (out, stats)
+        } else {
+            kernels::nb201_cell(&self.plan, xs, &params, BN_EPS)?
+        };
         if mode == BnMode::Train {
             for (bn, (mean, var)) in bns.into_iter().zip(stats) {
                 bn.update_running(xs, mean, var)?;
@@ -470,9 +493,9 @@ impl Cell {
             && matches!(mode, BnMode::Train | BnMode::Batch)
             && xs.device().is_cpu()
             && kernels::supports(xs.dtype())
-            && !Recorder::active(rec)
+            && !Recorder::needs_units(rec)
         {
-            return self.forward_fused(xs, mode);
+            return self.forward_fused(xs, mode, rec);
         }
         let mut nodes: Vec<Option<Tensor>> = vec![Some(xs.clone()), None, None, None];
         for target in 1..4 {

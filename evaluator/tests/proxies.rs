@@ -251,3 +251,43 @@ fn zen_uses_only_the_shape_of_the_data() {
     let b = z.score(&small(BEST), &random_batch(6, 99), 2).unwrap();
     assert!(a.is_finite() && a == b, "{a} vs {b}");
 }
+
+#[test]
+fn relu_inputs_from_fused_cells_equal_the_per_op_ones() {
+    // NASWOT reads the ReLU inputs; with fused cells they come from the cells' nodes.
+    use autoagent_evaluator::net::{Kernels, Model};
+    use autoagent_proxies::ProxyNet;
+    let cfg = Nb201Config {
+        channels: 4,
+        cells_per_stage: 2,
+        input_size: 8,
+        ..Nb201Config::new(Arch::parse("|nor_conv_3x3~0|+|none~0|nor_conv_1x1~1|+|skip_connect~0|nor_conv_3x3~1|nor_conv_3x3~2|").unwrap())
+    };
+    let batch = random_batch(5, 8);
+    let trace = autoagent_proxies::Trace {
+        relu_inputs: true,
+        ..Default::default()
+    };
+    let mut runs = Vec::new();
+    for k in [Kernels::Fused, Kernels::PerOp] {
+        let mut m = Model::new(&cfg, DType::F32, &Device::Cpu, 1).unwrap();
+        m.net.set_kernels(k);
+        runs.push(m.forward(&batch.images, autoagent_proxies::BnHandling::Batch, trace).unwrap().relu_inputs);
+    }
+    assert_eq!(runs[0].len(), runs[1].len());
+    assert_eq!(runs[0].len(), 4 * 6 + 2 * 2 + 1);
+    for (a, b) in runs[0].iter().zip(&runs[1]) {
+        assert_eq!(a.dims(), b.dims());
+        let d = (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(d < 1e-4, "max difference {d}");
+    }
+}

@@ -27,7 +27,7 @@ use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::bn::{bwd_coefficients, grad_sums, plane_moments, stats_from_planes, BnStats};
-use super::conv::{im2col_map, inner_threads, per_thread, ConvGeom};
+use super::conv::{flip_weight, im2col_map, inner_threads, per_thread, ConvGeom};
 use super::pool::PoolOp;
 use super::{alloc_uninit, supports, Float};
 
@@ -163,24 +163,6 @@ fn add_affine_into<T: Float>(acc: &mut Option<Vec<T>>, y: &[T], affine: &[(T, T)
     });
 }
 
-/// The weight of a stride-1 "same" convolution rearranged for its input gradient:
-/// `w (cout, cin, k, k)` → `w' (cin, cout, k, k)` with the taps reversed, so that
-/// `gx = w' · im2col(gy)` — the input gradient as an ordinary convolution of `gy` (a GEMM with
-/// `cin` rows and `cout·k²` depth, like the forward pass) instead of a GEMM with depth `cout`
-/// followed by a col2im scatter.
-fn flip_weight<T: Float>(w: &[T], c: usize, k: usize) -> Vec<T> {
-    let kk = k * k;
-    let mut out = alloc_uninit(w.len());
-    for co in 0..c {
-        for ci in 0..c {
-            for t in 0..kk {
-                out[(ci * c + co) * kk + (kk - 1 - t)] = w[(co * c + ci) * kk + t];
-            }
-        }
-    }
-    out
-}
-
 impl CellOp {
     fn geom(&self, k: usize) -> ConvGeom {
         let (n, c, h, w) = self.dims;
@@ -304,7 +286,7 @@ impl CellOp {
         let ck = geom.k();
         let threads = inner_threads(n);
         let coef: Vec<[T; 3]> = coef.iter().map(|a| a.map(T::from_f64)).collect();
-        let flipped = if k > 1 { flip_weight(wt, c, k) } else { Vec::new() };
+        let flipped = if k > 1 { flip_weight(wt, c, c, k * k) } else { Vec::new() };
         let fresh = gin.is_none();
         let gx = gin.get_or_insert_with(|| alloc_uninit(n * xs));
         let per = per_thread(n);
@@ -476,6 +458,22 @@ pub type ChannelStats = (Vec<f64>, Vec<f64>);
 /// order, the batch mean and biased variance of its convolution output (for running statistics).
 /// First-order gradients flow to `x` and `params`.
 pub fn nb201_cell(plan: &Arc<CellPlan>, x: &Tensor, params: &Tensor, eps: f64) -> Result<(Tensor, Vec<ChannelStats>)> {
+    let (out, stats, _) = run_cell(plan, x, params, eps, false)?;
+    Ok((out, stats))
+}
+
+/// [`nb201_cell`], also returning the values of the cell's inner nodes 1 and 2 (copies, without
+/// gradients; zeros for a node with no incoming edge): what instrumentation reads, e.g. the
+/// ReLU inputs of the convolution edges, whose input is their source node.
+pub fn nb201_cell_with_nodes(plan: &Arc<CellPlan>, x: &Tensor, params: &Tensor, eps: f64) -> Result<(Tensor, Vec<ChannelStats>, [Tensor; 2])> {
+    let (out, stats, nodes) = run_cell(plan, x, params, eps, true)?;
+    let nodes = nodes.expect("nodes were asked for");
+    Ok((out, stats, nodes))
+}
+
+type CellRun = (Tensor, Vec<ChannelStats>, Option<[Tensor; 2]>);
+
+fn run_cell(plan: &Arc<CellPlan>, x: &Tensor, params: &Tensor, eps: f64, want_nodes: bool) -> Result<CellRun> {
     let (n, c, h, w) = x.dims4()?;
     if !x.device().is_cpu() || !supports(x.dtype()) || c != plan.channels || params.elem_count() != plan.param_len() {
         candle_core::bail!(
@@ -493,14 +491,26 @@ pub fn nb201_cell(plan: &Arc<CellPlan>, x: &Tensor, params: &Tensor, eps: f64) -
     };
     let out = x.contiguous()?.apply_op2(&params.contiguous()?, op)?;
     let guard = saved.lock().expect("cell stash");
-    let stats = |convs: Vec<Option<(Vec<f64>, Vec<f64>)>>| convs.into_iter().flatten().collect::<Vec<_>>();
     let any = guard.as_ref().expect("forward pass saved its buffers");
-    let per_edge = if let Some(s) = any.downcast_ref::<Saved<f32>>() {
-        stats(s.convs.iter().map(|c| c.as_ref().map(|(_, st)| (st.mean.clone(), st.var.clone()))).collect())
+    fn read<T: Float>(s: &Saved<T>, want_nodes: bool, x: &Tensor) -> Result<(Vec<ChannelStats>, Option<[Tensor; 2]>)> {
+        let stats = s.convs.iter().flatten().map(|(_, st)| (st.mean.clone(), st.var.clone())).collect();
+        if !want_nodes {
+            return Ok((stats, None));
+        }
+        let node = |v: &Option<Vec<T>>| -> Result<Tensor> {
+            match v {
+                Some(v) => Tensor::from_vec(v.clone(), x.shape(), x.device()),
+                None => x.zeros_like(),
+            }
+        };
+        Ok((stats, Some([node(&s.nodes[0])?, node(&s.nodes[1])?])))
+    }
+    let (stats, nodes) = if let Some(s) = any.downcast_ref::<Saved<f32>>() {
+        read(s, want_nodes, x)?
     } else if let Some(s) = any.downcast_ref::<Saved<f64>>() {
-        stats(s.convs.iter().map(|c| c.as_ref().map(|(_, st)| (st.mean.clone(), st.var.clone()))).collect())
+        read(s, want_nodes, x)?
     } else {
         candle_core::bail!("nb201_cell: unexpected saved buffers")
     };
-    Ok((out, per_edge))
+    Ok((out, stats, nodes))
 }

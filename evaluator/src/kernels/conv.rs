@@ -57,6 +57,10 @@ impl ConvGeom {
     pub(crate) fn p(&self) -> usize {
         self.ho * self.wo
     }
+    /// Stride 1, output the size of the input, square odd kernel with padding `k/2`.
+    pub(crate) fn same_odd(&self) -> bool {
+        self.stride == 1 && self.kh == self.kw && self.kh % 2 == 1 && self.pad == self.kh / 2 && self.ho == self.h && self.wo == self.w
+    }
     /// A pointwise convolution needs no im2col: the input plane already is the matrix.
     pub(crate) fn pointwise(&self) -> bool {
         self.kh == 1 && self.kw == 1 && self.stride == 1 && self.pad == 0
@@ -275,6 +279,9 @@ pub(crate) fn conv_fwd<T: Float>(g: &ConvGeom, x: &[T], w: &[T]) -> Vec<T> {
 
 /// `gx = conv_data(gy, w)`: the input gradient (the adjoint of [`conv_fwd`] in `x`).
 pub(crate) fn conv_data<T: Float>(g: &ConvGeom, gy: &[T], w: &[T]) -> Vec<T> {
+    if g.same_odd() && !g.pointwise() {
+        return conv_data_same(g, gy, w);
+    }
     let (k, p) = (g.k(), g.p());
     let xs = g.cin * g.h * g.w;
     let mut gx = vec![T::zero(); g.n * xs];
@@ -296,6 +303,47 @@ pub(crate) fn conv_data<T: Float>(g: &ConvGeom, gy: &[T], w: &[T]) -> Vec<T> {
                 T::matmul(k, p, g.cout, col, p, false, w, (1, k), gyi, (p, 1), threads);
                 col2im(g, col, gxi);
             }
+        },
+    );
+    gx
+}
+
+/// `w (cout, cin, kh, kw)` → `w' (cin, cout, kh, kw)` with the taps reversed: the weight of the
+/// input gradient of a stride-1 "same" convolution seen as a convolution of the output gradient.
+pub(crate) fn flip_weight<T: Float>(w: &[T], cout: usize, cin: usize, taps: usize) -> Vec<T> {
+    let mut out = super::alloc_uninit(w.len());
+    for co in 0..cout {
+        for ci in 0..cin {
+            for t in 0..taps {
+                out[(ci * cout + co) * taps + (taps - 1 - t)] = w[(co * cin + ci) * taps + t];
+            }
+        }
+    }
+    out
+}
+
+/// [`conv_data`] of a stride-1 "same" convolution with an odd square kernel: the input gradient
+/// is the convolution of `gy` with the flipped weight, `gx_i = w' · im2col(gy_i)` — a GEMM with
+/// `cin` rows and depth `cout·k²` instead of one with depth `cout` plus a col2im scatter.
+fn conv_data_same<T: Float>(g: &ConvGeom, gy: &[T], w: &[T]) -> Vec<T> {
+    let p = g.p();
+    let taps = g.kh * g.kw;
+    let flipped = flip_weight(w, g.cout, g.cin, taps);
+    // The geometry of the convolution of gy (cout channels) producing gx (cin channels).
+    let back = ConvGeom {
+        cin: g.cout,
+        cout: g.cin,
+        ..*g
+    };
+    let depth = back.k();
+    let xs = g.cin * p;
+    let mut gx = super::alloc_uninit::<T>(g.n * xs);
+    let threads = inner_threads(g.n);
+    gx.par_chunks_mut(xs).enumerate().with_min_len(per_thread(g.n)).for_each_init(
+        || super::alloc_uninit::<T>(depth * p),
+        |col, (i, gxi)| {
+            im2col(&back, &gy[i * g.cout * p..(i + 1) * g.cout * p], col);
+            T::matmul(g.cin, p, depth, gxi, p, false, &flipped, (depth, 1), col, (p, 1), threads);
         },
     );
     gx
