@@ -13,7 +13,8 @@
 use std::cell::RefCell;
 use std::sync::Arc;
 
-use autoagent_proxies::{LayerOutput, Trace};
+use autoagent_proxies::{GradSource, LayerOutput, Trace};
+use kernels::GradSlot;
 
 use candle_core::{DType, Device, Tensor, Var, D};
 use candle_nn::{VarBuilder, VarMap};
@@ -226,10 +227,10 @@ impl Recorder {
         rec.is_some_and(|r| r.trace.relu_inputs || r.trace.layer_outputs || !r.masks.borrow().is_empty())
     }
 
-    /// Whether the cells must run op by op: layer outputs and mask replay need the units'
-    /// intermediates, ReLU inputs can be read from a fused cell's nodes.
+    /// Whether the cells must run op by op: mask replay needs the units; ReLU inputs and layer
+    /// outputs with their gradients come from a fused cell's instrumentation.
     fn needs_units(rec: Option<&Recorder>) -> bool {
-        rec.is_some_and(|r| r.trace.layer_outputs || !r.masks.borrow().is_empty())
+        rec.is_some_and(|r| !r.masks.borrow().is_empty())
     }
 
     fn relu_input(rec: Option<&Recorder>, x: &Tensor) {
@@ -265,7 +266,7 @@ impl Recorder {
                 let out = (&z + probe.as_tensor())?;
                 r.layer_outputs.borrow_mut().push(LayerOutput {
                     value: z.detach(),
-                    probe,
+                    grad: GradSource::Probe(probe),
                     fan_in,
                 });
                 Ok(out)
@@ -468,17 +469,32 @@ impl Cell {
         } else {
             Tensor::cat(&parts, 0)?
         };
-        let (out, stats) = if rec.is_some_and(|r| r.trace.relu_inputs) {
-            // The ReLU input of a convolution edge is its source node.
-            let (out, stats, nodes) = kernels::nb201_cell_with_nodes(&self.plan, xs, &params, BN_EPS)?;
-            for (_, s, e) in &self.edges {
-                if matches!(e, Edge::Conv(_)) {
-                    Recorder::relu_input(rec, if *s == 0 { xs } else { &nodes[*s - 1] });
+        let traced = rec.filter(|r| r.trace.relu_inputs || r.trace.layer_outputs);
+        let (out, stats) = match traced {
+            None => kernels::nb201_cell(&self.plan, xs, &params, BN_EPS)?,
+            Some(r) => {
+                let convs: Vec<&ConvUnit> = self.edges.iter().filter_map(|(_, _, e)| if let Edge::Conv(u) = e { Some(u) } else { None }).collect();
+                let trace = kernels::CellTrace {
+                    nodes: r.trace.relu_inputs,
+                    conv_grads: r.trace.layer_outputs.then(|| convs.iter().map(|_| GradSlot::default()).collect()),
+                };
+                let t = kernels::nb201_cell_traced(&self.plan, xs, &params, BN_EPS, &trace)?;
+                if let Some(nodes) = &t.nodes {
+                    // The ReLU input of a convolution edge is its source node.
+                    for (_, s, e) in &self.edges {
+                        if matches!(e, Edge::Conv(_)) {
+                            Recorder::relu_input(rec, if *s == 0 { xs } else { &nodes[*s - 1] });
+                        }
+                    }
                 }
+                if let Some(slots) = trace.conv_grads {
+                    for ((unit, value), slot) in convs.iter().zip(t.conv_outputs).zip(slots) {
+                        let fan_in = unit.weight.dims()[1..].iter().product();
+                        r.layer_outputs.borrow_mut().push(LayerOutput { value, grad: GradSource::Slot(slot), fan_in });
+                    }
+                }
+                (t.out, t.stats)
             }
-            (out, stats)
-        } else {
-            kernels::nb201_cell(&self.plan, xs, &params, BN_EPS)?
         };
         if mode == BnMode::Train {
             for (bn, (mean, var)) in bns.into_iter().zip(stats) {

@@ -291,3 +291,36 @@ fn relu_inputs_from_fused_cells_equal_the_per_op_ones() {
         assert!(d < 1e-4, "max difference {d}");
     }
 }
+
+#[test]
+fn fisher_is_the_same_with_fused_and_per_op_cells() {
+    // With fused cells the convolution outputs' gradients come from the cell kernel's backward
+    // pass instead of probe variables; the layers and their values must be the same.
+    use autoagent_evaluator::net::{Kernels, Model};
+    use autoagent_proxies::ProxyNet;
+    let cfg = Nb201Config { channels: 4, cells_per_stage: 2, input_size: 8, ..Nb201Config::new(Arch::parse("|nor_conv_3x3~0|+|none~0|nor_conv_1x1~1|+|skip_connect~0|nor_conv_3x3~1|nor_conv_3x3~2|").unwrap()) };
+    let batch = random_batch(5, 8);
+    let trace = autoagent_proxies::Trace { layer_outputs: true, ..Default::default() };
+    let mut per_run = Vec::new();
+    for k in [Kernels::Fused, Kernels::PerOp] {
+        let mut m = Model::new(&cfg, DType::F64, &Device::Cpu, 1).unwrap();
+        m.net.set_kernels(k);
+        let x = batch.images.to_dtype(DType::F64).unwrap();
+        let rec = m.forward(&x, autoagent_proxies::BnHandling::Batch, trace).unwrap();
+        let grads = candle_nn::loss::cross_entropy(&rec.logits, &batch.labels).unwrap().backward().unwrap();
+        // Per layer: Σ z·∂L/∂z, sorted (the two paths record layers in different orders).
+        let mut v: Vec<f64> = rec
+            .layer_outputs
+            .iter()
+            .map(|o| (&o.value * o.gradient(&grads).unwrap()).unwrap().sum_all().unwrap().to_scalar::<f64>().unwrap())
+            .collect();
+        v.sort_by(f64::total_cmp);
+        per_run.push(v);
+    }
+    // 4 cell convolutions × 6 cells, 3 per reduction block × 2, the stem and the classifier.
+    assert_eq!(per_run[0].len(), 4 * 6 + 3 * 2 + 2);
+    assert_eq!(per_run[0].len(), per_run[1].len());
+    for (a, b) in per_run[0].iter().zip(&per_run[1]) {
+        assert!((a - b).abs() <= 1e-9 * (1.0 + a.abs()), "{a} vs {b}");
+    }
+}

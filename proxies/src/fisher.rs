@@ -28,7 +28,7 @@ impl Proxy for Fisher {
         let grads = cross_entropy(&rec.logits, &batch.labels)?.backward()?;
         let mut total = 0.0;
         for out in &rec.layer_outputs {
-            let Some(g) = grads.get(out.probe.as_tensor()) else { continue };
+            let Some(g) = out.gradient(&grads) else { continue };
             let prod = (out.value.to_dtype(DType::F64)? * g.to_dtype(DType::F64)?)?;
             // (n, k[, h, w]) → (n, k)
             let per = if prod.rank() == 4 { prod.sum((2, 3))? } else { prod };

@@ -31,7 +31,7 @@ pub mod synflow;
 pub mod zen;
 pub mod zico;
 
-pub use net::{BnHandling, Candidate, LayerOutput, ProxyNet, Recording, Trace, Weight};
+pub use net::{BnHandling, Candidate, GradSlot, GradSource, LayerOutput, ProxyNet, Recording, Trace, Weight};
 pub use registry::{all_names, by_name};
 
 /// Errors of proxy computation.

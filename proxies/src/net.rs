@@ -26,8 +26,8 @@ pub enum BnHandling {
 pub struct Trace {
     /// The input of every ReLU, per module (NASWOT's binary codes).
     pub relu_inputs: bool,
-    /// The output of every convolution and linear layer (before BatchNorm), each with a zero
-    /// probe variable added to it so that its gradient can be read (fisher).
+    /// The output of every convolution and linear layer (before BatchNorm), with a way to read
+    /// its gradient after a backward pass (fisher).
     pub layer_outputs: bool,
     /// The feature map before global average pooling (zen).
     pub features: bool,
@@ -38,10 +38,33 @@ pub struct Trace {
 pub struct LayerOutput {
     /// The layer's output (detached).
     pub value: Tensor,
-    /// A zero variable added to the output in the graph: its gradient is the output's.
-    pub probe: Var,
+    /// Where the output's gradient will be after a backward pass through the recording.
+    pub grad: GradSource,
     /// The layer's fan-in (see [`Weight::fan_in`]).
     pub fan_in: usize,
+}
+
+/// Where the gradient of a recorded layer output comes from.
+#[derive(Debug, Clone)]
+pub enum GradSource {
+    /// A zero variable added to the output in the graph: its gradient is the output's.
+    Probe(Var),
+    /// A slot that a fused kernel fills during the backward pass.
+    Slot(GradSlot),
+}
+
+/// A gradient filled in by a fused kernel's backward pass.
+pub type GradSlot = std::sync::Arc<std::sync::Mutex<Option<Tensor>>>;
+
+impl LayerOutput {
+    /// The gradient of the loss with respect to this output, from the backward pass that
+    /// produced `grads`; `None` when the output did not influence the loss.
+    pub fn gradient(&self, grads: &candle_core::backprop::GradStore) -> Option<Tensor> {
+        match &self.grad {
+            GradSource::Probe(p) => grads.get(p.as_tensor()).cloned(),
+            GradSource::Slot(s) => s.lock().unwrap_or_else(|e| e.into_inner()).take(),
+        }
+    }
 }
 
 /// What a traced forward pass returns.

@@ -114,6 +114,36 @@ struct CellOp {
     dims: (usize, usize, usize, usize),
     eps: f64,
     saved: Stash,
+    /// Per convolution edge (in plan order), where the backward pass leaves the gradient of the
+    /// edge's convolution output.
+    conv_grads: Option<Arc<Vec<GradSlot>>>,
+}
+
+/// A place for a tensor that a backward pass fills in.
+pub type GradSlot = Arc<Mutex<Option<Tensor>>>;
+
+/// What [`nb201_cell_traced`] records besides the output.
+#[derive(Debug, Clone, Default)]
+pub struct CellTrace {
+    /// Return the values of nodes 1 and 2.
+    pub nodes: bool,
+    /// One slot per convolution edge (plan order): return the convolution outputs, and fill the
+    /// slots with their gradients during the backward pass.
+    pub conv_grads: Option<Vec<GradSlot>>,
+}
+
+/// What [`nb201_cell_traced`] returns.
+#[derive(Debug)]
+pub struct CellTraced {
+    /// The cell's output.
+    pub out: Tensor,
+    /// Batch mean and biased variance of every convolution output (plan order).
+    pub stats: Vec<ChannelStats>,
+    /// Nodes 1 and 2 (copies without gradients; zeros for a node without incoming edges), when
+    /// asked for.
+    pub nodes: Option<[Tensor; 2]>,
+    /// The convolution outputs before BatchNorm (copies, plan order), when slots were given.
+    pub conv_outputs: Vec<Tensor>,
 }
 
 #[derive(Clone)]
@@ -161,6 +191,21 @@ fn add_affine_into<T: Float>(acc: &mut Option<Vec<T>>, y: &[T], affine: &[(T, T)
             }
         }
     });
+}
+
+/// `a·g + cx·y + b` per `(sample, channel)` plane: the gradient of a convolution output from
+/// the gradient `g` of its BatchNorm output (see [`bwd_coefficients`]).
+fn bn_input_gradient<T: Float>(g: &[T], y: &[T], coef: &[[f64; 3]], hw: usize) -> Vec<T> {
+    let c = coef.len();
+    let mut out = alloc_uninit::<T>(y.len());
+    out.par_chunks_mut(hw).enumerate().for_each(|(plane, o)| {
+        let [a, cx, b] = coef[plane % c].map(T::from_f64);
+        let r = plane * hw..(plane + 1) * hw;
+        for ((o, gv), yv) in o.iter_mut().zip(&g[r.clone()]).zip(&y[r]) {
+            *o = a * *gv + cx * *yv + b;
+        }
+    });
+    out
 }
 
 impl CellOp {
@@ -407,6 +452,12 @@ impl CellOp {
                             gparams[off + wl + c + ch] = T::from_f64(sg);
                         }
                         let coef = bwd_coefficients(&gamma, &sums, stats, (n * hw) as f64);
+                        if let Some(slots) = &self.conv_grads {
+                            let ordinal = offsets[..i].iter().filter(|o| o.is_some()).count();
+                            let gy = bn_input_gradient(g, y, &coef, hw);
+                            let t = Tensor::from_vec(gy, (n, c, h, w), &candle_core::Device::Cpu)?;
+                            *slots[ordinal].lock().unwrap_or_else(|e| e.into_inner()) = Some(t);
+                        }
                         let gw = self.conv_edge_bwd(k, input, g, y, &params[off..off + wl], &coef, &mut grads[s]);
                         gparams[off..off + wl].copy_from_slice(&gw);
                     }
@@ -458,22 +509,25 @@ pub type ChannelStats = (Vec<f64>, Vec<f64>);
 /// order, the batch mean and biased variance of its convolution output (for running statistics).
 /// First-order gradients flow to `x` and `params`.
 pub fn nb201_cell(plan: &Arc<CellPlan>, x: &Tensor, params: &Tensor, eps: f64) -> Result<(Tensor, Vec<ChannelStats>)> {
-    let (out, stats, _) = run_cell(plan, x, params, eps, false)?;
+    let (out, stats, _, _) = run_cell(plan, x, params, eps, &CellTrace::default())?;
     Ok((out, stats))
 }
 
-/// [`nb201_cell`], also returning the values of the cell's inner nodes 1 and 2 (copies, without
-/// gradients; zeros for a node with no incoming edge): what instrumentation reads, e.g. the
-/// ReLU inputs of the convolution edges, whose input is their source node.
-pub fn nb201_cell_with_nodes(plan: &Arc<CellPlan>, x: &Tensor, params: &Tensor, eps: f64) -> Result<(Tensor, Vec<ChannelStats>, [Tensor; 2])> {
-    let (out, stats, nodes) = run_cell(plan, x, params, eps, true)?;
-    let nodes = nodes.expect("nodes were asked for");
-    Ok((out, stats, nodes))
+/// [`nb201_cell`] with instrumentation (see [`CellTrace`]).
+pub fn nb201_cell_traced(plan: &Arc<CellPlan>, x: &Tensor, params: &Tensor, eps: f64, trace: &CellTrace) -> Result<CellTraced> {
+    if let Some(slots) = &trace.conv_grads {
+        let convs = plan.conv_offsets().iter().filter(|o| o.is_some()).count();
+        if slots.len() != convs {
+            candle_core::bail!("nb201_cell_traced: {} gradient slots for {convs} convolution edges", slots.len())
+        }
+    }
+    let (out, stats, nodes, conv_outputs) = run_cell(plan, x, params, eps, trace)?;
+    Ok(CellTraced { out, stats, nodes, conv_outputs })
 }
 
-type CellRun = (Tensor, Vec<ChannelStats>, Option<[Tensor; 2]>);
+type CellRun = (Tensor, Vec<ChannelStats>, Option<[Tensor; 2]>, Vec<Tensor>);
 
-fn run_cell(plan: &Arc<CellPlan>, x: &Tensor, params: &Tensor, eps: f64, want_nodes: bool) -> Result<CellRun> {
+fn run_cell(plan: &Arc<CellPlan>, x: &Tensor, params: &Tensor, eps: f64, trace: &CellTrace) -> Result<CellRun> {
     let (n, c, h, w) = x.dims4()?;
     if !x.device().is_cpu() || !supports(x.dtype()) || c != plan.channels || params.elem_count() != plan.param_len() {
         candle_core::bail!(
@@ -488,29 +542,33 @@ fn run_cell(plan: &Arc<CellPlan>, x: &Tensor, params: &Tensor, eps: f64, want_no
         dims: (n, c, h, w),
         eps,
         saved: saved.clone(),
+        conv_grads: trace.conv_grads.clone().map(Arc::new),
     };
     let out = x.contiguous()?.apply_op2(&params.contiguous()?, op)?;
     let guard = saved.lock().expect("cell stash");
     let any = guard.as_ref().expect("forward pass saved its buffers");
-    fn read<T: Float>(s: &Saved<T>, want_nodes: bool, x: &Tensor) -> Result<(Vec<ChannelStats>, Option<[Tensor; 2]>)> {
+    fn read<T: Float>(s: &Saved<T>, trace: &CellTrace, x: &Tensor) -> Result<CellRun> {
         let stats = s.convs.iter().flatten().map(|(_, st)| (st.mean.clone(), st.var.clone())).collect();
-        if !want_nodes {
-            return Ok((stats, None));
-        }
-        let node = |v: &Option<Vec<T>>| -> Result<Tensor> {
+        let copy = |v: &Option<Vec<T>>| -> Result<Tensor> {
             match v {
                 Some(v) => Tensor::from_vec(v.clone(), x.shape(), x.device()),
                 None => x.zeros_like(),
             }
         };
-        Ok((stats, Some([node(&s.nodes[0])?, node(&s.nodes[1])?])))
+        let nodes = if trace.nodes { Some([copy(&s.nodes[0])?, copy(&s.nodes[1])?]) } else { None };
+        let conv_outputs = if trace.conv_grads.is_some() {
+            s.convs.iter().flatten().map(|(y, _)| Tensor::from_vec(y.clone(), x.shape(), x.device())).collect::<Result<_>>()?
+        } else {
+            Vec::new()
+        };
+        Ok((x.clone(), stats, nodes, conv_outputs))
     }
-    let (stats, nodes) = if let Some(s) = any.downcast_ref::<Saved<f32>>() {
-        read(s, want_nodes, x)?
+    let (_, stats, nodes, conv_outputs) = if let Some(s) = any.downcast_ref::<Saved<f32>>() {
+        read(s, trace, x)?
     } else if let Some(s) = any.downcast_ref::<Saved<f64>>() {
-        read(s, want_nodes, x)?
+        read(s, trace, x)?
     } else {
         candle_core::bail!("nb201_cell: unexpected saved buffers")
     };
-    Ok((out, stats, nodes))
+    Ok((out, stats, nodes, conv_outputs))
 }

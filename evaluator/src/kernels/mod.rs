@@ -50,7 +50,7 @@ mod tests;
 use candle_core::{CpuStorage, DType, Layout, Result, WithDType};
 
 pub use bn::{batch_norm, batch_norm_composite};
-pub use cell::{nb201_cell, nb201_cell_with_nodes, CellEdge, CellPlan, ChannelStats};
+pub use cell::{nb201_cell, nb201_cell_traced, CellEdge, CellPlan, CellTrace, CellTraced, ChannelStats, GradSlot};
 pub use conv::conv2d;
 pub use fused::relu_conv_bn;
 pub use pool::avg_pool2d;
