@@ -8,15 +8,17 @@
 //! Two ways to get `H·g`:
 //!
 //! - [`Grasp`], the registered proxy: the central difference of gradients along `g`,
-//!   `Hg ≈ (∇L(θ + εg) − ∇L(θ − εg)) / 2ε`, in float64 with the first-order kernels, on the
-//!   network linearised in its ReLUs: the two shifted passes apply the ReLU masks of the base
-//!   pass ([`ProxyNet::forward_masked`]). Autograd's Hessian treats every ReLU as fixed (its
-//!   second derivative is 0); a plain finite difference does not, and on a full NB201 network
-//!   a few of its millions of units always cross zero, each adding O(1)/ε to the estimate
-//!   (measured on arch 6111: −2094 against the autograd value 68.2). With the masks frozen the
-//!   function is smooth, the truncation error is O(ε²); with `ε‖g‖ = 1e-7·‖θ‖` the result
-//!   matches autograd to about 1e-8 relative (6111, 4 CIFAR-10 images: 68.190904 against
-//!   68.190906; the tests check small networks). Memory stays that of a training step.
+//!   `Hg ≈ (∇L(θ + εg) − ∇L(θ − εg)) / 2ε`, with the first-order kernels, on the network
+//!   linearised in its ReLUs: the two shifted passes apply the ReLU masks of the base pass
+//!   ([`ProxyNet::forward_masked`]). Autograd's Hessian treats every ReLU as fixed (its second
+//!   derivative is 0); a plain finite difference does not, and on a full NB201 network a few
+//!   of its millions of units always cross zero, each adding O(1)/ε to the estimate (measured
+//!   on arch 6111: −2094 against the autograd value 68.2). With the masks frozen the function
+//!   is smooth and the truncation error is O(ε²). On 6111 with 4 CIFAR-10 images, against
+//!   float64 autograd (68.190906): float64 differences give 68.190904, float32 differences
+//!   68.093, 1.4e-3 off, the same order as float32 autograd, the reference's own precision
+//!   (68.120). The default is float32; `Grasp { dtype: F64 }` is the precise one. Memory stays
+//!   that of a training step.
 //! - [`grasp_exact`]: second-order autograd, as the reference code does. Candle keeps the graph
 //!   of a backward pass only on a thread that read `CANDLE_GRAD_DO_NOT_DETACH` at its first
 //!   backward pass, so this runs on a thread of its own (see [`with_graph_keeping_thread`]).
@@ -29,12 +31,29 @@ use candle_core::{DType, Tensor, Var};
 
 use crate::{cross_entropy, sum_over_weights, Batch, BnHandling, Candidate, Error, Proxy, ProxyNet, Result, Trace, Weight};
 
-/// The GraSP proxy (finite-difference Hessian-gradient product, float64).
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Grasp;
+/// The GraSP proxy (finite-difference Hessian-gradient product on the ReLU-linearised network).
+#[derive(Debug, Clone, Copy)]
+pub struct Grasp {
+    /// The precision of the network and the difference: F32 (the default, the reference's own
+    /// precision) or F64.
+    pub dtype: DType,
+}
 
-/// `ε‖g‖ / ‖θ‖` of the finite difference.
-const REL_STEP: f64 = 1e-7;
+impl Default for Grasp {
+    fn default() -> Self {
+        Grasp { dtype: DType::F32 }
+    }
+}
+
+/// `ε‖g‖ / ‖θ‖` of the finite difference, by precision: small enough for the O(ε²) truncation,
+/// large enough that rounding (relative 1e-7 in f32, 1e-16 in f64) divided by ε stays small.
+fn rel_step(dtype: DType) -> f64 {
+    if dtype == DType::F64 {
+        1e-7
+    } else {
+        3e-6
+    }
+}
 
 /// The loss gradient of every scored weight (zeros where a weight gets none), with the ReLUs
 /// replaced by `masks` when given.
@@ -78,11 +97,12 @@ impl Proxy for Grasp {
     }
 
     fn score(&self, candidate: &dyn Candidate, batch: &Batch, seed: u64) -> Result<f64> {
-        let net = candidate.build(DType::F64, batch.images.device(), seed, false)?;
+        let dtype = self.dtype;
+        let net = candidate.build(dtype, batch.images.device(), seed, false)?;
         let weights = net.weights();
         let thetas: Vec<Tensor> = weights.iter().map(|w| w.var.as_tensor().copy()).collect::<candle_core::Result<_>>()?;
         // The base pass records the ReLU inputs: their masks freeze the linearisation.
-        let x = batch.images.to_dtype(DType::F64)?;
+        let x = batch.images.to_dtype(dtype)?;
         let rec = net.forward(
             &x,
             BnHandling::Batch,
@@ -102,12 +122,12 @@ impl Proxy for Grasp {
         if gnorm == 0.0 {
             return Ok(0.0); // Hg = H·0 = 0
         }
-        let eps = REL_STEP * norm(&thetas)?.max(1.0) / gnorm;
+        let eps = rel_step(dtype) * norm(&thetas)?.max(1.0) / gnorm;
         let shifted = |sign: f64| -> Result<Vec<Tensor>> {
             for ((w, t), gi) in weights.iter().zip(&thetas).zip(&g) {
                 w.var.set(&(t + (gi * (sign * eps))?)?)?;
             }
-            gradients(net.as_ref(), &weights, batch, DType::F64, Some(&masks))
+            gradients(net.as_ref(), &weights, batch, dtype, Some(&masks))
         };
         let plus = shifted(1.0)?;
         let minus = shifted(-1.0)?;

@@ -27,7 +27,7 @@ pub fn by_name(name: &str) -> Option<Box<dyn Proxy>> {
         "jacob_cov" | "jacov" => Box::new(crate::jacob_cov::JacobCov),
         "grad_norm" => Box::new(crate::grad_norm::GradNorm),
         "snip" => Box::new(crate::snip::Snip),
-        "grasp" => Box::new(crate::grasp::Grasp),
+        "grasp" => Box::new(crate::grasp::Grasp::default()),
         "fisher" => Box::new(crate::fisher::Fisher),
         "zen" => Box::new(crate::zen::Zen),
         "zico" => Box::new(crate::zico::Zico),
