@@ -232,6 +232,6 @@ fn markdown(cells: &[Cell], args: &ProxiesSpeedArgs, sgemm: f64, torch: Option<&
             fmt_score(c.torch_score),
         ));
     }
-    s.push_str("\nGFLOP/s use nominal counts in forward passes over the batch: synflow 3 (batch 1, float64), naswot 1, zen 2, grasp 9 (float64), the others 3. Speed above 1 means candle is faster. Scores differ between the frameworks because initialisation and augmentation draws differ; their definitions are the same.\n");
+    s.push_str("\nGFLOP/s use nominal counts in forward passes over the batch: synflow 3 (batch 1, float64), naswot 1, zen 2, grasp 9, the others 3. Speed above 1 means candle is faster. Scores differ between the frameworks because initialisation and augmentation draws differ; their definitions are the same.\n");
     s
 }

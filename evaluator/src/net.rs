@@ -195,8 +195,9 @@ pub enum Kernels {
 }
 
 /// What an instrumented forward pass records for the zero-cost proxies (see
-/// [`autoagent_proxies::ProxyNet`]). While it records anything, the fused kernels are not used
-/// (their intermediates never exist as tensors).
+/// [`autoagent_proxies::ProxyNet`]). Fused cells report their ReLU inputs (their nodes) and
+/// their convolution outputs with gradient slots themselves; the skeleton's fused
+/// ReLU-Conv-BN units, and every cell while ReLU masks are replayed, run op by op instead.
 #[derive(Debug, Default)]
 pub(crate) struct Recorder {
     trace: Trace,
@@ -473,7 +474,11 @@ impl Cell {
         let (out, stats) = match traced {
             None => kernels::nb201_cell(&self.plan, xs, &params, BN_EPS)?,
             Some(r) => {
-                let convs: Vec<&ConvUnit> = self.edges.iter().filter_map(|(_, _, e)| if let Edge::Conv(u) = e { Some(u) } else { None }).collect();
+                let convs: Vec<&ConvUnit> = self
+                    .edges
+                    .iter()
+                    .filter_map(|(_, _, e)| if let Edge::Conv(u) = e { Some(u) } else { None })
+                    .collect();
                 let trace = kernels::CellTrace {
                     nodes: r.trace.relu_inputs,
                     conv_grads: r.trace.layer_outputs.then(|| convs.iter().map(|_| GradSlot::default()).collect()),
@@ -490,7 +495,11 @@ impl Cell {
                 if let Some(slots) = trace.conv_grads {
                     for ((unit, value), slot) in convs.iter().zip(t.conv_outputs).zip(slots) {
                         let fan_in = unit.weight.dims()[1..].iter().product();
-                        r.layer_outputs.borrow_mut().push(LayerOutput { value, grad: GradSource::Slot(slot), fan_in });
+                        r.layer_outputs.borrow_mut().push(LayerOutput {
+                            value,
+                            grad: GradSource::Slot(slot),
+                            fan_in,
+                        });
                     }
                 }
                 (t.out, t.stats)

@@ -225,10 +225,16 @@ fn grasp_finite_difference_matches_second_order_autograd() {
         assert!(exact.abs() > 1e-8, "{arch}: degenerate test, GraSP = {exact}");
         use autoagent_proxies::Proxy;
         let fd64 = autoagent_proxies::grasp::Grasp { dtype: DType::F64 }.score(&cand, &batch, 4).unwrap();
-        assert!((fd64 - exact).abs() <= 1e-5 * exact.abs(), "{arch}: f64 finite difference {fd64} vs autograd {exact}");
+        assert!(
+            (fd64 - exact).abs() <= 1e-5 * exact.abs(),
+            "{arch}: f64 finite difference {fd64} vs autograd {exact}"
+        );
         // The registered one, in float32 (the reference's own precision).
         let fd32 = registry::by_name("grasp").unwrap().score(&cand, &batch, 4).unwrap();
-        assert!((fd32 - exact).abs() <= 1e-2 * exact.abs(), "{arch}: f32 finite difference {fd32} vs autograd {exact}");
+        assert!(
+            (fd32 - exact).abs() <= 1e-2 * exact.abs(),
+            "{arch}: f32 finite difference {fd32} vs autograd {exact}"
+        );
     }
 }
 
@@ -301,9 +307,17 @@ fn fisher_is_the_same_with_fused_and_per_op_cells() {
     // pass instead of probe variables; the layers and their values must be the same.
     use autoagent_evaluator::net::{Kernels, Model};
     use autoagent_proxies::ProxyNet;
-    let cfg = Nb201Config { channels: 4, cells_per_stage: 2, input_size: 8, ..Nb201Config::new(Arch::parse("|nor_conv_3x3~0|+|none~0|nor_conv_1x1~1|+|skip_connect~0|nor_conv_3x3~1|nor_conv_3x3~2|").unwrap()) };
+    let cfg = Nb201Config {
+        channels: 4,
+        cells_per_stage: 2,
+        input_size: 8,
+        ..Nb201Config::new(Arch::parse("|nor_conv_3x3~0|+|none~0|nor_conv_1x1~1|+|skip_connect~0|nor_conv_3x3~1|nor_conv_3x3~2|").unwrap())
+    };
     let batch = random_batch(5, 8);
-    let trace = autoagent_proxies::Trace { layer_outputs: true, ..Default::default() };
+    let trace = autoagent_proxies::Trace {
+        layer_outputs: true,
+        ..Default::default()
+    };
     let mut per_run = Vec::new();
     for k in [Kernels::Fused, Kernels::PerOp] {
         let mut m = Model::new(&cfg, DType::F64, &Device::Cpu, 1).unwrap();

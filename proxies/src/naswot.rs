@@ -39,7 +39,9 @@ pub fn kernel(relu_inputs: &[Tensor]) -> Result<Vec<f64>> {
         let candle_core::Storage::Cpu(cpu) = &*storage else {
             return Err(Error::Msg("naswot: expected a CPU tensor".into()));
         };
-        let (start, end) = layout.contiguous_offsets().ok_or_else(|| Error::Msg("naswot: expected a contiguous tensor".into()))?;
+        let (start, end) = layout
+            .contiguous_offsets()
+            .ok_or_else(|| Error::Msg("naswot: expected a contiguous tensor".into()))?;
         match x.dtype() {
             DType::F32 => pack(&cpu.as_slice::<f32>()?[start..end], per, &mut codes),
             _ => pack(&cpu.as_slice::<f64>()?[start..end], per, &mut codes),
@@ -64,7 +66,11 @@ fn pack<T: candle_core::WithDType>(x: &[T], per: usize, codes: &mut [Vec<u64>]) 
     let zero = T::zero();
     codes.par_iter_mut().enumerate().for_each(|(i, code)| {
         let sample = &x[i * per..(i + 1) * per];
-        code.extend(sample.chunks(64).map(|chunk| chunk.iter().enumerate().fold(0u64, |w, (b, v)| if *v > zero { w | (1 << b) } else { w })));
+        code.extend(
+            sample
+                .chunks(64)
+                .map(|chunk| chunk.iter().enumerate().fold(0u64, |w, (b, v)| if *v > zero { w | (1 << b) } else { w })),
+        );
     });
 }
 

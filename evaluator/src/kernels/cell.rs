@@ -522,7 +522,12 @@ pub fn nb201_cell_traced(plan: &Arc<CellPlan>, x: &Tensor, params: &Tensor, eps:
         }
     }
     let (out, stats, nodes, conv_outputs) = run_cell(plan, x, params, eps, trace)?;
-    Ok(CellTraced { out, stats, nodes, conv_outputs })
+    Ok(CellTraced {
+        out,
+        stats,
+        nodes,
+        conv_outputs,
+    })
 }
 
 type CellRun = (Tensor, Vec<ChannelStats>, Option<[Tensor; 2]>, Vec<Tensor>);
@@ -557,7 +562,11 @@ fn run_cell(plan: &Arc<CellPlan>, x: &Tensor, params: &Tensor, eps: f64, trace: 
         };
         let nodes = if trace.nodes { Some([copy(&s.nodes[0])?, copy(&s.nodes[1])?]) } else { None };
         let conv_outputs = if trace.conv_grads.is_some() {
-            s.convs.iter().flatten().map(|(y, _)| Tensor::from_vec(y.clone(), x.shape(), x.device())).collect::<Result<_>>()?
+            s.convs
+                .iter()
+                .flatten()
+                .map(|(y, _)| Tensor::from_vec(y.clone(), x.shape(), x.device()))
+                .collect::<Result<_>>()?
         } else {
             Vec::new()
         };
