@@ -195,9 +195,9 @@ pub enum Kernels {
 }
 
 /// What an instrumented forward pass records for the zero-cost proxies (see
-/// [`autoagent_proxies::ProxyNet`]). Fused cells report their ReLU inputs (their nodes) and
-/// their convolution outputs with gradient slots themselves; the skeleton's fused
-/// ReLU-Conv-BN units, and every cell while ReLU masks are replayed, run op by op instead.
+/// [`autoagent_proxies::ProxyNet`]). Fused cells and ReLU-Conv-BN units report their ReLU
+/// inputs and their convolution outputs with gradient slots themselves; while ReLU masks are
+/// replayed they run op by op instead.
 #[derive(Debug, Default)]
 pub(crate) struct Recorder {
     trace: Trace,
@@ -222,14 +222,9 @@ impl Recorder {
         }
     }
 
-    /// Whether the recorder needs the intermediates of the cells and convolution units (the
-    /// features before pooling are taken outside them, so they do not count).
-    fn active(rec: Option<&Recorder>) -> bool {
-        rec.is_some_and(|r| r.trace.relu_inputs || r.trace.layer_outputs || !r.masks.borrow().is_empty())
-    }
-
-    /// Whether the cells must run op by op: mask replay needs the units; ReLU inputs and layer
-    /// outputs with their gradients come from a fused cell's instrumentation.
+    /// Whether cells and ReLU-Conv-BN units must run op by op: mask replay needs that; ReLU
+    /// inputs and layer outputs with their gradients come from the fused kernels' own
+    /// instrumentation.
     fn needs_units(rec: Option<&Recorder>) -> bool {
         rec.is_some_and(|r| !r.masks.borrow().is_empty())
     }
@@ -384,10 +379,26 @@ impl ConvUnit {
 
     fn forward(&self, xs: &Tensor, mode: BnMode, k: Kernels, rec: Option<&Recorder>) -> Result<Tensor> {
         if let (Some(bn), BnMode::Train | BnMode::Batch, Kernels::Fused) = (&self.bn, mode, k) {
-            if xs.device().is_cpu() && kernels::supports(xs.dtype()) && !Recorder::active(rec) {
+            if xs.device().is_cpu() && kernels::supports(xs.dtype()) && !Recorder::needs_units(rec) {
                 // One fused node for ReLU, convolution and BatchNorm.
                 let gb = Tensor::cat(&[&bn.weight, &bn.bias], 0)?;
-                let (z, mean, var) = kernels::relu_conv_bn(xs, &self.weight, &gb, self.stride, self.pad, self.relu, BN_EPS)?;
+                if self.relu {
+                    Recorder::relu_input(rec, xs);
+                }
+                let (z, mean, var) = match rec.filter(|r| r.trace.layer_outputs) {
+                    None => kernels::relu_conv_bn(xs, &self.weight, &gb, self.stride, self.pad, self.relu, BN_EPS)?,
+                    Some(r) => {
+                        let slot = GradSlot::default();
+                        let (z, mean, var, y) = kernels::relu_conv_bn_traced(xs, &self.weight, &gb, self.stride, self.pad, self.relu, BN_EPS, slot.clone())?;
+                        let fan_in = self.weight.dims()[1..].iter().product();
+                        r.layer_outputs.borrow_mut().push(LayerOutput {
+                            value: y,
+                            grad: GradSource::Slot(slot),
+                            fan_in,
+                        });
+                        (z, mean, var)
+                    }
+                };
                 if mode == BnMode::Train {
                     bn.update_running(&z, mean, var)?;
                 }

@@ -29,9 +29,10 @@ impl Proxy for Fisher {
         let mut total = 0.0;
         for out in &rec.layer_outputs {
             let Some(g) = out.gradient(&grads) else { continue };
-            let prod = (out.value.to_dtype(DType::F64)? * g.to_dtype(DType::F64)?)?;
-            // (n, k[, h, w]) → (n, k)
-            let per = if prod.rank() == 4 { prod.sum((2, 3))? } else { prod };
+            // (n, k[, h, w]) → (n, k): the spatial sums (a few thousand terms) in the network's
+            // dtype, everything after in f64.
+            let prod = (&out.value * g)?;
+            let per = if prod.rank() == 4 { prod.sum((2, 3))? } else { prod }.to_dtype(DType::F64)?;
             let n = per.dim(0)? as f64;
             let delta = (per.sqr()?.sum(0)? * (0.5 / n))?;
             let channel_sum: f64 = to_f64_vec(&delta)?.iter().map(|d| d.abs()).sum();

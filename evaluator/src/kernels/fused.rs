@@ -5,6 +5,7 @@ use std::sync::{Arc, Mutex};
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 
 use super::bn::{bn_bwd, bn_fwd, BnStats};
+use super::cell::GradSlot;
 use super::conv::{conv_data, conv_filter, conv_fwd, ConvGeom};
 use super::relu::{relu_fwd, relu_mask};
 use super::{supports, Float};
@@ -30,6 +31,8 @@ struct ConvBnOp {
     relu: bool,
     eps: f64,
     saved: Stash,
+    /// Where the backward pass leaves the gradient of the convolution output, when traced.
+    conv_grad: Option<GradSlot>,
 }
 
 /// The gradient of [`ConvBnOp`]: `(x, w, gz) -> [gx | gw | gγ | gβ]` (flat).
@@ -38,6 +41,7 @@ struct ConvBnBwdOp {
     geom: ConvGeom,
     relu: bool,
     saved: Stash,
+    conv_grad: Option<GradSlot>,
 }
 
 impl ConvBnOp {
@@ -67,6 +71,10 @@ impl ConvBnBwdOp {
         let ylen = saved.y.len();
         let packed = bn_bwd(&saved.y, gz, &saved.gamma, (g.n, g.cout, g.p()), &saved.stats);
         let (gy, gparams) = packed.split_at(ylen);
+        if let Some(slot) = &self.conv_grad {
+            let t = Tensor::from_vec(gy.to_vec(), g.y_shape(), &candle_core::Device::Cpu)?;
+            *slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(t);
+        }
         let input = saved.r.as_deref().unwrap_or(x);
         let gw = conv_filter(g, input, gy);
         let gr = conv_data(g, gy, w);
@@ -94,6 +102,7 @@ impl CustomOp3 for ConvBnOp {
             geom: self.geom,
             relu: self.relu,
             saved: self.saved.clone(),
+            conv_grad: self.conv_grad.clone(),
         };
         let packed = x.apply_op3_no_bwd(w, &grad.contiguous()?, &op)?;
         let (nx, nw, ngb) = (x.elem_count(), w.elem_count(), gb.elem_count());
@@ -128,26 +137,75 @@ fn out_len(s: &CpuStorage) -> usize {
 /// gradients; returns the output and the batch mean and biased variance of the convolution's
 /// output. `gamma_beta` is `[γ; β]` concatenated (2·cout values).
 pub fn relu_conv_bn(x: &Tensor, w: &Tensor, gamma_beta: &Tensor, stride: usize, pad: usize, relu: bool, eps: f64) -> Result<(Tensor, Vec<f64>, Vec<f64>)> {
+    let (z, mean, var, _) = run(x, w, gamma_beta, stride, pad, relu, eps, None)?;
+    Ok((z, mean, var))
+}
+
+/// [`relu_conv_bn`], also returning a copy of the convolution output and filling `conv_grad`
+/// with its gradient during the backward pass (instrumentation for zero-cost proxies).
+#[allow(clippy::too_many_arguments)]
+pub fn relu_conv_bn_traced(
+    x: &Tensor,
+    w: &Tensor,
+    gamma_beta: &Tensor,
+    stride: usize,
+    pad: usize,
+    relu: bool,
+    eps: f64,
+    conv_grad: GradSlot,
+) -> Result<(Tensor, Vec<f64>, Vec<f64>, Tensor)> {
+    let (z, mean, var, y) = run(x, w, gamma_beta, stride, pad, relu, eps, Some(conv_grad))?;
+    Ok((z, mean, var, y.expect("traced run copies the convolution output")))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run(
+    x: &Tensor,
+    w: &Tensor,
+    gamma_beta: &Tensor,
+    stride: usize,
+    pad: usize,
+    relu: bool,
+    eps: f64,
+    conv_grad: Option<GradSlot>,
+) -> Result<(Tensor, Vec<f64>, Vec<f64>, Option<Tensor>)> {
     let geom = ConvGeom::new(x.dims(), w.dims(), stride, pad)?;
     if !x.device().is_cpu() || !supports(x.dtype()) || gamma_beta.elem_count() != 2 * geom.cout {
         candle_core::bail!("relu_conv_bn: needs f32/f64 CPU tensors and 2·cout BatchNorm parameters")
     }
+    let traced = conv_grad.is_some();
     let saved: Stash = Arc::new(Mutex::new(None));
     let op = ConvBnOp {
         geom,
         relu,
         eps,
         saved: saved.clone(),
+        conv_grad,
     };
     let z = x.contiguous()?.apply_op3(&w.contiguous()?, &gamma_beta.contiguous()?, op)?;
     let guard = saved.lock().expect("conv-bn stash");
-    let stats = guard
-        .as_ref()
-        .and_then(|b| {
-            b.downcast_ref::<ConvBnSaved<f32>>()
-                .map(|s| s.stats.clone())
-                .or_else(|| b.downcast_ref::<ConvBnSaved<f64>>().map(|s| s.stats.clone()))
-        })
-        .expect("forward pass saved its statistics");
-    Ok((z, stats.mean, stats.var))
+    let any = guard.as_ref().expect("forward pass saved its buffers");
+    let copy = |y: Tensor| traced.then_some(y);
+    let (stats, y) = if let Some(s) = any.downcast_ref::<ConvBnSaved<f32>>() {
+        (
+            s.stats.clone(),
+            if traced {
+                copy(Tensor::from_vec(s.y.clone(), geom.y_shape(), x.device())?)
+            } else {
+                None
+            },
+        )
+    } else if let Some(s) = any.downcast_ref::<ConvBnSaved<f64>>() {
+        (
+            s.stats.clone(),
+            if traced {
+                copy(Tensor::from_vec(s.y.clone(), geom.y_shape(), x.device())?)
+            } else {
+                None
+            },
+        )
+    } else {
+        candle_core::bail!("relu_conv_bn: unexpected saved buffers")
+    };
+    Ok((z, stats.mean, stats.var, y))
 }
