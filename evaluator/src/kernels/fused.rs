@@ -158,6 +158,9 @@ pub fn relu_conv_bn_traced(
     Ok((z, mean, var, y.expect("traced run copies the convolution output")))
 }
 
+/// Output, batch mean, biased batch variance, and the convolution output when traced.
+type ConvBnRun = (Tensor, Vec<f64>, Vec<f64>, Option<Tensor>);
+
 #[allow(clippy::too_many_arguments)]
 fn run(
     x: &Tensor,
@@ -168,7 +171,7 @@ fn run(
     relu: bool,
     eps: f64,
     conv_grad: Option<GradSlot>,
-) -> Result<(Tensor, Vec<f64>, Vec<f64>, Option<Tensor>)> {
+) -> Result<ConvBnRun> {
     let geom = ConvGeom::new(x.dims(), w.dims(), stride, pad)?;
     if !x.device().is_cpu() || !supports(x.dtype()) || gamma_beta.elem_count() != 2 * geom.cout {
         candle_core::bail!("relu_conv_bn: needs f32/f64 CPU tensors and 2·cout BatchNorm parameters")
