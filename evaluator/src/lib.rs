@@ -18,6 +18,7 @@ pub mod nb201;
 pub mod net;
 pub mod proxy;
 pub mod sgemm;
+pub mod table;
 pub mod train;
 
 pub use error::{Error, Result};

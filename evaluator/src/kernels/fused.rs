@@ -162,16 +162,7 @@ pub fn relu_conv_bn_traced(
 type ConvBnRun = (Tensor, Vec<f64>, Vec<f64>, Option<Tensor>);
 
 #[allow(clippy::too_many_arguments)]
-fn run(
-    x: &Tensor,
-    w: &Tensor,
-    gamma_beta: &Tensor,
-    stride: usize,
-    pad: usize,
-    relu: bool,
-    eps: f64,
-    conv_grad: Option<GradSlot>,
-) -> Result<ConvBnRun> {
+fn run(x: &Tensor, w: &Tensor, gamma_beta: &Tensor, stride: usize, pad: usize, relu: bool, eps: f64, conv_grad: Option<GradSlot>) -> Result<ConvBnRun> {
     let geom = ConvGeom::new(x.dims(), w.dims(), stride, pad)?;
     if !x.device().is_cpu() || !supports(x.dtype()) || gamma_beta.elem_count() != 2 * geom.cout {
         candle_core::bail!("relu_conv_bn: needs f32/f64 CPU tensors and 2·cout BatchNorm parameters")
