@@ -153,6 +153,31 @@ pub(crate) fn bwd_coefficients(g: &[f64], sums: &[(f64, f64)], st: &BnStats, cou
         .collect()
 }
 
+/// `out = a·g + cx·x + b` per `(sample, channel)` plane of `hw` elements, the channels of the
+/// planes cycling through `coef`: the BatchNorm input gradient from the output gradient `g`
+/// (see [`bwd_coefficients`]).
+pub(crate) fn input_gradient_into<T: Float>(out: &mut [T], g: &[T], x: &[T], coef: &[[T; 3]], hw: usize) {
+    for (plane, ((o, gp), xp)) in out.chunks_mut(hw).zip(g.chunks(hw)).zip(x.chunks(hw)).enumerate() {
+        let [a, cx, b] = coef[plane % coef.len()];
+        for ((o, gv), xv) in o.iter_mut().zip(gp).zip(xp) {
+            *o = a * *gv + cx * *xv + b;
+        }
+    }
+}
+
+/// [`input_gradient_into`] over a whole batch, in parallel over planes.
+pub(crate) fn input_gradient_par<T: Float>(out: &mut [T], g: &[T], x: &[T], coef: &[[f64; 3]], hw: usize) {
+    let coef: Vec<[T; 3]> = coef.iter().map(|a| a.map(T::from_f64)).collect();
+    let c = coef.len();
+    out.par_chunks_mut(hw)
+        .zip(g.par_chunks(hw))
+        .zip(x.par_chunks(hw))
+        .enumerate()
+        .for_each(|(plane, ((o, gp), xp))| {
+            input_gradient_into(o, gp, xp, &coef[plane % c..plane % c + 1], hw);
+        });
+}
+
 pub(crate) fn bn_fwd<T: Float>(x: &[T], g: &[T], b: &[T], (n, c, hw): (usize, usize, usize), eps: f64) -> (Vec<T>, BnStats) {
     debug_assert_eq!(x.len(), n * c * hw);
     let parts: Vec<(f64, f64)> = x.par_chunks(hw).with_min_len(64).map(plane_moments).collect();
@@ -177,13 +202,7 @@ pub(crate) fn bn_bwd<T: Float>(x: &[T], gy: &[T], g: &[T], (n, c, hw): (usize, u
     let total = x.len();
     let mut out = super::alloc_uninit::<T>(total + 2 * c);
     let (dx, dparams) = out.split_at_mut(total);
-    dx.par_chunks_mut(hw).enumerate().for_each(|(plane, dp)| {
-        let [a, cx, b] = coef[plane % c].map(T::from_f64);
-        let off = plane * hw;
-        for ((d, xv), gv) in dp.iter_mut().zip(&x[off..off + hw]).zip(&gy[off..off + hw]) {
-            *d = a * *gv + cx * *xv + b;
-        }
-    });
+    input_gradient_par(dx, gy, x, &coef, hw);
     for ch in 0..c {
         dparams[ch] = T::from_f64(sums[ch].1);
         dparams[c + ch] = T::from_f64(sums[ch].0);

@@ -26,7 +26,7 @@ use std::sync::{Arc, Mutex};
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::bn::{bwd_coefficients, grad_sums, plane_moments, stats_from_planes, BnStats};
+use super::bn::{bwd_coefficients, grad_sums, input_gradient_into, input_gradient_par, plane_moments, stats_from_planes, BnStats};
 use super::conv::{flip_weight, im2col_map, inner_threads, per_thread, ConvGeom};
 use super::pool::PoolOp;
 use super::{alloc_uninit, supports, Float};
@@ -193,21 +193,6 @@ fn add_affine_into<T: Float>(acc: &mut Option<Vec<T>>, y: &[T], affine: &[(T, T)
     });
 }
 
-/// `a·g + cx·y + b` per `(sample, channel)` plane: the gradient of a convolution output from
-/// the gradient `g` of its BatchNorm output (see [`bwd_coefficients`]).
-fn bn_input_gradient<T: Float>(g: &[T], y: &[T], coef: &[[f64; 3]], hw: usize) -> Vec<T> {
-    let c = coef.len();
-    let mut out = alloc_uninit::<T>(y.len());
-    out.par_chunks_mut(hw).enumerate().for_each(|(plane, o)| {
-        let [a, cx, b] = coef[plane % c].map(T::from_f64);
-        let r = plane * hw..(plane + 1) * hw;
-        for ((o, gv), yv) in o.iter_mut().zip(&g[r.clone()]).zip(&y[r]) {
-            *o = a * *gv + cx * *yv + b;
-        }
-    });
-    out
-}
-
 impl CellOp {
     fn geom(&self, k: usize) -> ConvGeom {
         let (n, c, h, w) = self.dims;
@@ -349,12 +334,7 @@ impl CellOp {
                     let i = chunk * per + j;
                     let (gi, yi, xi) = (&g[i * xs..(i + 1) * xs], &y[i * xs..(i + 1) * xs], &input[i * xs..(i + 1) * xs]);
                     // gyb: the gradient of the convolution output (BatchNorm backward)
-                    for (ch, &[a, cx, b]) in coef.iter().enumerate() {
-                        let r = ch * hw..(ch + 1) * hw;
-                        for ((o, gv), yv) in gyb[r.clone()].iter_mut().zip(&gi[r.clone()]).zip(&yi[r]) {
-                            *o = a * *gv + cx * *yv + b;
-                        }
-                    }
+                    input_gradient_into(&mut gyb, gi, yi, &coef, hw);
                     // relu(x): the im2col of a pointwise convolution is a copy through the ReLU
                     im2col_map::<T, true>(&pointwise, xi, &mut rx);
                     if k == 1 {
@@ -454,7 +434,8 @@ impl CellOp {
                         let coef = bwd_coefficients(&gamma, &sums, stats, (n * hw) as f64);
                         if let Some(slots) = &self.conv_grads {
                             let ordinal = offsets[..i].iter().filter(|o| o.is_some()).count();
-                            let gy = bn_input_gradient(g, y, &coef, hw);
+                            let mut gy = alloc_uninit::<T>(y.len());
+                            input_gradient_par(&mut gy, g, y, &coef, hw);
                             let t = Tensor::from_vec(gy, (n, c, h, w), &candle_core::Device::Cpu)?;
                             *slots[ordinal].lock().unwrap_or_else(|e| e.into_inner()) = Some(t);
                         }
