@@ -4,7 +4,7 @@
 
 use candle_core::DType;
 
-use crate::{cross_entropy, sum_over_weights, Batch, BnHandling, Candidate, Proxy, Result, Trace};
+use crate::{sum_over_loss_gradients, Batch, Candidate, Proxy, Result};
 
 /// The grad_norm proxy.
 #[derive(Debug, Clone, Copy, Default)]
@@ -16,10 +16,7 @@ impl Proxy for GradNorm {
     }
 
     fn score(&self, candidate: &dyn Candidate, batch: &Batch, seed: u64) -> Result<f64> {
-        let net = candidate.build(DType::F32, batch.images.device(), seed, false)?;
-        let rec = net.forward(&batch.images, BnHandling::Batch, Trace::default())?;
-        let grads = cross_entropy(&rec.logits, &batch.labels)?.backward()?;
-        sum_over_weights(&net.weights(), &grads, |_, g| {
+        sum_over_loss_gradients(candidate, batch, seed, |_, g| {
             Ok(g.to_dtype(DType::F64)?.sqr()?.sum_all()?.to_scalar::<f64>()?.sqrt())
         })
     }

@@ -64,14 +64,15 @@ fn gradients(net: &dyn ProxyNet, weights: &[Weight], batch: &Batch, dtype: DType
         Some(m) => net.forward_masked(&x, BnHandling::Batch, m)?,
     };
     let grads = cross_entropy(&rec.logits, &batch.labels)?.backward()?;
-    weights
+    weight_gradients(weights, &grads)
+}
+
+/// The gradient of every scored weight in `grads`, detached (zeros where a weight got none).
+fn weight_gradients(weights: &[Weight], grads: &candle_core::backprop::GradStore) -> Result<Vec<Tensor>> {
+    Ok(weights
         .iter()
-        .map(|w| {
-            Ok(grads
-                .get(w.var.as_tensor())
-                .map_or_else(|| w.var.as_tensor().zeros_like(), |g| Ok(g.detach()))?)
-        })
-        .collect()
+        .map(|w| grads.get(w.var.as_tensor()).map_or_else(|| w.var.as_tensor().zeros_like(), |g| Ok(g.detach())))
+        .collect::<candle_core::Result<_>>()?)
 }
 
 fn norm(ts: &[Tensor]) -> Result<f64> {
@@ -113,10 +114,7 @@ impl Proxy for Grasp {
         )?;
         let masks: Vec<Tensor> = rec.relu_inputs.iter().map(|r| r.gt(0.0)).collect::<candle_core::Result<_>>()?;
         let grads = cross_entropy(&rec.logits, &batch.labels)?.backward()?;
-        let g: Vec<Tensor> = weights
-            .iter()
-            .map(|w| grads.get(w.var.as_tensor()).map_or_else(|| w.var.as_tensor().zeros_like(), |g| Ok(g.detach())))
-            .collect::<candle_core::Result<_>>()?;
+        let g = weight_gradients(&weights, &grads)?;
         drop((rec, grads));
         let gnorm = norm(&g)?;
         if gnorm == 0.0 {

@@ -81,6 +81,16 @@ pub(crate) fn sum_over_weights(weights: &[Weight], grads: &candle_core::backprop
     Ok(total)
 }
 
+/// The common core of the first-order gradient proxies: a fresh float32 network, one forward
+/// pass on the batch (BatchNorm with batch statistics), the cross-entropy's backward pass, then
+/// `Σ f(weight, gradient)` over the scored weights.
+pub(crate) fn sum_over_loss_gradients(candidate: &dyn Candidate, batch: &Batch, seed: u64, f: impl Fn(&Tensor, &Tensor) -> Result<f64>) -> Result<f64> {
+    let net = candidate.build(candle_core::DType::F32, batch.images.device(), seed, false)?;
+    let rec = net.forward(&batch.images, BnHandling::Batch, Trace::default())?;
+    let grads = cross_entropy(&rec.logits, &batch.labels)?.backward()?;
+    sum_over_weights(&net.weights(), &grads, f)
+}
+
 /// Cross-entropy of logits against labels (mean over the batch), in the logits' dtype.
 pub(crate) fn cross_entropy(logits: &Tensor, labels: &Tensor) -> Result<Tensor> {
     Ok(candle_nn::loss::cross_entropy(logits, labels)?)
