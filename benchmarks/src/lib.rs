@@ -9,3 +9,20 @@
 
 pub mod proxies_speed;
 pub mod train_speed;
+
+/// Run a PyTorch reference script and return its standard output; a failure names the exit
+/// status and the last lines of its standard error.
+pub(crate) fn run_reference(cmd: &mut std::process::Command, python: &std::path::Path) -> anyhow::Result<Vec<u8>> {
+    use anyhow::Context;
+    let out = cmd.output().with_context(|| format!("cannot run {}", python.display()))?;
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        let tail: Vec<&str> = err.lines().rev().take(3).collect();
+        anyhow::bail!(
+            "the PyTorch reference failed ({}): {}",
+            out.status,
+            tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
+        );
+    }
+    Ok(out.stdout)
+}

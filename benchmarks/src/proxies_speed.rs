@@ -100,27 +100,17 @@ struct TorchLine {
 
 fn run_torch(python: &PathBuf, args: &ProxiesSpeedArgs, names: &[&str], data_dir: &std::path::Path) -> Result<Vec<TorchLine>> {
     let list: Vec<String> = args.archs.iter().map(|i| i.to_string()).collect();
-    let out = Command::new(python)
-        .arg(&args.torch_script)
+    let mut cmd = Command::new(python);
+    cmd.arg(&args.torch_script)
         .args(["--indices", &list.join(",")])
         .args(["--proxies", &names.join(",")])
         .args(["--threads", &args.threads.to_string()])
         .args(["--batch-size", &args.batch_size.to_string()])
         .args(["--repeat", &args.repeat.to_string()])
         .arg("--data")
-        .arg(data_dir)
-        .output()
-        .with_context(|| format!("cannot run {}", python.display()))?;
-    if !out.status.success() {
-        let err = String::from_utf8_lossy(&out.stderr);
-        let tail: Vec<&str> = err.lines().rev().take(3).collect();
-        bail!(
-            "the PyTorch reference failed ({}): {}",
-            out.status,
-            tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
-        );
-    }
-    String::from_utf8_lossy(&out.stdout)
+        .arg(data_dir);
+    let stdout = crate::run_reference(&mut cmd, python)?;
+    String::from_utf8_lossy(&stdout)
         .lines()
         .filter(|l| l.trim_start().starts_with('{'))
         .map(|l| serde_json::from_str(l).context("the PyTorch reference printed a line that is not the expected JSON"))

@@ -237,8 +237,8 @@ struct TorchReport {
 
 fn run_torch(python: &PathBuf, args: &TrainSpeedArgs, indices: &[usize]) -> Result<TorchReport> {
     let list: Vec<String> = indices.iter().map(|i| i.to_string()).collect();
-    let out = Command::new(python)
-        .arg(&args.torch_script)
+    let mut cmd = Command::new(python);
+    cmd.arg(&args.torch_script)
         .args(["--archs", &list.join(",")])
         .args(["--threads", &args.threads.to_string()])
         .args(["--batch", &args.batch.to_string()])
@@ -246,19 +246,9 @@ fn run_torch(python: &PathBuf, args: &TrainSpeedArgs, indices: &[usize]) -> Resu
         .args(["--iters", &args.iters.to_string()])
         .args(["--warmup", &args.warmup.to_string()])
         .args(["--train-batches", &args.train_steps.to_string()])
-        .arg("--json")
-        .output()
-        .with_context(|| format!("cannot run {}", python.display()))?;
-    if !out.status.success() {
-        let err = String::from_utf8_lossy(&out.stderr);
-        let tail: Vec<&str> = err.lines().rev().take(3).collect();
-        bail!(
-            "the PyTorch reference failed ({}): {}",
-            out.status,
-            tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
-        );
-    }
-    serde_json::from_slice(&out.stdout).context("the PyTorch reference printed no valid JSON")
+        .arg("--json");
+    let stdout = crate::run_reference(&mut cmd, python)?;
+    serde_json::from_slice(&stdout).context("the PyTorch reference printed no valid JSON")
 }
 
 /// Run the benchmark and print (and optionally write) the table.
