@@ -266,12 +266,7 @@ fn relu_inputs_from_fused_cells_equal_the_per_op_ones() {
     // NASWOT reads the ReLU inputs; with fused cells they come from the cells' nodes.
     use autoagent_evaluator::net::{Kernels, Model};
     use autoagent_proxies::ProxyNet;
-    let cfg = Nb201Config {
-        channels: 4,
-        cells_per_stage: 2,
-        input_size: 8,
-        ..Nb201Config::new(Arch::parse("|nor_conv_3x3~0|+|none~0|nor_conv_1x1~1|+|skip_connect~0|nor_conv_3x3~1|nor_conv_3x3~2|").unwrap())
-    };
+    let cfg = two_cells_per_stage();
     let batch = random_batch(5, 8);
     let trace = autoagent_proxies::Trace {
         relu_inputs: true,
@@ -307,12 +302,7 @@ fn fisher_is_the_same_with_fused_and_per_op_cells() {
     // pass instead of probe variables; the layers and their values must be the same.
     use autoagent_evaluator::net::{Kernels, Model};
     use autoagent_proxies::ProxyNet;
-    let cfg = Nb201Config {
-        channels: 4,
-        cells_per_stage: 2,
-        input_size: 8,
-        ..Nb201Config::new(Arch::parse("|nor_conv_3x3~0|+|none~0|nor_conv_1x1~1|+|skip_connect~0|nor_conv_3x3~1|nor_conv_3x3~2|").unwrap())
-    };
+    let cfg = two_cells_per_stage();
     let batch = random_batch(5, 8);
     let trace = autoagent_proxies::Trace {
         layer_outputs: true,
@@ -339,5 +329,16 @@ fn fisher_is_the_same_with_fused_and_per_op_cells() {
     assert_eq!(per_run[0].len(), per_run[1].len());
     for (a, b) in per_run[0].iter().zip(&per_run[1]) {
         assert!((a - b).abs() <= 1e-9 * (1.0 + a.abs()), "{a} vs {b}");
+    }
+}
+
+/// A small network with two cells per stage, an edge from a `none`-fed node and both kinds of
+/// convolution, for comparing the fused and per-op paths.
+fn two_cells_per_stage() -> Nb201Config {
+    Nb201Config {
+        channels: 4,
+        cells_per_stage: 2,
+        input_size: 8,
+        ..Nb201Config::new(Arch::parse("|nor_conv_3x3~0|+|none~0|nor_conv_1x1~1|+|skip_connect~0|nor_conv_3x3~1|nor_conv_3x3~2|").unwrap())
     }
 }
