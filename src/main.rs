@@ -141,6 +141,8 @@ enum BenchCommand {
     TrainSpeed(autoagent_benchmarks::train_speed::TrainSpeedArgs),
     /// Milliseconds per architecture per zero-cost proxy, side by side with PyTorch.
     ProxiesSpeed(autoagent_benchmarks::proxies_speed::ProxiesSpeedArgs),
+    /// Rank correlations of the zero-cost proxies with NAS-Bench accuracies, next to the published ones.
+    Proxies(autoagent_benchmarks::proxies_nb201::ProxiesBenchArgs),
 }
 
 /// mimalloc's `mi_option_purge_delay` (index 15 of `mi_option_t` in mimalloc v2's header).
@@ -191,6 +193,9 @@ fn run(cli: Cli) -> Result<()> {
         Command::Bench {
             command: BenchCommand::ProxiesSpeed(args),
         } => autoagent_benchmarks::proxies_speed::run(&args),
+        Command::Bench {
+            command: BenchCommand::Proxies(args),
+        } => autoagent_benchmarks::proxies_nb201::run(&args),
     }
 }
 

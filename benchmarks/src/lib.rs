@@ -5,8 +5,11 @@
 //!
 //! - [`train_speed`]: forward, forward+backward and training throughput of NB201 networks on
 //!   CPU, side by side with PyTorch running the same network (`benchmarks/reference/`);
-//! - [`proxies_speed`]: milliseconds per architecture per zero-cost proxy, next to PyTorch.
+//! - [`proxies_speed`]: milliseconds per architecture per zero-cost proxy, next to PyTorch;
+//! - [`proxies_nb201`]: rank correlations of the proxies with NAS-Bench-201 accuracies, next to
+//!   the published ones.
 
+pub mod proxies_nb201;
 pub mod proxies_speed;
 pub mod train_speed;
 

@@ -14,6 +14,7 @@
 
 use candle_core::Tensor;
 
+pub mod ensemble;
 pub mod fisher;
 pub mod flops;
 pub mod grad_norm;
