@@ -16,11 +16,10 @@
 //! Scores are cached on disk, one JSON line per (canonical architecture, proxy, seed, batch) with
 //! its milliseconds, appended and flushed after each architecture: a killed benchmark continues
 //! where it stopped, and a run on a new dataset's accuracy reuses the scores of an earlier one.
-//! Isomorphic cells share their canonical key and are scored once.
+//! Isomorphic cells share their canonical key and are scored once, except by the structural
+//! counts (params, flops), which differ within an isomorphism class.
 
-use std::collections::HashMap;
-use std::fs::{File, OpenOptions};
-use std::io::{BufRead, BufReader, IsTerminal, Write};
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -30,12 +29,13 @@ use autoagent_evaluator::net::Nb201Config;
 use autoagent_evaluator::proxy::{proxy_batch, Nb201Candidate};
 use autoagent_evaluator::table::Nb201Table;
 use autoagent_evaluator::train::parse_device;
+use autoagent_proxies::cache::{CacheLine, ScoreCache};
 use autoagent_proxies::ensemble::{log_rank_aggregate, ranks_finite_first};
 use autoagent_proxies::registry::parse_list;
 use autoagent_proxies::stats::{kendall, spearman};
 use autoagent_proxies::{Batch, Candidate, Proxy};
 use rand::SeedableRng;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use serde_json::json;
 
 /// Options of `autoagent bench proxies`.
@@ -168,98 +168,6 @@ fn dataset_columns(name: &str) -> Result<(&'static str, &'static str, Option<&'s
         "imagenet16" | "imagenet16-120" => ("ImageNet16-120", "imagenet16_test_acc", Some("imagenet16_valid_acc")),
         other => bail!("unknown dataset '{other}' (available: cifar10, cifar100, imagenet16)"),
     })
-}
-
-/// One cached score.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct CacheLine {
-    key: String,
-    proxy: String,
-    seed: u64,
-    batch: String,
-    value: Option<f64>,
-    ms: f64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    error: Option<String>,
-}
-
-type CacheKey = (String, String, u64, String);
-
-/// The on-disk score cache: read whole at start, appended to while scoring.
-struct DiskCache {
-    path: PathBuf,
-    entries: HashMap<CacheKey, (Option<f64>, f64)>,
-    file: File,
-}
-
-impl DiskCache {
-    fn open(path: &Path) -> Result<Self> {
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-        }
-        let mut entries = HashMap::new();
-        if path.exists() {
-            let f = File::open(path).with_context(|| format!("cannot read the score cache {}", path.display()))?;
-            let lines: Vec<String> = BufReader::new(f)
-                .lines()
-                .collect::<std::io::Result<_>>()
-                .with_context(|| format!("cannot read the score cache {}", path.display()))?;
-            let last = lines.len();
-            for (i, line) in lines.iter().enumerate() {
-                if line.trim().is_empty() {
-                    continue;
-                }
-                match serde_json::from_str::<CacheLine>(line) {
-                    Ok(c) => {
-                        entries.insert((c.key, c.proxy, c.seed, c.batch), (c.value, c.ms));
-                    }
-                    // A line cut short by a kill while it was written: it is scored again.
-                    Err(_) if i + 1 == last => {
-                        tracing::warn!("{}: ignoring the incomplete last line", path.display());
-                    }
-                    Err(e) => bail!(
-                        "the score cache {} is corrupt at line {}: {e} (move it away or pass another --cache)",
-                        path.display(),
-                        i + 1
-                    ),
-                }
-            }
-        }
-        let mut file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .with_context(|| format!("cannot write the score cache {}", path.display()))?;
-        // Start on a fresh line if a kill left a partial one.
-        if std::fs::metadata(path).map(|m| m.len() > 0).unwrap_or(false) {
-            let text = std::fs::read(path)?;
-            if text.last() != Some(&b'\n') {
-                file.write_all(b"\n")?;
-            }
-        }
-        Ok(DiskCache {
-            path: path.to_path_buf(),
-            entries,
-            file,
-        })
-    }
-
-    fn get(&self, key: &CacheKey) -> Option<(Option<f64>, f64)> {
-        self.entries.get(key).copied()
-    }
-
-    fn put(&mut self, line: CacheLine) -> Result<()> {
-        let text = serde_json::to_string(&line)?;
-        writeln!(self.file, "{text}").with_context(|| format!("cannot write the score cache {}", self.path.display()))?;
-        self.entries.insert((line.key, line.proxy, line.seed, line.batch), (line.value, line.ms));
-        Ok(())
-    }
-
-    fn flush(&mut self) -> Result<()> {
-        self.file
-            .flush()
-            .with_context(|| format!("cannot write the score cache {}", self.path.display()))
-    }
 }
 
 /// Mean and sample standard deviation over seeds.
@@ -423,7 +331,7 @@ pub fn run(args: &ProxiesBenchArgs) -> Result<()> {
         })
         .collect::<Result<_>>()?;
     let cache_path = args.cache.clone().unwrap_or_else(|| default_cache(kind.name(), args.batch_size));
-    let mut cache = DiskCache::open(&cache_path)?;
+    let mut cache = ScoreCache::open(&cache_path)?;
     let (c, h, _) = kind.image_shape();
 
     // scores[proxy][seed][arch], ms[proxy] = (sum, count) over computed entries.
@@ -440,10 +348,11 @@ pub fn run(args: &ProxiesBenchArgs) -> Result<()> {
             input_size: h,
             ..Nb201Config::new(arch)
         });
-        let key = candidate.key();
+        let (canonical, exact) = (candidate.key(), candidate.exact_key());
         for (si, (seed, batch_id, batch)) in batches.iter().enumerate() {
             for (pi, proxy) in proxies.iter().enumerate() {
                 let batch_key = if proxy.uses_data() { batch_id.clone() } else { String::new() };
+                let key = if proxy.shares_isomorphic_scores() { &canonical } else { &exact };
                 let ck = (key.clone(), proxy.name().to_string(), *seed, batch_key.clone());
                 let (value, took) = match cache.get(&ck) {
                     Some(hit) => {
@@ -555,6 +464,7 @@ pub fn run(args: &ProxiesBenchArgs) -> Result<()> {
                 "valid_metric": valid,
                 "images": kind.name(),
                 "archs": indices.len(),
+                "arch_indices": indices,
                 "seeds": seeds,
                 "batch_size": args.batch_size,
                 "proxies": rows.iter().map(|(n, r)| (n.clone(), serde_json::to_value(r).expect("row serialises"))).collect::<serde_json::Map<_, _>>(),

@@ -92,6 +92,11 @@ impl Candidate for Nb201Candidate {
         )
     }
 
+    fn exact_key(&self) -> String {
+        let c = &self.config;
+        format!("nb201:{}:C{}N{}K{}S{}", c.arch, c.channels, c.cells_per_stage, c.num_classes, c.input_size)
+    }
+
     fn build(&self, dtype: DType, device: &Device, seed: u64, higher_order: bool) -> autoagent_proxies::Result<Box<dyn ProxyNet>> {
         let mut model = Model::new(&self.config, dtype, device, seed).map_err(proxy_err)?;
         if higher_order {

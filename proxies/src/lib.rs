@@ -14,6 +14,7 @@
 
 use candle_core::Tensor;
 
+pub mod cache;
 pub mod ensemble;
 pub mod fisher;
 pub mod flops;
@@ -65,6 +66,12 @@ pub trait Proxy: Send + Sync {
     /// Whether the score depends on the data batch (synflow, params and flops do not), which
     /// decides whether the batch is part of its cache key.
     fn uses_data(&self) -> bool {
+        true
+    }
+    /// Whether isomorphic cells (the same function, see [`Candidate::key`]) may share one score.
+    /// True for proxies of the network's function; false for structural counts (params, flops),
+    /// which also count the weights of operations whose output never reaches the logits.
+    fn shares_isomorphic_scores(&self) -> bool {
         true
     }
     /// Score one architecture: higher should mean better.

@@ -114,6 +114,11 @@ pub trait Candidate: Sync {
     /// A stable key for caching: the canonical form of the architecture (isomorphic cells
     /// share it).
     fn key(&self) -> String;
+    /// A key of the exact architecture (isomorphic cells differ), for proxies whose scores are
+    /// not shared within an isomorphism class ([`crate::Proxy::shares_isomorphic_scores`]).
+    fn exact_key(&self) -> String {
+        self.key()
+    }
     /// Build the network with PyTorch-default initialisation from `seed`, in `dtype`, on
     /// `device`. `higher_order` asks for operations whose gradients can be differentiated again
     /// (GraSP's Hessian-vector product).

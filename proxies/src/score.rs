@@ -52,12 +52,13 @@ impl Scorer {
 
     /// Score one architecture with every proxy.
     pub fn score(&self, candidate: &dyn Candidate) -> Vec<ProxyScore> {
-        let key = candidate.key();
+        let (key, exact) = (candidate.key(), candidate.exact_key());
         self.proxies
             .iter()
             .map(|p| {
                 let batch_key = if p.uses_data() { self.batch_id.clone() } else { String::new() };
-                let ck = (key.clone(), p.name(), self.seed, batch_key);
+                let k = if p.shares_isomorphic_scores() { &key } else { &exact };
+                let ck = (k.clone(), p.name(), self.seed, batch_key);
                 if let Some(&v) = self.cache.lock().expect("score cache").get(&ck) {
                     return ProxyScore {
                         proxy: p.name(),

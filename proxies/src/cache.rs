@@ -1,0 +1,209 @@
+//! The on-disk proxy score cache: one JSON line per (architecture key, proxy, seed, batch) with
+//! the score and the milliseconds it took.
+//!
+//! The file is read whole when opened and appended to while scoring; [`ScoreCache::flush`]
+//! after each architecture makes a killed process lose at most the architecture it was scoring.
+//! A line cut short by a kill (the last one) is ignored and scored again; a corrupt line
+//! anywhere else is an error, and the file is never rewritten, so nothing stored is lost. The
+//! benchmark (`autoagent bench proxies`) and the agent share the format, so a benchmark run
+//! fills the cache that searches read.
+//!
+//! Keys: [`crate::Candidate::key`] (canonical: isomorphic cells share a score) or
+//! [`crate::Candidate::exact_key`] for proxies that do not share scores within an isomorphism
+//! class; the batch is `""` for data-free proxies.
+
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// One cached score.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CacheLine {
+    /// Architecture key.
+    pub key: String,
+    /// Proxy name.
+    pub proxy: String,
+    /// Seed of the initialisation (and of the batch draw, inside `batch`).
+    pub seed: u64,
+    /// Batch id (`""` for data-free proxies).
+    pub batch: String,
+    /// The score; `None` when it was not finite or failed.
+    pub value: Option<f64>,
+    /// Milliseconds it took.
+    pub ms: f64,
+    /// Why it failed, when it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// `(key, proxy, seed, batch)`.
+pub type CacheKey = (String, String, u64, String);
+
+/// Errors of the cache file.
+#[derive(Debug, thiserror::Error)]
+pub enum CacheError {
+    /// Reading or writing failed.
+    #[error("score cache {path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// What failed.
+        source: std::io::Error,
+    },
+    /// A line other than the last is not a cache entry.
+    #[error("the score cache {path} is corrupt at line {line}: {reason} (move it away or use another cache file)")]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// 1-based line number.
+        line: usize,
+        /// The parse error.
+        reason: String,
+    },
+}
+
+/// The cache, open for appending.
+pub struct ScoreCache {
+    path: PathBuf,
+    entries: HashMap<CacheKey, (Option<f64>, f64)>,
+    file: File,
+}
+
+impl ScoreCache {
+    /// Open (or create) the cache at `path`, creating its directory.
+    pub fn open(path: &Path) -> Result<Self, CacheError> {
+        let io = |source| CacheError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(io)?;
+        }
+        let mut entries = HashMap::new();
+        let mut ends_with_newline = true;
+        if path.exists() {
+            let text = std::fs::read(path).map_err(io)?;
+            ends_with_newline = text.is_empty() || text.last() == Some(&b'\n');
+            let lines: Vec<String> = BufReader::new(text.as_slice()).lines().collect::<std::io::Result<_>>().map_err(io)?;
+            let last = lines.len();
+            for (i, line) in lines.iter().enumerate() {
+                if line.trim().is_empty() {
+                    continue;
+                }
+                match serde_json::from_str::<CacheLine>(line) {
+                    Ok(c) => {
+                        entries.insert((c.key, c.proxy, c.seed, c.batch), (c.value, c.ms));
+                    }
+                    // A line cut short by a kill while it was written: it is scored again.
+                    Err(_) if i + 1 == last => tracing::warn!("{}: ignoring the incomplete last line", path.display()),
+                    Err(e) => {
+                        return Err(CacheError::Corrupt {
+                            path: path.to_path_buf(),
+                            line: i + 1,
+                            reason: e.to_string(),
+                        })
+                    }
+                }
+            }
+        }
+        let mut file = OpenOptions::new().create(true).append(true).open(path).map_err(io)?;
+        if !ends_with_newline {
+            // Start on a fresh line after a partial one.
+            file.write_all(b"\n").map_err(io)?;
+        }
+        Ok(ScoreCache {
+            path: path.to_path_buf(),
+            entries,
+            file,
+        })
+    }
+
+    /// The file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Number of entries.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether the cache is empty.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// The cached `(score, ms)` of a key.
+    pub fn get(&self, key: &CacheKey) -> Option<(Option<f64>, f64)> {
+        self.entries.get(key).copied()
+    }
+
+    /// Append one entry (written at once; call [`ScoreCache::flush`] to push it to the file).
+    pub fn put(&mut self, line: CacheLine) -> Result<(), CacheError> {
+        let text = serde_json::to_string(&line).expect("cache lines serialise");
+        writeln!(self.file, "{text}").map_err(|source| CacheError::Io {
+            path: self.path.clone(),
+            source,
+        })?;
+        self.entries.insert((line.key, line.proxy, line.seed, line.batch), (line.value, line.ms));
+        Ok(())
+    }
+
+    /// Flush appended entries to the file.
+    pub fn flush(&mut self) -> Result<(), CacheError> {
+        self.file.flush().map_err(|source| CacheError::Io {
+            path: self.path.clone(),
+            source,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line(key: &str, v: f64) -> CacheLine {
+        CacheLine {
+            key: key.into(),
+            proxy: "synflow".into(),
+            seed: 0,
+            batch: String::new(),
+            value: Some(v),
+            ms: 1.5,
+            error: None,
+        }
+    }
+
+    #[test]
+    fn entries_survive_reopening_and_a_torn_last_line_is_dropped() {
+        let dir = std::env::temp_dir().join(format!("autoagent-cache-test-{}", std::process::id()));
+        let path = dir.join("c.jsonl");
+        let _ = std::fs::remove_file(&path);
+        let mut c = ScoreCache::open(&path).unwrap();
+        c.put(line("a", 1.0)).unwrap();
+        c.put(line("b", 2.0)).unwrap();
+        c.flush().unwrap();
+        drop(c);
+        // A kill in the middle of a write.
+        let mut f = OpenOptions::new().append(true).open(&path).unwrap();
+        f.write_all(b"{\"key\":\"c\",\"pro").unwrap();
+        drop(f);
+        let mut c = ScoreCache::open(&path).unwrap();
+        assert_eq!(c.len(), 2);
+        assert_eq!(c.get(&("b".into(), "synflow".into(), 0, String::new())), Some((Some(2.0), 1.5)));
+        c.put(line("c", 3.0)).unwrap();
+        c.flush().unwrap();
+        drop(c);
+        let c = ScoreCache::open(&path).unwrap();
+        assert_eq!(c.len(), 3);
+        // Corruption before the last line is refused and the file kept.
+        let before = std::fs::read_to_string(&path).unwrap();
+        std::fs::write(&path, format!("garbage\n{before}")).unwrap();
+        assert!(matches!(ScoreCache::open(&path), Err(CacheError::Corrupt { line: 1, .. })));
+        assert!(std::fs::read_to_string(&path).unwrap().starts_with("garbage\n"));
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}
