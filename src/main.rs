@@ -1,6 +1,7 @@
 //! `autoagent`: the command-line entry point. Parses arguments, dispatches to the library crates
 //! and turns every error into one line on stderr and exit code 2.
 
+mod import;
 mod score;
 
 use std::io::Write;
@@ -48,6 +49,11 @@ enum Command {
     Bench {
         #[command(subcommand)]
         command: BenchCommand,
+    },
+    /// Convert official benchmark files into our interchange formats.
+    Import {
+        #[command(subcommand)]
+        command: import::ImportCommand,
     },
 }
 
@@ -196,6 +202,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Bench {
             command: BenchCommand::Proxies(args),
         } => autoagent_benchmarks::proxies_nb201::run(&args),
+        Command::Import { command } => import::run(command),
     }
 }
 

@@ -268,3 +268,33 @@ fn proxies_score_prints_one_json_line_per_arch_with_nulls_for_undefined_scores()
         "unknown proxy `bogus`",
     );
 }
+
+#[test]
+fn import_nats_converts_the_fixture_archive_and_fails_cleanly_without_meta() {
+    let fixture = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("evaluator/tests/fixtures/nats-tss-mini");
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("nb201.csv");
+    let o = run(&["import", "nats", "--from", fixture.to_str().unwrap(), "--out", out.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("imported 4 architectures (3 isomorphism classes)"), "{}", stderr(&o));
+    let text = std::fs::read_to_string(&out).unwrap();
+    let rows: Vec<&str> = text.lines().collect();
+    assert_eq!(rows.len(), 5);
+    assert!(rows[0].starts_with("arch_index,arch_str,cifar10_valid_acc,cifar10_test_acc,"), "{}", rows[0]);
+    assert!(rows[0].ends_with(",cifar10valid_test_acc,iso_group"), "{}", rows[0]);
+    assert!(
+        rows[4].starts_with("3,|avg_pool_3x3~0|+|nor_conv_3x3~0|skip_connect~1|+|skip_connect~0|none~1|none~2|,80.25,80.75,"),
+        "{}",
+        rows[4]
+    );
+    assert!(rows[4].ends_with(",80.5,1"), "{}", rows[4]);
+
+    // An archive folder without its meta file: one error line naming it, no output.
+    let empty = dir.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    let out2 = dir.path().join("other.csv");
+    let o = run(&["import", "nats", "--from", empty.to_str().unwrap(), "--out", out2.to_str().unwrap()]);
+    assert_one_line_error(&o, "no meta.pickle.pbz2");
+    assert!(!out2.exists());
+    assert_eq!(walk(dir.path()).len(), 1, "{:?}", walk(dir.path()));
+}

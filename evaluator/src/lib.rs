@@ -14,6 +14,7 @@
 pub mod data;
 pub mod error;
 pub mod kernels;
+pub mod nats;
 pub mod nb201;
 pub mod net;
 pub mod proxy;
