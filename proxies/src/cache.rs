@@ -14,7 +14,7 @@
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -83,22 +83,29 @@ impl ScoreCache {
             std::fs::create_dir_all(dir).map_err(io)?;
         }
         let mut entries = HashMap::new();
-        let mut ends_with_newline = true;
+        let mut keep = None; // where to cut a torn last line off
         if path.exists() {
             let text = std::fs::read(path).map_err(io)?;
-            ends_with_newline = text.is_empty() || text.last() == Some(&b'\n');
-            let lines: Vec<String> = BufReader::new(text.as_slice()).lines().collect::<std::io::Result<_>>().map_err(io)?;
+            let mut offset = 0usize;
+            let lines: Vec<&[u8]> = text.split_inclusive(|&b| b == b'\n').collect();
             let last = lines.len();
-            for (i, line) in lines.iter().enumerate() {
+            for (i, raw) in lines.iter().enumerate() {
+                let start = offset;
+                offset += raw.len();
+                let line = String::from_utf8_lossy(raw);
                 if line.trim().is_empty() {
                     continue;
                 }
-                match serde_json::from_str::<CacheLine>(line) {
+                match serde_json::from_str::<CacheLine>(&line) {
                     Ok(c) => {
                         entries.insert((c.key, c.proxy, c.seed, c.batch), (c.value, c.ms));
                     }
-                    // A line cut short by a kill while it was written: it is scored again.
-                    Err(_) if i + 1 == last => tracing::warn!("{}: ignoring the incomplete last line", path.display()),
+                    // A line cut short by a kill while it was written holds nothing usable: it
+                    // is cut off, and scored again.
+                    Err(_) if i + 1 == last => {
+                        tracing::warn!("{}: dropping the incomplete last line", path.display());
+                        keep = Some(start as u64);
+                    }
                     Err(e) => {
                         return Err(CacheError::Corrupt {
                             path: path.to_path_buf(),
@@ -108,11 +115,16 @@ impl ScoreCache {
                     }
                 }
             }
+            if keep.is_none() && text.last().is_some_and(|&b| b != b'\n') {
+                // A complete last entry without its newline.
+                keep = Some(text.len() as u64);
+                OpenOptions::new().append(true).open(path).and_then(|mut f| f.write_all(b"\n")).map_err(io)?;
+                keep = keep.map(|k| k + 1);
+            }
         }
-        let mut file = OpenOptions::new().create(true).append(true).open(path).map_err(io)?;
-        if !ends_with_newline {
-            // Start on a fresh line after a partial one.
-            file.write_all(b"\n").map_err(io)?;
+        let file = OpenOptions::new().create(true).append(true).open(path).map_err(io)?;
+        if let Some(len) = keep {
+            file.set_len(len).map_err(io)?;
         }
         Ok(ScoreCache {
             path: path.to_path_buf(),
