@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub mod openai;
 pub mod scripted;
 
 /// Who says a message.
