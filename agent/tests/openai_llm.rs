@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use autoagent_agent::llm::openai::{OpenAi, OpenAiOptions};
 use autoagent_agent::llm::{ChatRequest, LlmBackend, LlmError, Message};
-use llama_server::{LlamaServer, MODEL_ALIAS};
+use llama_server::{free_port, LlamaServer, MODEL_ALIAS};
 
 fn request(messages: Vec<Message>, max_tokens: u32, json: bool, seed: Option<u64>) -> ChatRequest {
     ChatRequest {
@@ -268,10 +268,7 @@ async fn client_errors_are_not_retried() {
 
 #[tokio::test]
 async fn closed_port_is_unreachable_quickly() {
-    let port = {
-        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
-        listener.local_addr().unwrap().port()
-    };
+    let port = free_port();
     let backend = OpenAi::new(quick_options(format!("http://127.0.0.1:{port}/v1"))).unwrap();
     let start = Instant::now();
     let error = backend.complete(&hello()).await.unwrap_err();

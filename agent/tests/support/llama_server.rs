@@ -37,8 +37,8 @@ fn required_env(name: &str) -> String {
     }
 }
 
-/// A port that was free a moment ago.
-fn free_port() -> u16 {
+/// A loopback port that was free a moment ago.
+pub fn free_port() -> u16 {
     let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind a loopback port");
     listener.local_addr().expect("local address").port()
 }
