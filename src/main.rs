@@ -1,6 +1,7 @@
 //! `autoagent`: the command-line entry point. Parses arguments, dispatches to the library crates
 //! and turns every error into one line on stderr and exit code 2.
 
+mod agent_run;
 mod import;
 mod score;
 
@@ -33,6 +34,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Search: the agent loop (LLM or classic strategy, proxy ranking, evaluation of the best).
+    Run(Box<agent_run::RunArgs>),
     /// Train one architecture on an image dataset and report its test accuracy.
     Train(TrainArgs),
     /// Work with search spaces.
@@ -57,7 +60,7 @@ enum Command {
     },
 }
 
-#[derive(Args)]
+#[derive(Args, Clone)]
 struct DataArgs {
     /// Data root (default: $AUTOAGENT_DATA, else the user cache directory). A folder that
     /// directly holds a dataset's files works too.
@@ -186,6 +189,7 @@ fn init_logging(verbose: u8) {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
+        Command::Run(args) => agent_run::cmd_run(*args),
         Command::Train(args) => cmd_train(args),
         Command::Space {
             command: SpaceCommand::Sample { space, n, seed, unique },

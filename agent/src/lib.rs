@@ -1,8 +1,19 @@
 //! # autoagent-agent
 //!
-//! The agent loop: strategies (random, regularized evolution, LLM), LLM backends, the run store,
-//! the trial executor and reports.
+//! The agent loop ([`runner`]): strategies ([`strategy`]: random, regularized evolution;
+//! [`llm_strategy`]: the LLM) behind one ask/tell trait, LLM backends ([`llm`]), proxy ranking
+//! of each round's candidates ([`ranker`]), tasks ([`task`]: NAS-Bench-201 table lookups or real
+//! training), budgets ([`budget`]) and prompt templates ([`prompts`]).
 
 #![warn(missing_docs)]
 
+pub mod budget;
+pub mod history;
 pub mod llm;
+pub mod llm_strategy;
+pub mod prompts;
+pub mod ranker;
+pub mod runner;
+pub mod space;
+pub mod strategy;
+pub mod task;

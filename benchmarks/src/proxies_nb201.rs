@@ -104,7 +104,7 @@ struct Published {
 
 /// Abdelfattah et al., ICLR 2021, Table 1 (|ρ|, all 15,625 archs, one batch of 64, seed 42;
 /// accuracy: cifar10-valid trained / ori-test for CIFAR-10, x-test for the others).
-const ABDELFATTAH: &[Published] = &[
+const ABDELFATTAH: &[Published] = [
     p("grad_norm", 0.594, 0.637, 0.578),
     p("snip", 0.596, 0.637, 0.578),
     p("grasp", 0.514, 0.547, 0.549),
@@ -117,7 +117,7 @@ const ABDELFATTAH: &[Published] = &[
 /// NAS-Bench-Suite-Zero (Krishnakumar et al., NeurIPS 2022), ρ recomputed from its released
 /// per-arch scores against NASLib's `val_accuracy` (9,445 nets for CIFAR-10 and ImageNet16-120,
 /// 725 for CIFAR-100).
-const SUITE_ZERO: &[Published] = &[
+const SUITE_ZERO: &[Published] = [
     p("synflow", 0.732, 0.762, 0.725),
     p("naswot", 0.792, 0.814, 0.795),
     p("jacob_cov", 0.818, 0.725, 0.781),
@@ -292,7 +292,7 @@ pub fn run(args: &ProxiesBenchArgs) -> Result<()> {
     let mut metrics = Vec::new();
     for (name, (label, default, valid)) in &datasets {
         let metric = args.metric.clone().unwrap_or_else(|| default.to_string());
-        if !table.columns().iter().any(|c| *c == metric) {
+        if !table.columns().contains(&metric) {
             bail!("{} has no column '{metric}' (columns: {})", truth_path.display(), table.columns().join(", "));
         }
         // The validation column only counts where the table fills it.

@@ -15,7 +15,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub mod local;
 pub mod openai;
+pub mod replay;
 pub mod scripted;
 
 /// Who says a message.
@@ -177,4 +179,27 @@ pub trait LlmBackend: Send + Sync {
         let _ = (request, template);
         Ok(None)
     }
+}
+
+/// One LLM exchange of a run, recorded verbatim (the run's `llm.jsonl`; `--replay` serves the
+/// recorded replies back in order).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Exchange {
+    /// Number of the exchange in the run (0-based).
+    pub index: usize,
+    /// `propose`, `repair` or `constrained`.
+    pub kind: String,
+    /// The request.
+    pub request: ChatRequest,
+    /// The reply template of a constrained exchange.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template: Option<Constrained>,
+    /// The reply, when there was one.
+    pub response: Option<ChatResponse>,
+    /// The chosen options of a constrained exchange.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub choices: Option<Vec<usize>>,
+    /// The backend's error, when it failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }

@@ -393,7 +393,7 @@ impl Retrying {
                 Some(wait) => wait,
                 None => backoff(policy.retry_base_delay, policy.retry_max_delay, retry, rand::random::<f64>()),
             };
-            tracing::warn!(
+            tracing::info!(
                 attempt = attempts,
                 max_retries = policy.max_retries,
                 ?delay,

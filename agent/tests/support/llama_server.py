@@ -1,7 +1,7 @@
 """Serves a GGUF model with llama.cpp's OpenAI-compatible server (the `xllamacpp` package) on
 loopback, for the agent's tests.
 
-    python llama_server.py --model FILE.gguf --port 8123 [--alias smollm2] [--n-ctx 2048]
+    python llama_server.py --model FILE.gguf --port 8123 [--alias smollm2] [--n-ctx 4096]
 
 Serves until SIGTERM/SIGINT, or until its parent process goes away (so a killed test run leaves
 no server behind). One inference thread: with the cores busy, more threads were many times slower.
@@ -20,7 +20,7 @@ def main() -> int:
     ap.add_argument("--port", type=int, required=True)
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--alias", default="smollm2", help="model name the server reports")
-    ap.add_argument("--n-ctx", type=int, default=2048)
+    ap.add_argument("--n-ctx", type=int, default=4096)
     args = ap.parse_args()
 
     import xllamacpp as xlc

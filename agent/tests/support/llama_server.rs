@@ -52,7 +52,12 @@ impl LlamaServer {
             Path::new(&model).is_file(),
             "AUTOAGENT_TEST_SMOLLM2={model} is not a file: run `eval \"$(scripts/setup-llm.sh)\"` again"
         );
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/llama_server.py");
+        // From the agent crate's tests, or from the workspace root's (which include this file).
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let script = [root.join("tests/support/llama_server.py"), root.join("agent/tests/support/llama_server.py")]
+            .into_iter()
+            .find(|p| p.is_file())
+            .expect("llama_server.py beside this file");
         // The port is chosen before the server binds it, so another process may take it in
         // between: then the server dies at once and we try another one.
         let mut last_failure = String::new();

@@ -1,0 +1,122 @@
+//! Proxy ranking of a round's candidates: every member proxy scores every candidate on one
+//! batch of real images (cached on disk, shared with `autoagent bench proxies`), and the round is
+//! ordered by the log-rank ensemble of the members ([`autoagent_proxies::ensemble`]).
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use autoagent_evaluator::nb201::Arch;
+use autoagent_evaluator::net::Nb201Config;
+use autoagent_evaluator::proxy::Nb201Candidate;
+use autoagent_proxies::cache::{CacheLine, ScoreCache};
+use autoagent_proxies::ensemble::log_rank_aggregate;
+use autoagent_proxies::{Batch, Candidate, Proxy};
+
+/// The scores of one candidate.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Scored {
+    /// Each member's score (`None` when not finite or failed).
+    pub proxies: BTreeMap<String, Option<f64>>,
+    /// The ensemble score within the round (higher is better).
+    pub rank_score: f64,
+}
+
+/// Scores and ranks candidates.
+pub struct Ranker {
+    proxies: Vec<Box<dyn Proxy>>,
+    batch: Batch,
+    batch_id: String,
+    seed: u64,
+    cache: Option<ScoreCache>,
+    /// (classes, channels, size) of the networks.
+    shape: (usize, usize, usize),
+}
+
+impl Ranker {
+    /// A ranker of networks for `classes` classes and `channels × size × size` images.
+    pub fn new(proxies: Vec<Box<dyn Proxy>>, batch: Batch, batch_id: String, seed: u64, cache: Option<ScoreCache>, shape: (usize, usize, usize)) -> Self {
+        Ranker {
+            proxies,
+            batch,
+            batch_id,
+            seed,
+            cache,
+            shape,
+        }
+    }
+
+    /// The member names.
+    pub fn names(&self) -> Vec<&'static str> {
+        self.proxies.iter().map(|p| p.name()).collect()
+    }
+
+    /// Score `archs`; returns their scores (in order) and the device seconds spent computing
+    /// (cached scores cost nothing).
+    pub fn score(&mut self, archs: &[Arch]) -> Result<(Vec<Scored>, f64), autoagent_proxies::cache::CacheError> {
+        let (classes, channels, size) = self.shape;
+        let mut columns = vec![vec![f64::NAN; archs.len()]; self.proxies.len()];
+        let mut seconds = 0.0;
+        for (ai, arch) in archs.iter().enumerate() {
+            let candidate = Nb201Candidate::new(Nb201Config {
+                num_classes: classes,
+                in_channels: channels,
+                input_size: size,
+                ..Nb201Config::new(*arch)
+            });
+            let (canonical, exact) = (candidate.key(), candidate.exact_key());
+            for (pi, p) in self.proxies.iter().enumerate() {
+                let batch = if p.uses_data() { self.batch_id.clone() } else { String::new() };
+                let key = if p.shares_isomorphic_scores() { canonical.clone() } else { exact.clone() };
+                let ck = (key.clone(), p.name().to_string(), self.seed, batch.clone());
+                let cached = self.cache.as_ref().and_then(|c| c.get(&ck));
+                let value = match cached {
+                    Some((v, _)) => v,
+                    None => {
+                        let t = Instant::now();
+                        let r = p.score(&candidate, &self.batch, self.seed);
+                        let took = t.elapsed().as_secs_f64();
+                        seconds += took;
+                        let (value, error) = match r {
+                            Ok(v) if v.is_finite() => (Some(v), None),
+                            Ok(_) => (None, None),
+                            Err(e) => {
+                                tracing::warn!("{} of {arch} failed: {e}", p.name());
+                                (None, Some(e.to_string()))
+                            }
+                        };
+                        if let Some(c) = self.cache.as_mut() {
+                            c.put(CacheLine {
+                                key,
+                                proxy: p.name().to_string(),
+                                seed: self.seed,
+                                batch,
+                                value,
+                                ms: took * 1e3,
+                                error,
+                            })?;
+                        }
+                        value
+                    }
+                };
+                columns[pi][ai] = value.unwrap_or(f64::NAN);
+            }
+            if let Some(c) = self.cache.as_mut() {
+                c.flush()?;
+            }
+        }
+        let refs: Vec<&[f64]> = columns.iter().map(Vec::as_slice).collect();
+        let ensemble = if refs.len() > 1 { log_rank_aggregate(&refs) } else { refs[0].to_vec() };
+        let scored = (0..archs.len())
+            .map(|ai| Scored {
+                proxies: self
+                    .proxies
+                    .iter()
+                    .enumerate()
+                    .map(|(pi, p)| (p.name().to_string(), Some(columns[pi][ai]).filter(|v| v.is_finite())))
+                    .collect(),
+                rank_score: ensemble[ai],
+            })
+            .collect();
+        Ok((scored, seconds))
+    }
+}

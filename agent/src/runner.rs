@@ -1,0 +1,317 @@
+//! The loop: ask the strategy for `k` candidates, drop those isomorphic to an evaluated one or
+//! to an earlier candidate of the round, rank the rest with the proxies, evaluate the top
+//! `top_k` the budget affords, tell the strategy, record everything; until the budget is spent.
+//!
+//! The run directory holds `config.json` (the resolved options), `trials.jsonl` (one line per
+//! trial, written before the next step starts), `failed.jsonl` (rejected proposals), `llm.jsonl`
+//! (every LLM exchange verbatim, which `--replay` serves back) and `summary.json`.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use crate::budget::Budget;
+use autoagent_evaluator::nb201::Arch;
+
+use crate::history::{History, Origin, Proposal, Trial, TrialState};
+use crate::llm::Exchange;
+use crate::ranker::Ranker;
+use crate::strategy::Strategy;
+use crate::task::Evaluator;
+
+/// Options of the loop.
+#[derive(Debug, Clone, Serialize)]
+pub struct LoopOptions {
+    /// Candidates asked per round.
+    pub k: usize,
+    /// Candidates evaluated per round.
+    pub top_k: usize,
+    /// Rounds in a row without a single new candidate before the loop gives up.
+    pub max_empty_rounds: usize,
+    /// Seed of the loop's own draws (the fallback candidates).
+    pub seed: u64,
+}
+
+/// Errors that end a run.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The strategy failed (LLM unreachable, template error).
+    #[error(transparent)]
+    Strategy(#[from] crate::strategy::StrategyError),
+    /// Writing the run directory failed.
+    #[error("cannot write the run record {path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The proxy cache failed.
+    #[error(transparent)]
+    Cache(#[from] autoagent_proxies::cache::CacheError),
+    /// The loop could not make progress.
+    #[error("{0}")]
+    Stuck(String),
+}
+
+/// Appends JSON lines to the run directory's files.
+pub struct Recorder {
+    dir: PathBuf,
+    trials: File,
+    failed: File,
+    llm: File,
+}
+
+fn open_append(path: &Path) -> Result<File, RunError> {
+    OpenOptions::new().create(true).append(true).open(path).map_err(|source| RunError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+impl Recorder {
+    /// Create the record files in `dir` (which must exist).
+    pub fn create(dir: &Path) -> Result<Self, RunError> {
+        Ok(Recorder {
+            dir: dir.to_path_buf(),
+            trials: open_append(&dir.join("trials.jsonl"))?,
+            failed: open_append(&dir.join("failed.jsonl"))?,
+            llm: open_append(&dir.join("llm.jsonl"))?,
+        })
+    }
+
+    fn line<T: Serialize>(file: &mut File, path: PathBuf, value: &T) -> Result<(), RunError> {
+        let text = serde_json::to_string(value).expect("records serialise");
+        writeln!(file, "{text}")
+            .and_then(|_| file.flush())
+            .map_err(|source| RunError::Io { path, source })
+    }
+
+    fn trial(&mut self, t: &Trial) -> Result<(), RunError> {
+        Self::line(&mut self.trials, self.dir.join("trials.jsonl"), t)
+    }
+
+    fn failed(&mut self, f: &crate::history::FailedProposal) -> Result<(), RunError> {
+        Self::line(&mut self.failed, self.dir.join("failed.jsonl"), f)
+    }
+
+    fn exchange(&mut self, e: &Exchange) -> Result<(), RunError> {
+        Self::line(&mut self.llm, self.dir.join("llm.jsonl"), e)
+    }
+
+    /// Write `summary.json`.
+    pub fn summary(&self, s: &Summary) -> Result<(), RunError> {
+        let path = self.dir.join("summary.json");
+        std::fs::write(&path, serde_json::to_string_pretty(s).expect("summary serialises")).map_err(|source| RunError::Io { path, source })
+    }
+}
+
+/// LLM usage of a run.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct LlmUsage {
+    /// Exchanges made.
+    pub exchanges: usize,
+    /// Prompt tokens.
+    pub prompt_tokens: u64,
+    /// Generated tokens.
+    pub completion_tokens: u64,
+    /// Cost in US dollars.
+    pub cost_usd: f64,
+    /// Seconds waiting for replies.
+    pub seconds: f64,
+    /// Valid candidates the LLM proposed.
+    pub valid_proposals: usize,
+    /// Invalid ones.
+    pub invalid_proposals: usize,
+}
+
+/// The outcome of a run.
+#[derive(Debug, Clone, Serialize)]
+pub struct Summary {
+    /// The strategy.
+    pub strategy: String,
+    /// Trials evaluated.
+    pub trials: usize,
+    /// Rounds run.
+    pub rounds: usize,
+    /// The best trial by the visible accuracy.
+    pub best: Option<Trial>,
+    /// Budget limit, as text.
+    pub budget: String,
+    /// Share of the budget used.
+    pub budget_used: f64,
+    /// Device seconds used (evaluations and proxy scoring).
+    pub device_seconds: f64,
+    /// Largest overrun of the limit, in seconds.
+    pub overrun_seconds: f64,
+    /// Device seconds spent scoring proxies.
+    pub proxy_seconds: f64,
+    /// Candidates dropped as isomorphic to evaluated ones or duplicates within a round.
+    pub duplicates: usize,
+    /// Candidates the loop added itself (mutations of the best trial, or random cells) because
+    /// the strategy's round held fewer than `top_k` new ones.
+    pub fallback: usize,
+    /// LLM usage.
+    pub llm: LlmUsage,
+    /// Why the loop stopped.
+    pub stopped: String,
+}
+
+/// Run the loop until the budget is spent.
+pub async fn run_loop(
+    strategy: &mut dyn Strategy,
+    evaluator: &mut dyn Evaluator,
+    mut ranker: Option<&mut Ranker>,
+    budget: &mut Budget,
+    options: &LoopOptions,
+    recorder: &mut Recorder,
+    mut on_trial: impl FnMut(&Trial, &Budget),
+) -> Result<(History, Summary), RunError> {
+    let mut history = History::default();
+    let mut usage = LlmUsage::default();
+    let (mut rounds, mut duplicates, mut proxy_seconds, mut empty, mut fallback) = (0usize, 0usize, 0.0f64, 0usize, 0usize);
+    let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(options.seed ^ 0x5eed_f411);
+    let stopped;
+    loop {
+        if budget.exhausted() {
+            stopped = "budget spent".to_string();
+            break;
+        }
+        let asked = strategy.ask(&history, options.k).await;
+        let asked = match asked {
+            Ok(a) => a,
+            Err(e) => return Err(e.into()),
+        };
+        for ex in &asked.exchanges {
+            recorder.exchange(ex)?;
+            usage.exchanges += 1;
+            if let Some(r) = &ex.response {
+                usage.prompt_tokens += r.usage.prompt_tokens;
+                usage.completion_tokens += r.usage.completion_tokens;
+                usage.cost_usd += r.cost_usd;
+                usage.seconds += r.latency.as_secs_f64();
+            }
+        }
+        let from_llm = !asked.exchanges.is_empty();
+        if from_llm {
+            usage.valid_proposals += asked.proposals.len();
+            usage.invalid_proposals += asked.failed.len();
+        }
+        for f in &asked.failed {
+            recorder.failed(f)?;
+            history.failed.push(f.clone());
+        }
+        // Deduplicate by canonical form, against the history and within the round.
+        let mut seen: Vec<String> = Vec::new();
+        let mut fresh = Vec::new();
+        for p in asked.proposals {
+            let c = p.arch.canonical();
+            if history.seen(&p.arch) || seen.contains(&c) {
+                duplicates += 1;
+                continue;
+            }
+            seen.push(c);
+            fresh.push(p);
+        }
+        // A strategy that keeps proposing what was already evaluated (a small LLM can) must not
+        // stall the run: top the round up with mutations of the best trial, or random cells.
+        let mut tries = 0;
+        while fresh.len() < options.top_k && tries < 100 {
+            tries += 1;
+            let p = match history.best(1).first() {
+                Some(best) => Proposal {
+                    arch: best.arch.mutate(&mut rng),
+                    origin: Origin::Mutation { parent: best.arch.to_string() },
+                },
+                None => Proposal {
+                    arch: Arch::sample(&mut rng),
+                    origin: Origin::Random,
+                },
+            };
+            let c = p.arch.canonical();
+            if history.seen(&p.arch) || seen.contains(&c) {
+                continue;
+            }
+            seen.push(c);
+            fresh.push(p);
+            fallback += 1;
+        }
+        if fresh.is_empty() {
+            empty += 1;
+            if empty >= options.max_empty_rounds {
+                stopped = format!("no new candidate in {empty} rounds in a row");
+                break;
+            }
+            continue;
+        }
+        empty = 0;
+        rounds += 1;
+        // Rank.
+        let archs: Vec<_> = fresh.iter().map(|p| p.arch).collect();
+        let scored = match ranker.as_deref_mut() {
+            Some(r) => {
+                let (s, secs) = r.score(&archs)?;
+                proxy_seconds += secs;
+                budget.spend(0, secs);
+                Some(s)
+            }
+            None => None,
+        };
+        let mut order: Vec<usize> = (0..fresh.len()).collect();
+        if let Some(s) = &scored {
+            order.sort_by(|&a, &b| s[b].rank_score.total_cmp(&s[a].rank_score).then(a.cmp(&b)));
+        }
+        // Evaluate the top candidates the budget affords.
+        let mut evaluated = 0;
+        for &i in order.iter().take(options.top_k) {
+            let arch = fresh[i].arch;
+            let estimate = evaluator.estimate_seconds(&arch);
+            if !budget.affords(1, estimate) {
+                break;
+            }
+            let eval = evaluator.evaluate(&arch);
+            budget.spend(1, eval.seconds);
+            let trial = Trial {
+                id: history.trials.len(),
+                round: rounds - 1,
+                arch,
+                origin: fresh[i].origin.clone(),
+                proxies: scored.as_ref().map(|s| s[i].proxies.clone()).unwrap_or_default(),
+                rank_score: scored.as_ref().map(|s| s[i].rank_score),
+                accuracy: eval.accuracy,
+                test_accuracy: eval.test_accuracy,
+                seconds: eval.seconds,
+                state: if eval.error.is_some() { TrialState::Failed } else { TrialState::Complete },
+                error: eval.error,
+            };
+            recorder.trial(&trial)?;
+            strategy.tell(&trial);
+            on_trial(&trial, budget);
+            history.trials.push(trial);
+            evaluated += 1;
+        }
+        if evaluated == 0 {
+            stopped = "the budget left does not afford the next evaluation".to_string();
+            break;
+        }
+    }
+    let summary = Summary {
+        strategy: strategy.name().to_string(),
+        trials: history.trials.len(),
+        rounds,
+        best: history.best(1).first().map(|t| (*t).clone()),
+        budget: budget.limit.to_string(),
+        budget_used: budget.used_fraction(),
+        device_seconds: budget.seconds,
+        overrun_seconds: budget.overrun_seconds,
+        proxy_seconds,
+        duplicates,
+        fallback,
+        llm: usage,
+        stopped,
+    };
+    recorder.summary(&summary)?;
+    Ok((history, summary))
+}

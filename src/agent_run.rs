@@ -1,0 +1,366 @@
+//! `autoagent run`: the agent loop from the command line.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use autoagent_agent::budget::{Budget, Limit};
+use autoagent_agent::history::Trial;
+use autoagent_agent::llm::local::{LocalModel, LocalOptions};
+use autoagent_agent::llm::openai::{OpenAi, OpenAiOptions};
+use autoagent_agent::llm::replay::Replay;
+use autoagent_agent::llm::{Exchange, LlmBackend};
+use autoagent_agent::llm_strategy::{LlmOptions, LlmStrategy};
+use autoagent_agent::prompts::Prompts;
+use autoagent_agent::ranker::Ranker;
+use autoagent_agent::runner::{run_loop, LoopOptions, Recorder, Summary};
+use autoagent_agent::strategy::{Evolution, RandomSearch, Strategy};
+use autoagent_agent::task::{Evaluator, Nb201Dataset, TableEvaluator, TrainEvaluator};
+use autoagent_evaluator::data::{self, DatasetKind};
+use autoagent_evaluator::proxy::proxy_batch;
+use autoagent_evaluator::table::Nb201Table;
+use autoagent_evaluator::train::{parse_device, TrainConfig};
+use autoagent_proxies::cache::ScoreCache;
+use autoagent_proxies::registry::parse_list;
+use clap::Args;
+
+use crate::DataArgs;
+
+#[derive(Args, Clone, serde::Serialize)]
+pub(crate) struct RunArgs {
+    /// Task: nb201:cifar10, nb201:cifar100, nb201:imagenet16 (table lookup), or cifar10, cifar100,
+    /// mnist, fashion-mnist (real training).
+    #[arg(long, default_value = "nb201:cifar10")]
+    task: String,
+    /// Budget: 50gpuh, 90m, 2h, 3600s or 200trials.
+    #[arg(long, default_value = "100trials")]
+    budget: String,
+    /// Strategy: random, evolution or llm (default: llm when --llm names a backend, else evolution).
+    #[arg(long)]
+    strategy: Option<String>,
+    /// LLM backend: none, openai (any OpenAI-compatible server) or local (a GGUF model in-process).
+    #[arg(long, default_value = "none")]
+    llm: String,
+    /// Model name sent to the server (openai), or a hub repository `owner/name` (local, with --model-file).
+    #[arg(long)]
+    model: Option<String>,
+    /// The GGUF file in the hub repository named by --model (local).
+    #[arg(long)]
+    model_file: Option<String>,
+    /// A GGUF file on disk (local).
+    #[arg(long)]
+    model_path: Option<PathBuf>,
+    /// Base URL of the OpenAI-compatible server, up to /v1 (openai).
+    #[arg(long)]
+    base_url: Option<String>,
+    /// Sampling temperature of the LLM.
+    #[arg(long, default_value_t = 0.7)]
+    temperature: f32,
+    /// Prompt templates to use instead of the embedded ones (system.j2, propose.j2, repair.j2).
+    #[arg(long)]
+    prompts: Option<PathBuf>,
+    /// Reproduce a recorded run's LLM replies instead of calling the LLM.
+    #[arg(long)]
+    replay: Option<PathBuf>,
+    /// Candidates proposed per round.
+    #[arg(long, default_value_t = 16)]
+    k: usize,
+    /// Candidates evaluated per round (the best by proxy ranking).
+    #[arg(long, default_value_t = 2)]
+    top_k: usize,
+    /// Turn proxy ranking off (candidates are evaluated in proposal order).
+    #[arg(long)]
+    no_proxies: bool,
+    /// Proxies of the ranking (their log-rank ensemble orders each round).
+    #[arg(long, default_value = "synflow,naswot,jacob_cov")]
+    proxies: String,
+    /// Images in the proxies' batch.
+    #[arg(long, default_value_t = 64)]
+    proxy_batch_size: usize,
+    /// Proxy score cache (JSON lines, shared with `bench proxies`; default: in the user cache directory).
+    #[arg(long)]
+    proxy_cache: Option<PathBuf>,
+    /// Dataset whose images the proxies see on nb201 tasks.
+    #[arg(long, default_value = "cifar10")]
+    images: String,
+    /// NB201 table (interchange format) for nb201 tasks (default: nb201/nb201.csv in the data cache).
+    #[arg(long)]
+    truth: Option<PathBuf>,
+    /// Epochs of the visible validation accuracy on nb201 tasks: 12 or 200.
+    #[arg(long, default_value_t = 12)]
+    fidelity: usize,
+    /// Training epochs per trial on training tasks.
+    #[arg(long, default_value_t = 1)]
+    epochs: usize,
+    /// Regularized evolution's population and tournament sizes.
+    #[arg(long, default_value_t = 10)]
+    population: usize,
+    #[arg(long, default_value_t = 3)]
+    tournament: usize,
+    /// Seed of everything (strategy, proxies, LLM sampling, training).
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Device: cpu or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// Run directory (default: runs/run-<unix time>).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Print the summary as one JSON object.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    #[serde(skip)]
+    data: DataArgs,
+}
+
+fn backend(args: &RunArgs) -> Result<Option<Arc<dyn LlmBackend>>> {
+    if let Some(dir) = &args.replay {
+        let path = dir.join("llm.jsonl");
+        let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read the recorded exchanges {}", path.display()))?;
+        let exchanges = text
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .enumerate()
+            .map(|(i, l)| serde_json::from_str::<Exchange>(l).with_context(|| format!("{}:{}: not a recorded exchange", path.display(), i + 1)))
+            .collect::<Result<Vec<_>>>()?;
+        return Ok(Some(Arc::new(Replay::new(exchanges))));
+    }
+    match args.llm.as_str() {
+        "none" => Ok(None),
+        "openai" => {
+            let model = args.model.clone().context("--llm openai needs --model NAME")?;
+            let mut o = OpenAiOptions::new(model);
+            o.base_url = args.base_url.clone();
+            Ok(Some(Arc::new(OpenAi::new(o)?)))
+        }
+        "local" => {
+            let device = parse_device(&args.device)?;
+            let options = LocalOptions {
+                device,
+                ..LocalOptions::default()
+            };
+            let model = match (&args.model_path, &args.model, &args.model_file) {
+                (Some(p), _, _) => LocalModel::load_with(p, &options)?,
+                (None, Some(repo), Some(file)) => {
+                    let hub = autoagent_agent::llm::local::HubOptions {
+                        progress: std::io::stderr().is_terminal(),
+                        ..Default::default()
+                    };
+                    LocalModel::from_hub_with(repo, file, &hub, &options)?
+                }
+                _ => bail!("--llm local needs --model-path FILE.gguf, or --model OWNER/NAME with --model-file FILE.gguf"),
+            };
+            Ok(Some(Arc::new(model)))
+        }
+        other => bail!("unknown LLM backend '{other}' (available: none, openai, local)"),
+    }
+}
+
+fn run_dir(args: &RunArgs) -> Result<PathBuf> {
+    let dir = match &args.out {
+        Some(d) => d.clone(),
+        None => {
+            let secs = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0);
+            PathBuf::from("runs").join(format!("run-{secs}"))
+        }
+    };
+    if dir.join("trials.jsonl").exists() {
+        bail!("{} already holds a run (choose another --out)", dir.display());
+    }
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create the run directory {}", dir.display()))?;
+    Ok(dir)
+}
+
+fn print_trial(t: &Trial, budget: &Budget, quiet: bool) {
+    if quiet {
+        return;
+    }
+    let acc = t.accuracy.map_or("failed".to_string(), |a| format!("{a:.2}"));
+    eprintln!(
+        "trial {:>3}  {}  acc {}  budget {:.0} %",
+        t.id,
+        t.arch,
+        acc,
+        (budget.used_fraction() * 100.0).min(999.0)
+    );
+}
+
+pub(crate) fn cmd_run(args: RunArgs) -> Result<()> {
+    let limit: Limit = args.budget.parse().map_err(anyhow::Error::msg)?;
+    if args.k == 0 || args.top_k == 0 {
+        bail!("--k and --top-k must be at least 1");
+    }
+    let device = parse_device(&args.device)?;
+    let root = data::data_root(args.data.data_dir.as_deref());
+    let prompts = Arc::new(Prompts::load(args.prompts.as_deref())?);
+
+    // The task.
+    let (mut evaluator, image_kind): (Box<dyn Evaluator>, DatasetKind) = if let Some(ds) = args.task.strip_prefix("nb201:") {
+        let dataset = Nb201Dataset::from_name(ds).with_context(|| format!("unknown NB201 dataset '{ds}' (available: cifar10, cifar100, imagenet16)"))?;
+        let truth = args.truth.clone().unwrap_or_else(|| data::data_root(None).join("nb201").join("nb201.csv"));
+        if !truth.is_file() {
+            bail!(
+                "no NB201 table at {} (pass --truth FILE, or convert the official archive with `autoagent import nats`)",
+                truth.display()
+            );
+        }
+        let table = Arc::new(Nb201Table::load(&truth)?);
+        let images = DatasetKind::from_name(&args.images).with_context(|| format!("unknown image dataset '{}'", args.images))?;
+        (
+            Box::new(TableEvaluator::new(table, dataset, args.fidelity).map_err(anyhow::Error::msg)?),
+            images,
+        )
+    } else {
+        let kind = DatasetKind::from_name(&args.task).with_context(|| {
+            format!(
+                "unknown task '{}' (available: nb201:cifar10, nb201:cifar100, nb201:imagenet16, cifar10, cifar100, mnist, fashion-mnist)",
+                args.task
+            )
+        })?;
+        let data = data::open(kind, &root, !args.data.no_download)?;
+        let config = TrainConfig {
+            epochs: args.epochs,
+            seed: args.seed,
+            hflip: matches!(kind, DatasetKind::Cifar10 | DatasetKind::Cifar100),
+            ..TrainConfig::default()
+        };
+        config.validate()?;
+        (Box::new(TrainEvaluator::new(&data, config, device.clone()).map_err(anyhow::Error::msg)?), kind)
+    };
+
+    // The strategy.
+    let backend = backend(&args)?;
+    let strategy_name = args
+        .strategy
+        .clone()
+        .unwrap_or_else(|| if backend.is_some() { "llm" } else { "evolution" }.to_string());
+    let mut strategy: Box<dyn Strategy> = match strategy_name.as_str() {
+        "random" => Box::new(RandomSearch::new(args.seed)),
+        "evolution" => {
+            if args.population == 0 || args.tournament == 0 {
+                bail!("--population and --tournament must be at least 1");
+            }
+            Box::new(Evolution::new(args.seed, args.population, args.tournament))
+        }
+        "llm" => {
+            let Some(b) = backend.clone() else {
+                bail!("--strategy llm needs an LLM: --llm openai --model NAME [--base-url URL], or --llm local --model-path FILE.gguf");
+            };
+            let options = LlmOptions {
+                temperature: args.temperature,
+                seed: args.seed,
+                ..LlmOptions::default()
+            };
+            Box::new(LlmStrategy::new(b, prompts.clone(), evaluator.info(), options, 0))
+        }
+        other => bail!("unknown strategy '{other}' (available: random, evolution, llm)"),
+    };
+
+    // Proxy ranking.
+    let mut ranker = if args.no_proxies {
+        None
+    } else {
+        let proxies = parse_list(&args.proxies).map_err(anyhow::Error::msg)?;
+        let data = data::open(image_kind, &root, !args.data.no_download)?;
+        let batch = proxy_batch(&data, args.proxy_batch_size, args.seed, &device)?;
+        let batch_id = format!("{}:b{}:s{}", image_kind.name(), args.proxy_batch_size, args.seed);
+        let cache_path = args.proxy_cache.clone().unwrap_or_else(|| {
+            data::data_root(None)
+                .parent()
+                .map(Path::to_path_buf)
+                .unwrap_or_else(std::env::temp_dir)
+                .join("bench")
+                .join(format!("proxies-nb201-{}-b{}.jsonl", image_kind.name(), args.proxy_batch_size))
+        });
+        let cache = ScoreCache::open(&cache_path)?;
+        let (c, h, _) = image_kind.image_shape();
+        Some(Ranker::new(proxies, batch, batch_id, args.seed, Some(cache), (image_kind.num_classes(), c, h)))
+    };
+
+    let dir = run_dir(&args)?;
+    if backend.is_none() && args.strategy.is_none() {
+        eprintln!("no LLM configured (--llm none): searching with regularized evolution");
+    }
+    std::fs::write(
+        dir.join("config.json"),
+        serde_json::to_string_pretty(&serde_json::json!({
+            "args": &args,
+            "strategy": strategy_name,
+            "llm": backend.as_ref().map(|b| b.describe()),
+            "version": env!("CARGO_PKG_VERSION"),
+        }))?,
+    )
+    .with_context(|| format!("cannot write {}", dir.join("config.json").display()))?;
+    let mut recorder = Recorder::create(&dir)?;
+    let mut budget = Budget::new(limit);
+    let options = LoopOptions {
+        k: args.k,
+        top_k: args.top_k,
+        max_empty_rounds: 3,
+        seed: args.seed,
+    };
+    let quiet = args.json;
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
+    let (_, summary) = rt.block_on(run_loop(
+        strategy.as_mut(),
+        evaluator.as_mut(),
+        ranker.as_mut(),
+        &mut budget,
+        &options,
+        &mut recorder,
+        |t, b| print_trial(t, b, quiet),
+    ))?;
+    report(&summary, &dir, args.json)
+}
+
+fn report(s: &Summary, dir: &Path, json: bool) -> Result<()> {
+    if json {
+        let mut v = serde_json::to_value(s)?;
+        v["run_dir"] = dir.display().to_string().into();
+        println!("{v}");
+        return Ok(());
+    }
+    println!(
+        "run {} ({}): {} trials in {} rounds, {}",
+        dir.display(),
+        s.strategy,
+        s.trials,
+        s.rounds,
+        s.stopped
+    );
+    if let Some(b) = &s.best {
+        println!(
+            "best: {}  validation {:.2}{}",
+            b.arch,
+            b.accuracy.unwrap_or(f64::NAN),
+            b.test_accuracy.map(|t| format!("  test {t:.2}")).unwrap_or_default()
+        );
+    }
+    println!(
+        "budget {}: {:.1} % used, {:.1} device-s (proxies {:.1} s), overrun {:.1} s",
+        s.budget,
+        s.budget_used * 100.0,
+        s.device_seconds,
+        s.proxy_seconds,
+        s.overrun_seconds
+    );
+    if s.fallback > 0 {
+        println!(
+            "{} candidates were added by the loop (mutations of the best) because rounds held too few new ones",
+            s.fallback
+        );
+    }
+    if s.llm.exchanges > 0 {
+        let total = s.llm.valid_proposals + s.llm.invalid_proposals;
+        println!(
+            "LLM: {} exchanges, {} + {} tokens, ${:.4}, {:.1} s; {}/{} proposals valid",
+            s.llm.exchanges, s.llm.prompt_tokens, s.llm.completion_tokens, s.llm.cost_usd, s.llm.seconds, s.llm.valid_proposals, total
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,236 @@
+//! `autoagent run` end to end on the real NB201 table and CIFAR-10 images, with each strategy and
+//! each LLM backend: regularized evolution, random search without proxies, a real OpenAI-compatible
+//! server (llama.cpp serving SmolLM2) and the real SmolLM2 GGUF in-process, plus replays and errors.
+
+#[path = "../agent/tests/support/llama_server.rs"]
+#[allow(dead_code)]
+mod llama_server;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn shared() -> PathBuf {
+    match std::env::var_os("AUTOAGENT_SHARED") {
+        Some(p) => PathBuf::from(p),
+        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/data"),
+    }
+}
+
+fn run_cmd(dir: &Path, extra: &[&str]) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_autoagent"));
+    c.args(["run", "--truth"])
+        .arg(shared().join("nb201/nb201.csv"))
+        .arg("--data-dir")
+        .arg(shared().join("cifar10-mini"))
+        .arg("--proxy-cache")
+        .arg(dir.join("proxy-cache.jsonl"))
+        .arg("--out")
+        .arg(dir.join("run"))
+        .args(extra)
+        .env_remove("AUTOAGENT_DATA")
+        .env_remove("OPENAI_API_KEY")
+        .env_remove("AUTOAGENT_API_KEY")
+        .env("RAYON_NUM_THREADS", "2");
+    c
+}
+
+fn summary(o: &Output) -> serde_json::Value {
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    serde_json::from_slice(&o.stdout).expect("one JSON object on stdout")
+}
+
+fn lines(path: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+fn table_column(name: &str) -> std::collections::HashMap<String, f64> {
+    let mut rdr = csv::Reader::from_path(shared().join("nb201/nb201.csv")).unwrap();
+    let h = rdr.headers().unwrap().clone();
+    let (a, c) = (h.iter().position(|x| x == "arch_str").unwrap(), h.iter().position(|x| x == name).unwrap());
+    rdr.records().map(|r| r.unwrap()).map(|r| (r[a].to_string(), r[c].parse().unwrap())).collect()
+}
+
+#[test]
+fn evolution_with_proxy_ranking_records_every_trial() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = run_cmd(dir.path(), &["--budget", "6trials", "--k", "6", "--json"]).output().unwrap();
+    let s = summary(&o);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(err.matches("searching with regularized evolution").count(), 1, "{err}");
+    assert_eq!(s["strategy"], "evolution");
+    assert_eq!(s["trials"], 6);
+    assert_eq!(s["budget_used"], 1.0);
+    let trials = lines(&dir.path().join("run/trials.jsonl"));
+    assert_eq!(trials.len(), 6);
+    // The accuracies are the table's 12-epoch validation accuracy; the test accuracy its 200-epoch one.
+    let (valid, test) = (table_column("cifar10_valid_acc_12ep"), table_column("cifar10_test_acc"));
+    for t in &trials {
+        let arch = t["arch"].as_str().unwrap();
+        assert!((t["accuracy"].as_f64().unwrap() - valid[arch]).abs() < 1e-9);
+        assert!((t["test_accuracy"].as_f64().unwrap() - test[arch]).abs() < 1e-9);
+        assert!(t["proxies"]["synflow"].is_number() || t["proxies"]["synflow"].is_null());
+        assert!(t["rank_score"].is_number());
+    }
+    // Each round evaluates the two best-ranked of its candidates: ranks within a round descend.
+    for pair in trials.chunks(2) {
+        assert!(pair[0]["rank_score"].as_f64() >= pair[1]["rank_score"].as_f64(), "{pair:?}");
+    }
+    let best = s["best"]["accuracy"].as_f64().unwrap();
+    assert!(trials.iter().all(|t| t["accuracy"].as_f64().unwrap() <= best));
+    assert!(std::fs::read_to_string(dir.path().join("run/llm.jsonl")).unwrap().is_empty());
+    // The run directory is not reused.
+    let again = run_cmd(dir.path(), &["--budget", "2trials"]).output().unwrap();
+    assert_eq!(again.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already holds a run"));
+}
+
+#[test]
+fn random_search_without_proxies_evaluates_in_proposal_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = summary(
+        &run_cmd(
+            dir.path(),
+            &["--strategy", "random", "--no-proxies", "--budget", "5trials", "--k", "2", "--json"],
+        )
+        .output()
+        .unwrap(),
+    );
+    assert_eq!(s["trials"], 5);
+    assert_eq!(s["proxy_seconds"], 0.0);
+    let trials = lines(&dir.path().join("run/trials.jsonl"));
+    assert!(trials.iter().all(|t| t["proxies"].as_object().unwrap().is_empty() && t["rank_score"].is_null()));
+    assert!(!dir.path().join("proxy-cache.jsonl").exists());
+}
+
+fn assert_replay_reproduces(dir: &Path, same_options: &[&str]) {
+    let first = lines(&dir.join("run/trials.jsonl"));
+    let o = Command::new(env!("CARGO_BIN_EXE_autoagent"))
+        .args(["run", "--truth"])
+        .arg(shared().join("nb201/nb201.csv"))
+        .arg("--data-dir")
+        .arg(shared().join("cifar10-mini"))
+        .arg("--proxy-cache")
+        .arg(dir.join("proxy-cache.jsonl"))
+        .arg("--out")
+        .arg(dir.join("replayed"))
+        .arg("--replay")
+        .arg(dir.join("run"))
+        .args(same_options)
+        .args(["--json"])
+        .env("RAYON_NUM_THREADS", "2")
+        .output()
+        .unwrap();
+    summary(&o);
+    let again = lines(&dir.join("replayed/trials.jsonl"));
+    assert_eq!(first, again, "the replay evaluated other trials");
+}
+
+#[test]
+fn an_openai_compatible_server_drives_the_search_and_the_run_replays_without_it() {
+    let server = llama_server::LlamaServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let url = server.base_url();
+    let o = run_cmd(
+        dir.path(),
+        &[
+            "--llm",
+            "openai",
+            "--model",
+            "smollm2",
+            "--base-url",
+            &url,
+            "--budget",
+            "4trials",
+            "--k",
+            "4",
+            "--json",
+        ],
+    )
+    .output()
+    .unwrap();
+    let s = summary(&o);
+    assert_eq!(s["strategy"], "llm");
+    assert_eq!(s["trials"], 4);
+    let llm = &s["llm"];
+    assert!(llm["exchanges"].as_u64().unwrap() >= 1);
+    assert!(llm["prompt_tokens"].as_u64().unwrap() > 100 && llm["completion_tokens"].as_u64().unwrap() > 0);
+    let exchanges = lines(&dir.path().join("run/llm.jsonl"));
+    assert_eq!(exchanges.len() as u64, llm["exchanges"].as_u64().unwrap());
+    assert!(exchanges[0]["request"]["messages"][1]["content"]
+        .as_str()
+        .unwrap()
+        .contains("Propose 4 new architectures"));
+    assert!(exchanges[0]["response"]["content"].is_string());
+    drop(server);
+    // Without the server: the recorded replies reproduce the run.
+    assert_replay_reproduces(dir.path(), &["--budget", "4trials", "--k", "4"]);
+}
+
+#[test]
+fn the_local_model_proposes_only_valid_cells_and_the_run_replays() {
+    let model = std::env::var("AUTOAGENT_TEST_SMOLLM2")
+        .unwrap_or_else(|_| panic!("AUTOAGENT_TEST_SMOLLM2 is not set: run `eval \"$(scripts/setup-llm.sh)\"` in the repository root first"));
+    let dir = tempfile::tempdir().unwrap();
+    let s = summary(
+        &run_cmd(
+            dir.path(),
+            &[
+                "--llm",
+                "local",
+                "--model-path",
+                &model,
+                "--budget",
+                "4trials",
+                "--k",
+                "4",
+                "--temperature",
+                "1.0",
+                "--json",
+            ],
+        )
+        .output()
+        .unwrap(),
+    );
+    assert_eq!(s["trials"], 4);
+    let llm = &s["llm"];
+    assert_eq!(llm["invalid_proposals"], 0);
+    assert!(llm["valid_proposals"].as_u64().unwrap() >= 4);
+    let exchanges = lines(&dir.path().join("run/llm.jsonl"));
+    assert!(exchanges
+        .iter()
+        .all(|e| e["kind"] == "constrained" && e["choices"].as_array().unwrap().len() == 24));
+    assert_replay_reproduces(dir.path(), &["--budget", "4trials", "--k", "4", "--temperature", "1.0"]);
+}
+
+fn assert_one_line_error(o: &Output, needle: &str) {
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "stderr: {err}");
+    let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "expected one line, got: {err}");
+    assert!(lines[0].starts_with("error: ") && lines[0].contains(needle), "expected '{needle}' in: {err}");
+}
+
+#[test]
+fn bad_inputs_fail_with_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |extra: &[&str]| run_cmd(dir.path(), extra).output().unwrap();
+    assert_one_line_error(&run(&["--budget", "5parsecs"]), "unknown unit 'parsecs'");
+    assert_one_line_error(&run(&["--task", "nb201:svhn"]), "unknown NB201 dataset 'svhn'");
+    assert_one_line_error(&run(&["--task", "imagenet"]), "unknown task 'imagenet'");
+    assert_one_line_error(&run(&["--llm", "openai"]), "--llm openai needs --model");
+    assert_one_line_error(&run(&["--strategy", "llm"]), "--strategy llm needs an LLM");
+    assert_one_line_error(&run(&["--llm", "local", "--model-path", "/nonexistent.gguf"]), "nonexistent.gguf");
+    assert_one_line_error(&run(&["--fidelity", "200", "--task", "nb201:cifar100"]), "no 200-epoch validation accuracy");
+    assert_one_line_error(&run(&["--proxies", "synflow,bogus"]), "unknown proxy `bogus`");
+    let port = llama_server::free_port();
+    let url = format!("http://127.0.0.1:{port}/v1");
+    assert_one_line_error(
+        &run(&["--llm", "openai", "--model", "m", "--base-url", &url, "--budget", "2trials", "--no-proxies"]),
+        "unreachable",
+    );
+}
