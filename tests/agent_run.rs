@@ -6,17 +6,19 @@
 #[allow(dead_code)]
 mod llama_server;
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use std::path::Path;
 use std::process::{Command, Output};
 
-fn shared() -> PathBuf {
-    match std::env::var_os("AUTOAGENT_SHARED") {
-        Some(p) => PathBuf::from(p),
-        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/data"),
-    }
-}
+use common::{assert_one_line_error, shared};
 
 fn run_cmd(dir: &Path, extra: &[&str]) -> Command {
+    run_into(dir, "run", extra)
+}
+
+/// `autoagent run` on the real table and images, recording into `dir/out`.
+fn run_into(dir: &Path, out: &str, extra: &[&str]) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_autoagent"));
     c.args(["run", "--truth"])
         .arg(shared().join("nb201/nb201.csv"))
@@ -25,7 +27,7 @@ fn run_cmd(dir: &Path, extra: &[&str]) -> Command {
         .arg("--proxy-cache")
         .arg(dir.join("proxy-cache.jsonl"))
         .arg("--out")
-        .arg(dir.join("run"))
+        .arg(dir.join(out))
         .args(extra)
         .env_remove("AUTOAGENT_DATA")
         .env_remove("OPENAI_API_KEY")
@@ -109,20 +111,10 @@ fn random_search_without_proxies_evaluates_in_proposal_order() {
 
 fn assert_replay_reproduces(dir: &Path, same_options: &[&str]) {
     let first = lines(&dir.join("run/trials.jsonl"));
-    let o = Command::new(env!("CARGO_BIN_EXE_autoagent"))
-        .args(["run", "--truth"])
-        .arg(shared().join("nb201/nb201.csv"))
-        .arg("--data-dir")
-        .arg(shared().join("cifar10-mini"))
-        .arg("--proxy-cache")
-        .arg(dir.join("proxy-cache.jsonl"))
-        .arg("--out")
-        .arg(dir.join("replayed"))
+    let o = run_into(dir, "replayed", same_options)
         .arg("--replay")
         .arg(dir.join("run"))
-        .args(same_options)
-        .args(["--json"])
-        .env("RAYON_NUM_THREADS", "2")
+        .arg("--json")
         .output()
         .unwrap();
     summary(&o);
@@ -205,14 +197,6 @@ fn the_local_model_proposes_only_valid_cells_and_the_run_replays() {
         .iter()
         .all(|e| e["kind"] == "constrained" && e["choices"].as_array().unwrap().len() == 24));
     assert_replay_reproduces(dir.path(), &["--budget", "4trials", "--k", "4", "--temperature", "1.0"]);
-}
-
-fn assert_one_line_error(o: &Output, needle: &str) {
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert_eq!(o.status.code(), Some(2), "stderr: {err}");
-    let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
-    assert_eq!(lines.len(), 1, "expected one line, got: {err}");
-    assert!(lines[0].starts_with("error: ") && lines[0].contains(needle), "expected '{needle}' in: {err}");
 }
 
 #[test]

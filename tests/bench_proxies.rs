@@ -1,17 +1,14 @@
 //! `autoagent bench proxies` end to end on the real NB201 table and CIFAR-10 images: the numbers
 //! it prints, its cache, resuming after `kill -9`, and its errors.
 
+mod common;
+
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+
+use common::{assert_one_line_error, shared};
+use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
-
-fn shared() -> PathBuf {
-    match std::env::var_os("AUTOAGENT_SHARED") {
-        Some(p) => PathBuf::from(p),
-        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/data"),
-    }
-}
 
 fn bench(cache: &Path, extra: &[&str]) -> Command {
     let truth = shared().join("nb201/nb201.csv");
@@ -156,14 +153,6 @@ fn a_killed_benchmark_resumes_without_scoring_anything_twice() {
         resumed["cifar10"]["proxies"]["naswot"]["kendall"],
         fresh["cifar10"]["proxies"]["naswot"]["kendall"]
     );
-}
-
-fn assert_one_line_error(o: &Output, needle: &str) {
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert_eq!(o.status.code(), Some(2), "stderr: {err}");
-    let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
-    assert_eq!(lines.len(), 1, "expected one line, got: {err}");
-    assert!(lines[0].starts_with("error: ") && lines[0].contains(needle), "expected '{needle}' in: {err}");
 }
 
 #[test]

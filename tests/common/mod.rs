@@ -1,0 +1,22 @@
+//! Helpers shared by the end-to-end tests of the `autoagent` binary.
+
+use std::path::PathBuf;
+use std::process::Output;
+
+/// `../shared/data` beside the checkout (or `$AUTOAGENT_SHARED`).
+pub fn shared() -> PathBuf {
+    match std::env::var_os("AUTOAGENT_SHARED") {
+        Some(p) => PathBuf::from(p),
+        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/data"),
+    }
+}
+
+/// A failed command: exit code 2 and exactly one line on stderr, starting with `error:` and
+/// containing `needle`.
+pub fn assert_one_line_error(o: &Output, needle: &str) {
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "stderr: {err}");
+    let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "expected one line, got: {err}");
+    assert!(lines[0].starts_with("error: ") && lines[0].contains(needle), "expected '{needle}' in: {err}");
+}
