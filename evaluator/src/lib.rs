@@ -12,6 +12,7 @@
 #![warn(missing_docs)]
 
 pub mod data;
+mod dgemm;
 pub mod error;
 pub mod kernels;
 pub mod nats;

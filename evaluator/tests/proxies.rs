@@ -154,6 +154,29 @@ fn synflow_matches_its_definition_computed_by_hand() {
     assert!((got - want).abs() <= 1e-12 * want, "{got} vs {want}");
 }
 
+/// synflow's batch of one runs its convolutions as shifted products spread over the pool (no
+/// im2col) when the pool has more than one thread; with one thread, as per-sample im2col GEMMs.
+/// Both must give the same score on full-size networks, including cells with `none` edges.
+#[test]
+fn synflow_is_the_same_with_the_batch_one_kernels_and_on_one_thread() {
+    let synflow = registry::by_name("synflow").unwrap();
+    let batch = random_batch(1, 0);
+    for arch in [
+        BEST,
+        "|nor_conv_3x3~0|+|none~0|nor_conv_1x1~1|+|skip_connect~0|none~1|nor_conv_3x3~2|",
+        "|none~0|+|nor_conv_3x3~0|none~1|+|avg_pool_3x3~0|nor_conv_3x3~1|none~2|",
+    ] {
+        let cand = Nb201Candidate::new(Nb201Config::new(Arch::parse(arch).unwrap()));
+        let score = |threads: usize| {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            pool.install(|| synflow.score(&cand, &batch, 3).unwrap())
+        };
+        let (one, two) = (score(1), score(2));
+        assert!(one.is_finite() && one > 0.0, "{arch}: {one}");
+        assert!((one - two).abs() <= 1e-10 * one, "{arch}: one thread {one} vs two {two}");
+    }
+}
+
 #[test]
 fn naswot_kernel_is_symmetric_with_the_relu_units_on_its_diagonal() {
     let cand = small(BEST);

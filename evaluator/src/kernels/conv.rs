@@ -250,20 +250,48 @@ pub(crate) fn inner_threads(batch: usize) -> usize {
     }
 }
 
+/// Run `f(scratch, i, out_i)` for every sample `i` and its chunk `out_i` of `out` (`chunk`
+/// elements each): in parallel over the samples, with one scratch per rayon job, when the batch
+/// fills the pool (`threads` = 1); otherwise (a batch smaller than the pool, `threads` > 1, as
+/// synflow's batch of one) one after the other on the calling thread, whose GEMMs then spread
+/// over the pool themselves — so that no job is handed to the pool just to run one sample.
+fn for_each_sample<T: Float, S>(
+    out: &mut [T],
+    chunk: usize,
+    n: usize,
+    threads: usize,
+    init: impl Fn() -> S + Sync + Send,
+    f: impl Fn(&mut S, usize, &mut [T]) + Sync + Send,
+) {
+    if threads > 1 {
+        let mut scratch = init();
+        for (i, oi) in out.chunks_mut(chunk).enumerate() {
+            f(&mut scratch, i, oi);
+        }
+    } else {
+        out.par_chunks_mut(chunk)
+            .enumerate()
+            .with_min_len(per_thread(n))
+            .for_each_init(init, |scratch, (i, oi)| f(scratch, i, oi));
+    }
+}
+
 pub(crate) fn conv_fwd<T: Float>(g: &ConvGeom, x: &[T], w: &[T]) -> Vec<T> {
-    let (k, p) = (g.k(), g.p());
-    let mut y = vec![T::zero(); g.n * g.cout * p];
     let threads = inner_threads(g.n);
+    if use_shifted(g, threads) {
+        return shifted::conv_fwd(g, x, w, threads);
+    }
+    let (k, p) = (g.k(), g.p());
+    // Every element is written by the GEMM (no accumulation), every scratch one by im2col.
+    let mut y = super::alloc_uninit::<T>(g.n * g.cout * p);
     let xs = g.cin * g.h * g.w;
-    y.par_chunks_mut(g.cout * p).enumerate().with_min_len(per_thread(g.n)).for_each_init(
-        || {
-            if g.pointwise() {
-                Vec::new()
-            } else {
-                vec![T::zero(); k * p]
-            }
-        },
-        |col, (i, yi)| {
+    for_each_sample(
+        &mut y,
+        g.cout * p,
+        g.n,
+        threads,
+        || super::alloc_uninit::<T>(if g.pointwise() { 0 } else { k * p }),
+        |col, i, yi| {
             let xi = &x[i * xs..(i + 1) * xs];
             let rhs: &[T] = if g.pointwise() {
                 xi
@@ -279,22 +307,28 @@ pub(crate) fn conv_fwd<T: Float>(g: &ConvGeom, x: &[T], w: &[T]) -> Vec<T> {
 
 /// `gx = conv_data(gy, w)`: the input gradient (the adjoint of [`conv_fwd`] in `x`).
 pub(crate) fn conv_data<T: Float>(g: &ConvGeom, gy: &[T], w: &[T]) -> Vec<T> {
+    let threads = inner_threads(g.n);
+    if use_shifted(g, threads) {
+        return shifted::conv_data(g, gy, w, threads);
+    }
     if g.same_odd() && !g.pointwise() {
         return conv_data_same(g, gy, w);
     }
     let (k, p) = (g.k(), g.p());
     let xs = g.cin * g.h * g.w;
-    let mut gx = vec![T::zero(); g.n * xs];
-    let threads = inner_threads(g.n);
-    gx.par_chunks_mut(xs).enumerate().with_min_len(per_thread(g.n)).for_each_init(
-        || {
-            if g.pointwise() {
-                Vec::new()
-            } else {
-                vec![T::zero(); k * p]
-            }
-        },
-        |col, (i, gxi)| {
+    // col2im adds into `gx`; a pointwise GEMM writes all of it.
+    let mut gx = if g.pointwise() {
+        super::alloc_uninit::<T>(g.n * xs)
+    } else {
+        vec![T::zero(); g.n * xs]
+    };
+    for_each_sample(
+        &mut gx,
+        xs,
+        g.n,
+        threads,
+        || super::alloc_uninit::<T>(if g.pointwise() { 0 } else { k * p }),
+        |col, i, gxi| {
             let gyi = &gy[i * g.cout * p..(i + 1) * g.cout * p];
             // wᵀ (k×cout) · gy_i (cout×p)
             if g.pointwise() {
@@ -312,11 +346,13 @@ pub(crate) fn conv_data<T: Float>(g: &ConvGeom, gy: &[T], w: &[T]) -> Vec<T> {
 /// input gradient of a stride-1 "same" convolution seen as a convolution of the output gradient.
 pub(crate) fn flip_weight<T: Float>(w: &[T], cout: usize, cin: usize, taps: usize) -> Vec<T> {
     let mut out = super::alloc_uninit(w.len());
-    for co in 0..cout {
-        for ci in 0..cin {
-            for t in 0..taps {
-                out[(ci * cout + co) * taps + (taps - 1 - t)] = w[(co * cin + ci) * taps + t];
-            }
+    // `w` is read in order (it is usually cold by the backward pass, and sequential reads are
+    // what the prefetchers follow); each tap row lands reversed at its place in `w'`.
+    for (i, src) in w.chunks_exact(taps).enumerate() {
+        let (co, ci) = (i / cin, i % cin);
+        let dst = &mut out[(ci * cout + co) * taps..][..taps];
+        for (d, s) in dst.iter_mut().zip(src.iter().rev()) {
+            *d = *s;
         }
     }
     out
@@ -339,9 +375,13 @@ fn conv_data_same<T: Float>(g: &ConvGeom, gy: &[T], w: &[T]) -> Vec<T> {
     let xs = g.cin * p;
     let mut gx = super::alloc_uninit::<T>(g.n * xs);
     let threads = inner_threads(g.n);
-    gx.par_chunks_mut(xs).enumerate().with_min_len(per_thread(g.n)).for_each_init(
+    for_each_sample(
+        &mut gx,
+        xs,
+        g.n,
+        threads,
         || super::alloc_uninit::<T>(depth * p),
-        |col, (i, gxi)| {
+        |col, i, gxi| {
             im2col(&back, &gy[i * g.cout * p..(i + 1) * g.cout * p], col);
             T::matmul(g.cin, p, depth, gxi, p, false, &flipped, (depth, 1), col, (p, 1), threads);
         },
@@ -351,38 +391,266 @@ fn conv_data_same<T: Float>(g: &ConvGeom, gy: &[T], w: &[T]) -> Vec<T> {
 
 /// `gw = conv_filter(x, gy) = Σᵢ gy_i · col(x_i)ᵀ`: the weight gradient.
 pub(crate) fn conv_filter<T: Float>(g: &ConvGeom, x: &[T], gy: &[T]) -> Vec<T> {
+    let threads = inner_threads(g.n);
+    if use_shifted(g, threads) {
+        return shifted::conv_filter(g, x, gy, threads);
+    }
     let (k, p) = (g.k(), g.p());
     let xs = g.cin * g.h * g.w;
-    let threads = inner_threads(g.n);
+    // The sum over samples of `range`, the first product written, the others accumulated.
+    let partial = |range: std::ops::Range<usize>| {
+        let mut acc = super::alloc_uninit::<T>(g.cout * k);
+        let mut col = super::alloc_uninit::<T>(if g.pointwise() { 0 } else { k * p });
+        let mut first = true;
+        for i in range {
+            let xi = &x[i * xs..(i + 1) * xs];
+            let gyi = &gy[i * g.cout * p..(i + 1) * g.cout * p];
+            let colr: &[T] = if g.pointwise() {
+                xi
+            } else {
+                im2col(g, xi, &mut col);
+                &col
+            };
+            // gy_i (cout×p) · colᵀ (p×k)
+            T::matmul(g.cout, k, p, &mut acc, k, !first, gyi, (p, 1), colr, (1, p), threads);
+            first = false;
+        }
+        if first {
+            acc.fill(T::zero());
+        }
+        acc
+    };
+    if threads > 1 {
+        // A batch smaller than the pool: the GEMMs use the threads, samples run in turn.
+        return partial(0..g.n);
+    }
     let chunks = rayon::current_num_threads().min(g.n).max(1);
     let per = g.n.div_ceil(chunks);
-    let partials: Vec<Vec<T>> = (0..chunks)
-        .into_par_iter()
-        .map(|c| {
-            let mut acc = vec![T::zero(); g.cout * k];
-            let mut col = if g.pointwise() { Vec::new() } else { vec![T::zero(); k * p] };
-            for i in c * per..((c + 1) * per).min(g.n) {
-                let xi = &x[i * xs..(i + 1) * xs];
-                let gyi = &gy[i * g.cout * p..(i + 1) * g.cout * p];
-                let colr: &[T] = if g.pointwise() {
-                    xi
-                } else {
-                    im2col(g, xi, &mut col);
-                    &col
-                };
-                // gy_i (cout×p) · colᵀ (p×k)
-                T::matmul(g.cout, k, p, &mut acc, k, true, gyi, (p, 1), colr, (1, p), threads);
-            }
-            acc
-        })
-        .collect();
-    let mut out = partials[0].clone();
-    for part in &partials[1..] {
+    let mut partials: Vec<Vec<T>> = (0..chunks).into_par_iter().map(|c| partial(c * per..((c + 1) * per).min(g.n))).collect();
+    let mut out = partials.swap_remove(0);
+    for part in &partials {
         for (o, v) in out.iter_mut().zip(part) {
             *o += *v;
         }
     }
     out
+}
+
+/// Whether a convolution takes the [`shifted`] path: a batch smaller than the pool
+/// (`threads` > 1), stride 1, "same" padding, a kernel larger than 1×1, and at least 8 input
+/// and output channels (each tap's product has depth `cin` or `cout`, too shallow below that).
+fn use_shifted(g: &ConvGeom, threads: usize) -> bool {
+    threads > 1 && g.same_odd() && !g.pointwise() && g.cin >= 8 && g.cout >= 8
+}
+
+/// Stride-1 "same" convolutions of a batch smaller than the pool (synflow's batch of one)
+/// without im2col.
+///
+/// Planes are zero-padded to `h2 × w2 = (h + 2·pad) × (w + 2·pad)`, and outputs are computed
+/// in the padded row pitch: output `(oy, ox)` at `q = oy·w2 + ox`. Tap `t = (ki, kj)` of every
+/// output then reads the padded input at the fixed offset `ki·w2 + kj`, so row `(c, t)` of the
+/// im2col matrix is the window of padded plane `c` that starts `offset(t)` into it: the forward
+/// and input-gradient convolutions are one GEMM each whose `rhs` rows are read in place from
+/// the padded planes ([`Float::matmul_rows`], a table of row offsets). The weight gradient is
+/// one GEMM per tap, with the shifted padded planes as `lhs` and `gy` (transposed into the
+/// padded pitch) as `rhs`. The `np = (h - 1)·w2 + w` positions cover every output; the
+/// `w2 - w` between two rows are junk, dropped when the result is compacted to `h × w` (and
+/// zero in `gy`). For a 3×3 kernel this replaces the 9× copy of im2col by a padded copy.
+///
+/// Each call is split into runs of output rows (output channels for the forward and weight
+/// gradient, input channels for the input gradient) that the calling thread and a pool thread
+/// take as they come free (`kernels::par_parts`).
+mod shifted {
+    use std::ops::Range;
+    use std::sync::Mutex;
+
+    use super::super::{alloc_uninit, par_parts, Float};
+    use super::ConvGeom;
+
+    /// The padded geometry of one convolution.
+    struct Shifted {
+        h: usize,
+        w: usize,
+        pad: usize,
+        kw: usize,
+        taps: usize,
+        w2: usize,
+        plane2: usize,
+        np: usize,
+    }
+
+    impl Shifted {
+        fn new(g: &ConvGeom) -> Self {
+            let w2 = g.w + 2 * g.pad;
+            Shifted {
+                h: g.h,
+                w: g.w,
+                pad: g.pad,
+                kw: g.kw,
+                taps: g.kh * g.kw,
+                w2,
+                plane2: (g.h + 2 * g.pad) * w2,
+                np: (g.h - 1) * w2 + g.w,
+            }
+        }
+
+        /// Offset of tap `t` in a padded plane: every position reads `q + offset(t)`.
+        fn offset(&self, t: usize) -> usize {
+            (t / self.kw) * self.w2 + t % self.kw
+        }
+
+        /// The implicit im2col of `c` padded planes: row `(ch, t)` starts at
+        /// `ch·plane2 + offset(t)`.
+        fn rows(&self, c: usize) -> Vec<usize> {
+            (0..c).flat_map(|ch| (0..self.taps).map(move |t| ch * self.plane2 + self.offset(t))).collect()
+        }
+
+        /// Planes of `h × w` zero-padded to `h2 × w2`.
+        fn pad<T: Float>(&self, x: &[T]) -> Vec<T> {
+            let planes = x.len() / (self.h * self.w);
+            let mut out = alloc_uninit::<T>(planes * self.plane2);
+            for (src, dst) in x.chunks_exact(self.h * self.w).zip(out.chunks_exact_mut(self.plane2)) {
+                // `rest` starts at the first element of the image: padded row `pad`, column `pad`.
+                let (top, rest) = dst.split_at_mut(self.pad * self.w2 + self.pad);
+                top.fill(T::zero());
+                for (oy, row) in src.chunks_exact(self.w).enumerate() {
+                    let at = oy * self.w2;
+                    rest[at..at + self.w].copy_from_slice(row);
+                    // The right border of this row and the left one of the next.
+                    let end = (at + self.w2).min(rest.len());
+                    rest[at + self.w..end].fill(T::zero());
+                }
+                rest[(self.h - 1) * self.w2 + self.w..].fill(T::zero());
+            }
+            out
+        }
+
+        /// Rows of `np` positions in the padded pitch → rows of `h·w` outputs.
+        fn compact<T: Float>(&self, src: &[T], dst: &mut [T]) {
+            for (s, d) in src.chunks_exact(self.np).zip(dst.chunks_exact_mut(self.h * self.w)) {
+                for (oy, row) in d.chunks_exact_mut(self.w).enumerate() {
+                    row.copy_from_slice(&s[oy * self.w2..oy * self.w2 + self.w]);
+                }
+            }
+        }
+
+        /// `gy (c × h·w)` → `(np × c)`, transposed into the padded pitch, junk positions zero.
+        fn spread_transposed<T: Float>(&self, gy: &[T], c: usize) -> Vec<T> {
+            let mut out = alloc_uninit::<T>(self.np * c);
+            let hw = self.h * self.w;
+            for oy in 0..self.h {
+                // Row `oy` of every channel (c × w, rows `hw` apart) → positions `oy·w2 ..`.
+                T::transpose(c, self.w, &gy[oy * self.w..], hw, &mut out[oy * self.w2 * c..], c, false);
+                let junk_end = ((oy + 1) * self.w2 * c).min(out.len());
+                out[(oy * self.w2 + self.w) * c..junk_end].fill(T::zero());
+            }
+            out
+        }
+    }
+
+    /// Run `f(rows, out_rows)` on runs of consecutive rows of `out` (`row_len` elements each),
+    /// spread over the calling thread and the pool ([`par_parts`]): runs of a multiple of 8 rows
+    /// (a GEMM tile's height), about two per thread.
+    fn par_rows<T: Float>(out: &mut [T], row_len: usize, threads: usize, f: impl Fn(Range<usize>, &mut [T]) + Sync) {
+        let rows = out.len() / row_len;
+        let per = rows.div_ceil(2 * threads).div_ceil(8).max(1) * 8;
+        let chunks: Vec<Mutex<&mut [T]>> = out.chunks_mut(per * row_len).map(Mutex::new).collect();
+        par_parts(chunks.len(), &|i| {
+            let mut chunk = chunks[i].lock().unwrap_or_else(|e| e.into_inner());
+            let len = chunk.len() / row_len;
+            f(i * per..i * per + len, &mut chunk);
+        });
+    }
+
+    /// `y[co][q] = Σ_ci Σ_t w[co][ci][t] · xpad[ci][q + offset(t)]`: `w (cout × cin·taps)`
+    /// times the implicit im2col of the padded input, split over `co`.
+    pub(super) fn conv_fwd<T: Float>(g: &ConvGeom, x: &[T], w: &[T], threads: usize) -> Vec<T> {
+        let s = Shifted::new(g);
+        let (xs, ys, kk) = (g.cin * g.h * g.w, g.cout * g.p(), g.cin * s.taps);
+        let rows = s.rows(g.cin);
+        let mut y = alloc_uninit::<T>(g.n * ys);
+        for (xi, yi) in x.chunks_exact(xs).zip(y.chunks_exact_mut(ys)) {
+            let xpad = s.pad(xi);
+            par_rows(yi, g.p(), threads, |cos, out| {
+                let mut acc = alloc_uninit::<T>(cos.len() * s.np);
+                T::matmul_rows(cos.len(), s.np, kk, &mut acc, s.np, false, &w[cos.start * kk..], (kk, 1), &xpad, &rows, 1);
+                s.compact(&acc, out);
+            });
+        }
+        y
+    }
+
+    /// `gx[ci][q] = Σ_co Σ_t w[co][ci][taps - 1 - t] · gypad[co][q + offset(t)]` (the input
+    /// gradient is the convolution of `gy` with the flipped kernel): the flipped weight
+    /// `(cin × cout·taps)` times the implicit im2col of the padded `gy`, split over `ci`.
+    pub(super) fn conv_data<T: Float>(g: &ConvGeom, gy: &[T], w: &[T], threads: usize) -> Vec<T> {
+        let s = Shifted::new(g);
+        let (xs, ys, kk) = (g.cin * g.h * g.w, g.cout * g.p(), g.cout * s.taps);
+        let rows = s.rows(g.cout);
+        let mut gx = alloc_uninit::<T>(g.n * xs);
+        for (gyi, gxi) in gy.chunks_exact(ys).zip(gx.chunks_exact_mut(xs)) {
+            let gpad = s.pad(gyi);
+            par_rows(gxi, g.p(), threads, |cis, out| {
+                // This share's rows of the flipped weight, w'[ci][co][t] = w[co][ci][taps - 1 - t],
+                // reading `w` in order (it is out of cache by the backward pass).
+                let mut flipped = alloc_uninit::<T>(cis.len() * kk);
+                for co in 0..g.cout {
+                    let src = &w[(co * g.cin + cis.start) * s.taps..(co * g.cin + cis.end) * s.taps];
+                    for (j, taps) in src.chunks_exact(s.taps).enumerate() {
+                        let dst = &mut flipped[j * kk + co * s.taps..][..s.taps];
+                        for (d, v) in dst.iter_mut().zip(taps.iter().rev()) {
+                            *d = *v;
+                        }
+                    }
+                }
+                let mut acc = alloc_uninit::<T>(cis.len() * s.np);
+                T::matmul_rows(cis.len(), s.np, kk, &mut acc, s.np, false, &flipped, (kk, 1), &gpad, &rows, 1);
+                s.compact(&acc, out);
+            });
+        }
+        gx
+    }
+
+    /// `gw[co][ci][t] = Σ_i Σ_q xpad_i[ci][q + offset(t)] · gy_i[co][q]` (junk positions of `gy`
+    /// zero), split over `co`: each share computes `tw[ci][t][co]` for its output channels, one
+    /// GEMM per tap with the padded planes as `lhs`, and transposes it into its rows of `gw`
+    /// (so that the transpose reads what its own thread just wrote).
+    pub(super) fn conv_filter<T: Float>(g: &ConvGeom, x: &[T], gy: &[T], threads: usize) -> Vec<T> {
+        let s = Shifted::new(g);
+        let (xs, ys, kk) = (g.cin * g.h * g.w, g.cout * g.p(), g.cin * s.taps);
+        // Written by the first sample's transposes, added to by the others.
+        let mut gw = if g.n == 0 {
+            vec![T::zero(); g.cout * kk]
+        } else {
+            alloc_uninit::<T>(g.cout * kk)
+        };
+        for (i, (xi, gyi)) in x.chunks_exact(xs).zip(gy.chunks_exact(ys)).enumerate() {
+            let xpad = s.pad(xi);
+            let gyt = s.spread_transposed(gyi, g.cout);
+            par_rows(&mut gw, kk, threads, |cos, out| {
+                let cp = cos.len();
+                let mut tw = alloc_uninit::<T>(kk * cp);
+                for t in 0..s.taps {
+                    let lhs = &xpad[s.offset(t)..];
+                    T::matmul(
+                        g.cin,
+                        cp,
+                        s.np,
+                        &mut tw[t * cp..],
+                        s.taps * cp,
+                        false,
+                        lhs,
+                        (s.plane2, 1),
+                        &gyt[cos.start..],
+                        (g.cout, 1),
+                        1,
+                    );
+                }
+                T::transpose(kk, cp, &tw, cp, out, kk, i > 0);
+            });
+        }
+        gw
+    }
 }
 
 /// Which of the three convolution maps an op computes.
@@ -442,14 +710,18 @@ impl CustomOp2 for ConvOp {
     fn bwd(&self, a: &Tensor, b: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let grad = grad.contiguous()?;
         let op = |map: ConvMap, u: &Tensor, v: &Tensor| u.apply_op2(v, self.with(map));
-        Ok(match self.map {
+        // (gradient of the first operand, of the second)
+        let (ga, gb) = match self.map {
             // y = conv(x, w): gx = data(gy, w), gw = filter(x, gy)
-            ConvMap::Fwd => (Some(op(ConvMap::Data, &grad, b)?), Some(op(ConvMap::Filter, a, &grad)?)),
+            ConvMap::Fwd => ((ConvMap::Data, &grad, b), (ConvMap::Filter, a, &grad)),
             // gx = data(gy, w): d gy = conv(u, w), d w = filter(u, gy)
-            ConvMap::Data => (Some(op(ConvMap::Fwd, &grad, b)?), Some(op(ConvMap::Filter, &grad, a)?)),
+            ConvMap::Data => ((ConvMap::Fwd, &grad, b), (ConvMap::Filter, &grad, a)),
             // gw = filter(x, gy): d x = data(gy, v), d gy = conv(x, v)
-            ConvMap::Filter => (Some(op(ConvMap::Data, b, &grad)?), Some(op(ConvMap::Fwd, a, &grad)?)),
-        })
+            ConvMap::Filter => ((ConvMap::Data, b, &grad), (ConvMap::Fwd, a, &grad)),
+        };
+        // An operand that depends on no variable (the network's input) needs no gradient.
+        let grad_of = |needed: &Tensor, (map, u, v): (ConvMap, &Tensor, &Tensor)| needed.track_op().then(|| op(map, u, v)).transpose();
+        Ok((grad_of(a, ga)?, grad_of(b, gb)?))
     }
 }
 

@@ -319,3 +319,84 @@ fn simd_im2col_matches_the_portable_one() {
         }
     }
 }
+
+/// Batches smaller than the pool: the per-sample convolutions spread over the pool themselves,
+/// stride-1 "same" ones as shifted products without im2col (`conv::shifted`). Forward, both
+/// gradients and a second-order term against candle, on odd shapes, in both dtypes.
+#[test]
+fn small_batch_convolutions_match_candle() {
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(3).build().unwrap();
+    pool.install(|| {
+        // n, cin, cout, h, w, k, stride, pad
+        type Case = (usize, usize, usize, usize, usize, usize, usize, usize);
+        let cases: [Case; 7] = [
+            (1, 8, 12, 7, 5, 3, 1, 1),
+            (2, 16, 8, 6, 6, 5, 1, 2),
+            (1, 9, 10, 1, 4, 3, 1, 1),
+            (1, 17, 33, 9, 9, 3, 1, 1),
+            (1, 3, 16, 8, 8, 3, 1, 1), // too few input channels: im2col
+            (1, 8, 16, 8, 8, 3, 2, 1), // stride 2: im2col
+            (1, 16, 16, 8, 8, 1, 1, 0),
+        ];
+        for dtype in [DType::F32, DType::F64] {
+            let tol = if dtype == DType::F32 { 1e-4 } else { 1e-10 };
+            for (i, &(n, cin, cout, h, w, k, s, p)) in cases.iter().enumerate() {
+                let seed = 300 + 10 * i as u64;
+                let x = Var::from_tensor(&randn(&[n, cin, h, w], seed, dtype)).unwrap();
+                let wt = Var::from_tensor(&randn(&[cout, cin, k, k], seed + 1, dtype)).unwrap();
+                let ours = conv2d(&x, &wt, s, p).unwrap();
+                let theirs = x.conv2d(&wt, p, s, 1, 1).unwrap();
+                assert!(max_diff(&ours, &theirs) < tol, "forward case {i} {dtype:?}");
+                let u = randn(ours.dims(), seed + 2, dtype);
+                let g1 = (&ours * &u).unwrap().sum_all().unwrap().backward().unwrap();
+                let g2 = (&theirs * &u).unwrap().sum_all().unwrap().backward().unwrap();
+                assert!(max_diff(g1.get(&x).unwrap(), g2.get(&x).unwrap()) < tol, "dx case {i} {dtype:?}");
+                assert!(max_diff(g1.get(&wt).unwrap(), g2.get(&wt).unwrap()) < tol, "dw case {i} {dtype:?}");
+            }
+        }
+    });
+}
+
+/// An operand that depends on no variable gets no gradient (the network's input): the
+/// backward pass skips its input-gradient convolution, and the weight's gradient is unchanged.
+#[test]
+fn convolution_skips_the_gradient_of_a_constant_input() {
+    let x = randn(&[2, 3, 6, 6], 1, DType::F64);
+    let w = Var::from_tensor(&randn(&[4, 3, 3, 3], 2, DType::F64)).unwrap();
+    let grads = conv2d(&x, &w, 1, 1).unwrap().sum_all().unwrap().backward().unwrap();
+    assert!(grads.get(&x).is_none());
+    let reference = x.conv2d(&w, 1, 1, 1, 1).unwrap().sum_all().unwrap().backward().unwrap();
+    assert!(max_diff(grads.get(&w).unwrap(), reference.get(&w).unwrap()) < 1e-10);
+}
+
+/// Batch-1 float64 convolutions (synflow's) on the three NB201 stages: median µs and GFLOP/s
+/// of each map; `cargo test -p autoagent-evaluator --lib bench_batch1_f64 -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn bench_batch1_f64_convs() {
+    for (c, hw, k) in [(16, 32, 3), (32, 16, 3), (64, 8, 3)] {
+        let geom = ConvGeom::new(&[1, c, hw, hw], &[c, c, k, k], 1, k / 2).unwrap();
+        let x: Vec<f64> = randn(&[c * hw * hw], 1, DType::F64).to_vec1().unwrap();
+        let w: Vec<f64> = randn(&[c * c * k * k], 2, DType::F64).to_vec1().unwrap();
+        let flops = 2.0 * (c * c * k * k * hw * hw) as f64;
+        let mut line = format!("c{c:<3} {hw:>2}x{hw:<2} k{k}");
+        for (name, f) in [
+            ("fwd", &(|| drop(conv_fwd(&geom, &x, &w))) as &dyn Fn()),
+            ("data", &|| drop(conv_data(&geom, &x, &w))),
+            ("filter", &|| drop(conv_filter(&geom, &x, &x))),
+        ] {
+            f();
+            let mut times: Vec<f64> = (0..200)
+                .map(|_| {
+                    let t = std::time::Instant::now();
+                    f();
+                    t.elapsed().as_secs_f64()
+                })
+                .collect();
+            times.sort_by(f64::total_cmp);
+            let med = times[times.len() / 2];
+            line += &format!(" {name} {:5.1} µs {:3.0} GF", med * 1e6, flops / med / 1e9);
+        }
+        eprintln!("{line}");
+    }
+}
