@@ -269,17 +269,13 @@ pub(crate) fn cmd_run(args: RunArgs) -> Result<()> {
         let data = data::open(image_kind, &root, !args.data.no_download)?;
         let batch = proxy_batch(&data, args.proxy_batch_size, args.seed, &device)?;
         let batch_id = format!("{}:b{}:s{}", image_kind.name(), args.proxy_batch_size, args.seed);
-        let cache_path = args.proxy_cache.clone().unwrap_or_else(|| {
-            data::data_root(None)
-                .parent()
-                .map(Path::to_path_buf)
-                .unwrap_or_else(std::env::temp_dir)
-                .join("bench")
-                .join(format!("proxies-nb201-{}-b{}.jsonl", image_kind.name(), args.proxy_batch_size))
-        });
+        let cache_path = args
+            .proxy_cache
+            .clone()
+            .unwrap_or_else(|| autoagent_benchmarks::proxies_nb201::default_cache(image_kind.name(), args.proxy_batch_size));
         let cache = ScoreCache::open(&cache_path)?;
         let (c, h, _) = image_kind.image_shape();
-        Some(Ranker::new(proxies, batch, batch_id, args.seed, Some(cache), (image_kind.num_classes(), c, h)))
+        Some(Ranker::new(proxies, batch, batch_id, args.seed, cache, (image_kind.num_classes(), c, h)))
     };
 
     let dir = run_dir(&args)?;

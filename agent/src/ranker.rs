@@ -3,14 +3,13 @@
 //! ordered by the log-rank ensemble of the members ([`autoagent_proxies::ensemble`]).
 
 use std::collections::BTreeMap;
-use std::time::Instant;
 
 use autoagent_evaluator::nb201::Arch;
 use autoagent_evaluator::net::Nb201Config;
 use autoagent_evaluator::proxy::Nb201Candidate;
-use autoagent_proxies::cache::{CacheLine, ScoreCache};
+use autoagent_proxies::cache::ScoreCache;
 use autoagent_proxies::ensemble::log_rank_aggregate;
-use autoagent_proxies::{Batch, Candidate, Proxy};
+use autoagent_proxies::{Batch, Proxy};
 
 /// The scores of one candidate.
 #[derive(Debug, Clone, PartialEq)]
@@ -27,14 +26,14 @@ pub struct Ranker {
     batch: Batch,
     batch_id: String,
     seed: u64,
-    cache: Option<ScoreCache>,
+    cache: ScoreCache,
     /// (classes, channels, size) of the networks.
     shape: (usize, usize, usize),
 }
 
 impl Ranker {
     /// A ranker of networks for `classes` classes and `channels × size × size` images.
-    pub fn new(proxies: Vec<Box<dyn Proxy>>, batch: Batch, batch_id: String, seed: u64, cache: Option<ScoreCache>, shape: (usize, usize, usize)) -> Self {
+    pub fn new(proxies: Vec<Box<dyn Proxy>>, batch: Batch, batch_id: String, seed: u64, cache: ScoreCache, shape: (usize, usize, usize)) -> Self {
         Ranker {
             proxies,
             batch,
@@ -63,46 +62,18 @@ impl Ranker {
                 input_size: size,
                 ..Nb201Config::new(*arch)
             });
-            let (canonical, exact) = (candidate.key(), candidate.exact_key());
             for (pi, p) in self.proxies.iter().enumerate() {
-                let batch = if p.uses_data() { self.batch_id.clone() } else { String::new() };
-                let key = if p.shares_isomorphic_scores() { canonical.clone() } else { exact.clone() };
-                let ck = (key.clone(), p.name().to_string(), self.seed, batch.clone());
-                let cached = self.cache.as_ref().and_then(|c| c.get(&ck));
-                let value = match cached {
-                    Some((v, _)) => v,
-                    None => {
-                        let t = Instant::now();
-                        let r = p.score(&candidate, &self.batch, self.seed);
-                        let took = t.elapsed().as_secs_f64();
-                        seconds += took;
-                        let (value, error) = match r {
-                            Ok(v) if v.is_finite() => (Some(v), None),
-                            Ok(_) => (None, None),
-                            Err(e) => {
-                                tracing::warn!("{} of {arch} failed: {e}", p.name());
-                                (None, Some(e.to_string()))
-                            }
-                        };
-                        if let Some(c) = self.cache.as_mut() {
-                            c.put(CacheLine {
-                                key,
-                                proxy: p.name().to_string(),
-                                seed: self.seed,
-                                batch,
-                                value,
-                                ms: took * 1e3,
-                                error,
-                            })?;
-                        }
-                        value
-                    }
-                };
+                let scored = self.cache.score(p.as_ref(), &candidate, &self.batch, &self.batch_id, self.seed)?;
+                if scored.computed {
+                    seconds += scored.ms / 1e3;
+                }
+                if let Some(e) = &scored.error {
+                    tracing::warn!("{} of {arch} failed: {e}", p.name());
+                }
+                let value = scored.value;
                 columns[pi][ai] = value.unwrap_or(f64::NAN);
             }
-            if let Some(c) = self.cache.as_mut() {
-                c.flush()?;
-            }
+            self.cache.flush()?;
         }
         let refs: Vec<&[f64]> = columns.iter().map(Vec::as_slice).collect();
         let ensemble = if refs.len() > 1 { log_rank_aggregate(&refs) } else { refs[0].to_vec() };

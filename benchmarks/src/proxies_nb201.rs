@@ -29,11 +29,11 @@ use autoagent_evaluator::net::Nb201Config;
 use autoagent_evaluator::proxy::{proxy_batch, Nb201Candidate};
 use autoagent_evaluator::table::Nb201Table;
 use autoagent_evaluator::train::parse_device;
-use autoagent_proxies::cache::{CacheLine, ScoreCache};
+use autoagent_proxies::cache::ScoreCache;
 use autoagent_proxies::ensemble::{log_rank_aggregate, ranks_finite_first};
 use autoagent_proxies::registry::parse_list;
 use autoagent_proxies::stats::{kendall, spearman};
-use autoagent_proxies::{Batch, Candidate, Proxy};
+use autoagent_proxies::Batch;
 use rand::SeedableRng;
 use serde::Serialize;
 use serde_json::json;
@@ -237,7 +237,9 @@ struct Row {
     beats_params: Option<bool>,
 }
 
-fn default_cache(images: &str, batch_size: usize) -> PathBuf {
+/// The default score cache for `images` and a batch size, in the user cache directory; the
+/// benchmark and the agent's proxy ranking share it.
+pub fn default_cache(images: &str, batch_size: usize) -> PathBuf {
     data::data_root(None)
         .parent()
         .map(Path::to_path_buf)
@@ -348,35 +350,18 @@ pub fn run(args: &ProxiesBenchArgs) -> Result<()> {
             input_size: h,
             ..Nb201Config::new(arch)
         });
-        let (canonical, exact) = (candidate.key(), candidate.exact_key());
         for (si, (seed, batch_id, batch)) in batches.iter().enumerate() {
             for (pi, proxy) in proxies.iter().enumerate() {
-                let batch_key = if proxy.uses_data() { batch_id.clone() } else { String::new() };
-                let key = if proxy.shares_isomorphic_scores() { &canonical } else { &exact };
-                let ck = (key.clone(), proxy.name().to_string(), *seed, batch_key.clone());
-                let (value, took) = match cache.get(&ck) {
-                    Some(hit) => {
-                        reused += 1;
-                        hit
-                    }
-                    None => {
-                        let (value, took, error) = score_one(proxy.as_ref(), &candidate, batch, *seed);
-                        if let Some(e) = &error {
-                            bar.suspend(|| eprintln!("warning: {} of {arch} (seed {seed}) failed: {e}", proxy.name()));
-                        }
-                        cache.put(CacheLine {
-                            key: key.clone(),
-                            proxy: proxy.name().to_string(),
-                            seed: *seed,
-                            batch: batch_key,
-                            value,
-                            ms: took,
-                            error,
-                        })?;
-                        computed += 1;
-                        (value, took)
-                    }
-                };
+                let scored = cache.score(proxy.as_ref(), &candidate, batch, batch_id, *seed)?;
+                if let Some(e) = &scored.error {
+                    bar.suspend(|| eprintln!("warning: {} of {arch} (seed {seed}) failed: {e}", proxy.name()));
+                }
+                if scored.computed {
+                    computed += 1;
+                } else {
+                    reused += 1;
+                }
+                let (value, took) = (scored.value, scored.ms);
                 scores[pi][si][ai] = value.unwrap_or(f64::NAN);
                 ms[pi].0 += took;
                 ms[pi].1 += 1;
@@ -489,17 +474,6 @@ pub fn run(args: &ProxiesBenchArgs) -> Result<()> {
         eprintln!("wrote {}", out.display());
     }
     Ok(())
-}
-
-fn score_one(proxy: &dyn Proxy, candidate: &dyn Candidate, batch: &Batch, seed: u64) -> (Option<f64>, f64, Option<String>) {
-    let t = Instant::now();
-    let r = proxy.score(candidate, batch, seed);
-    let took = t.elapsed().as_secs_f64() * 1e3;
-    match r {
-        Ok(v) if v.is_finite() => (Some(v), took, None),
-        Ok(_) => (None, took, None),
-        Err(e) => (None, took, Some(e.to_string())),
-    }
 }
 
 fn progress(len: usize) -> indicatif::ProgressBar {

@@ -19,6 +19,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::{Batch, Candidate, Proxy};
+
 /// One cached score.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CacheLine {
@@ -36,6 +38,19 @@ pub struct CacheLine {
     pub ms: f64,
     /// Why it failed, when it did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// A score from [`ScoreCache::score`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Scored {
+    /// The score; `None` when it was not finite or failed.
+    pub value: Option<f64>,
+    /// Milliseconds it took (when it was computed, now or in an earlier run).
+    pub ms: f64,
+    /// Whether it was computed now (not read from the cache).
+    pub computed: bool,
+    /// Why it failed, when it failed now.
     pub error: Option<String>,
 }
 
@@ -162,6 +177,52 @@ impl ScoreCache {
         })?;
         self.entries.insert((line.key, line.proxy, line.seed, line.batch), (line.value, line.ms));
         Ok(())
+    }
+
+    /// `proxy`'s score of `candidate` on `batch` (described by `batch_id`) with networks from
+    /// `seed`: from the cache when it holds it, else computed and appended. The key is the
+    /// candidate's canonical key, or its exact key for proxies that do not share scores within an
+    /// isomorphism class; the batch is left out for data-free proxies.
+    pub fn score(&mut self, proxy: &dyn Proxy, candidate: &dyn Candidate, batch: &Batch, batch_id: &str, seed: u64) -> Result<Scored, CacheError> {
+        let key = if proxy.shares_isomorphic_scores() {
+            candidate.key()
+        } else {
+            candidate.exact_key()
+        };
+        let batch_key = if proxy.uses_data() { batch_id.to_string() } else { String::new() };
+        let ck = (key, proxy.name().to_string(), seed, batch_key);
+        if let Some((value, ms)) = self.get(&ck) {
+            return Ok(Scored {
+                value,
+                ms,
+                computed: false,
+                error: None,
+            });
+        }
+        let t = std::time::Instant::now();
+        let r = proxy.score(candidate, batch, seed);
+        let ms = t.elapsed().as_secs_f64() * 1e3;
+        let (value, error) = match r {
+            Ok(v) if v.is_finite() => (Some(v), None),
+            Ok(_) => (None, None),
+            Err(e) => (None, Some(e.to_string())),
+        };
+        let (key, proxy, seed, batch) = ck;
+        self.put(CacheLine {
+            key,
+            proxy,
+            seed,
+            batch,
+            value,
+            ms,
+            error: error.clone(),
+        })?;
+        Ok(Scored {
+            value,
+            ms,
+            computed: true,
+            error,
+        })
     }
 
     /// Flush appended entries to the file.
