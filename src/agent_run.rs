@@ -1,14 +1,12 @@
 //! `autoagent run`: the agent loop from the command line.
 
-use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use autoagent_agent::budget::{Budget, Limit};
 use autoagent_agent::history::Trial;
-use autoagent_agent::llm::local::{LocalModel, LocalOptions};
-use autoagent_agent::llm::openai::{OpenAi, OpenAiOptions};
+use autoagent_agent::llm::config::{build_backend, LlmConfig};
 use autoagent_agent::llm::replay::Replay;
 use autoagent_agent::llm::{Exchange, LlmBackend};
 use autoagent_agent::llm_strategy::{LlmOptions, LlmStrategy};
@@ -78,6 +76,10 @@ pub(crate) struct RunArgs {
     /// Images in the proxies' batch.
     #[arg(long, default_value_t = 64)]
     proxy_batch_size: usize,
+    /// Seed of the proxies' image batch and network initialisation. Fixed across runs by default,
+    /// so a cell's cached score serves every run whatever its --seed.
+    #[arg(long, default_value_t = 0)]
+    proxy_seed: u64,
     /// Proxy score cache (JSON lines, shared with `bench proxies`; default: in the user cache directory).
     #[arg(long)]
     proxy_cache: Option<PathBuf>,
@@ -98,7 +100,7 @@ pub(crate) struct RunArgs {
     population: usize,
     #[arg(long, default_value_t = 3)]
     tournament: usize,
-    /// Seed of everything (strategy, proxies, LLM sampling, training).
+    /// Seed of the strategy, the LLM's sampling and training.
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// Device: cpu or cuda:N.
@@ -127,35 +129,14 @@ fn backend(args: &RunArgs) -> Result<Option<Arc<dyn LlmBackend>>> {
             .collect::<Result<Vec<_>>>()?;
         return Ok(Some(Arc::new(Replay::new(exchanges))));
     }
-    match args.llm.as_str() {
-        "none" => Ok(None),
-        "openai" => {
-            let model = args.model.clone().context("--llm openai needs --model NAME")?;
-            let mut o = OpenAiOptions::new(model);
-            o.base_url = args.base_url.clone();
-            Ok(Some(Arc::new(OpenAi::new(o)?)))
-        }
-        "local" => {
-            let device = parse_device(&args.device)?;
-            let options = LocalOptions {
-                device,
-                ..LocalOptions::default()
-            };
-            let model = match (&args.model_path, &args.model, &args.model_file) {
-                (Some(p), _, _) => LocalModel::load_with(p, &options)?,
-                (None, Some(repo), Some(file)) => {
-                    let hub = autoagent_agent::llm::local::HubOptions {
-                        progress: std::io::stderr().is_terminal(),
-                        ..Default::default()
-                    };
-                    LocalModel::from_hub_with(repo, file, &hub, &options)?
-                }
-                _ => bail!("--llm local needs --model-path FILE.gguf, or --model OWNER/NAME with --model-file FILE.gguf"),
-            };
-            Ok(Some(Arc::new(model)))
-        }
-        other => bail!("unknown LLM backend '{other}' (available: none, openai, local)"),
-    }
+    let config = LlmConfig {
+        llm: args.llm.clone(),
+        model: args.model.clone(),
+        model_file: args.model_file.clone(),
+        model_path: args.model_path.clone(),
+        base_url: args.base_url.clone(),
+    };
+    Ok(build_backend(&config, &parse_device(&args.device)?)?)
 }
 
 fn run_dir(args: &RunArgs) -> Result<PathBuf> {
@@ -267,15 +248,15 @@ pub(crate) fn cmd_run(args: RunArgs) -> Result<()> {
     } else {
         let proxies = parse_list(&args.proxies).map_err(anyhow::Error::msg)?;
         let data = data::open(image_kind, &root, !args.data.no_download)?;
-        let batch = proxy_batch(&data, args.proxy_batch_size, args.seed, &device)?;
-        let batch_id = format!("{}:b{}:s{}", image_kind.name(), args.proxy_batch_size, args.seed);
+        let batch = proxy_batch(&data, args.proxy_batch_size, args.proxy_seed, &device)?;
+        let batch_id = format!("{}:b{}:s{}", image_kind.name(), args.proxy_batch_size, args.proxy_seed);
         let cache_path = args
             .proxy_cache
             .clone()
             .unwrap_or_else(|| autoagent_benchmarks::proxies_nb201::default_cache(image_kind.name(), args.proxy_batch_size));
         let cache = ScoreCache::open(&cache_path)?;
         let (c, h, _) = image_kind.image_shape();
-        Some(Ranker::new(proxies, batch, batch_id, args.seed, cache, (image_kind.num_classes(), c, h)))
+        Some(Ranker::new(proxies, batch, batch_id, args.proxy_seed, cache, (image_kind.num_classes(), c, h)))
     };
 
     let dir = run_dir(&args)?;

@@ -152,6 +152,8 @@ enum BenchCommand {
     ProxiesSpeed(autoagent_benchmarks::proxies_speed::ProxiesSpeedArgs),
     /// Rank correlations of the zero-cost proxies with NAS-Bench accuracies, next to the published ones.
     Proxies(autoagent_benchmarks::proxies_nb201::ProxiesBenchArgs),
+    /// Test accuracy each search strategy picks after n evaluations, with and without proxy ranking, next to the published numbers.
+    Search(Box<autoagent_benchmarks::search_nb201::SearchBenchArgs>),
 }
 
 /// mimalloc's `mi_option_purge_delay` (index 15 of `mi_option_t` in mimalloc v2's header).
@@ -206,6 +208,9 @@ fn run(cli: Cli) -> Result<()> {
         Command::Bench {
             command: BenchCommand::Proxies(args),
         } => autoagent_benchmarks::proxies_nb201::run(&args),
+        Command::Bench {
+            command: BenchCommand::Search(args),
+        } => autoagent_benchmarks::search_nb201::run(&args),
         Command::Import { command } => import::run(command),
     }
 }

@@ -56,8 +56,13 @@ pub enum RunError {
     Stuck(String),
 }
 
-/// Appends JSON lines to the run directory's files.
+/// Appends JSON lines to the run directory's files (or nowhere, for benchmark runs that keep
+/// only their outcome).
 pub struct Recorder {
+    files: Option<Files>,
+}
+
+struct Files {
     dir: PathBuf,
     trials: File,
     failed: File,
@@ -75,14 +80,26 @@ impl Recorder {
     /// Create the record files in `dir` (which must exist).
     pub fn create(dir: &Path) -> Result<Self, RunError> {
         Ok(Recorder {
-            dir: dir.to_path_buf(),
-            trials: open_append(&dir.join("trials.jsonl"))?,
-            failed: open_append(&dir.join("failed.jsonl"))?,
-            llm: open_append(&dir.join("llm.jsonl"))?,
+            files: Some(Files {
+                dir: dir.to_path_buf(),
+                trials: open_append(&dir.join("trials.jsonl"))?,
+                failed: open_append(&dir.join("failed.jsonl"))?,
+                llm: open_append(&dir.join("llm.jsonl"))?,
+            }),
         })
     }
 
-    fn line<T: Serialize>(file: &mut File, path: PathBuf, value: &T) -> Result<(), RunError> {
+    /// A recorder that writes nothing.
+    pub fn discard() -> Self {
+        Recorder { files: None }
+    }
+
+    fn line<T: Serialize>(&mut self, pick: fn(&mut Files) -> &mut File, name: &str, value: &T) -> Result<(), RunError> {
+        let Some(files) = self.files.as_mut() else {
+            return Ok(());
+        };
+        let path = files.dir.join(name);
+        let file = pick(files);
         let text = serde_json::to_string(value).expect("records serialise");
         writeln!(file, "{text}")
             .and_then(|_| file.flush())
@@ -90,26 +107,29 @@ impl Recorder {
     }
 
     fn trial(&mut self, t: &Trial) -> Result<(), RunError> {
-        Self::line(&mut self.trials, self.dir.join("trials.jsonl"), t)
+        self.line(|f| &mut f.trials, "trials.jsonl", t)
     }
 
     fn failed(&mut self, f: &crate::history::FailedProposal) -> Result<(), RunError> {
-        Self::line(&mut self.failed, self.dir.join("failed.jsonl"), f)
+        self.line(|f| &mut f.failed, "failed.jsonl", f)
     }
 
     fn exchange(&mut self, e: &Exchange) -> Result<(), RunError> {
-        Self::line(&mut self.llm, self.dir.join("llm.jsonl"), e)
+        self.line(|f| &mut f.llm, "llm.jsonl", e)
     }
 
     /// Write `summary.json`.
     pub fn summary(&self, s: &Summary) -> Result<(), RunError> {
-        let path = self.dir.join("summary.json");
+        let Some(files) = self.files.as_ref() else {
+            return Ok(());
+        };
+        let path = files.dir.join("summary.json");
         std::fs::write(&path, serde_json::to_string_pretty(s).expect("summary serialises")).map_err(|source| RunError::Io { path, source })
     }
 }
 
 /// LLM usage of a run.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
 pub struct LlmUsage {
     /// Exchanges made.
     pub exchanges: usize,
@@ -128,7 +148,7 @@ pub struct LlmUsage {
 }
 
 /// The outcome of a run.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct Summary {
     /// The strategy.
     pub strategy: String,

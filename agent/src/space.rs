@@ -169,7 +169,7 @@ pub fn constrained_template(k: usize) -> Constrained {
         prefix.push('|');
         segments.push(Segment::Text(prefix));
     }
-    Constrained { segments }
+    Constrained { segments, calibrate: true }
 }
 
 /// The architectures of a constrained reply's choices (6 per architecture).

@@ -315,6 +315,7 @@ fn nb201_template() -> Constrained {
             ops(),
             text("~2|"),
         ],
+        calibrate: false,
     }
 }
 
@@ -471,18 +472,61 @@ fn gemma3_constrained_nb201_cells_are_valid_reproducible_and_follow_the_logits()
     check_constrained_nb201(gemma3());
 }
 
+/// Calibrated choices: the first slot's greedy pick is the option whose first token has the
+/// largest logit after the prompt minus its logit after the content-free prompt (computed here
+/// independently, by fresh passes), and sampling moves SmolLM2 off `none`, the option it prefers
+/// in any context.
+#[test]
+fn smollm2_calibrated_choices_correct_the_prior() {
+    let model = smollm2();
+    let tok = model.tokenizer();
+    let messages = nb201_messages();
+    let calibrated = Constrained {
+        calibrate: true,
+        ..nb201_template()
+    };
+    let greedy = model.generate_constrained(&request(messages.clone(), 64, 0.0, 0), &calibrated).unwrap();
+    let mut real = model.prompt_tokens(&messages).unwrap();
+    real.extend(tok.encode("|", false).unwrap());
+    let mut free = model.prompt_tokens(&[messages[0].clone(), Message::user("N/A")]).unwrap();
+    free.extend(tok.encode("|", false).unwrap());
+    let (lr, lf) = (model.next_token_logits(&real).unwrap(), model.next_token_logits(&free).unwrap());
+    let first: BTreeSet<u32> = OPS.iter().map(|o| tok.encode(o, false).unwrap()[0]).collect();
+    let adjusted: BTreeMap<String, f32> = first.iter().map(|&t| (tok.token(t).unwrap(), lr[t as usize] - lf[t as usize])).collect();
+    let best = adjusted.iter().max_by(|a, b| a.1.total_cmp(b.1)).unwrap().0.clone();
+    let chosen = tok.encode(OPS[greedy.choices[0]], false).unwrap()[0];
+    eprintln!("calibrated first-token logits {adjusted:?}; greedy chose {}", OPS[greedy.choices[0]]);
+    let gap = adjusted[&best] - adjusted[&tok.token(chosen).unwrap()];
+    assert!(gap <= NEAR_TIE_NATS as f32, "the calibrated pick is {gap:.3} below {best}");
+
+    let none_share = |template: &Constrained| {
+        let mut none = 0;
+        for seed in 0..8 {
+            let r = model.generate_constrained(&request(messages.clone(), 64, 0.7, seed), template).unwrap();
+            assert!(parse_nb201(&r.response.content).is_some(), "{}", r.response.content);
+            none += r.choices.iter().filter(|&&c| c == 0).count();
+        }
+        none as f64 / 48.0
+    };
+    let (plain, corrected) = (none_share(&nb201_template()), none_share(&calibrated));
+    eprintln!("share of `none` over 8 cells at temperature 0.7: {plain:.2} plain, {corrected:.2} calibrated");
+    assert!(corrected + 0.2 < plain, "calibration lowers the share of none: {plain:.2} -> {corrected:.2}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn constrained_templates_are_checked_and_spaces_join_the_options() {
     let model = smollm2();
     let req = request(vec![Message::user("Pick a colour.")], 16, 0.0, 0);
     let bad = Constrained {
         segments: vec![Segment::Choice(vec!["red".into(), "redder".into()])],
+        calibrate: false,
     };
     let err = model.complete_constrained(&req, &bad).await.unwrap_err();
     assert!(matches!(err, LlmError::Config(_)), "{err}");
     assert!(err.to_string().contains("prefix"), "{err}");
     let empty = Constrained {
         segments: vec![Segment::Choice(vec![])],
+        calibrate: false,
     };
     assert!(matches!(model.complete_constrained(&req, &empty).await, Err(LlmError::Config(_))));
     // "Colour: " + " red": the option is fed as the single token " red" after "Colour:".
@@ -492,6 +536,7 @@ async fn constrained_templates_are_checked_and_spaces_join_the_options() {
             Segment::Choice(vec!["red".into(), "green".into(), "blue".into()]),
             Segment::Text(".".into()),
         ],
+        calibrate: false,
     };
     let r = model.complete_constrained(&req, &t).await.unwrap().expect("the local backend constrains");
     let chosen = ["red", "green", "blue"][r.choices[0]];

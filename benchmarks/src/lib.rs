@@ -7,10 +7,13 @@
 //!   CPU, side by side with PyTorch running the same network (`benchmarks/reference/`);
 //! - [`proxies_speed`]: milliseconds per architecture per zero-cost proxy, next to PyTorch;
 //! - [`proxies_nb201`]: rank correlations of the proxies with NAS-Bench-201 accuracies, next to
-//!   the published ones.
+//!   the published ones;
+//! - [`search_nb201`]: the test accuracy each search strategy picks after n evaluations, with
+//!   and without proxy ranking, next to the published ones.
 
 pub mod proxies_nb201;
 pub mod proxies_speed;
+pub mod search_nb201;
 pub mod train_speed;
 
 /// Run a PyTorch reference script and return its standard output; a failure names the exit

@@ -170,8 +170,11 @@ impl ScoreCache {
 
     /// Append one entry (written at once; call [`ScoreCache::flush`] to push it to the file).
     pub fn put(&mut self, line: CacheLine) -> Result<(), CacheError> {
-        let text = serde_json::to_string(&line).expect("cache lines serialise");
-        writeln!(self.file, "{text}").map_err(|source| CacheError::Io {
+        // One write call per line: appends of other processes sharing the file (the benchmark
+        // and a run) land between lines, never inside one.
+        let mut text = serde_json::to_string(&line).expect("cache lines serialise");
+        text.push('\n');
+        self.file.write_all(text.as_bytes()).map_err(|source| CacheError::Io {
             path: self.path.clone(),
             source,
         })?;

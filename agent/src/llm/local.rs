@@ -53,7 +53,7 @@ use chat::ChatFormat;
 use model::Model;
 use sampling::{OptionTrie, Sampler};
 
-use super::{ChatRequest, ChatResponse, Constrained, ConstrainedResponse, LlmBackend, LlmError, Message, Segment, Usage};
+use super::{ChatRequest, ChatResponse, Constrained, ConstrainedResponse, LlmBackend, LlmError, Message, Role, Segment, Usage};
 
 /// How to load a local model.
 #[derive(Debug, Clone)]
@@ -299,6 +299,7 @@ impl LocalModel {
             )));
         }
         let mut model = self.lock();
+        let prior = if template.calibrate { Some(self.content_free_logits(&mut model, request, &plan)?) } else { None };
         let mut logits = model.start(&prompt)?;
         // Tokens decided but not yet fed: fed in one pass right before the next decision.
         let mut pending = Vec::new();
@@ -326,7 +327,18 @@ impl LocalModel {
                                 logits = model.feed(&pending)?;
                                 pending.clear();
                             }
-                            sampler.pick_from(&logits, &allowed)
+                            match (&prior, node == trie.root()) {
+                                (Some(prior), true) => {
+                                    let mut adjusted = logits.clone();
+                                    for &t in &allowed {
+                                        if let (Some(a), Some(p)) = (adjusted.get_mut(t as usize), prior.get(t as usize)) {
+                                            *a -= p;
+                                        }
+                                    }
+                                    sampler.pick_from(&adjusted, &allowed)
+                                }
+                                _ => sampler.pick_from(&logits, &allowed),
+                            }
                         };
                         pending.push(token);
                         completion += 1;
@@ -346,6 +358,23 @@ impl LocalModel {
             choices,
             response: self.response(content, usage, started, "stop"),
         })
+    }
+
+    /// The next-token logits after a content-free prompt (the request's system message, `N/A`
+    /// as the user's) followed by the template's text before its first choice: the model's
+    /// prior over the options, for calibrated choices.
+    fn content_free_logits(&self, model: &mut Model, request: &ChatRequest, plan: &[Step]) -> Result<Vec<f32>, LlmError> {
+        let mut messages: Vec<Message> = request.messages.iter().filter(|m| m.role == Role::System).cloned().collect();
+        messages.push(Message::user("N/A"));
+        let mut tokens = self.prompt_tokens(&messages)?;
+        for step in plan {
+            match step {
+                Step::Text { tokens: t, .. } => tokens.extend_from_slice(t),
+                Step::Choice { .. } => break,
+            }
+        }
+        model.reset();
+        model.feed(&tokens)
     }
 
     /// Checks a template and tokenizes its pieces. Spaces that end a text right before a choice

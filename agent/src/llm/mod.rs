@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub mod config;
 pub mod local;
 pub mod openai;
 pub mod replay;
@@ -122,6 +123,13 @@ pub enum Segment {
 pub struct Constrained {
     /// The template, in order.
     pub segments: Vec<Segment>,
+    /// Correct each choice for the model's prior over its options ("Calibrate Before Use", Zhao
+    /// et al., ICML 2021): the first tokens of the options are drawn by their logits after the
+    /// real prompt minus their logits after a content-free one (`N/A`) with the same text before
+    /// the first choice. A small model otherwise picks the option that is most likely in any
+    /// context (SmolLM2-135M: `none` in every slot), whatever the prompt shows.
+    #[serde(default)]
+    pub calibrate: bool,
 }
 
 /// A constrained reply: the chosen option index of every choice slot, in order, with the

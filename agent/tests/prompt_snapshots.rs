@@ -1,0 +1,93 @@
+//! Snapshots of the rendered prompts (`cargo insta review` after a deliberate template change):
+//! the propose prompt before any trial (line format, as the local model gets it) and with a
+//! history of trials, proxy scores, a failed trial and rejected proposals (JSON format, as a
+//! server gets it), and the repair prompt that follows an unusable reply.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use autoagent_agent::history::{FailedProposal, History, Origin, Trial, TrialState};
+use autoagent_agent::llm::scripted::Scripted;
+use autoagent_agent::llm_strategy::{LlmOptions, LlmStrategy, TaskInfo};
+use autoagent_agent::prompts::Prompts;
+use autoagent_agent::strategy::Strategy;
+use autoagent_evaluator::nb201::Arch;
+
+fn strategy(replies: Vec<String>) -> (LlmStrategy, Arc<Scripted>) {
+    let backend = Arc::new(Scripted::new(replies));
+    let s = LlmStrategy::new(
+        backend.clone(),
+        Arc::new(Prompts::load(None).unwrap()),
+        TaskInfo {
+            description: "image classification on CIFAR-10 with a network built from one NAS-Bench-201 cell".into(),
+            metric: "validation accuracy after 12 epochs".into(),
+        },
+        LlmOptions {
+            show_best: 3,
+            show_recent: 2,
+            ..LlmOptions::default()
+        },
+        0,
+    );
+    (s, backend)
+}
+
+fn trial(id: usize, arch: &str, accuracy: Option<f64>, proxies: &[(&str, Option<f64>)]) -> Trial {
+    Trial {
+        id,
+        round: id / 2,
+        arch: Arch::parse(arch).unwrap(),
+        origin: Origin::Random,
+        proxies: proxies.iter().map(|(n, v)| (n.to_string(), *v)).collect::<BTreeMap<_, _>>(),
+        rank_score: None,
+        accuracy,
+        test_accuracy: accuracy.map(|a| a + 3.0),
+        seconds: 1.0,
+        state: if accuracy.is_some() { TrialState::Complete } else { TrialState::Failed },
+        error: accuracy.is_none().then(|| "out of memory".to_string()),
+    }
+}
+
+fn history() -> History {
+    History {
+        trials: vec![
+            trial(0, "|nor_conv_3x3~0|+|skip_connect~0|nor_conv_3x3~1|+|skip_connect~0|nor_conv_3x3~1|nor_conv_3x3~2|", Some(84.125), &[("naswot", Some(781.5)), ("synflow", Some(3.2e22))]),
+            trial(1, "|avg_pool_3x3~0|+|none~0|skip_connect~1|+|none~0|none~1|avg_pool_3x3~2|", Some(41.5), &[("naswot", Some(702.25)), ("synflow", None)]),
+            trial(2, "|nor_conv_1x1~0|+|nor_conv_1x1~0|nor_conv_1x1~1|+|nor_conv_1x1~0|nor_conv_1x1~1|nor_conv_1x1~2|", None, &[]),
+            trial(3, "|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|skip_connect~0|nor_conv_3x3~1|nor_conv_3x3~2|", Some(85.0), &[]),
+        ],
+        failed: vec![FailedProposal {
+            text: "|conv~0|+|none~0|none~1|+|none~0|none~1|none~2|".into(),
+            reason: "unknown operation 'conv'".into(),
+            exchange: Some(0),
+        }],
+    }
+}
+
+#[test]
+fn propose_prompt_before_any_trial() {
+    let (s, _) = strategy(vec![]);
+    let (system, user) = s.render(&History::default(), 16, "lines").unwrap();
+    insta::assert_snapshot!("system", system);
+    insta::assert_snapshot!("propose_empty_lines", user);
+}
+
+#[test]
+fn propose_prompt_with_history() {
+    let (s, _) = strategy(vec![]);
+    let (_, user) = s.render(&history(), 4, "json").unwrap();
+    insta::assert_snapshot!("propose_history_json", user);
+}
+
+#[tokio::test]
+async fn repair_prompt_after_an_unusable_reply() {
+    let good = "|nor_conv_3x3~0|+|nor_conv_3x3~0|avg_pool_3x3~1|+|skip_connect~0|nor_conv_3x3~1|skip_connect~2|";
+    let (mut s, backend) = strategy(vec![
+        "{\"candidates\": [{\"arch\": \"|conv3~0|+|none~0|none~1|+|none~0|none~1|none~2|\"}]}".into(),
+        format!("{{\"candidates\": [\"{good}\"]}}"),
+    ]);
+    let asked = s.ask(&history(), 2).await.unwrap();
+    assert_eq!(asked.exchanges.len(), 2);
+    let repair = backend.requests()[1].messages.last().unwrap().content.clone();
+    insta::assert_snapshot!("repair", repair);
+}

@@ -1,0 +1,666 @@
+//! `autoagent bench search --suite nb201`: how good an architecture each search strategy picks
+//! after 10, 25, 50 and 100 evaluated architectures, with and without proxy ranking, over several
+//! seeds, next to the published numbers.
+//!
+//! Each run is the agent's own loop ([`autoagent_agent::runner::run_loop`]) on the table-lookup
+//! task: the strategy proposes `k` candidates per round, the loop drops isomorphic duplicates,
+//! ranks the rest with the proxy ensemble (or, without ranking, asks for only `top_k` and takes
+//! them as proposed), and looks up the 12-epoch validation accuracy of the top `top_k`. The
+//! architecture picked after `n` evaluations is the best of the first `n` by that validation
+//! accuracy, and the table reports its 200-epoch test accuracy, as the NB201 paper does.
+//!
+//! Proxy scores come from the on-disk cache shared with `bench proxies` and `run`, with one
+//! proxy seed for every run, so each cell is scored once for all seeds and strategies (`bench
+//! proxies --all --seeds 1` fills it ahead). With `--runs DIR` every run keeps its record (trials,
+//! LLM exchanges verbatim) in `DIR/<strategy>-<ranked|plain>-s<seed>/`, and a benchmark started
+//! again with the same options reuses the finished runs there instead of repeating them.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use autoagent_agent::budget::{Budget, Limit};
+use autoagent_agent::history::Trial;
+use autoagent_agent::llm::config::{build_backend, LlmConfig};
+use autoagent_agent::llm::LlmBackend;
+use autoagent_agent::llm_strategy::{LlmOptions, LlmStrategy};
+use autoagent_agent::prompts::Prompts;
+use autoagent_agent::ranker::Ranker;
+use autoagent_agent::runner::{run_loop, LoopOptions, Recorder, Summary};
+use autoagent_agent::strategy::{Evolution, RandomSearch, Strategy};
+use autoagent_agent::task::{Evaluator, Nb201Dataset, TableEvaluator};
+use autoagent_evaluator::data::{self, DatasetKind};
+use autoagent_evaluator::proxy::proxy_batch;
+use autoagent_evaluator::table::Nb201Table;
+use autoagent_evaluator::train::parse_device;
+use autoagent_proxies::cache::ScoreCache;
+use autoagent_proxies::registry::parse_list;
+use serde::{Deserialize, Serialize};
+
+use crate::proxies_nb201::default_cache;
+
+/// Options of `autoagent bench search`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct SearchBenchArgs {
+    /// Benchmark suite (only nb201).
+    #[arg(long, default_value = "nb201")]
+    pub suite: String,
+    /// Dataset of the table: cifar10, cifar100 or imagenet16.
+    #[arg(long, default_value = "cifar10")]
+    pub dataset: String,
+    /// Strategies, comma-separated: random, evolution, llm (llm needs --llm).
+    #[arg(long, value_delimiter = ',', default_value = "random,evolution")]
+    pub strategies: Vec<String>,
+    /// Proxy ranking: both (each strategy with and without), on, or off.
+    #[arg(long, default_value = "both")]
+    pub ranking: String,
+    /// Evaluated architectures per run.
+    #[arg(long, default_value_t = 100)]
+    pub trials: usize,
+    /// Runs per strategy and ranking (seeds --seed, --seed+1, ...).
+    #[arg(long, default_value_t = 10)]
+    pub seeds: usize,
+    /// First seed.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Report the picked architecture after these many evaluations (each at most --trials).
+    #[arg(long, value_delimiter = ',', default_value = "10,25,50,100")]
+    pub checkpoints: Vec<usize>,
+    /// Candidates proposed per round when ranking.
+    #[arg(long, default_value_t = 16)]
+    pub k: usize,
+    /// Candidates evaluated per round.
+    #[arg(long, default_value_t = 2)]
+    pub top_k: usize,
+    /// Proxies of the ranking (their log-rank ensemble orders each round).
+    #[arg(long, default_value = "synflow,naswot,jacob_cov")]
+    pub proxies: String,
+    /// Images in the proxies' batch.
+    #[arg(long, default_value_t = 64)]
+    pub proxy_batch_size: usize,
+    /// Seed of the proxies' batch and initialisation, the same for every run.
+    #[arg(long, default_value_t = 0)]
+    pub proxy_seed: u64,
+    /// Dataset whose images the proxies see.
+    #[arg(long, default_value = "cifar10")]
+    pub images: String,
+    /// Proxy score cache (default: the one `bench proxies` and `run` use).
+    #[arg(long)]
+    pub proxy_cache: Option<PathBuf>,
+    /// The NB201 table in the interchange format (default: nb201/nb201.csv in the data cache).
+    #[arg(long)]
+    pub truth: Option<PathBuf>,
+    /// Directory holding the image dataset.
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Epochs of the validation accuracy the strategies see: 12 or 200.
+    #[arg(long, default_value_t = 12)]
+    pub fidelity: usize,
+    /// Regularized evolution's population size.
+    #[arg(long, default_value_t = 10)]
+    pub population: usize,
+    /// Regularized evolution's tournament size.
+    #[arg(long, default_value_t = 3)]
+    pub tournament: usize,
+    /// LLM backend of the llm strategy: openai or local.
+    #[arg(long, default_value = "none")]
+    pub llm: String,
+    /// Model name sent to the server (openai), or a hub repository `owner/name` (local).
+    #[arg(long)]
+    pub model: Option<String>,
+    /// The GGUF file in the hub repository named by --model (local).
+    #[arg(long)]
+    pub model_file: Option<String>,
+    /// A GGUF file on disk (local).
+    #[arg(long)]
+    pub model_path: Option<PathBuf>,
+    /// Base URL of the OpenAI-compatible server, up to /v1 (openai).
+    #[arg(long)]
+    pub base_url: Option<String>,
+    /// Sampling temperature of the LLM.
+    #[arg(long, default_value_t = 0.7)]
+    pub temperature: f32,
+    /// Device of the proxies and the local model: cpu or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Keep each run's record here and reuse the finished ones.
+    #[arg(long)]
+    pub runs: Option<PathBuf>,
+    /// Print the results as one JSON object instead of markdown.
+    #[arg(long)]
+    pub json: bool,
+    /// Also write the markdown table here, with the command that produced it.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+}
+
+/// Published results on NB201 CIFAR-10 (test accuracy of the picked architecture).
+const PUBLISHED: &[(&str, &str)] = &[
+    ("random search (NB201 paper, Dong & Yang 2020)", "93.70 ± 0.36"),
+    ("regularized evolution (NB201 paper)", "93.92 ± 0.30"),
+    ("GPT-4-driven search (GENIUS, Zheng et al. 2023), 10 queries", "≈ 93.79"),
+    ("optimum of the table", "94.37"),
+];
+
+/// What identifies a run's options: a reused run must have been made with the same.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct RunKey {
+    dataset: String,
+    strategy: String,
+    ranked: bool,
+    seed: u64,
+    trials: usize,
+    k: usize,
+    top_k: usize,
+    proxies: String,
+    proxy_batch_size: usize,
+    proxy_seed: u64,
+    images: String,
+    fidelity: usize,
+    population: usize,
+    tournament: usize,
+    llm: Option<String>,
+    temperature: Option<f32>,
+}
+
+/// One finished run.
+struct RunResult {
+    trials: Vec<Trial>,
+    summary: Summary,
+    wall_seconds: f64,
+}
+
+/// Mean and sample standard deviation.
+#[derive(Debug, Clone, Serialize)]
+struct Spread {
+    mean: f64,
+    sd: f64,
+    per_seed: Vec<f64>,
+}
+
+impl Spread {
+    fn of(v: Vec<f64>) -> Spread {
+        let n = v.len() as f64;
+        let mean = v.iter().sum::<f64>() / n;
+        let sd = if v.len() > 1 {
+            (v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0)).sqrt()
+        } else {
+            0.0
+        };
+        Spread { mean, sd, per_seed: v }
+    }
+
+    fn show(&self) -> String {
+        if self.per_seed.len() > 1 {
+            format!("{:.2} ± {:.2}", self.mean, self.sd)
+        } else {
+            format!("{:.2}", self.mean)
+        }
+    }
+}
+
+/// Test accuracy of the architecture picked after each number of evaluations: entry `n - 1` is
+/// the test accuracy of the best of the first `n` trials by the visible accuracy (the earliest on
+/// ties). Failed trials count as evaluations but are never picked; before the first success the
+/// entry is NaN.
+pub fn picked_curve(trials: &[Trial]) -> Vec<f64> {
+    let mut best: Option<(f64, f64)> = None;
+    trials
+        .iter()
+        .map(|t| {
+            if let (Some(v), Some(test)) = (t.accuracy, t.test_accuracy) {
+                if best.is_none_or(|(bv, _)| v > bv) {
+                    best = Some((v, test));
+                }
+            }
+            best.map_or(f64::NAN, |(_, test)| test)
+        })
+        .collect()
+}
+
+/// The smallest number of evaluations `n` at which `curve[n - 1] >= target`.
+fn evals_to_reach(curve: &[f64], target: f64) -> Option<usize> {
+    curve.iter().position(|&a| a >= target - 1e-9).map(|i| i + 1)
+}
+
+/// One row: a strategy with or without ranking, over seeds.
+#[derive(Debug, Clone, Serialize)]
+struct Row {
+    strategy: String,
+    ranked: bool,
+    seeds: usize,
+    /// Per checkpoint.
+    at: Vec<(usize, Spread)>,
+    /// Mean over seeds of the picked test accuracy after each number of evaluations.
+    mean_curve: Vec<f64>,
+    /// Share of LLM proposals that were valid, when the strategy used an LLM.
+    llm_valid_share: Option<f64>,
+    llm_proposals: usize,
+    /// Candidates the loop added because a round held too few new ones.
+    fallback: usize,
+    proxy_seconds: f64,
+    wall_seconds: f64,
+}
+
+/// Run the benchmark and print (and optionally write) its table.
+pub fn run(args: &SearchBenchArgs) -> Result<()> {
+    if args.suite != "nb201" {
+        bail!("unknown suite '{}' (available: nb201)", args.suite);
+    }
+    let dataset = Nb201Dataset::from_name(&args.dataset)
+        .with_context(|| format!("unknown NB201 dataset '{}' (available: cifar10, cifar100, imagenet16)", args.dataset))?;
+    if args.seeds == 0 || args.trials == 0 || args.k == 0 || args.top_k == 0 {
+        bail!("--seeds, --trials, --k and --top-k must be at least 1");
+    }
+    if args.top_k > args.k {
+        bail!("--top-k ({}) cannot exceed --k ({})", args.top_k, args.k);
+    }
+    if args.population == 0 || args.tournament == 0 {
+        bail!("--population and --tournament must be at least 1");
+    }
+    let mut checkpoints = args.checkpoints.clone();
+    checkpoints.sort_unstable();
+    checkpoints.dedup();
+    if checkpoints.is_empty() || checkpoints[0] == 0 || *checkpoints.last().unwrap() > args.trials {
+        bail!("--checkpoints must be between 1 and --trials ({})", args.trials);
+    }
+    let rankings: Vec<bool> = match args.ranking.as_str() {
+        "both" => vec![true, false],
+        "on" => vec![true],
+        "off" => vec![false],
+        other => bail!("bad --ranking '{other}' (use both, on or off)"),
+    };
+    for s in &args.strategies {
+        if !["random", "evolution", "llm"].contains(&s.as_str()) {
+            bail!("unknown strategy '{s}' (available: random, evolution, llm)");
+        }
+    }
+    if args.strategies.is_empty() {
+        bail!("name at least one strategy");
+    }
+    let device = parse_device(&args.device)?;
+    let wants_llm = args.strategies.iter().any(|s| s == "llm");
+    let backend: Option<Arc<dyn LlmBackend>> = if wants_llm {
+        let config = LlmConfig {
+            llm: args.llm.clone(),
+            model: args.model.clone(),
+            model_file: args.model_file.clone(),
+            model_path: args.model_path.clone(),
+            base_url: args.base_url.clone(),
+        };
+        match build_backend(&config, &device)? {
+            Some(b) => Some(b),
+            None => bail!("the llm strategy needs an LLM: --llm openai --model NAME [--base-url URL], or --llm local --model-path FILE.gguf"),
+        }
+    } else {
+        None
+    };
+    let prompts = Arc::new(Prompts::load(None)?);
+
+    let truth = args.truth.clone().unwrap_or_else(|| data::data_root(None).join("nb201").join("nb201.csv"));
+    if !truth.is_file() {
+        bail!(
+            "no NB201 table at {} (pass --truth FILE, or convert the official archive with `autoagent import nats`)",
+            truth.display()
+        );
+    }
+    let table = Arc::new(Nb201Table::load(&truth)?);
+    // Validates the columns (and the fidelity) before any run starts.
+    TableEvaluator::new(table.clone(), dataset, args.fidelity).map_err(anyhow::Error::msg)?;
+
+    let mut ranker = if rankings.contains(&true) {
+        let kind = DatasetKind::from_name(&args.images).with_context(|| format!("unknown image dataset '{}'", args.images))?;
+        let proxies = parse_list(&args.proxies).map_err(anyhow::Error::msg)?;
+        let root = data::data_root(args.data_dir.as_deref());
+        let images = data::open(kind, &root, true)?;
+        let batch = proxy_batch(&images, args.proxy_batch_size, args.proxy_seed, &device)?;
+        let batch_id = format!("{}:b{}:s{}", kind.name(), args.proxy_batch_size, args.proxy_seed);
+        let cache_path = args.proxy_cache.clone().unwrap_or_else(|| default_cache(kind.name(), args.proxy_batch_size));
+        let cache = ScoreCache::open(&cache_path)?;
+        let (c, h, _) = kind.image_shape();
+        Some(Ranker::new(proxies, batch, batch_id, args.proxy_seed, cache, (kind.num_classes(), c, h)))
+    } else {
+        None
+    };
+
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
+    let mut rows = Vec::new();
+    for strategy_name in &args.strategies {
+        for &ranked in &rankings {
+            let mut results = Vec::new();
+            for s in 0..args.seeds as u64 {
+                let seed = args.seed + s;
+                let key = RunKey {
+                    dataset: args.dataset.clone(),
+                    strategy: strategy_name.clone(),
+                    ranked,
+                    seed,
+                    trials: args.trials,
+                    k: if ranked { args.k } else { args.top_k },
+                    top_k: args.top_k,
+                    proxies: if ranked { args.proxies.clone() } else { String::new() },
+                    proxy_batch_size: args.proxy_batch_size,
+                    proxy_seed: args.proxy_seed,
+                    images: args.images.clone(),
+                    fidelity: args.fidelity,
+                    population: args.population,
+                    tournament: args.tournament,
+                    llm: backend.as_ref().filter(|_| strategy_name == "llm").map(|b| b.describe()),
+                    temperature: (strategy_name == "llm").then_some(args.temperature),
+                };
+                let dir = args.runs.as_ref().map(|r| r.join(format!("{strategy_name}-{}-s{seed}", if ranked { "ranked" } else { "plain" })));
+                let result = match dir.as_deref().map(|d| reuse(d, &key)).transpose()?.flatten() {
+                    Some(r) => r,
+                    None => {
+                        let strategy: Box<dyn Strategy> = match strategy_name.as_str() {
+                            "random" => Box::new(RandomSearch::new(seed)),
+                            "evolution" => Box::new(Evolution::new(seed, args.population, args.tournament)),
+                            _ => {
+                                let evaluator = TableEvaluator::new(table.clone(), dataset, args.fidelity).map_err(anyhow::Error::msg)?;
+                                let options = LlmOptions {
+                                    temperature: args.temperature,
+                                    seed,
+                                    ..LlmOptions::default()
+                                };
+                                Box::new(LlmStrategy::new(
+                                    backend.clone().expect("checked above"),
+                                    prompts.clone(),
+                                    evaluator.info(),
+                                    options,
+                                    0,
+                                ))
+                            }
+                        };
+                        let evaluator = TableEvaluator::new(table.clone(), dataset, args.fidelity).map_err(anyhow::Error::msg)?;
+                        one_run(&rt, strategy, evaluator, if ranked { ranker.as_mut() } else { None }, &key, dir.as_deref())?
+                    }
+                };
+                let curve = picked_curve(&result.trials);
+                eprintln!(
+                    "{strategy_name:>9} {:>6} seed {seed}: {} trials, picked test acc {} ({:.1} s)",
+                    if ranked { "ranked" } else { "plain" },
+                    result.trials.len(),
+                    checkpoints
+                        .iter()
+                        .map(|&n| format!("@{n} {:.2}", curve.get(n - 1).or(curve.last()).copied().unwrap_or(f64::NAN)))
+                        .collect::<Vec<_>>()
+                        .join(" "),
+                    result.wall_seconds
+                );
+                results.push(result);
+            }
+            rows.push(row(strategy_name, ranked, &results, &checkpoints, args.trials));
+        }
+    }
+
+    let md = markdown(args, &rows, &checkpoints);
+    if args.json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "suite": args.suite,
+                "dataset": args.dataset,
+                "trials": args.trials,
+                "seeds": args.seeds,
+                "k": args.k,
+                "top_k": args.top_k,
+                "proxies": args.proxies,
+                "rows": rows,
+            })
+        );
+    } else {
+        print!("{md}");
+    }
+    if let Some(out) = &args.out {
+        let command = std::env::args().collect::<Vec<_>>().join(" ");
+        let text = format!("# NAS-Bench-201 search benchmark\n\nProduced by:\n\n```\n{command}\n```\n\n{md}");
+        std::fs::write(out, text).with_context(|| format!("cannot write {}", out.display()))?;
+    }
+    Ok(())
+}
+
+/// A finished run recorded in `dir` with the same options, if there is one. A directory
+/// holding a run with other options is an error (nothing is overwritten); an unfinished run
+/// (no summary) is cleared and made again.
+fn reuse(dir: &Path, key: &RunKey) -> Result<Option<RunResult>> {
+    let key_path = dir.join("bench-run.json");
+    if !key_path.is_file() {
+        if dir.join("trials.jsonl").exists() {
+            bail!("{} holds a run this benchmark did not make (choose another --runs)", dir.display());
+        }
+        return Ok(None);
+    }
+    let text = std::fs::read_to_string(&key_path).with_context(|| format!("cannot read {}", key_path.display()))?;
+    let stored: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("{} is not JSON", key_path.display()))?;
+    let stored_key: RunKey =
+        serde_json::from_value(stored["key"].clone()).with_context(|| format!("{} does not describe a benchmark run", key_path.display()))?;
+    if &stored_key != key {
+        bail!(
+            "{} holds a run made with other options ({}); choose another --runs",
+            dir.display(),
+            serde_json::to_string(&stored_key)?
+        );
+    }
+    let summary_path = dir.join("summary.json");
+    if !summary_path.is_file() {
+        // Killed before it finished: start it again from nothing.
+        for f in ["trials.jsonl", "failed.jsonl", "llm.jsonl"] {
+            let p = dir.join(f);
+            if p.exists() {
+                std::fs::remove_file(&p).with_context(|| format!("cannot remove {}", p.display()))?;
+            }
+        }
+        return Ok(None);
+    }
+    let summary: Summary = serde_json::from_str(&std::fs::read_to_string(&summary_path)?)
+        .with_context(|| format!("{} is not a run summary", summary_path.display()))?;
+    let trials_path = dir.join("trials.jsonl");
+    let trials = std::fs::read_to_string(&trials_path)
+        .with_context(|| format!("cannot read {}", trials_path.display()))?
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .enumerate()
+        .map(|(i, l)| serde_json::from_str::<Trial>(l).with_context(|| format!("{}:{}: not a trial", trials_path.display(), i + 1)))
+        .collect::<Result<Vec<_>>>()?;
+    if trials.len() != summary.trials {
+        bail!("{} holds {} trials but its summary says {}", dir.display(), trials.len(), summary.trials);
+    }
+    let wall_seconds = stored["wall_seconds"].as_f64().unwrap_or(f64::NAN);
+    Ok(Some(RunResult {
+        trials,
+        summary,
+        wall_seconds,
+    }))
+}
+
+fn one_run(
+    rt: &tokio::runtime::Runtime,
+    mut strategy: Box<dyn Strategy>,
+    mut evaluator: TableEvaluator,
+    ranker: Option<&mut Ranker>,
+    key: &RunKey,
+    dir: Option<&Path>,
+) -> Result<RunResult> {
+    let mut recorder = match dir {
+        Some(d) => {
+            std::fs::create_dir_all(d).with_context(|| format!("cannot create {}", d.display()))?;
+            let key_path = d.join("bench-run.json");
+            std::fs::write(&key_path, serde_json::json!({ "key": key }).to_string()).with_context(|| format!("cannot write {}", key_path.display()))?;
+            Recorder::create(d)?
+        }
+        None => Recorder::discard(),
+    };
+    let mut budget = Budget::new(Limit::Trials(key.trials));
+    let options = LoopOptions {
+        k: key.k,
+        top_k: key.top_k,
+        max_empty_rounds: 3,
+        seed: key.seed,
+    };
+    let started = Instant::now();
+    let (history, summary) = rt.block_on(run_loop(
+        strategy.as_mut(),
+        &mut evaluator,
+        ranker,
+        &mut budget,
+        &options,
+        &mut recorder,
+        |_, _| {},
+    ))?;
+    let wall_seconds = started.elapsed().as_secs_f64();
+    if let Some(d) = dir {
+        // Written last: its wall time marks the run as reusable together with summary.json.
+        let key_path = d.join("bench-run.json");
+        std::fs::write(&key_path, serde_json::json!({ "key": key, "wall_seconds": wall_seconds }).to_string())
+            .with_context(|| format!("cannot write {}", key_path.display()))?;
+    }
+    Ok(RunResult {
+        trials: history.trials,
+        summary,
+        wall_seconds,
+    })
+}
+
+fn row(strategy: &str, ranked: bool, results: &[RunResult], checkpoints: &[usize], trials: usize) -> Row {
+    let curves: Vec<Vec<f64>> = results
+        .iter()
+        .map(|r| {
+            // A run that stopped early keeps its last pick for the evaluations it did not make.
+            let mut c = picked_curve(&r.trials);
+            let last = c.last().copied().unwrap_or(f64::NAN);
+            c.resize(trials, last);
+            c
+        })
+        .collect();
+    let mean_curve: Vec<f64> = (0..trials).map(|i| curves.iter().map(|c| c[i]).sum::<f64>() / curves.len() as f64).collect();
+    let at = checkpoints
+        .iter()
+        .map(|&n| (n, Spread::of(curves.iter().map(|c| c[n - 1]).collect())))
+        .collect();
+    let (valid, invalid) = results
+        .iter()
+        .fold((0, 0), |(v, i), r| (v + r.summary.llm.valid_proposals, i + r.summary.llm.invalid_proposals));
+    let exchanges: usize = results.iter().map(|r| r.summary.llm.exchanges).sum();
+    Row {
+        strategy: strategy.to_string(),
+        ranked,
+        seeds: results.len(),
+        at,
+        mean_curve,
+        llm_valid_share: (exchanges > 0).then(|| valid as f64 / (valid + invalid).max(1) as f64),
+        llm_proposals: valid + invalid,
+        fallback: results.iter().map(|r| r.summary.fallback).sum(),
+        proxy_seconds: results.iter().map(|r| r.summary.proxy_seconds).sum(),
+        wall_seconds: results.iter().map(|r| r.wall_seconds).sum(),
+    }
+}
+
+fn markdown(args: &SearchBenchArgs, rows: &[Row], checkpoints: &[usize]) -> String {
+    let mut md = String::new();
+    md.push_str(&format!(
+        "NAS-Bench-201 {}: test accuracy (%, mean ± sd over {} seeds) of the architecture each strategy picks (best {}-epoch validation accuracy so far) after n evaluated architectures. Ranked: {} candidates per round ranked by the log-rank ensemble of {} (batch {} of {} images, proxy seed {}), top {} evaluated; plain: the strategy proposes {} per round and all are evaluated.\n\n",
+        args.dataset, args.seeds, args.fidelity, args.k, args.proxies, args.proxy_batch_size, args.images, args.proxy_seed, args.top_k, args.top_k
+    ));
+    md.push_str("| strategy | proxy ranking |");
+    for n in checkpoints {
+        md.push_str(&format!(" n = {n} |"));
+    }
+    md.push_str(" LLM valid | loop fallback | proxy s | wall s |\n|---|---|");
+    for _ in checkpoints {
+        md.push_str("---|");
+    }
+    md.push_str("---|---|---|---|\n");
+    let goal = |ranked: bool, n: usize, mean: f64| -> &'static str {
+        if !ranked || args.dataset != "cifar10" {
+            return "";
+        }
+        match n {
+            10 if mean >= 93.6 => " ✓",
+            10 => " ✗",
+            50 if mean >= 93.9 => " ✓",
+            50 => " ✗",
+            _ => "",
+        }
+    };
+    for r in rows {
+        md.push_str(&format!("| {} | {} |", r.strategy, if r.ranked { "yes" } else { "no" }));
+        for (n, s) in &r.at {
+            md.push_str(&format!(" {}{} |", s.show(), goal(r.ranked, *n, s.mean)));
+        }
+        md.push_str(&format!(
+            " {} | {} | {:.1} | {:.1} |\n",
+            r.llm_valid_share.map_or("—".into(), |v| format!("{:.1} % of {}", v * 100.0, r.llm_proposals)),
+            r.fallback,
+            r.proxy_seconds,
+            r.wall_seconds
+        ));
+    }
+    if args.dataset == "cifar10" {
+        md.push_str("\nPublished (CIFAR-10 test accuracy of the picked architecture):\n\n| method | accuracy |\n|---|---|\n");
+        for (m, a) in PUBLISHED {
+            md.push_str(&format!("| {m} | {a} |\n"));
+        }
+        md.push_str("\nGoals with proxy ranking: ≥ 93.6 at n = 10 and ≥ 93.9 at n = 50 (✓/✗ above).\n");
+    }
+    // How many evaluations the ranked runs need to match plain evolution.
+    if let Some(reference) = rows.iter().find(|r| r.strategy == "evolution" && !r.ranked) {
+        let ranked: Vec<&Row> = rows.iter().filter(|r| r.ranked).collect();
+        if !ranked.is_empty() {
+            md.push_str("\nEvaluations a ranked strategy needs for its mean pick to match plain evolution's mean pick after n evaluations (and how many times fewer):\n\n| strategy |");
+            for n in checkpoints {
+                md.push_str(&format!(" evolution@{n} ({:.2}) |", reference.mean_curve[n - 1]));
+            }
+            md.push_str("\n|---|");
+            for _ in checkpoints {
+                md.push_str("---|");
+            }
+            md.push('\n');
+            for r in ranked {
+                md.push_str(&format!("| {} (ranked) |", r.strategy));
+                for &n in checkpoints {
+                    match evals_to_reach(&r.mean_curve, reference.mean_curve[n - 1]) {
+                        Some(m) => md.push_str(&format!(" {m} ({:.1}×) |", n as f64 / m as f64)),
+                        None => md.push_str(&format!(" not within {} |", args.trials)),
+                    }
+                }
+                md.push('\n');
+            }
+        }
+    }
+    md
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use autoagent_agent::history::{Origin, TrialState};
+    use autoagent_evaluator::nb201::Arch;
+
+    fn t(id: usize, acc: Option<f64>, test: f64) -> Trial {
+        Trial {
+            id,
+            round: 0,
+            arch: Arch::parse("|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|skip_connect~0|nor_conv_3x3~1|nor_conv_1x1~2|").unwrap(),
+            origin: Origin::Random,
+            proxies: Default::default(),
+            rank_score: None,
+            accuracy: acc,
+            test_accuracy: Some(test),
+            seconds: 0.0,
+            state: if acc.is_some() { TrialState::Complete } else { TrialState::Failed },
+            error: None,
+        }
+    }
+
+    #[test]
+    fn the_pick_is_the_best_by_validation_and_reports_its_test_accuracy() {
+        let trials = vec![t(0, None, 0.0), t(1, Some(80.0), 90.0), t(2, Some(85.0), 89.0), t(3, Some(85.0), 95.0), t(4, Some(70.0), 99.0)];
+        let c = picked_curve(&trials);
+        assert!(c[0].is_nan());
+        // Validation decides, not test; the earlier of two equal validations stays picked.
+        assert_eq!(&c[1..], &[90.0, 89.0, 89.0, 89.0]);
+        assert_eq!(evals_to_reach(&c, 89.5), Some(2));
+        assert_eq!(evals_to_reach(&c, 91.0), None);
+    }
+}
