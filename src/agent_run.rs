@@ -55,6 +55,12 @@ pub(crate) struct RunArgs {
     /// Sampling temperature of the LLM.
     #[arg(long, default_value_t = 0.7)]
     temperature: f32,
+    /// Trials the LLM's prompt shows: this many best and this many most recent.
+    #[arg(long, default_value_t = 10)]
+    history: usize,
+    /// Do not send the reply's JSON Schema (openai; for servers without structured outputs).
+    #[arg(long)]
+    no_json_schema: bool,
     /// Prompt templates to use instead of the embedded ones (system.j2, propose.j2, repair.j2).
     #[arg(long)]
     prompts: Option<PathBuf>,
@@ -235,6 +241,9 @@ pub(crate) fn cmd_run(args: RunArgs) -> Result<()> {
             let options = LlmOptions {
                 temperature: args.temperature,
                 seed: args.seed,
+                json_schema: !args.no_json_schema,
+                show_best: args.history,
+                show_recent: args.history,
                 ..LlmOptions::default()
             };
             Box::new(LlmStrategy::new(b, prompts.clone(), evaluator.info(), options, 0))

@@ -158,6 +158,11 @@ fn an_openai_compatible_server_drives_the_search_and_the_run_replays_without_it(
         .unwrap()
         .contains("Propose 4 new architectures"));
     assert!(exchanges[0]["response"]["content"].is_string());
+    // The reply's JSON Schema goes with the request, and the server's grammar holds the model to
+    // it: every proposal is a valid cell.
+    assert!(exchanges[0]["request"]["json_schema"]["properties"]["candidates"].is_object());
+    assert_eq!(llm["invalid_proposals"], 0, "{s}");
+    assert!(llm["valid_proposals"].as_u64().unwrap() >= 1, "{s}");
     drop(server);
     // Without the server: the recorded replies reproduce the run.
     assert_replay_reproduces(dir.path(), &["--budget", "4trials", "--k", "4"]);

@@ -14,7 +14,7 @@ use serde::Serialize;
 use crate::history::{FailedProposal, History, Origin, Proposal, Trial};
 use crate::llm::{ChatRequest, ChatResponse, Exchange, LlmBackend, Message};
 use crate::prompts::Prompts;
-use crate::space::{archs_from_choices, constrained_template, describe, parse_reply, SpaceInfo};
+use crate::space::{archs_from_choices, constrained_template, describe, parse_reply, reply_schema, SpaceInfo};
 use crate::strategy::{Asked, Strategy, StrategyError};
 
 /// What the prompt says about the task.
@@ -42,6 +42,9 @@ pub struct LlmOptions {
     pub show_failed: usize,
     /// Seed of the first request (incremented per request).
     pub seed: u64,
+    /// Send the reply's JSON Schema with JSON requests (a server that supports structured
+    /// outputs then only produces valid architectures); off for servers that reject it.
+    pub json_schema: bool,
 }
 
 impl Default for LlmOptions {
@@ -53,6 +56,7 @@ impl Default for LlmOptions {
             show_recent: 10,
             show_failed: 10,
             seed: 0,
+            json_schema: true,
         }
     }
 }
@@ -122,6 +126,7 @@ impl LlmStrategy {
             temperature: self.options.temperature,
             seed: Some(self.options.seed + self.exchanges as u64),
             json,
+            json_schema: (json && self.options.json_schema).then(|| reply_schema(k)),
         }
     }
 

@@ -153,6 +153,41 @@ pub fn parse_reply(text: &str, exchange: Option<usize>) -> Parsed {
     out
 }
 
+/// The JSON Schema of a reply with 1 to `k` candidates: each an `arch` string that the pattern
+/// restricts to the space's format and operations (no free-text field: a small model fills one
+/// until it runs out of tokens, and the reply is cut short). Servers with structured
+/// outputs (OpenAI's strict mode, llama.cpp's grammar from the schema) then only produce valid
+/// architectures.
+pub fn reply_schema(k: usize) -> serde_json::Value {
+    let op = format!("({})", Op::ALL.iter().map(|o| o.name()).collect::<Vec<_>>().join("|"));
+    let mut pattern = String::from("^");
+    for &(target, source) in EDGES.iter() {
+        pattern.push_str(if source == 0 && target > 1 { "\\|\\+\\|" } else { "\\|" });
+        pattern.push_str(&format!("{op}~{source}"));
+    }
+    pattern.push_str("\\|$");
+    serde_json::json!({
+        "type": "object",
+        "properties": {
+            "candidates": {
+                "type": "array",
+                "minItems": 1,
+                "maxItems": k.max(1),
+                "items": {
+                    "type": "object",
+                    "properties": {
+                        "arch": { "type": "string", "pattern": pattern }
+                    },
+                    "required": ["arch"],
+                    "additionalProperties": false
+                }
+            }
+        },
+        "required": ["candidates"],
+        "additionalProperties": false
+    })
+}
+
 /// The reply template of `k` architectures, one per line, each edge's operation a choice slot:
 /// with constrained decoding every reply is a valid cell.
 pub fn constrained_template(k: usize) -> Constrained {
@@ -189,6 +224,29 @@ pub fn archs_from_choices(choices: &[usize]) -> Vec<Arch> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_reply_schema_pattern_accepts_exactly_the_cells_of_the_space() {
+        let schema = reply_schema(3);
+        let items = &schema["properties"]["candidates"];
+        assert_eq!(items["maxItems"], 3);
+        let pattern = items["items"]["properties"]["arch"]["pattern"].as_str().unwrap();
+        let re = regex::Regex::new(pattern).unwrap();
+        let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(4);
+        for _ in 0..200 {
+            let a = Arch::sample(&mut rng).to_string();
+            assert!(re.is_match(&a), "{a}");
+        }
+        for bad in [
+            "|conv~0|+|none~0|none~1|+|none~0|none~1|none~2|",
+            "|none~0|+|none~0|none~1|+|none~0|none~1|",
+            "|none~1|+|none~0|none~1|+|none~0|none~1|none~2|",
+            "x|none~0|+|none~0|none~1|+|none~0|none~1|none~2|",
+            "|none~0|+|none~0|none~1|+|none~0|none~1|none~2|x",
+        ] {
+            assert!(!re.is_match(bad), "{bad}");
+        }
+    }
 
     #[test]
     fn replies_are_parsed_against_the_space() {

@@ -54,6 +54,7 @@ fn request(messages: Vec<Message>, max_tokens: u32, temperature: f32, seed: u64)
         temperature,
         seed: Some(seed),
         json: false,
+        json_schema: None,
     }
 }
 
@@ -470,6 +471,30 @@ fn smollm2_constrained_nb201_cells_are_valid_reproducible_and_follow_the_logits(
 #[test]
 fn gemma3_constrained_nb201_cells_are_valid_reproducible_and_follow_the_logits() {
     check_constrained_nb201(gemma3());
+}
+
+/// A prompt that shares its head with the previous one is computed from the cached head; its
+/// logits match a fresh pass over the whole prompt.
+#[test]
+fn smollm2_reuses_the_shared_prompt_head() {
+    let model = smollm2();
+    let messages = nb201_messages();
+    let mut a = model.prompt_tokens(&messages).unwrap();
+    let head = a.len() - 12;
+    let b: Vec<u32> = a[..head].iter().copied().chain(model.tokenizer().encode(" Propose two cells instead, please.", false).unwrap()).collect();
+    let c: Vec<u32> = a[..head].iter().copied().chain(model.tokenizer().encode(" Which operation is cheapest?", false).unwrap()).collect();
+    // a, then b (shares `head` tokens with a: that head is fed alone and kept), then c (starts
+    // from the kept head).
+    model.prompt_logits(&a).unwrap();
+    for p in [&b, &c] {
+        let cached = model.prompt_logits(p).unwrap();
+        let fresh = model.next_token_logits(p).unwrap();
+        let worst = cached.iter().zip(&fresh).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
+        let top = |l: &[f32]| (0..l.len()).max_by(|&i, &j| l[i].total_cmp(&l[j])).unwrap();
+        assert_eq!(top(&cached), top(&fresh));
+        assert!(worst < 0.3, "logits from the cached head differ by up to {worst}");
+    }
+    a.clear();
 }
 
 /// Calibrated choices: the first slot's greedy pick is the option whose first token has the

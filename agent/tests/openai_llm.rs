@@ -23,6 +23,7 @@ fn request(messages: Vec<Message>, max_tokens: u32, json: bool, seed: Option<u64
         temperature: 0.0,
         seed,
         json,
+        json_schema: None,
     }
 }
 

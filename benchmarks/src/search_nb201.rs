@@ -121,6 +121,12 @@ pub struct SearchBenchArgs {
     /// Sampling temperature of the LLM.
     #[arg(long, default_value_t = 0.7)]
     pub temperature: f32,
+    /// Trials the LLM's prompt shows: this many best and this many most recent.
+    #[arg(long, default_value_t = 10)]
+    pub history: usize,
+    /// Do not send the reply's JSON Schema (openai; for servers without structured outputs).
+    #[arg(long)]
+    pub no_json_schema: bool,
     /// Device of the proxies and the local model: cpu or cuda:N.
     #[arg(long, default_value = "cpu")]
     pub device: String,
@@ -162,6 +168,7 @@ struct RunKey {
     tournament: usize,
     llm: Option<String>,
     temperature: Option<f32>,
+    history: Option<usize>,
 }
 
 /// One finished run.
@@ -348,6 +355,7 @@ pub fn run(args: &SearchBenchArgs) -> Result<()> {
                     tournament: args.tournament,
                     llm: backend.as_ref().filter(|_| strategy_name == "llm").map(|b| b.describe()),
                     temperature: (strategy_name == "llm").then_some(args.temperature),
+                    history: (strategy_name == "llm").then_some(args.history),
                 };
                 let dir = args.runs.as_ref().map(|r| r.join(format!("{strategy_name}-{}-s{seed}", if ranked { "ranked" } else { "plain" })));
                 let result = match dir.as_deref().map(|d| reuse(d, &key)).transpose()?.flatten() {
@@ -361,6 +369,9 @@ pub fn run(args: &SearchBenchArgs) -> Result<()> {
                                 let options = LlmOptions {
                                     temperature: args.temperature,
                                     seed,
+                                    json_schema: !args.no_json_schema,
+                                    show_best: args.history,
+                                    show_recent: args.history,
                                     ..LlmOptions::default()
                                 };
                                 Box::new(LlmStrategy::new(

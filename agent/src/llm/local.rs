@@ -211,6 +211,12 @@ impl LocalModel {
         model.feed(tokens)
     }
 
+    /// The next-token logits after the prompt `tokens` as requests compute them: through the
+    /// snapshot of the last prompt and the cached shared head (see the model's `start`).
+    pub fn prompt_logits(&self, tokens: &[u32]) -> Result<Vec<f32>, LlmError> {
+        self.lock().start(tokens)
+    }
+
     /// Feeds `chunks` one after another into a new sequence, through the KV cache as generation
     /// does, and returns the next-token logits after each chunk.
     pub fn logits_after_chunks(&self, chunks: &[&[u32]]) -> Result<Vec<Vec<f32>>, LlmError> {

@@ -81,6 +81,11 @@ pub struct ChatRequest {
     pub seed: Option<u64>,
     /// Ask for a JSON object (OpenAI `response_format: json_object`), where supported.
     pub json: bool,
+    /// Ask for a JSON object that follows this JSON Schema (OpenAI `response_format:
+    /// json_schema`, strict; llama.cpp's server turns it into a grammar), where supported.
+    /// Overrides `json`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub json_schema: Option<serde_json::Value>,
 }
 
 /// Tokens used by one exchange.

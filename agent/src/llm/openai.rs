@@ -30,7 +30,7 @@ use async_openai::error::OpenAIError;
 use async_openai::middleware::{HttpRequestFactory, ReqwestService};
 use async_openai::types::chat::{
     ChatCompletionRequestAssistantMessage, ChatCompletionRequestMessage, ChatCompletionRequestSystemMessage, ChatCompletionRequestUserMessage,
-    CreateChatCompletionRequest, ResponseFormat,
+    CreateChatCompletionRequest, ResponseFormat, ResponseFormatJsonSchema,
 };
 use async_openai::Client;
 use reqwest_openai as reqwest;
@@ -207,7 +207,17 @@ impl OpenAi {
             temperature: Some(request.temperature),
             // The API's seed is a signed 64-bit integer: keep the low 63 bits.
             seed: request.seed.map(|s| (s & i64::MAX as u64) as i64),
-            response_format: request.json.then_some(ResponseFormat::JsonObject),
+            response_format: match &request.json_schema {
+                Some(schema) => Some(ResponseFormat::JsonSchema {
+                    json_schema: ResponseFormatJsonSchema {
+                        description: None,
+                        name: "reply".into(),
+                        schema: schema.clone(),
+                        strict: Some(true),
+                    },
+                }),
+                None => request.json.then_some(ResponseFormat::JsonObject),
+            },
             stream: Some(false),
             ..Default::default()
         }
@@ -613,6 +623,7 @@ mod tests {
             temperature: 0.0,
             seed: Some(u64::MAX),
             json: true,
+            json_schema: None,
         };
         let body = serde_json::to_value(backend.build_request(&request)).unwrap();
         assert_eq!(body["max_tokens"], 7);

@@ -52,6 +52,9 @@ enum Weights {
 /// Tokens fed to a llama model in one forward pass at most (bounds the attention matrix).
 const LLAMA_CHUNK: usize = 512;
 
+/// The shortest shared prompt head worth keeping in the cache.
+const MIN_PREFIX: usize = 64;
+
 /// The state right after a prompt.
 struct Snapshot {
     prompt: Vec<u32>,
@@ -66,6 +69,8 @@ pub(crate) struct Model {
     context: usize,
     pos: usize,
     snapshot: Option<Snapshot>,
+    /// The cache after the part of the prompt the last two prompts shared (Llama only).
+    prefix: Option<Snapshot>,
 }
 
 fn run_err(e: candle_core::Error) -> LlmError {
@@ -100,6 +105,7 @@ impl Model {
             context: declared.map_or(limit, |c| c.min(limit)),
             pos: 0,
             snapshot: None,
+            prefix: None,
         })
     }
 
@@ -118,17 +124,42 @@ impl Model {
         self.pos = 0;
     }
 
-    /// Starts a new sequence with `prompt` and returns the logits after it (from the snapshot when
-    /// the last prompt was the same).
+    /// Starts a new sequence with `prompt` and returns the logits after it: from the snapshot
+    /// when the last prompt was the same; else, on Llama, from the cached prefix when the prompt
+    /// starts with it (the agent's prompts share their long head: task, space, rules), feeding
+    /// only the rest. The first time two prompts share a head of at least [`MIN_PREFIX`] tokens,
+    /// that head is fed alone and kept.
     pub(crate) fn start(&mut self, prompt: &[u32]) -> Result<Vec<f32>, LlmError> {
         if let Some(s) = self.snapshot.as_ref().filter(|s| s.prompt == prompt) {
             self.weights = s.weights.clone();
             self.pos = prompt.len();
             return Ok(s.logits.clone());
         }
-        self.snapshot = None;
-        self.reset();
-        let logits = self.feed(prompt)?;
+        let llama = matches!(self.weights, Weights::Llama(_));
+        let cached = self.prefix.as_ref().filter(|p| llama && p.prompt.len() < prompt.len() && prompt.starts_with(&p.prompt));
+        let logits = if let Some(p) = cached {
+            self.weights = p.weights.clone();
+            self.pos = p.prompt.len();
+            let rest = &prompt[self.pos..];
+            self.feed(rest)?
+        } else {
+            let shared = self
+                .snapshot
+                .as_ref()
+                .map_or(0, |s| s.prompt.iter().zip(prompt).take_while(|(a, b)| a == b).count());
+            self.reset();
+            if llama && shared >= MIN_PREFIX && shared < prompt.len() {
+                let head = self.feed(&prompt[..shared])?;
+                self.prefix = Some(Snapshot {
+                    prompt: prompt[..shared].to_vec(),
+                    weights: self.weights.clone(),
+                    logits: head,
+                });
+                self.feed(&prompt[shared..])?
+            } else {
+                self.feed(prompt)?
+            }
+        };
         self.snapshot = Some(Snapshot {
             prompt: prompt.to_vec(),
             weights: self.weights.clone(),
