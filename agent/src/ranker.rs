@@ -29,12 +29,19 @@ pub struct Ranker {
     cache: ScoreCache,
     /// (classes, channels, size) of the networks.
     shape: (usize, usize, usize),
+    /// Seconds and count of the scores this ranker computed, per proxy (for estimates).
+    measured: Vec<(f64, usize)>,
 }
+
+/// Seconds a proxy score is assumed to take before one has been measured (a NB201 network on
+/// two CPU cores takes 0.06 to 0.6 s per proxy).
+const FIRST_SCORE_SECONDS: f64 = 1.0;
 
 impl Ranker {
     /// A ranker of networks for `classes` classes and `channels × size × size` images.
     pub fn new(proxies: Vec<Box<dyn Proxy>>, batch: Batch, batch_id: String, seed: u64, cache: ScoreCache, shape: (usize, usize, usize)) -> Self {
         Ranker {
+            measured: vec![(0.0, 0); proxies.len()],
             proxies,
             batch,
             batch_id,
@@ -49,23 +56,46 @@ impl Ranker {
         self.proxies.iter().map(|p| p.name()).collect()
     }
 
+    fn candidate(&self, arch: &Arch) -> Nb201Candidate {
+        let (classes, channels, size) = self.shape;
+        Nb201Candidate::new(Nb201Config {
+            num_classes: classes,
+            in_channels: channels,
+            input_size: size,
+            ..Nb201Config::new(*arch)
+        })
+    }
+
+    /// The estimated device seconds of scoring `archs`: the scores the cache lacks, at the mean
+    /// time this ranker measured per proxy (or [`FIRST_SCORE_SECONDS`] before any).
+    pub fn estimate_seconds(&self, archs: &[Arch]) -> f64 {
+        archs
+            .iter()
+            .map(|arch| {
+                let candidate = self.candidate(arch);
+                self.proxies
+                    .iter()
+                    .zip(&self.measured)
+                    .filter(|(p, _)| !self.cache.holds(p.as_ref(), &candidate, &self.batch_id, self.seed))
+                    .map(|(_, &(secs, n))| if n > 0 { secs / n as f64 } else { FIRST_SCORE_SECONDS })
+                    .sum::<f64>()
+            })
+            .sum()
+    }
+
     /// Score `archs`; returns their scores (in order) and the device seconds spent computing
     /// (cached scores cost nothing).
     pub fn score(&mut self, archs: &[Arch]) -> Result<(Vec<Scored>, f64), autoagent_proxies::cache::CacheError> {
-        let (classes, channels, size) = self.shape;
         let mut columns = vec![vec![f64::NAN; archs.len()]; self.proxies.len()];
         let mut seconds = 0.0;
         for (ai, arch) in archs.iter().enumerate() {
-            let candidate = Nb201Candidate::new(Nb201Config {
-                num_classes: classes,
-                in_channels: channels,
-                input_size: size,
-                ..Nb201Config::new(*arch)
-            });
+            let candidate = self.candidate(arch);
             for (pi, p) in self.proxies.iter().enumerate() {
                 let scored = self.cache.score(p.as_ref(), &candidate, &self.batch, &self.batch_id, self.seed)?;
                 if scored.computed {
                     seconds += scored.ms / 1e3;
+                    self.measured[pi].0 += scored.ms / 1e3;
+                    self.measured[pi].1 += 1;
                 }
                 if let Some(e) = &scored.error {
                     tracing::warn!("{} of {arch} failed: {e}", p.name());

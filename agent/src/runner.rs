@@ -267,9 +267,19 @@ pub async fn run_loop(
             continue;
         }
         empty = 0;
+        // Plan the round before spending: ranking the candidates and at least one evaluation
+        // must fit in what is left.
+        let archs: Vec<_> = fresh.iter().map(|p| p.arch).collect();
+        let cheapest = archs.iter().map(|a| evaluator.estimate_seconds(a)).fold(f64::INFINITY, f64::min);
+        let ranking = ranker.as_deref().map_or(0.0, |r| r.estimate_seconds(&archs));
+        if !budget.affords(1, ranking + cheapest) {
+            stopped = format!(
+                "the budget left does not afford the next round (ranking ~{ranking:.1} s and an evaluation ~{cheapest:.1} s)"
+            );
+            break;
+        }
         rounds += 1;
         // Rank.
-        let archs: Vec<_> = fresh.iter().map(|p| p.arch).collect();
         let scored = match ranker.as_deref_mut() {
             Some(r) => {
                 let (s, secs) = r.score(&archs)?;
@@ -286,6 +296,9 @@ pub async fn run_loop(
         // Evaluate the top candidates the budget affords.
         let mut evaluated = 0;
         for &i in order.iter().take(options.top_k) {
+            if budget.exhausted() {
+                break;
+            }
             let arch = fresh[i].arch;
             let estimate = evaluator.estimate_seconds(&arch);
             if !budget.affords(1, estimate) {
@@ -334,4 +347,78 @@ pub async fn run_loop(
     };
     recorder.summary(&summary)?;
     Ok((history, summary))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::budget::Limit;
+    use crate::llm_strategy::TaskInfo;
+    use crate::strategy::RandomSearch;
+    use crate::task::Evaluation;
+
+    /// Evaluations that cost `actual` device seconds each and are announced at `estimate`.
+    struct Costed {
+        actual: f64,
+        estimate: f64,
+    }
+
+    impl Evaluator for Costed {
+        fn info(&self) -> TaskInfo {
+            TaskInfo {
+                description: "costed".into(),
+                metric: "accuracy".into(),
+            }
+        }
+
+        fn estimate_seconds(&self, _arch: &Arch) -> f64 {
+            self.estimate
+        }
+
+        fn evaluate(&mut self, arch: &Arch) -> Evaluation {
+            Evaluation {
+                accuracy: Some(arch.ops.iter().filter(|o| o.name() == "nor_conv_3x3").count() as f64),
+                test_accuracy: None,
+                seconds: self.actual,
+                error: None,
+            }
+        }
+    }
+
+    fn run(limit: Limit, actual: f64, estimate: f64) -> Summary {
+        let mut strategy = RandomSearch::new(3);
+        let mut evaluator = Costed { actual, estimate };
+        let mut budget = Budget::new(limit);
+        let options = LoopOptions {
+            k: 4,
+            top_k: 2,
+            max_empty_rounds: 3,
+            seed: 3,
+        };
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let (history, summary) = rt
+            .block_on(run_loop(&mut strategy, &mut evaluator, None, &mut budget, &options, &mut Recorder::discard(), |_, _| {}))
+            .unwrap();
+        assert_eq!(history.trials.len(), summary.trials);
+        summary
+    }
+
+    #[test]
+    fn a_time_budget_stops_before_a_step_that_would_not_fit() {
+        // Exact estimates: nine 10-s trials fit in 95 s, the tenth is never started.
+        let s = run(Limit::Seconds(95.0), 10.0, 10.0);
+        assert_eq!(s.trials, 9);
+        assert_eq!(s.overrun_seconds, 0.0);
+        assert!((s.budget_used - 90.0 / 95.0).abs() < 1e-9);
+        assert!(s.stopped.contains("does not afford"), "{}", s.stopped);
+        // Estimates 2 s short: the last step overruns by at most its own misestimate.
+        let s = run(Limit::Seconds(95.0), 12.0, 10.0);
+        assert_eq!(s.trials, 8);
+        assert!(s.overrun_seconds <= 2.0 + 1e-9, "{}", s.overrun_seconds);
+        assert!(s.budget_used <= 1.0 + 2.0 / 95.0 + 1e-9);
+        // A trial budget: exactly that many, whatever they cost.
+        let s = run(Limit::Trials(7), 10.0, 10.0);
+        assert_eq!(s.trials, 7);
+        assert_eq!(s.stopped, "budget spent");
+    }
 }

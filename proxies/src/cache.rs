@@ -182,18 +182,27 @@ impl ScoreCache {
         Ok(())
     }
 
-    /// `proxy`'s score of `candidate` on `batch` (described by `batch_id`) with networks from
-    /// `seed`: from the cache when it holds it, else computed and appended. The key is the
-    /// candidate's canonical key, or its exact key for proxies that do not share scores within an
-    /// isomorphism class; the batch is left out for data-free proxies.
-    pub fn score(&mut self, proxy: &dyn Proxy, candidate: &dyn Candidate, batch: &Batch, batch_id: &str, seed: u64) -> Result<Scored, CacheError> {
+    /// Whether [`ScoreCache::score`] would read this score from the cache instead of computing it.
+    pub fn holds(&self, proxy: &dyn Proxy, candidate: &dyn Candidate, batch_id: &str, seed: u64) -> bool {
+        self.get(&Self::key_of(proxy, candidate, batch_id, seed)).is_some()
+    }
+
+    fn key_of(proxy: &dyn Proxy, candidate: &dyn Candidate, batch_id: &str, seed: u64) -> CacheKey {
         let key = if proxy.shares_isomorphic_scores() {
             candidate.key()
         } else {
             candidate.exact_key()
         };
         let batch_key = if proxy.uses_data() { batch_id.to_string() } else { String::new() };
-        let ck = (key, proxy.name().to_string(), seed, batch_key);
+        (key, proxy.name().to_string(), seed, batch_key)
+    }
+
+    /// `proxy`'s score of `candidate` on `batch` (described by `batch_id`) with networks from
+    /// `seed`: from the cache when it holds it, else computed and appended. The key is the
+    /// candidate's canonical key, or its exact key for proxies that do not share scores within an
+    /// isomorphism class; the batch is left out for data-free proxies.
+    pub fn score(&mut self, proxy: &dyn Proxy, candidate: &dyn Candidate, batch: &Batch, batch_id: &str, seed: u64) -> Result<Scored, CacheError> {
+        let ck = Self::key_of(proxy, candidate, batch_id, seed);
         if let Some((value, ms)) = self.get(&ck) {
             return Ok(Scored {
                 value,
