@@ -64,6 +64,12 @@ pub struct SearchBenchArgs {
     /// First seed.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Runs of the llm strategy per ranking (default: --seeds); an LLM on CPU is slow.
+    #[arg(long)]
+    pub llm_seeds: Option<usize>,
+    /// Evaluated architectures per run of the llm strategy (default: --trials).
+    #[arg(long)]
+    pub llm_trials: Option<usize>,
     /// Report the picked architecture after these many evaluations (each at most --trials).
     #[arg(long, value_delimiter = ',', default_value = "10,25,50,100")]
     pub checkpoints: Vec<usize>,
@@ -237,6 +243,7 @@ struct Row {
     strategy: String,
     ranked: bool,
     seeds: usize,
+    trials: usize,
     /// Per checkpoint.
     at: Vec<(usize, Spread)>,
     /// Mean over seeds of the picked test accuracy after each number of evaluations.
@@ -265,6 +272,9 @@ pub fn run(args: &SearchBenchArgs) -> Result<()> {
     }
     if args.population == 0 || args.tournament == 0 {
         bail!("--population and --tournament must be at least 1");
+    }
+    if args.llm_seeds == Some(0) || args.llm_trials == Some(0) {
+        bail!("--llm-seeds and --llm-trials must be at least 1");
     }
     let mut checkpoints = args.checkpoints.clone();
     checkpoints.sort_unstable();
@@ -334,16 +344,21 @@ pub fn run(args: &SearchBenchArgs) -> Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
     let mut rows = Vec::new();
     for strategy_name in &args.strategies {
+        let (seeds, trials) = if strategy_name == "llm" {
+            (args.llm_seeds.unwrap_or(args.seeds), args.llm_trials.unwrap_or(args.trials))
+        } else {
+            (args.seeds, args.trials)
+        };
         for &ranked in &rankings {
             let mut results = Vec::new();
-            for s in 0..args.seeds as u64 {
+            for s in 0..seeds as u64 {
                 let seed = args.seed + s;
                 let key = RunKey {
                     dataset: args.dataset.clone(),
                     strategy: strategy_name.clone(),
                     ranked,
                     seed,
-                    trials: args.trials,
+                    trials,
                     k: if ranked { args.k } else { args.top_k },
                     top_k: args.top_k,
                     proxies: if ranked { args.proxies.clone() } else { String::new() },
@@ -394,6 +409,7 @@ pub fn run(args: &SearchBenchArgs) -> Result<()> {
                     result.trials.len(),
                     checkpoints
                         .iter()
+                        .filter(|&&n| n <= trials)
                         .map(|&n| format!("@{n} {:.2}", curve.get(n - 1).or(curve.last()).copied().unwrap_or(f64::NAN)))
                         .collect::<Vec<_>>()
                         .join(" "),
@@ -401,7 +417,7 @@ pub fn run(args: &SearchBenchArgs) -> Result<()> {
                 );
                 results.push(result);
             }
-            rows.push(row(strategy_name, ranked, &results, &checkpoints, args.trials));
+            rows.push(row(strategy_name, ranked, &results, &checkpoints, trials));
         }
     }
 
@@ -547,6 +563,7 @@ fn row(strategy: &str, ranked: bool, results: &[RunResult], checkpoints: &[usize
     let mean_curve: Vec<f64> = (0..trials).map(|i| curves.iter().map(|c| c[i]).sum::<f64>() / curves.len() as f64).collect();
     let at = checkpoints
         .iter()
+        .filter(|&&n| n <= trials)
         .map(|&n| (n, Spread::of(curves.iter().map(|c| c[n - 1]).collect())))
         .collect();
     let (valid, invalid) = results
@@ -557,6 +574,7 @@ fn row(strategy: &str, ranked: bool, results: &[RunResult], checkpoints: &[usize
         strategy: strategy.to_string(),
         ranked,
         seeds: results.len(),
+        trials,
         at,
         mean_curve,
         llm_valid_share: (exchanges > 0).then(|| valid as f64 / (valid + invalid).max(1) as f64),
@@ -570,7 +588,7 @@ fn row(strategy: &str, ranked: bool, results: &[RunResult], checkpoints: &[usize
 fn markdown(args: &SearchBenchArgs, rows: &[Row], checkpoints: &[usize]) -> String {
     let mut md = String::new();
     md.push_str(&format!(
-        "NAS-Bench-201 {}: test accuracy (%, mean ± sd over {} seeds) of the architecture each strategy picks (best {}-epoch validation accuracy so far) after n evaluated architectures. Ranked: {} candidates per round ranked by the log-rank ensemble of {} (batch {} of {} images, proxy seed {}), top {} evaluated; plain: the strategy proposes {} per round and all are evaluated.\n\n",
+        "NAS-Bench-201 {}: test accuracy (%, mean ± sd over {} seeds unless a row says otherwise) of the architecture each strategy picks (best {}-epoch validation accuracy so far) after n evaluated architectures. Ranked: {} candidates per round ranked by the log-rank ensemble of {} (batch {} of {} images, proxy seed {}), top {} evaluated; plain: the strategy proposes {} per round and all are evaluated.\n\n",
         args.dataset, args.seeds, args.fidelity, args.k, args.proxies, args.proxy_batch_size, args.images, args.proxy_seed, args.top_k, args.top_k
     ));
     md.push_str("| strategy | proxy ranking |");
@@ -595,9 +613,17 @@ fn markdown(args: &SearchBenchArgs, rows: &[Row], checkpoints: &[usize]) -> Stri
         }
     };
     for r in rows {
-        md.push_str(&format!("| {} | {} |", r.strategy, if r.ranked { "yes" } else { "no" }));
-        for (n, s) in &r.at {
-            md.push_str(&format!(" {}{} |", s.show(), goal(r.ranked, *n, s.mean)));
+        let label = if r.seeds == args.seeds && r.trials == args.trials {
+            r.strategy.clone()
+        } else {
+            format!("{} ({} seeds, {} trials)", r.strategy, r.seeds, r.trials)
+        };
+        md.push_str(&format!("| {label} | {} |", if r.ranked { "yes" } else { "no" }));
+        for n in checkpoints {
+            match r.at.iter().find(|(m, _)| m == n) {
+                Some((_, s)) => md.push_str(&format!(" {}{} |", s.show(), goal(r.ranked, *n, s.mean))),
+                None => md.push_str(" — |"),
+            }
         }
         md.push_str(&format!(
             " {} | {} | {:.1} | {:.1} |\n",
@@ -619,20 +645,21 @@ fn markdown(args: &SearchBenchArgs, rows: &[Row], checkpoints: &[usize]) -> Stri
         let ranked: Vec<&Row> = rows.iter().filter(|r| r.ranked).collect();
         if !ranked.is_empty() {
             md.push_str("\nEvaluations a ranked strategy needs for its mean pick to match plain evolution's mean pick after n evaluations (and how many times fewer):\n\n| strategy |");
-            for n in checkpoints {
+            let targets: Vec<usize> = checkpoints.iter().copied().filter(|&n| n <= reference.trials).collect();
+            for n in &targets {
                 md.push_str(&format!(" evolution@{n} ({:.2}) |", reference.mean_curve[n - 1]));
             }
             md.push_str("\n|---|");
-            for _ in checkpoints {
+            for _ in &targets {
                 md.push_str("---|");
             }
             md.push('\n');
             for r in ranked {
                 md.push_str(&format!("| {} (ranked) |", r.strategy));
-                for &n in checkpoints {
+                for &n in &targets {
                     match evals_to_reach(&r.mean_curve, reference.mean_curve[n - 1]) {
                         Some(m) => md.push_str(&format!(" {m} ({:.1}×) |", n as f64 / m as f64)),
-                        None => md.push_str(&format!(" not within {} |", args.trials)),
+                        None => md.push_str(&format!(" not within {} |", r.trials)),
                     }
                 }
                 md.push('\n');
