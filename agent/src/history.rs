@@ -47,10 +47,51 @@ pub struct FailedProposal {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum TrialState {
+    /// Chosen for evaluation, not started.
+    Pending,
+    /// Being evaluated.
+    Running,
     /// Evaluated.
     Complete,
     /// The evaluation failed (see `error`).
     Failed,
+    /// Stopped early by a pruner or its budget share.
+    Pruned,
+    /// Was running when the agent died; a resumed run evaluates it again.
+    Lost,
+}
+
+impl TrialState {
+    /// The name stored and shown (`pending`, `running`, ...).
+    pub fn name(self) -> &'static str {
+        match self {
+            TrialState::Pending => "pending",
+            TrialState::Running => "running",
+            TrialState::Complete => "complete",
+            TrialState::Failed => "failed",
+            TrialState::Pruned => "pruned",
+            TrialState::Lost => "lost",
+        }
+    }
+
+    /// The state named `s`.
+    pub fn from_name(s: &str) -> Option<Self> {
+        [
+            TrialState::Pending,
+            TrialState::Running,
+            TrialState::Complete,
+            TrialState::Failed,
+            TrialState::Pruned,
+            TrialState::Lost,
+        ]
+        .into_iter()
+        .find(|t| t.name() == s)
+    }
+
+    /// Whether the trial is over (complete, failed or pruned).
+    pub fn is_finished(self) -> bool {
+        matches!(self, TrialState::Complete | TrialState::Failed | TrialState::Pruned)
+    }
 }
 
 /// One evaluated candidate.

@@ -1,0 +1,419 @@
+//! The SQLite run store: one database file per run directory.
+//!
+//! - WAL journal, `synchronous = NORMAL`: a write that returned survives the process being
+//!   killed at any moment (power loss may lose the last transactions, never corrupt the file).
+//! - Versioned schema (`PRAGMA user_version`): opening migrates an older database forward, one
+//!   transaction per version, and refuses a newer one without touching it.
+//! - One writer per run: a writer holds an exclusive lock on `<database>.lock` for as long as it
+//!   is open, and a second writer gets [`StoreError::Locked`]; readers ([`SqliteStore::open_read`],
+//!   for `report` and `ls`) need no lock and may read a live run.
+//! - Errors say what happened (corrupt file, locked, newer schema, full disk) and leave what
+//!   was stored intact: every write is one transaction.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rusqlite::{params, Connection, ErrorCode, OpenFlags, OptionalExtension};
+
+use super::{Metric, ProposalRecord, ProxyScore, Store, StoreError, TrialRecord, TrialState, SCHEMA_VERSION};
+use crate::history::{FailedProposal, Origin, Proposal, Trial};
+use crate::llm::Exchange;
+use autoagent_evaluator::nb201::Arch;
+
+/// The schema, one migration per version: `MIGRATIONS[v - 1]` takes a database from version
+/// `v - 1` to `v`.
+pub const MIGRATIONS: &[&str] = &[
+    // 1: the first schema.
+    "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+     CREATE TABLE proposals (id INTEGER PRIMARY KEY, round INTEGER NOT NULL, arch TEXT NOT NULL, origin TEXT NOT NULL);
+     CREATE TABLE proxy_scores (arch TEXT NOT NULL, proxy TEXT NOT NULL, value REAL, ms REAL NOT NULL, PRIMARY KEY (arch, proxy));
+     CREATE TABLE trials (
+         id INTEGER PRIMARY KEY, round INTEGER NOT NULL, arch TEXT NOT NULL, origin TEXT NOT NULL,
+         state TEXT NOT NULL CHECK (state IN ('pending', 'running', 'complete', 'failed', 'pruned', 'lost')),
+         proxies TEXT NOT NULL, rank_score REAL, accuracy REAL, test_accuracy REAL, seconds REAL NOT NULL, error TEXT);
+     CREATE TABLE failed_proposals (id INTEGER PRIMARY KEY, text TEXT NOT NULL, reason TEXT NOT NULL, exchange INTEGER);
+     CREATE TABLE exchanges (idx INTEGER PRIMARY KEY, body TEXT NOT NULL);",
+    // 2: trials in child processes: artefacts, stderr and metrics per epoch.
+    "ALTER TABLE trials ADD COLUMN artefacts TEXT NOT NULL DEFAULT '[]';
+     ALTER TABLE trials ADD COLUMN stderr_tail TEXT;
+     CREATE TABLE metrics (
+         trial INTEGER NOT NULL REFERENCES trials(id), epoch INTEGER NOT NULL, name TEXT NOT NULL, value REAL NOT NULL,
+         PRIMARY KEY (trial, epoch, name));",
+];
+
+/// How long a statement waits for another process's transaction before reporting a lock.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The SQLite store.
+pub struct SqliteStore {
+    conn: Connection,
+    path: PathBuf,
+    /// The writer's lock (held while open).
+    _lock: Option<File>,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore").field("path", &self.path).finish()
+    }
+}
+
+fn classify(path: &Path, e: rusqlite::Error) -> StoreError {
+    let path = path.to_path_buf();
+    match &e {
+        rusqlite::Error::SqliteFailure(f, _) => match f.code {
+            ErrorCode::NotADatabase | ErrorCode::DatabaseCorrupt => StoreError::Corrupt { path, reason: e.to_string() },
+            ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked => StoreError::Locked { path },
+            ErrorCode::DiskFull => StoreError::DiskFull { path },
+            ErrorCode::CannotOpen | ErrorCode::PermissionDenied | ErrorCode::ReadOnly => StoreError::Open { path, reason: e.to_string() },
+            _ => StoreError::Sql { path, reason: e.to_string() },
+        },
+        _ => StoreError::Sql { path, reason: e.to_string() },
+    }
+}
+
+fn decode<T: serde::de::DeserializeOwned>(what: &str, text: &str) -> Result<T, StoreError> {
+    serde_json::from_str(text).map_err(|e| StoreError::Decode {
+        what: what.to_string(),
+        reason: e.to_string(),
+    })
+}
+
+fn encode<T: serde::Serialize>(value: &T) -> String {
+    serde_json::to_string(value).expect("store values serialise")
+}
+
+impl SqliteStore {
+    /// Open the run database at `path` for writing, creating it (and migrating an older one);
+    /// fails with [`StoreError::Locked`] while another writer has it open.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let lock_path = {
+            let mut s = path.as_os_str().to_owned();
+            s.push(".lock");
+            PathBuf::from(s)
+        };
+        let lock = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| StoreError::Open {
+                path: path.to_path_buf(),
+                reason: format!("cannot create the lock file {}: {e}", lock_path.display()),
+            })?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => return Err(StoreError::Locked { path: path.to_path_buf() }),
+            Err(std::fs::TryLockError::Error(e)) => {
+                return Err(StoreError::Open {
+                    path: path.to_path_buf(),
+                    reason: format!("cannot lock {}: {e}", lock_path.display()),
+                })
+            }
+        }
+        let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE).map_err(|e| classify(path, e))?;
+        let mut store = SqliteStore {
+            conn,
+            path: path.to_path_buf(),
+            _lock: Some(lock),
+        };
+        store.prepare(true)?;
+        Ok(store)
+    }
+
+    /// Open an existing run database for reading (no lock; a live run may be writing it). An
+    /// older schema is read as it is only if it needs no migration: run `resume` first.
+    pub fn open_read(path: &Path) -> Result<Self, StoreError> {
+        if !path.is_file() {
+            return Err(StoreError::Open {
+                path: path.to_path_buf(),
+                reason: "no such file".into(),
+            });
+        }
+        let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(|e| classify(path, e))?;
+        let mut store = SqliteStore {
+            conn,
+            path: path.to_path_buf(),
+            _lock: None,
+        };
+        store.prepare(false)?;
+        Ok(store)
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The schema version of the file.
+    pub fn schema_version(&self) -> Result<u32, StoreError> {
+        self.conn
+            .query_row("PRAGMA user_version", [], |r| r.get::<_, u32>(0))
+            .map_err(|e| classify(&self.path, e))
+    }
+
+    /// Cap the database at `pages` pages (SQLite's `max_page_count`): a write beyond it fails as
+    /// a full disk does. For fault tests.
+    pub fn limit_pages(&self, pages: u32) -> Result<(), StoreError> {
+        self.conn
+            .query_row(&format!("PRAGMA max_page_count = {pages}"), [], |_| Ok(()))
+            .map_err(|e| classify(&self.path, e))
+    }
+
+    fn prepare(&mut self, write: bool) -> Result<(), StoreError> {
+        let path = self.path.clone();
+        let err = |e| classify(&path, e);
+        self.conn.busy_timeout(BUSY_TIMEOUT).map_err(err)?;
+        // Reading the version touches the file: a file that is not a database fails here.
+        let version = self.schema_version()?;
+        if version > SCHEMA_VERSION {
+            return Err(StoreError::NewerSchema {
+                path: self.path.clone(),
+                found: version,
+                supported: SCHEMA_VERSION,
+            });
+        }
+        if !write {
+            if version < SCHEMA_VERSION {
+                return Err(StoreError::Open {
+                    path: self.path.clone(),
+                    reason: format!("schema version {version} predates this autoagent's {SCHEMA_VERSION}; `autoagent resume` migrates it"),
+                });
+            }
+            return Ok(());
+        }
+        self.conn
+            .query_row("PRAGMA journal_mode = WAL", [], |r| r.get::<_, String>(0))
+            .map_err(err)?;
+        self.conn.execute_batch("PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;").map_err(err)?;
+        for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+            let to = i + 1;
+            let tx = self.conn.transaction().map_err(err)?;
+            tx.execute_batch(sql).map_err(err)?;
+            tx.execute_batch(&format!("PRAGMA user_version = {to}")).map_err(err)?;
+            tx.commit().map_err(err)?;
+            tracing::info!("{}: schema migrated to version {to}", self.path.display());
+        }
+        Ok(())
+    }
+
+    fn exec(&mut self, sql: &str, params: impl rusqlite::Params) -> Result<usize, StoreError> {
+        self.conn.execute(sql, params).map_err(|e| classify(&self.path, e))
+    }
+
+    fn rows<T>(&self, sql: &str, params: impl rusqlite::Params, f: impl FnMut(&rusqlite::Row<'_>) -> rusqlite::Result<T>) -> Result<Vec<T>, StoreError> {
+        let err = |e| classify(&self.path, e);
+        let mut stmt = self.conn.prepare(sql).map_err(err)?;
+        let rows = stmt.query_map(params, f).map_err(err)?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(err)
+    }
+}
+
+impl Store for SqliteStore {
+    fn meta(&self, key: &str) -> Result<Option<String>, StoreError> {
+        self.conn
+            .query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
+            .optional()
+            .map_err(|e| classify(&self.path, e))
+    }
+
+    fn set_meta(&mut self, key: &str, value: &str) -> Result<(), StoreError> {
+        self.exec("INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET value = excluded.value", params![key, value])
+            .map(|_| ())
+    }
+
+    fn add_proposal(&mut self, round: usize, proposal: &Proposal) -> Result<usize, StoreError> {
+        let id: i64 = self
+            .conn
+            .query_row("SELECT COALESCE(MAX(id) + 1, 0) FROM proposals", [], |r| r.get(0))
+            .map_err(|e| classify(&self.path, e))?;
+        self.exec(
+            "INSERT INTO proposals (id, round, arch, origin) VALUES (?1, ?2, ?3, ?4)",
+            params![id, round as i64, proposal.arch.to_string(), encode(&proposal.origin)],
+        )?;
+        Ok(id as usize)
+    }
+
+    fn proposals(&self) -> Result<Vec<ProposalRecord>, StoreError> {
+        let raw = self.rows("SELECT id, round, arch, origin FROM proposals ORDER BY id", [], |r| {
+            Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, String>(2)?, r.get::<_, String>(3)?))
+        })?;
+        raw.into_iter()
+            .map(|(id, round, arch, origin)| {
+                Ok(ProposalRecord {
+                    id: id as usize,
+                    round: round as usize,
+                    proposal: Proposal {
+                        arch: parse_arch(&arch)?,
+                        origin: decode::<Origin>("proposals.origin", &origin)?,
+                    },
+                })
+            })
+            .collect()
+    }
+
+    fn put_proxy_score(&mut self, score: &ProxyScore) -> Result<(), StoreError> {
+        self.exec(
+            "INSERT INTO proxy_scores (arch, proxy, value, ms) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (arch, proxy) DO UPDATE SET value = excluded.value, ms = excluded.ms",
+            params![score.arch, score.proxy, score.value, score.ms],
+        )
+        .map(|_| ())
+    }
+
+    fn proxy_scores(&self) -> Result<Vec<ProxyScore>, StoreError> {
+        self.rows("SELECT arch, proxy, value, ms FROM proxy_scores ORDER BY arch, proxy", [], |r| {
+            Ok(ProxyScore {
+                arch: r.get(0)?,
+                proxy: r.get(1)?,
+                value: r.get(2)?,
+                ms: r.get(3)?,
+            })
+        })
+    }
+
+    fn put_trial(&mut self, record: &TrialRecord) -> Result<(), StoreError> {
+        let t = &record.trial;
+        self.exec(
+            "INSERT INTO trials (id, round, arch, origin, state, proxies, rank_score, accuracy, test_accuracy, seconds, error, artefacts, stderr_tail)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)
+             ON CONFLICT (id) DO UPDATE SET round = excluded.round, arch = excluded.arch, origin = excluded.origin,
+                 state = excluded.state, proxies = excluded.proxies, rank_score = excluded.rank_score,
+                 accuracy = excluded.accuracy, test_accuracy = excluded.test_accuracy, seconds = excluded.seconds,
+                 error = excluded.error, artefacts = excluded.artefacts, stderr_tail = excluded.stderr_tail",
+            params![
+                t.id as i64,
+                t.round as i64,
+                t.arch.to_string(),
+                encode(&t.origin),
+                t.state.name(),
+                encode(&t.proxies),
+                t.rank_score,
+                t.accuracy,
+                t.test_accuracy,
+                t.seconds,
+                t.error,
+                encode(&record.artefacts),
+                record.stderr_tail,
+            ],
+        )
+        .map(|_| ())
+    }
+
+    fn trials(&self) -> Result<Vec<TrialRecord>, StoreError> {
+        type Raw = (i64, i64, String, String, String, String, Option<f64>, Option<f64>, Option<f64>, f64, Option<String>, String, Option<String>);
+        let raw: Vec<Raw> = self.rows(
+            "SELECT id, round, arch, origin, state, proxies, rank_score, accuracy, test_accuracy, seconds, error, artefacts, stderr_tail
+             FROM trials ORDER BY id",
+            [],
+            |r| {
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                    r.get(6)?,
+                    r.get(7)?,
+                    r.get(8)?,
+                    r.get(9)?,
+                    r.get(10)?,
+                    r.get(11)?,
+                    r.get(12)?,
+                ))
+            },
+        )?;
+        raw.into_iter()
+            .map(|(id, round, arch, origin, state, proxies, rank_score, accuracy, test_accuracy, seconds, error, artefacts, stderr_tail)| {
+                Ok(TrialRecord {
+                    trial: Trial {
+                        id: id as usize,
+                        round: round as usize,
+                        arch: parse_arch(&arch)?,
+                        origin: decode("trials.origin", &origin)?,
+                        proxies: decode("trials.proxies", &proxies)?,
+                        rank_score,
+                        accuracy,
+                        test_accuracy,
+                        seconds,
+                        state: TrialState::from_name(&state).ok_or_else(|| StoreError::Decode {
+                            what: "trials.state".into(),
+                            reason: format!("unknown state '{state}'"),
+                        })?,
+                        error,
+                    },
+                    artefacts: decode("trials.artefacts", &artefacts)?,
+                    stderr_tail,
+                })
+            })
+            .collect()
+    }
+
+    fn mark_lost(&mut self) -> Result<usize, StoreError> {
+        self.exec("UPDATE trials SET state = 'lost' WHERE state IN ('running', 'pending')", [])
+    }
+
+    fn add_metric(&mut self, metric: &Metric) -> Result<(), StoreError> {
+        self.exec(
+            "INSERT INTO metrics (trial, epoch, name, value) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (trial, epoch, name) DO UPDATE SET value = excluded.value",
+            params![metric.trial as i64, metric.epoch as i64, metric.name, metric.value],
+        )
+        .map(|_| ())
+    }
+
+    fn metrics(&self, trial: usize) -> Result<Vec<Metric>, StoreError> {
+        self.rows(
+            "SELECT trial, epoch, name, value FROM metrics WHERE trial = ?1 ORDER BY epoch, name",
+            [trial as i64],
+            |r| {
+                Ok(Metric {
+                    trial: r.get::<_, i64>(0)? as usize,
+                    epoch: r.get::<_, i64>(1)? as usize,
+                    name: r.get(2)?,
+                    value: r.get(3)?,
+                })
+            },
+        )
+    }
+
+    fn add_failed(&mut self, failed: &FailedProposal) -> Result<(), StoreError> {
+        self.exec(
+            "INSERT INTO failed_proposals (text, reason, exchange) VALUES (?1, ?2, ?3)",
+            params![failed.text, failed.reason, failed.exchange.map(|e| e as i64)],
+        )
+        .map(|_| ())
+    }
+
+    fn failed(&self) -> Result<Vec<FailedProposal>, StoreError> {
+        self.rows("SELECT text, reason, exchange FROM failed_proposals ORDER BY id", [], |r| {
+            Ok(FailedProposal {
+                text: r.get(0)?,
+                reason: r.get(1)?,
+                exchange: r.get::<_, Option<i64>>(2)?.map(|e| e as usize),
+            })
+        })
+    }
+
+    fn add_exchange(&mut self, exchange: &Exchange) -> Result<(), StoreError> {
+        self.exec(
+            "INSERT INTO exchanges (idx, body) VALUES (?1, ?2) ON CONFLICT (idx) DO UPDATE SET body = excluded.body",
+            params![exchange.index as i64, encode(exchange)],
+        )
+        .map(|_| ())
+    }
+
+    fn exchanges(&self) -> Result<Vec<Exchange>, StoreError> {
+        let bodies = self.rows("SELECT body FROM exchanges ORDER BY idx", [], |r| r.get::<_, String>(0))?;
+        bodies.iter().map(|b| decode("exchanges.body", b)).collect()
+    }
+}
+
+fn parse_arch(s: &str) -> Result<Arch, StoreError> {
+    Arch::parse(s).map_err(|e| StoreError::Decode {
+        what: "arch".into(),
+        reason: e.to_string(),
+    })
+}
