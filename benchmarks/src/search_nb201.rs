@@ -255,6 +255,9 @@ struct Row {
     /// Share of LLM proposals that were valid, when the strategy used an LLM.
     llm_valid_share: Option<f64>,
     llm_proposals: usize,
+    /// Share of the evaluated architectures that the LLM proposed (the rest came from the loop's
+    /// fallback mutations when a round held too few new candidates).
+    llm_evaluated_share: Option<f64>,
     /// Candidates the loop added because a round held too few new ones.
     fallback: usize,
     proxy_seconds: f64,
@@ -596,6 +599,15 @@ fn row(strategy: &str, ranked: bool, results: &[RunResult], checkpoints: &[usize
         mean_curve,
         llm_valid_share: (exchanges > 0).then(|| valid as f64 / (valid + invalid).max(1) as f64),
         llm_proposals: valid + invalid,
+        llm_evaluated_share: (exchanges > 0).then(|| {
+            let all: usize = results.iter().map(|r| r.trials.len()).sum();
+            let by_llm: usize = results
+                .iter()
+                .flat_map(|r| &r.trials)
+                .filter(|t| matches!(t.origin, autoagent_agent::history::Origin::Llm { .. }))
+                .count();
+            by_llm as f64 / all.max(1) as f64
+        }),
         fallback: results.iter().map(|r| r.summary.fallback).sum(),
         proxy_seconds: results.iter().map(|r| r.summary.proxy_seconds).sum(),
         wall_seconds: results.iter().map(|r| r.wall_seconds).sum(),
@@ -612,11 +624,11 @@ fn markdown(args: &SearchBenchArgs, rows: &[Row], checkpoints: &[usize]) -> Stri
     for n in checkpoints {
         md.push_str(&format!(" n = {n} |"));
     }
-    md.push_str(" LLM valid | loop fallback | proxy s | wall s |\n|---|---|");
+    md.push_str(" LLM valid | evaluated from the LLM | loop fallback | proxy s | wall s |\n|---|---|");
     for _ in checkpoints {
         md.push_str("---|");
     }
-    md.push_str("---|---|---|---|\n");
+    md.push_str("---|---|---|---|---|\n");
     let goal = |ranked: bool, n: usize, mean: f64| -> &'static str {
         if !ranked || args.dataset != "cifar10" {
             return "";
@@ -643,8 +655,9 @@ fn markdown(args: &SearchBenchArgs, rows: &[Row], checkpoints: &[usize]) -> Stri
             }
         }
         md.push_str(&format!(
-            " {} | {} | {:.1} | {:.1} |\n",
+            " {} | {} | {} | {:.1} | {:.1} |\n",
             r.llm_valid_share.map_or("—".into(), |v| format!("{:.1} % of {}", v * 100.0, r.llm_proposals)),
+            r.llm_evaluated_share.map_or("—".into(), |v| format!("{:.0} %", v * 100.0)),
             r.fallback,
             r.proxy_seconds,
             r.wall_seconds
