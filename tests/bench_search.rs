@@ -87,7 +87,10 @@ fn plain_search_picks_match_the_table_and_finished_runs_are_reused() {
             let per_seed = spread[1]["per_seed"].as_array().unwrap();
             for (s, v) in per_seed.iter().enumerate() {
                 let expected = picked(&runs.join(format!("{strategy}-plain-s{s}")), n, &valid, &test);
-                assert!((v.as_f64().unwrap() - expected).abs() < 1e-9, "{strategy} seed {s} after {n}: {v} vs {expected}");
+                assert!(
+                    (v.as_f64().unwrap() - expected).abs() < 1e-9,
+                    "{strategy} seed {s} after {n}: {v} vs {expected}"
+                );
             }
             let mean = per_seed.iter().map(|v| v.as_f64().unwrap()).sum::<f64>() / 2.0;
             assert!((spread[1]["mean"].as_f64().unwrap() - mean).abs() < 1e-9);

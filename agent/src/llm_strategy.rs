@@ -156,7 +156,8 @@ impl Strategy for LlmStrategy {
         // Constrained decoding first, where the backend has it.
         let (system, user) = self.render(history, k, "lines")?;
         let request = self.request(vec![Message::system(system), Message::user(user)], false, k);
-        let template = constrained_template(k);
+        let evaluated: Vec<_> = history.trials.iter().map(|t| t.arch).collect();
+        let template = constrained_template(k, &evaluated);
         match self.backend.complete_constrained(&request, &template).await {
             Ok(Some(reply)) => {
                 let index = self.exchanges;

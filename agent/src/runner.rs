@@ -273,9 +273,7 @@ pub async fn run_loop(
         let cheapest = archs.iter().map(|a| evaluator.estimate_seconds(a)).fold(f64::INFINITY, f64::min);
         let ranking = ranker.as_deref().map_or(0.0, |r| r.estimate_seconds(&archs));
         if !budget.affords(1, ranking + cheapest) {
-            stopped = format!(
-                "the budget left does not afford the next round (ranking ~{ranking:.1} s and an evaluation ~{cheapest:.1} s)"
-            );
+            stopped = format!("the budget left does not afford the next round (ranking ~{ranking:.1} s and an evaluation ~{cheapest:.1} s)");
             break;
         }
         rounds += 1;
@@ -397,7 +395,15 @@ mod tests {
         };
         let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
         let (history, summary) = rt
-            .block_on(run_loop(&mut strategy, &mut evaluator, None, &mut budget, &options, &mut Recorder::discard(), |_, _| {}))
+            .block_on(run_loop(
+                &mut strategy,
+                &mut evaluator,
+                None,
+                &mut budget,
+                &options,
+                &mut Recorder::discard(),
+                |_, _| {},
+            ))
             .unwrap();
         assert_eq!(history.trials.len(), summary.trials);
         summary

@@ -6,7 +6,7 @@ use autoagent_evaluator::nb201::{Arch, Op, EDGES};
 use serde::Serialize;
 
 use crate::history::FailedProposal;
-use crate::llm::{Constrained, Segment};
+use crate::llm::{Constrained, Distinct, Segment};
 
 /// One operation, for the prompt.
 #[derive(Debug, Clone, Serialize)]
@@ -189,8 +189,9 @@ pub fn reply_schema(k: usize) -> serde_json::Value {
 }
 
 /// The reply template of `k` architectures, one per line, each edge's operation a choice slot:
-/// with constrained decoding every reply is a valid cell.
-pub fn constrained_template(k: usize) -> Constrained {
+/// with constrained decoding every reply is a valid cell, and none repeats an `evaluated` one or
+/// an earlier one of the reply.
+pub fn constrained_template(k: usize, evaluated: &[Arch]) -> Constrained {
     let ops: Vec<String> = Op::ALL.iter().map(|op| op.name().to_string()).collect();
     let mut segments = Vec::new();
     for i in 0..k {
@@ -204,7 +205,20 @@ pub fn constrained_template(k: usize) -> Constrained {
         prefix.push('|');
         segments.push(Segment::Text(prefix));
     }
-    Constrained { segments, calibrate: true }
+    let forbidden = evaluated
+        .iter()
+        .map(|a| {
+            a.ops
+                .iter()
+                .map(|op| Op::ALL.iter().position(|o| o == op).expect("an op of the space"))
+                .collect()
+        })
+        .collect();
+    Constrained {
+        segments,
+        calibrate: true,
+        distinct: Some(Distinct { group: EDGES.len(), forbidden }),
+    }
 }
 
 /// The architectures of a constrained reply's choices (6 per architecture).
@@ -264,7 +278,7 @@ mod tests {
 
     #[test]
     fn the_template_spells_valid_arch_strings() {
-        let t = constrained_template(2);
+        let t = constrained_template(2, &[]);
         let choices: Vec<usize> = vec![3, 3, 4, 1, 3, 1, 0, 1, 2, 3, 4, 0];
         let mut text = String::new();
         let mut it = choices.iter();

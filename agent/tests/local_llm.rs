@@ -16,7 +16,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use autoagent_agent::llm::local::{fetch, Architecture, HubOptions, LocalModel, LocalOptions};
-use autoagent_agent::llm::{ChatRequest, Constrained, LlmBackend, LlmError, Message, Segment};
+use autoagent_agent::llm::{ChatRequest, Constrained, Distinct, LlmBackend, LlmError, Message, Segment};
 
 const SETUP: &str = "run `eval \"$(scripts/setup-llm.sh)\"` in the repository root first (it installs the test models and llama.cpp's server)";
 
@@ -317,6 +317,7 @@ fn nb201_template() -> Constrained {
             text("~2|"),
         ],
         calibrate: false,
+        distinct: None,
     }
 }
 
@@ -473,6 +474,43 @@ fn gemma3_constrained_nb201_cells_are_valid_reproducible_and_follow_the_logits()
     check_constrained_nb201(gemma3());
 }
 
+/// Distinct items: greedy decoding would write the same cell three times; with the constraint the
+/// three cells differ, and none is the forbidden one (the cell greedy decoding picks first).
+#[test]
+fn smollm2_distinct_items_never_repeat() {
+    let model = smollm2();
+    let messages = nb201_messages();
+    let three = |distinct: Option<Distinct>| {
+        let once = nb201_template();
+        let mut segments = Vec::new();
+        for i in 0..3 {
+            if i > 0 {
+                segments.push(Segment::Text("\n".into()));
+            }
+            segments.extend(once.segments.iter().cloned());
+        }
+        let t = Constrained {
+            segments,
+            calibrate: true,
+            distinct,
+        };
+        let r = model.generate_constrained(&request(messages.clone(), 200, 0.0, 0), &t).unwrap();
+        r.choices.chunks(6).map(<[usize]>::to_vec).collect::<Vec<_>>()
+    };
+    let plain = three(None);
+    assert_eq!(plain[0], plain[1], "greedy repeats itself: {plain:?}");
+    let forbidden = plain[0].clone();
+    let items = three(Some(Distinct {
+        group: 6,
+        forbidden: vec![forbidden.clone()],
+    }));
+    eprintln!("greedy {plain:?}; distinct {items:?}");
+    assert!(!items.contains(&forbidden), "{items:?}");
+    assert!(items[0] != items[1] && items[1] != items[2] && items[0] != items[2], "{items:?}");
+    // Only the last edge of an item is steered: the first five follow the model.
+    assert_eq!(items[0][..5], forbidden[..5]);
+}
+
 /// A prompt that shares its head with the previous one is computed from the cached head; its
 /// logits match a fresh pass over the whole prompt.
 #[test]
@@ -481,8 +519,16 @@ fn smollm2_reuses_the_shared_prompt_head() {
     let messages = nb201_messages();
     let mut a = model.prompt_tokens(&messages).unwrap();
     let head = a.len() - 12;
-    let b: Vec<u32> = a[..head].iter().copied().chain(model.tokenizer().encode(" Propose two cells instead, please.", false).unwrap()).collect();
-    let c: Vec<u32> = a[..head].iter().copied().chain(model.tokenizer().encode(" Which operation is cheapest?", false).unwrap()).collect();
+    let b: Vec<u32> = a[..head]
+        .iter()
+        .copied()
+        .chain(model.tokenizer().encode(" Propose two cells instead, please.", false).unwrap())
+        .collect();
+    let c: Vec<u32> = a[..head]
+        .iter()
+        .copied()
+        .chain(model.tokenizer().encode(" Which operation is cheapest?", false).unwrap())
+        .collect();
     // a, then b (shares `head` tokens with a: that head is fed alone and kept), then c (starts
     // from the kept head).
     model.prompt_logits(&a).unwrap();
@@ -545,6 +591,7 @@ async fn constrained_templates_are_checked_and_spaces_join_the_options() {
     let bad = Constrained {
         segments: vec![Segment::Choice(vec!["red".into(), "redder".into()])],
         calibrate: false,
+        distinct: None,
     };
     let err = model.complete_constrained(&req, &bad).await.unwrap_err();
     assert!(matches!(err, LlmError::Config(_)), "{err}");
@@ -552,6 +599,7 @@ async fn constrained_templates_are_checked_and_spaces_join_the_options() {
     let empty = Constrained {
         segments: vec![Segment::Choice(vec![])],
         calibrate: false,
+        distinct: None,
     };
     assert!(matches!(model.complete_constrained(&req, &empty).await, Err(LlmError::Config(_))));
     // "Colour: " + " red": the option is fed as the single token " red" after "Colour:".
@@ -562,6 +610,7 @@ async fn constrained_templates_are_checked_and_spaces_join_the_options() {
             Segment::Text(".".into()),
         ],
         calibrate: false,
+        distinct: None,
     };
     let r = model.complete_constrained(&req, &t).await.unwrap().expect("the local backend constrains");
     let chosen = ["red", "green", "blue"][r.choices[0]];

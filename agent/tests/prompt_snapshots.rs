@@ -51,10 +51,30 @@ fn trial(id: usize, arch: &str, accuracy: Option<f64>, proxies: &[(&str, Option<
 fn history() -> History {
     History {
         trials: vec![
-            trial(0, "|nor_conv_3x3~0|+|skip_connect~0|nor_conv_3x3~1|+|skip_connect~0|nor_conv_3x3~1|nor_conv_3x3~2|", Some(84.125), &[("naswot", Some(781.5)), ("synflow", Some(3.2e22))]),
-            trial(1, "|avg_pool_3x3~0|+|none~0|skip_connect~1|+|none~0|none~1|avg_pool_3x3~2|", Some(41.5), &[("naswot", Some(702.25)), ("synflow", None)]),
-            trial(2, "|nor_conv_1x1~0|+|nor_conv_1x1~0|nor_conv_1x1~1|+|nor_conv_1x1~0|nor_conv_1x1~1|nor_conv_1x1~2|", None, &[]),
-            trial(3, "|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|skip_connect~0|nor_conv_3x3~1|nor_conv_3x3~2|", Some(85.0), &[]),
+            trial(
+                0,
+                "|nor_conv_3x3~0|+|skip_connect~0|nor_conv_3x3~1|+|skip_connect~0|nor_conv_3x3~1|nor_conv_3x3~2|",
+                Some(84.125),
+                &[("naswot", Some(781.5)), ("synflow", Some(3.2e22))],
+            ),
+            trial(
+                1,
+                "|avg_pool_3x3~0|+|none~0|skip_connect~1|+|none~0|none~1|avg_pool_3x3~2|",
+                Some(41.5),
+                &[("naswot", Some(702.25)), ("synflow", None)],
+            ),
+            trial(
+                2,
+                "|nor_conv_1x1~0|+|nor_conv_1x1~0|nor_conv_1x1~1|+|nor_conv_1x1~0|nor_conv_1x1~1|nor_conv_1x1~2|",
+                None,
+                &[],
+            ),
+            trial(
+                3,
+                "|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|skip_connect~0|nor_conv_3x3~1|nor_conv_3x3~2|",
+                Some(85.0),
+                &[],
+            ),
         ],
         failed: vec![FailedProposal {
             text: "|conv~0|+|none~0|none~1|+|none~0|none~1|none~2|".into(),

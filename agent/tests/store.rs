@@ -36,7 +36,11 @@ fn trial(id: usize, arch: &str, state: TrialState) -> TrialRecord {
             state,
             error: (state == TrialState::Failed).then(|| "out of memory".to_string()),
         },
-        artefacts: if state == TrialState::Complete { vec![format!("trials/{id}/best.safetensors")] } else { vec![] },
+        artefacts: if state == TrialState::Complete {
+            vec![format!("trials/{id}/best.safetensors")]
+        } else {
+            vec![]
+        },
         stderr_tail: (state == TrialState::Failed).then(|| "CUDA error: out of memory\n".to_string()),
     }
 }
@@ -96,7 +100,12 @@ fn conformance(store: &mut dyn Store) {
     assert_eq!(ps[1].proposal.arch.to_string(), B);
 
     // Proxy scores: one per (arch, proxy), the latest wins, non-finite is None.
-    for (arch, proxy, value) in [(A, "synflow", Some(1e22)), (A, "naswot", None), (A, "synflow", Some(2e22)), (B, "synflow", Some(5.0))] {
+    for (arch, proxy, value) in [
+        (A, "synflow", Some(1e22)),
+        (A, "naswot", None),
+        (A, "synflow", Some(2e22)),
+        (B, "synflow", Some(5.0)),
+    ] {
         store
             .put_proxy_score(&ProxyScore {
                 arch: arch.into(),
@@ -227,7 +236,10 @@ fn a_database_of_schema_version_1_is_migrated_with_its_rows() {
     assert_eq!(trials.len(), 1);
     let t = &trials[0];
     assert_eq!(t.trial.arch.to_string(), A);
-    assert_eq!((t.trial.accuracy, t.trial.test_accuracy, t.trial.state), (Some(80.0), Some(91.0), TrialState::Complete));
+    assert_eq!(
+        (t.trial.accuracy, t.trial.test_accuracy, t.trial.state),
+        (Some(80.0), Some(91.0), TrialState::Complete)
+    );
     assert_eq!(t.trial.proxies.get("naswot"), Some(&Some(700.5)));
     assert!(t.artefacts.is_empty() && t.stderr_tail.is_none());
     assert_eq!(store.meta("seed").unwrap().as_deref(), Some("3"));
@@ -264,7 +276,11 @@ fn newer_corrupt_and_missing_databases_are_refused_untouched() {
     assert_eq!(bytes(&newer), before);
     // Not a database.
     let corrupt = dir.path().join("corrupt.db");
-    std::fs::write(&corrupt, b"this is not a SQLite database, it is a text file that is long enough to hold a header").unwrap();
+    std::fs::write(
+        &corrupt,
+        b"this is not a SQLite database, it is a text file that is long enough to hold a header",
+    )
+    .unwrap();
     let before = bytes(&corrupt);
     for e in [SqliteStore::open(&corrupt).unwrap_err(), SqliteStore::open_read(&corrupt).unwrap_err()] {
         assert!(matches!(e, StoreError::Corrupt { .. }), "{e}");

@@ -357,7 +357,11 @@ pub fn run(args: &SearchBenchArgs) -> Result<()> {
             (args.seeds, args.trials)
         };
         for &ranked in &rankings {
-            let trials = if ranked { base_trials.min(args.ranked_trials.unwrap_or(base_trials)) } else { base_trials };
+            let trials = if ranked {
+                base_trials.min(args.ranked_trials.unwrap_or(base_trials))
+            } else {
+                base_trials
+            };
             let mut results = Vec::new();
             for s in 0..seeds as u64 {
                 let seed = args.seed + s;
@@ -380,7 +384,10 @@ pub fn run(args: &SearchBenchArgs) -> Result<()> {
                     temperature: (strategy_name == "llm").then_some(args.temperature),
                     history: (strategy_name == "llm").then_some(args.history),
                 };
-                let dir = args.runs.as_ref().map(|r| r.join(format!("{strategy_name}-{}-s{seed}", if ranked { "ranked" } else { "plain" })));
+                let dir = args
+                    .runs
+                    .as_ref()
+                    .map(|r| r.join(format!("{strategy_name}-{}-s{seed}", if ranked { "ranked" } else { "plain" })));
                 let result = match dir.as_deref().map(|d| reuse(d, &key)).transpose()?.flatten() {
                     Some(r) => r,
                     None => {
@@ -493,8 +500,8 @@ fn reuse(dir: &Path, key: &RunKey) -> Result<Option<RunResult>> {
         }
         return Ok(None);
     }
-    let summary: Summary = serde_json::from_str(&std::fs::read_to_string(&summary_path)?)
-        .with_context(|| format!("{} is not a run summary", summary_path.display()))?;
+    let summary: Summary =
+        serde_json::from_str(&std::fs::read_to_string(&summary_path)?).with_context(|| format!("{} is not a run summary", summary_path.display()))?;
     let trials_path = dir.join("trials.jsonl");
     let trials = std::fs::read_to_string(&trials_path)
         .with_context(|| format!("cannot read {}", trials_path.display()))?
@@ -507,11 +514,7 @@ fn reuse(dir: &Path, key: &RunKey) -> Result<Option<RunResult>> {
         bail!("{} holds {} trials but its summary says {}", dir.display(), trials.len(), summary.trials);
     }
     let wall_seconds = stored["wall_seconds"].as_f64().unwrap_or(f64::NAN);
-    Ok(Some(RunResult {
-        trials,
-        summary,
-        wall_seconds,
-    }))
+    Ok(Some(RunResult { trials, summary, wall_seconds }))
 }
 
 fn one_run(
@@ -723,7 +726,13 @@ mod tests {
 
     #[test]
     fn the_pick_is_the_best_by_validation_and_reports_its_test_accuracy() {
-        let trials = vec![t(0, None, 0.0), t(1, Some(80.0), 90.0), t(2, Some(85.0), 89.0), t(3, Some(85.0), 95.0), t(4, Some(70.0), 99.0)];
+        let trials = vec![
+            t(0, None, 0.0),
+            t(1, Some(80.0), 90.0),
+            t(2, Some(85.0), 89.0),
+            t(3, Some(85.0), 95.0),
+            t(4, Some(70.0), 99.0),
+        ];
         let c = picked_curve(&trials);
         assert!(c[0].is_nan());
         // Validation decides, not test; the earlier of two equal validations stays picked.

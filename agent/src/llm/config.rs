@@ -49,7 +49,10 @@ pub fn build_backend(config: &LlmConfig, device: &Device) -> Result<Option<Arc<d
     match config.llm.as_str() {
         "none" => Ok(None),
         "openai" => {
-            let model = config.model.clone().ok_or_else(|| ConfigError::Options("--llm openai needs --model NAME".into()))?;
+            let model = config
+                .model
+                .clone()
+                .ok_or_else(|| ConfigError::Options("--llm openai needs --model NAME".into()))?;
             let mut o = OpenAiOptions::new(model);
             o.base_url = config.base_url.clone();
             Ok(Some(Arc::new(OpenAi::new(o)?)))

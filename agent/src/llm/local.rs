@@ -53,7 +53,7 @@ use chat::ChatFormat;
 use model::Model;
 use sampling::{OptionTrie, Sampler};
 
-use super::{ChatRequest, ChatResponse, Constrained, ConstrainedResponse, LlmBackend, LlmError, Message, Role, Segment, Usage};
+use super::{ChatRequest, ChatResponse, Constrained, ConstrainedResponse, Distinct, LlmBackend, LlmError, Message, Role, Segment, Usage};
 
 /// How to load a local model.
 #[derive(Debug, Clone)]
@@ -305,7 +305,11 @@ impl LocalModel {
             )));
         }
         let mut model = self.lock();
-        let prior = if template.calibrate { Some(self.content_free_logits(&mut model, request, &plan)?) } else { None };
+        let prior = if template.calibrate {
+            Some(self.content_free_logits(&mut model, request, &plan)?)
+        } else {
+            None
+        };
         let mut logits = model.start(&prompt)?;
         // Tokens decided but not yet fed: fed in one pass right before the next decision.
         let mut pending = Vec::new();
@@ -320,12 +324,13 @@ impl LocalModel {
                     completion += tokens.len() as u64;
                 }
                 Step::Choice { options, trie, .. } => {
+                    let excluded = excluded_options(template.distinct.as_ref(), &choices, options.len());
                     let mut node = trie.root();
                     let chosen = loop {
                         if let Some(i) = trie.complete(node) {
                             break i;
                         }
-                        let allowed = trie.allowed(node);
+                        let allowed = trie.allowed_except(node, &excluded);
                         let token = if allowed.len() == 1 {
                             allowed[0]
                         } else {
@@ -417,6 +422,31 @@ impl LocalModel {
             }
         }
         Ok(plan)
+    }
+}
+
+/// The options of the next choice slot that [`Distinct`] rules out, given the choices so far:
+/// at the last slot of an item, those completing a forbidden item or an earlier item of the
+/// reply (none when that would rule out all).
+fn excluded_options(distinct: Option<&Distinct>, choices: &[usize], options: usize) -> Vec<usize> {
+    let Some(d) = distinct.filter(|d| d.group > 0) else {
+        return Vec::new();
+    };
+    if (choices.len() + 1) % d.group != 0 {
+        return Vec::new();
+    }
+    let start = choices.len() + 1 - d.group;
+    let prefix = &choices[start..];
+    let earlier = choices[..start].chunks_exact(d.group);
+    let taken = |o: usize| {
+        let done = |item: &[usize]| item.len() == d.group && item[..d.group - 1] == *prefix && item[d.group - 1] == o;
+        d.forbidden.iter().any(|f| done(f)) || earlier.clone().any(done)
+    };
+    let excluded: Vec<usize> = (0..options).filter(|&o| taken(o)).collect();
+    if excluded.len() == options {
+        Vec::new()
+    } else {
+        excluded
     }
 }
 

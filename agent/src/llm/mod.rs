@@ -135,6 +135,21 @@ pub struct Constrained {
     /// context (SmolLM2-135M: `none` in every slot), whatever the prompt shows.
     #[serde(default)]
     pub calibrate: bool,
+    /// Keep the reply's items new: see [`Distinct`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub distinct: Option<Distinct>,
+}
+
+/// The choice slots come in items of `group` consecutive slots (an architecture's edges); at the
+/// last slot of an item, options that would complete a `forbidden` item (already evaluated) or
+/// an item earlier in the same reply are not allowed, unless every option would. A small model
+/// otherwise copies the architectures its prompt shows.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Distinct {
+    /// Slots per item.
+    pub group: usize,
+    /// Items (option indices, `group` each) the reply must not repeat.
+    pub forbidden: Vec<Vec<usize>>,
 }
 
 /// A constrained reply: the chosen option index of every choice slot, in order, with the

@@ -183,9 +183,7 @@ impl SqliteStore {
             }
             return Ok(());
         }
-        self.conn
-            .query_row("PRAGMA journal_mode = WAL", [], |r| r.get::<_, String>(0))
-            .map_err(err)?;
+        self.conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get::<_, String>(0)).map_err(err)?;
         self.conn.execute_batch("PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;").map_err(err)?;
         for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
             let to = i + 1;
@@ -219,8 +217,11 @@ impl Store for SqliteStore {
     }
 
     fn set_meta(&mut self, key: &str, value: &str) -> Result<(), StoreError> {
-        self.exec("INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET value = excluded.value", params![key, value])
-            .map(|_| ())
+        self.exec(
+            "INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            params![key, value],
+        )
+        .map(|_| ())
     }
 
     fn add_proposal(&mut self, round: usize, proposal: &Proposal) -> Result<usize, StoreError> {
@@ -302,7 +303,21 @@ impl Store for SqliteStore {
     }
 
     fn trials(&self) -> Result<Vec<TrialRecord>, StoreError> {
-        type Raw = (i64, i64, String, String, String, String, Option<f64>, Option<f64>, Option<f64>, f64, Option<String>, String, Option<String>);
+        type Raw = (
+            i64,
+            i64,
+            String,
+            String,
+            String,
+            String,
+            Option<f64>,
+            Option<f64>,
+            Option<f64>,
+            f64,
+            Option<String>,
+            String,
+            Option<String>,
+        );
         let raw: Vec<Raw> = self.rows(
             "SELECT id, round, arch, origin, state, proxies, rank_score, accuracy, test_accuracy, seconds, error, artefacts, stderr_tail
              FROM trials ORDER BY id",
@@ -326,28 +341,30 @@ impl Store for SqliteStore {
             },
         )?;
         raw.into_iter()
-            .map(|(id, round, arch, origin, state, proxies, rank_score, accuracy, test_accuracy, seconds, error, artefacts, stderr_tail)| {
-                Ok(TrialRecord {
-                    trial: Trial {
-                        id: id as usize,
-                        round: round as usize,
-                        arch: parse_arch(&arch)?,
-                        origin: decode("trials.origin", &origin)?,
-                        proxies: decode("trials.proxies", &proxies)?,
-                        rank_score,
-                        accuracy,
-                        test_accuracy,
-                        seconds,
-                        state: TrialState::from_name(&state).ok_or_else(|| StoreError::Decode {
-                            what: "trials.state".into(),
-                            reason: format!("unknown state '{state}'"),
-                        })?,
-                        error,
-                    },
-                    artefacts: decode("trials.artefacts", &artefacts)?,
-                    stderr_tail,
-                })
-            })
+            .map(
+                |(id, round, arch, origin, state, proxies, rank_score, accuracy, test_accuracy, seconds, error, artefacts, stderr_tail)| {
+                    Ok(TrialRecord {
+                        trial: Trial {
+                            id: id as usize,
+                            round: round as usize,
+                            arch: parse_arch(&arch)?,
+                            origin: decode("trials.origin", &origin)?,
+                            proxies: decode("trials.proxies", &proxies)?,
+                            rank_score,
+                            accuracy,
+                            test_accuracy,
+                            seconds,
+                            state: TrialState::from_name(&state).ok_or_else(|| StoreError::Decode {
+                                what: "trials.state".into(),
+                                reason: format!("unknown state '{state}'"),
+                            })?,
+                            error,
+                        },
+                        artefacts: decode("trials.artefacts", &artefacts)?,
+                        stderr_tail,
+                    })
+                },
+            )
             .collect()
     }
 

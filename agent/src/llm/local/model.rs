@@ -136,7 +136,10 @@ impl Model {
             return Ok(s.logits.clone());
         }
         let llama = matches!(self.weights, Weights::Llama(_));
-        let cached = self.prefix.as_ref().filter(|p| llama && p.prompt.len() < prompt.len() && prompt.starts_with(&p.prompt));
+        let cached = self
+            .prefix
+            .as_ref()
+            .filter(|p| llama && p.prompt.len() < prompt.len() && prompt.starts_with(&p.prompt));
         let logits = if let Some(p) = cached {
             self.weights = p.weights.clone();
             self.pos = p.prompt.len();

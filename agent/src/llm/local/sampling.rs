@@ -115,15 +115,25 @@ impl OptionTrie {
         0
     }
 
-    /// Tokens that continue at least one option from `node`, ascending.
-    pub(crate) fn allowed(&self, node: usize) -> Vec<u32> {
-        self.nodes[node].children.iter().map(|c| c.0).collect()
+    /// Tokens that continue at least one option from `node` that is not `excluded`, ascending.
+    pub(crate) fn allowed_except(&self, node: usize, excluded: &[usize]) -> Vec<u32> {
+        self.nodes[node]
+            .children
+            .iter()
+            .filter(|&&(_, child)| self.reaches(child, excluded))
+            .map(|c| c.0)
+            .collect()
     }
 
     /// The node after `token` (which must be allowed).
     pub(crate) fn step(&self, node: usize, token: u32) -> usize {
         let children = &self.nodes[node].children;
         children[children.binary_search_by_key(&token, |c| c.0).expect("an allowed token")].1
+    }
+
+    /// Whether an option outside `excluded` ends at or below `node`.
+    fn reaches(&self, node: usize, excluded: &[usize]) -> bool {
+        self.nodes[node].option.is_some_and(|o| !excluded.contains(&o)) || self.nodes[node].children.iter().any(|&(_, c)| self.reaches(c, excluded))
     }
 
     /// The option complete at `node`.
@@ -163,12 +173,16 @@ mod tests {
     #[test]
     fn trie_walks_options_and_rejects_prefixes() {
         let t = OptionTrie::new(&[vec![5, 1], vec![5, 2], vec![7]]).unwrap();
-        assert_eq!(t.allowed(t.root()), [5, 7]);
+        assert_eq!(t.allowed_except(t.root(), &[]), [5, 7]);
         let n = t.step(t.root(), 5);
-        assert_eq!(t.allowed(n), [1, 2]);
+        assert_eq!(t.allowed_except(n, &[]), [1, 2]);
         assert_eq!(t.complete(t.step(n, 2)), Some(1));
         assert!(OptionTrie::new(&[vec![5], vec![5, 2]]).is_err());
         assert!(OptionTrie::new(&[vec![5, 2], vec![5]]).is_err());
         assert!(OptionTrie::new(&[vec![]]).is_err());
+        // Excluding option 0 closes the branch that only it uses.
+        assert_eq!(t.allowed_except(n, &[0]), [2]);
+        assert_eq!(t.allowed_except(t.root(), &[0, 1]), [7]);
+        assert_eq!(t.allowed_except(t.root(), &[2]), [5]);
     }
 }
