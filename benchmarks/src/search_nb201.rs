@@ -648,7 +648,7 @@ fn markdown(args: &SearchBenchArgs, rows: &[Row], checkpoints: &[usize]) -> Stri
         let label = if r.seeds == args.seeds && r.trials == args.trials {
             r.strategy.clone()
         } else {
-            format!("{} ({} seeds, {} trials)", r.strategy, r.seeds, r.trials)
+            format!("{} ({} seed{}, {} trials)", r.strategy, r.seeds, if r.seeds == 1 { "" } else { "s" }, r.trials)
         };
         md.push_str(&format!("| {label} | {} |", if r.ranked { "yes" } else { "no" }));
         for n in checkpoints {
