@@ -283,6 +283,10 @@ pub(crate) fn cmd_run(args: RunArgs) -> Result<()> {
     )
     .with_context(|| format!("cannot write {}", dir.join("config.json").display()))?;
     let mut recorder = Recorder::create(&dir)?;
+    recorder.meta("config", &std::fs::read_to_string(dir.join("config.json"))?)?;
+    recorder.meta("seed", &args.seed.to_string())?;
+    recorder.meta("version", env!("CARGO_PKG_VERSION"))?;
+    recorder.meta("status", "running")?;
     let mut budget = Budget::new(limit);
     let options = LoopOptions {
         k: args.k,

@@ -69,6 +69,22 @@ fn evolution_with_proxy_ranking_records_every_trial() {
     assert_eq!(s["budget_used"], 1.0);
     let trials = lines(&dir.path().join("run/trials.jsonl"));
     assert_eq!(trials.len(), 6);
+    // The run database holds the same trials, every proposal ranked, and the run's metadata.
+    {
+        use autoagent_agent::store::Store;
+        let db = autoagent_agent::store::sqlite::SqliteStore::open_read(&dir.path().join("run/run.db")).unwrap();
+        let stored: Vec<serde_json::Value> = db.trials().unwrap().iter().map(|r| serde_json::to_value(&r.trial).unwrap()).collect();
+        assert_eq!(stored, trials);
+        let proposals = db.proposals().unwrap();
+        assert!(proposals.len() >= 6, "{}", proposals.len());
+        for t in &trials {
+            assert!(proposals.iter().any(|p| p.proposal.arch.to_string() == t["arch"].as_str().unwrap()));
+        }
+        assert_eq!(db.meta("status").unwrap().as_deref(), Some("finished"));
+        assert_eq!(db.meta("seed").unwrap().as_deref(), Some("0"));
+        let config: serde_json::Value = serde_json::from_str(&db.meta("config").unwrap().unwrap()).unwrap();
+        assert_eq!(config["strategy"], "evolution");
+    }
     // The accuracies are the table's 12-epoch validation accuracy; the test accuracy its 200-epoch one.
     let (valid, test) = (table_column("cifar10_valid_acc_12ep"), table_column("cifar10_test_acc"));
     for t in &trials {

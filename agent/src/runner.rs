@@ -18,6 +18,7 @@ use autoagent_evaluator::nb201::Arch;
 use crate::history::{History, Origin, Proposal, Trial, TrialState};
 use crate::llm::Exchange;
 use crate::ranker::Ranker;
+use crate::store::Store;
 use crate::strategy::Strategy;
 use crate::task::Evaluator;
 
@@ -51,6 +52,9 @@ pub enum RunError {
     /// The proxy cache failed.
     #[error(transparent)]
     Cache(#[from] autoagent_proxies::cache::CacheError),
+    /// The run database failed.
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
     /// The loop could not make progress.
     #[error("{0}")]
     Stuck(String),
@@ -67,6 +71,7 @@ struct Files {
     trials: File,
     failed: File,
     llm: File,
+    store: crate::store::sqlite::SqliteStore,
 }
 
 fn open_append(path: &Path) -> Result<File, RunError> {
@@ -77,7 +82,8 @@ fn open_append(path: &Path) -> Result<File, RunError> {
 }
 
 impl Recorder {
-    /// Create the record files in `dir` (which must exist).
+    /// Create the record files in `dir` (which must exist): the JSON lines files and the run
+    /// database `run.db` (see [`crate::store`]), which holds the same records.
     pub fn create(dir: &Path) -> Result<Self, RunError> {
         Ok(Recorder {
             files: Some(Files {
@@ -85,8 +91,17 @@ impl Recorder {
                 trials: open_append(&dir.join("trials.jsonl"))?,
                 failed: open_append(&dir.join("failed.jsonl"))?,
                 llm: open_append(&dir.join("llm.jsonl"))?,
+                store: crate::store::sqlite::SqliteStore::open(&dir.join("run.db"))?,
             }),
         })
+    }
+
+    /// Store a metadata value in the run database (the resolved configuration, ...).
+    pub fn meta(&mut self, key: &str, value: &str) -> Result<(), RunError> {
+        match self.files.as_mut() {
+            Some(f) => Ok(f.store.set_meta(key, value)?),
+            None => Ok(()),
+        }
     }
 
     /// A recorder that writes nothing.
@@ -107,22 +122,44 @@ impl Recorder {
     }
 
     fn trial(&mut self, t: &Trial) -> Result<(), RunError> {
+        if let Some(f) = self.files.as_mut() {
+            f.store.put_trial(&crate::store::TrialRecord {
+                trial: t.clone(),
+                artefacts: Vec::new(),
+                stderr_tail: None,
+            })?;
+        }
         self.line(|f| &mut f.trials, "trials.jsonl", t)
     }
 
-    fn failed(&mut self, f: &crate::history::FailedProposal) -> Result<(), RunError> {
-        self.line(|f| &mut f.failed, "failed.jsonl", f)
+    fn failed(&mut self, failed: &crate::history::FailedProposal) -> Result<(), RunError> {
+        if let Some(f) = self.files.as_mut() {
+            f.store.add_failed(failed)?;
+        }
+        self.line(|f| &mut f.failed, "failed.jsonl", failed)
     }
 
     fn exchange(&mut self, e: &Exchange) -> Result<(), RunError> {
+        if let Some(f) = self.files.as_mut() {
+            f.store.add_exchange(e)?;
+        }
         self.line(|f| &mut f.llm, "llm.jsonl", e)
     }
 
-    /// Write `summary.json`.
-    pub fn summary(&self, s: &Summary) -> Result<(), RunError> {
-        let Some(files) = self.files.as_ref() else {
+    fn proposal(&mut self, round: usize, p: &Proposal) -> Result<(), RunError> {
+        if let Some(f) = self.files.as_mut() {
+            f.store.add_proposal(round, p)?;
+        }
+        Ok(())
+    }
+
+    /// Write `summary.json` (and the summary into the run database).
+    pub fn summary(&mut self, s: &Summary) -> Result<(), RunError> {
+        let Some(files) = self.files.as_mut() else {
             return Ok(());
         };
+        files.store.set_meta("summary", &serde_json::to_string(s).expect("summary serialises"))?;
+        files.store.set_meta("status", "finished")?;
         let path = files.dir.join("summary.json");
         std::fs::write(&path, serde_json::to_string_pretty(s).expect("summary serialises")).map_err(|source| RunError::Io { path, source })
     }
@@ -277,6 +314,9 @@ pub async fn run_loop(
             break;
         }
         rounds += 1;
+        for p in &fresh {
+            recorder.proposal(rounds - 1, p)?;
+        }
         // Rank.
         let scored = match ranker.as_deref_mut() {
             Some(r) => {

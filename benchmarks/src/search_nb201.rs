@@ -492,7 +492,7 @@ fn reuse(dir: &Path, key: &RunKey) -> Result<Option<RunResult>> {
     let summary_path = dir.join("summary.json");
     if !summary_path.is_file() {
         // Killed before it finished: start it again from nothing.
-        for f in ["trials.jsonl", "failed.jsonl", "llm.jsonl"] {
+        for f in ["trials.jsonl", "failed.jsonl", "llm.jsonl", "run.db", "run.db-wal", "run.db-shm"] {
             let p = dir.join(f);
             if p.exists() {
                 std::fs::remove_file(&p).with_context(|| format!("cannot remove {}", p.display()))?;
