@@ -3,6 +3,7 @@
 
 mod agent_run;
 mod import;
+mod report;
 mod score;
 
 use std::io::Write;
@@ -58,6 +59,10 @@ enum Command {
         #[command(subcommand)]
         command: import::ImportCommand,
     },
+    /// Report on a run directory: leaderboard, budget, LLM usage, plots (md, html or json).
+    Report(report::ReportArgs),
+    /// List the runs under a directory (default: runs) with their status and best trial.
+    Ls(report::LsArgs),
 }
 
 #[derive(Args, Clone)]
@@ -212,6 +217,8 @@ fn run(cli: Cli) -> Result<()> {
             command: BenchCommand::Search(args),
         } => autoagent_benchmarks::search_nb201::run(&args),
         Command::Import { command } => import::run(command),
+        Command::Report(args) => report::cmd_report(args),
+        Command::Ls(args) => report::cmd_ls(args),
     }
 }
 
