@@ -25,7 +25,7 @@ use clap::Args;
 
 use crate::DataArgs;
 
-#[derive(Args, Clone, serde::Serialize)]
+#[derive(Args, Clone, serde::Serialize, serde::Deserialize)]
 pub(crate) struct RunArgs {
     /// Task: nb201:cifar10, nb201:cifar100, nb201:imagenet16 (table lookup), or cifar10, cifar100,
     /// mnist, fashion-mnist (real training).
@@ -119,8 +119,20 @@ pub(crate) struct RunArgs {
     #[arg(long)]
     json: bool,
     #[command(flatten)]
-    #[serde(skip)]
+    #[serde(default)]
     data: DataArgs,
+}
+
+#[derive(Args)]
+pub(crate) struct ResumeArgs {
+    /// The run directory of a run that stopped (killed, crashed) or finished.
+    run_dir: PathBuf,
+    /// A new budget (to extend a finished run); default: the run's own.
+    #[arg(long)]
+    budget: Option<String>,
+    /// Print the summary as one JSON object.
+    #[arg(long)]
+    json: bool,
 }
 
 fn backend(args: &RunArgs) -> Result<Option<Arc<dyn LlmBackend>>> {
@@ -177,8 +189,16 @@ fn print_trial(t: &Trial, budget: &Budget, quiet: bool) {
     );
 }
 
-pub(crate) fn cmd_run(args: RunArgs) -> Result<()> {
-    let limit: Limit = args.budget.parse().map_err(anyhow::Error::msg)?;
+/// What a run is made of, built from its arguments.
+struct Prepared {
+    evaluator: Box<dyn Evaluator>,
+    strategy: Box<dyn Strategy>,
+    strategy_name: String,
+    ranker: Option<Ranker>,
+    backend: Option<Arc<dyn LlmBackend>>,
+}
+
+fn prepare(args: &RunArgs, backend: Option<Arc<dyn LlmBackend>>) -> Result<Prepared> {
     if args.k == 0 || args.top_k == 0 {
         bail!("--k and --top-k must be at least 1");
     }
@@ -187,7 +207,7 @@ pub(crate) fn cmd_run(args: RunArgs) -> Result<()> {
     let prompts = Arc::new(Prompts::load(args.prompts.as_deref())?);
 
     // The task.
-    let (mut evaluator, image_kind): (Box<dyn Evaluator>, DatasetKind) = if let Some(ds) = args.task.strip_prefix("nb201:") {
+    let (evaluator, image_kind): (Box<dyn Evaluator>, DatasetKind) = if let Some(ds) = args.task.strip_prefix("nb201:") {
         let dataset = Nb201Dataset::from_name(ds).with_context(|| format!("unknown NB201 dataset '{ds}' (available: cifar10, cifar100, imagenet16)"))?;
         let truth = args.truth.clone().unwrap_or_else(|| data::data_root(None).join("nb201").join("nb201.csv"));
         if !truth.is_file() {
@@ -221,12 +241,11 @@ pub(crate) fn cmd_run(args: RunArgs) -> Result<()> {
     };
 
     // The strategy.
-    let backend = backend(&args)?;
     let strategy_name = args
         .strategy
         .clone()
         .unwrap_or_else(|| if backend.is_some() { "llm" } else { "evolution" }.to_string());
-    let mut strategy: Box<dyn Strategy> = match strategy_name.as_str() {
+    let strategy: Box<dyn Strategy> = match strategy_name.as_str() {
         "random" => Box::new(RandomSearch::new(args.seed)),
         "evolution" => {
             if args.population == 0 || args.tournament == 0 {
@@ -252,7 +271,7 @@ pub(crate) fn cmd_run(args: RunArgs) -> Result<()> {
     };
 
     // Proxy ranking.
-    let mut ranker = if args.no_proxies {
+    let ranker = if args.no_proxies {
         None
     } else {
         let proxies = parse_list(&args.proxies).map_err(anyhow::Error::msg)?;
@@ -267,26 +286,27 @@ pub(crate) fn cmd_run(args: RunArgs) -> Result<()> {
         let (c, h, _) = image_kind.image_shape();
         Some(Ranker::new(proxies, batch, batch_id, args.proxy_seed, cache, (image_kind.num_classes(), c, h)))
     };
+    Ok(Prepared {
+        evaluator,
+        strategy,
+        strategy_name,
+        ranker,
+        backend,
+    })
+}
 
-    let dir = run_dir(&args)?;
-    if backend.is_none() && args.strategy.is_none() {
-        eprintln!("no LLM configured (--llm none): searching with regularized evolution");
-    }
-    std::fs::write(
-        dir.join("config.json"),
-        serde_json::to_string_pretty(&serde_json::json!({
-            "args": &args,
-            "strategy": strategy_name,
-            "llm": backend.as_ref().map(|b| b.describe()),
-            "version": env!("CARGO_PKG_VERSION"),
-        }))?,
-    )
-    .with_context(|| format!("cannot write {}", dir.join("config.json").display()))?;
-    let mut recorder = Recorder::create(&dir)?;
-    recorder.meta("config", &std::fs::read_to_string(dir.join("config.json"))?)?;
-    recorder.meta("seed", &args.seed.to_string())?;
-    recorder.meta("version", env!("CARGO_PKG_VERSION"))?;
-    recorder.meta("status", "running")?;
+fn config_json(args: &RunArgs, prepared: &Prepared) -> Result<String> {
+    Ok(serde_json::to_string_pretty(&serde_json::json!({
+        "args": args,
+        "strategy": prepared.strategy_name,
+        "llm": prepared.backend.as_ref().map(|b| b.describe()),
+        "version": env!("CARGO_PKG_VERSION"),
+    }))?)
+}
+
+/// Run the loop into `recorder` and print the summary.
+fn execute(args: &RunArgs, dir: &Path, mut prepared: Prepared, mut recorder: Recorder) -> Result<()> {
+    let limit: Limit = args.budget.parse().map_err(anyhow::Error::msg)?;
     let mut budget = Budget::new(limit);
     let options = LoopOptions {
         k: args.k,
@@ -297,15 +317,87 @@ pub(crate) fn cmd_run(args: RunArgs) -> Result<()> {
     let quiet = args.json;
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
     let (_, summary) = rt.block_on(run_loop(
-        strategy.as_mut(),
-        evaluator.as_mut(),
-        ranker.as_mut(),
+        prepared.strategy.as_mut(),
+        prepared.evaluator.as_mut(),
+        prepared.ranker.as_mut(),
         &mut budget,
         &options,
         &mut recorder,
         |t, b| print_trial(t, b, quiet),
     ))?;
-    report(&summary, &dir, args.json)
+    report(&summary, dir, args.json)
+}
+
+pub(crate) fn cmd_run(args: RunArgs) -> Result<()> {
+    let _: Limit = args.budget.parse().map_err(anyhow::Error::msg)?;
+    let backend = backend(&args)?;
+    let prepared = prepare(&args, backend)?;
+    let dir = run_dir(&args)?;
+    if prepared.backend.is_none() && args.strategy.is_none() {
+        eprintln!("no LLM configured (--llm none): searching with regularized evolution");
+    }
+    let config = config_json(&args, &prepared)?;
+    std::fs::write(dir.join("config.json"), &config).with_context(|| format!("cannot write {}", dir.join("config.json").display()))?;
+    let mut recorder = Recorder::create(&dir)?;
+    recorder.meta("config", &config)?;
+    recorder.meta("seed", &args.seed.to_string())?;
+    recorder.meta("version", env!("CARGO_PKG_VERSION"))?;
+    recorder.meta("status", "running")?;
+    execute(&args, &dir, prepared, recorder)
+}
+
+/// `autoagent resume RUN_DIR`: continue a run that stopped. The loop starts again from the run's
+/// seed with the run's own options; what the run recorded is served back (finished trials, the
+/// proxy scores from the cache, the LLM's replies) so the strategy's state (population, LLM
+/// history) is rebuilt exactly, trials that were running are evaluated again, and the run goes
+/// on live from where it stopped.
+pub(crate) fn cmd_resume(args: ResumeArgs) -> Result<()> {
+    let dir = &args.run_dir;
+    if !dir.is_dir() {
+        bail!("no run directory at {}", dir.display());
+    }
+    if let Some(b) = &args.budget {
+        let _: Limit = b.parse().map_err(anyhow::Error::msg)?;
+    }
+    let (mut recorder, resumed) = Recorder::resume(dir)?;
+    let config = match recorder.get_meta("config")? {
+        Some(c) => c,
+        None => std::fs::read_to_string(dir.join("config.json")).with_context(|| format!("{} records no configuration", dir.display()))?,
+    };
+    let value: serde_json::Value = serde_json::from_str(&config).context("the run's recorded configuration is not JSON")?;
+    let mut run_args: RunArgs = serde_json::from_value(value["args"].clone()).context("the run's recorded configuration does not parse")?;
+    run_args.json = args.json;
+    if resumed.status.as_deref() == Some("finished") && args.budget.is_none() {
+        recorder.meta("status", "finished")?;
+        eprintln!(
+            "{} has finished ({} trials): nothing to resume (pass --budget to extend it)",
+            dir.display(),
+            resumed.finished
+        );
+        return Ok(());
+    }
+    if let Some(b) = &args.budget {
+        run_args.budget = b.clone();
+    }
+    let live = backend(&run_args)?;
+    let backend: Option<Arc<dyn LlmBackend>> = match live {
+        Some(live) if !resumed.exchanges.is_empty() => Some(Arc::new(Replay::new(resumed.exchanges.clone()).then(live))),
+        other => other,
+    };
+    let prepared = prepare(&run_args, backend)?;
+    let config = config_json(&run_args, &prepared)?;
+    recorder.meta("config", &config)?;
+    if !args.json {
+        eprintln!(
+            "resuming {}: {} finished trials, {} proposals and {} LLM exchanges restored; {} interrupted trial(s) evaluated again",
+            dir.display(),
+            resumed.finished,
+            resumed.proposals,
+            resumed.exchanges.len(),
+            resumed.lost
+        );
+    }
+    execute(&run_args, dir, prepared, recorder)
 }
 
 fn report(s: &Summary, dir: &Path, json: bool) -> Result<()> {

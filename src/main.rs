@@ -37,6 +37,8 @@ struct Cli {
 enum Command {
     /// Search: the agent loop (LLM or classic strategy, proxy ranking, evaluation of the best).
     Run(Box<agent_run::RunArgs>),
+    /// Continue a run that stopped (killed, crashed) from its run directory, or extend a finished one.
+    Resume(agent_run::ResumeArgs),
     /// Train one architecture on an image dataset and report its test accuracy.
     Train(TrainArgs),
     /// Work with search spaces.
@@ -65,7 +67,7 @@ enum Command {
     Ls(report::LsArgs),
 }
 
-#[derive(Args, Clone)]
+#[derive(Args, Clone, Default, serde::Serialize, serde::Deserialize)]
 struct DataArgs {
     /// Data root (default: $AUTOAGENT_DATA, else the user cache directory). A folder that
     /// directly holds a dataset's files works too.
@@ -197,6 +199,7 @@ fn init_logging(verbose: u8) {
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Run(args) => agent_run::cmd_run(*args),
+        Command::Resume(args) => agent_run::cmd_resume(args),
         Command::Train(args) => cmd_train(args),
         Command::Space {
             command: SpaceCommand::Sample { space, n, seed, unique },

@@ -18,6 +18,8 @@ pub struct Scored {
     pub proxies: BTreeMap<String, Option<f64>>,
     /// The ensemble score within the round (higher is better).
     pub rank_score: f64,
+    /// Milliseconds each member's score took to compute (when it was first computed).
+    pub ms: BTreeMap<String, f64>,
 }
 
 /// Scores and ranks candidates.
@@ -87,6 +89,7 @@ impl Ranker {
     /// (cached scores cost nothing).
     pub fn score(&mut self, archs: &[Arch]) -> Result<(Vec<Scored>, f64), autoagent_proxies::cache::CacheError> {
         let mut columns = vec![vec![f64::NAN; archs.len()]; self.proxies.len()];
+        let mut ms = vec![vec![0.0; archs.len()]; self.proxies.len()];
         let mut seconds = 0.0;
         for (ai, arch) in archs.iter().enumerate() {
             let candidate = self.candidate(arch);
@@ -100,6 +103,7 @@ impl Ranker {
                 if let Some(e) = &scored.error {
                     tracing::warn!("{} of {arch} failed: {e}", p.name());
                 }
+                ms[pi][ai] = scored.ms;
                 let value = scored.value;
                 columns[pi][ai] = value.unwrap_or(f64::NAN);
             }
@@ -116,6 +120,7 @@ impl Ranker {
                     .map(|(pi, p)| (p.name().to_string(), Some(columns[pi][ai]).filter(|v| v.is_finite())))
                     .collect(),
                 rank_score: ensemble[ai],
+                ms: self.proxies.iter().enumerate().map(|(pi, p)| (p.name().to_string(), ms[pi][ai])).collect(),
             })
             .collect();
         Ok((scored, seconds))

@@ -4,7 +4,16 @@
 //!
 //! The run directory holds `config.json` (the resolved options), `trials.jsonl` (one line per
 //! trial, written before the next step starts), `failed.jsonl` (rejected proposals), `llm.jsonl`
-//! (every LLM exchange verbatim, which `--replay` serves back) and `summary.json`.
+//! (every LLM exchange verbatim, which `--replay` serves back) and `summary.json`, and the run
+//! database `run.db` ([`crate::store`]), the source of truth: a trial is stored as running before
+//! it starts and as finished when it ends, every round's proxy scores and their device seconds
+//! are stored.
+//!
+//! Resuming ([`Recorder::resume`]) runs the loop again from the run's seed: strategies are
+//! deterministic given their seed and what they are told, so serving back the recorded trials,
+//! proxy scores (from the cache) and LLM replies rebuilds the exact state the run had, and the
+//! loop goes on live from the first trial the run had not finished. A record that disagrees
+//! with what the loop chooses (other code, another table) stops the resume with an error.
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -60,10 +69,44 @@ pub enum RunError {
     Stuck(String),
 }
 
-/// Appends JSON lines to the run directory's files (or nowhere, for benchmark runs that keep
+/// Writes the run's records: the run database `run.db` (the source of truth, see
+/// [`crate::store`]) and the JSON lines files beside it (or nothing, for benchmark runs that keep
 /// only their outcome).
+///
+/// A resumed run ([`Recorder::resume`]) replays the loop from its seed: the records the run
+/// already holds are served back ([`Recorder::prior_trial`], [`Recorder::prior_round_seconds`])
+/// and not written twice, so a finished trial, proxy score or LLM reply is never lost or repeated.
 pub struct Recorder {
     files: Option<Files>,
+    prior: Prior,
+}
+
+/// What a resumed run had recorded before it stopped.
+#[derive(Debug, Default)]
+struct Prior {
+    proposals: usize,
+    failed: usize,
+    exchanges: usize,
+    /// Finished trials by id (complete, failed or pruned).
+    finished: std::collections::BTreeMap<usize, Trial>,
+    round_seconds: Vec<f64>,
+}
+
+/// What [`Recorder::resume`] found in the run directory.
+#[derive(Debug, Clone)]
+pub struct Resumed {
+    /// Trials that were running or pending when the run stopped (they are evaluated again).
+    pub lost: usize,
+    /// Finished trials restored.
+    pub finished: usize,
+    /// Proposals, rejected proposals and LLM exchanges restored.
+    pub proposals: usize,
+    /// Rejected proposals restored.
+    pub failed: usize,
+    /// The recorded LLM exchanges, in order (the resumed strategy is served these first).
+    pub exchanges: Vec<Exchange>,
+    /// The run's status before the resume (`running` for a run that was killed).
+    pub status: Option<String>,
 }
 
 struct Files {
@@ -72,6 +115,7 @@ struct Files {
     failed: File,
     llm: File,
     store: crate::store::sqlite::SqliteStore,
+    round_seconds: Vec<f64>,
 }
 
 fn open_append(path: &Path) -> Result<File, RunError> {
@@ -79,6 +123,23 @@ fn open_append(path: &Path) -> Result<File, RunError> {
         path: path.to_path_buf(),
         source,
     })
+}
+
+/// Replace `path` with `lines` (one JSON value per line) through a temporary file and a rename,
+/// so a kill leaves either the old file or the new one.
+fn rewrite_lines<T: Serialize>(path: &Path, lines: &[T]) -> Result<(), RunError> {
+    let io = |source| RunError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let tmp = path.with_extension("jsonl.tmp");
+    let mut text = String::new();
+    for l in lines {
+        text.push_str(&serde_json::to_string(l).expect("records serialise"));
+        text.push('\n');
+    }
+    std::fs::write(&tmp, text).map_err(io)?;
+    std::fs::rename(&tmp, path).map_err(io)
 }
 
 impl Recorder {
@@ -92,8 +153,77 @@ impl Recorder {
                 failed: open_append(&dir.join("failed.jsonl"))?,
                 llm: open_append(&dir.join("llm.jsonl"))?,
                 store: crate::store::sqlite::SqliteStore::open(&dir.join("run.db"))?,
+                round_seconds: Vec::new(),
             }),
+            prior: Prior::default(),
         })
+    }
+
+    /// Reopen the records of a run that stopped (killed, crashed, out of budget) to continue it:
+    /// takes the run database's writer lock (a run still alive holds it: [`crate::store::StoreError::Locked`]),
+    /// marks the trials that were running as lost, and rewrites the JSON lines files from the
+    /// database, which is the source of truth (a kill between the two writes leaves them behind).
+    pub fn resume(dir: &Path) -> Result<(Self, Resumed), RunError> {
+        let db = dir.join("run.db");
+        if !db.is_file() {
+            return Err(RunError::Stuck(format!("{} holds no run database (run.db): nothing to resume", dir.display())));
+        }
+        let mut store = crate::store::sqlite::SqliteStore::open(&db)?;
+        let status = store.meta("status")?;
+        let lost = store.mark_lost()?;
+        let trials = store.trials()?;
+        let proposals = store.proposals()?;
+        let failed = store.failed()?;
+        let mut exchanges = store.exchanges()?;
+        // An exchange that got no reply (the server failed, which ended the run) is asked again.
+        while exchanges.last().is_some_and(|e| e.response.is_none()) {
+            exchanges.pop();
+        }
+        let round_seconds: Vec<f64> = match store.meta("round_proxy_seconds")? {
+            Some(text) => serde_json::from_str(&text).map_err(|e| {
+                RunError::Store(crate::store::StoreError::Decode {
+                    what: "meta round_proxy_seconds".into(),
+                    reason: e.to_string(),
+                })
+            })?,
+            None => Vec::new(),
+        };
+        let finished: std::collections::BTreeMap<usize, Trial> = trials
+            .into_iter()
+            .filter(|r| r.trial.state.is_finished())
+            .map(|r| (r.trial.id, r.trial))
+            .collect();
+        let finished_list: Vec<&Trial> = finished.values().collect();
+        rewrite_lines(&dir.join("trials.jsonl"), &finished_list)?;
+        rewrite_lines(&dir.join("failed.jsonl"), &failed)?;
+        rewrite_lines(&dir.join("llm.jsonl"), &exchanges)?;
+        store.set_meta("status", "running")?;
+        let resumed = Resumed {
+            lost,
+            finished: finished.len(),
+            proposals: proposals.len(),
+            failed: failed.len(),
+            exchanges: exchanges.clone(),
+            status,
+        };
+        let recorder = Recorder {
+            files: Some(Files {
+                dir: dir.to_path_buf(),
+                trials: open_append(&dir.join("trials.jsonl"))?,
+                failed: open_append(&dir.join("failed.jsonl"))?,
+                llm: open_append(&dir.join("llm.jsonl"))?,
+                store,
+                round_seconds: round_seconds.clone(),
+            }),
+            prior: Prior {
+                proposals: proposals.len(),
+                failed: failed.len(),
+                exchanges: exchanges.len(),
+                finished,
+                round_seconds,
+            },
+        };
+        Ok((recorder, resumed))
     }
 
     /// Store a metadata value in the run database (the resolved configuration, ...).
@@ -104,9 +234,30 @@ impl Recorder {
         }
     }
 
+    /// A metadata value of the run database.
+    pub fn get_meta(&self, key: &str) -> Result<Option<String>, RunError> {
+        match self.files.as_ref() {
+            Some(f) => Ok(f.store.meta(key)?),
+            None => Ok(None),
+        }
+    }
+
     /// A recorder that writes nothing.
     pub fn discard() -> Self {
-        Recorder { files: None }
+        Recorder {
+            files: None,
+            prior: Prior::default(),
+        }
+    }
+
+    /// The finished trial `id` of the run before it was resumed.
+    pub fn prior_trial(&self, id: usize) -> Option<&Trial> {
+        self.prior.finished.get(&id)
+    }
+
+    /// The device seconds the proxies took in `round` before the run was resumed.
+    pub fn prior_round_seconds(&self, round: usize) -> Option<f64> {
+        self.prior.round_seconds.get(round).copied()
     }
 
     fn line<T: Serialize>(&mut self, pick: fn(&mut Files) -> &mut File, name: &str, value: &T) -> Result<(), RunError> {
@@ -121,7 +272,29 @@ impl Recorder {
             .map_err(|source| RunError::Io { path, source })
     }
 
+    /// A trial is about to be evaluated: stored as running, so a run killed now knows to
+    /// evaluate it again.
+    fn trial_started(&mut self, t: &Trial) -> Result<(), RunError> {
+        if self.prior.finished.contains_key(&t.id) {
+            return Ok(());
+        }
+        if let Some(f) = self.files.as_mut() {
+            f.store.put_trial(&crate::store::TrialRecord {
+                trial: Trial {
+                    state: TrialState::Running,
+                    ..t.clone()
+                },
+                artefacts: Vec::new(),
+                stderr_tail: None,
+            })?;
+        }
+        Ok(())
+    }
+
     fn trial(&mut self, t: &Trial) -> Result<(), RunError> {
+        if self.prior.finished.contains_key(&t.id) {
+            return Ok(());
+        }
         if let Some(f) = self.files.as_mut() {
             f.store.put_trial(&crate::store::TrialRecord {
                 trial: t.clone(),
@@ -133,6 +306,10 @@ impl Recorder {
     }
 
     fn failed(&mut self, failed: &crate::history::FailedProposal) -> Result<(), RunError> {
+        if self.prior.failed > 0 {
+            self.prior.failed -= 1;
+            return Ok(());
+        }
         if let Some(f) = self.files.as_mut() {
             f.store.add_failed(failed)?;
         }
@@ -140,6 +317,9 @@ impl Recorder {
     }
 
     fn exchange(&mut self, e: &Exchange) -> Result<(), RunError> {
+        if e.index < self.prior.exchanges {
+            return Ok(());
+        }
         if let Some(f) = self.files.as_mut() {
             f.store.add_exchange(e)?;
         }
@@ -147,9 +327,37 @@ impl Recorder {
     }
 
     fn proposal(&mut self, round: usize, p: &Proposal) -> Result<(), RunError> {
+        if self.prior.proposals > 0 {
+            self.prior.proposals -= 1;
+            return Ok(());
+        }
         if let Some(f) = self.files.as_mut() {
             f.store.add_proposal(round, p)?;
         }
+        Ok(())
+    }
+
+    /// The proxy scores of a round's candidates and the seconds computing them took.
+    fn proxy_scores(&mut self, round: usize, archs: &[Arch], scored: &[crate::ranker::Scored], seconds: f64) -> Result<(), RunError> {
+        let Some(f) = self.files.as_mut() else {
+            return Ok(());
+        };
+        if round < f.round_seconds.len() {
+            return Ok(());
+        }
+        for (arch, s) in archs.iter().zip(scored) {
+            for (proxy, value) in &s.proxies {
+                f.store.put_proxy_score(&crate::store::ProxyScore {
+                    arch: arch.to_string(),
+                    proxy: proxy.clone(),
+                    value: *value,
+                    ms: s.ms.get(proxy).copied().unwrap_or(0.0),
+                })?;
+            }
+        }
+        f.round_seconds.push(seconds);
+        let text = serde_json::to_string(&f.round_seconds).expect("numbers serialise");
+        f.store.set_meta("round_proxy_seconds", &text)?;
         Ok(())
     }
 
@@ -321,6 +529,10 @@ pub async fn run_loop(
         let scored = match ranker.as_deref_mut() {
             Some(r) => {
                 let (s, secs) = r.score(&archs)?;
+                // A resumed run's earlier rounds cost what they cost the first time (their scores
+                // now come from the cache).
+                let secs = recorder.prior_round_seconds(rounds - 1).unwrap_or(secs);
+                recorder.proxy_scores(rounds - 1, &archs, &s, secs)?;
                 proxy_seconds += secs;
                 budget.spend(0, secs);
                 Some(s)
@@ -342,21 +554,42 @@ pub async fn run_loop(
             if !budget.affords(1, estimate) {
                 break;
             }
-            let eval = evaluator.evaluate(&arch);
-            budget.spend(1, eval.seconds);
-            let trial = Trial {
+            let mut trial = Trial {
                 id: history.trials.len(),
                 round: rounds - 1,
                 arch,
                 origin: fresh[i].origin.clone(),
                 proxies: scored.as_ref().map(|s| s[i].proxies.clone()).unwrap_or_default(),
                 rank_score: scored.as_ref().map(|s| s[i].rank_score),
-                accuracy: eval.accuracy,
-                test_accuracy: eval.test_accuracy,
-                seconds: eval.seconds,
-                state: if eval.error.is_some() { TrialState::Failed } else { TrialState::Complete },
-                error: eval.error,
+                accuracy: None,
+                test_accuracy: None,
+                seconds: 0.0,
+                state: TrialState::Running,
+                error: None,
             };
+            match recorder.prior_trial(trial.id) {
+                // Resumed: the run evaluated this trial before it stopped.
+                Some(prior) => {
+                    if prior.arch.canonical() != arch.canonical() {
+                        return Err(RunError::Stuck(format!(
+                            "the resumed run diverged from its record at trial {}: it chose {} where the record has {} \
+                             (was the run's code, proxy cache or table changed?)",
+                            trial.id, arch, prior.arch
+                        )));
+                    }
+                    trial = prior.clone();
+                }
+                None => {
+                    recorder.trial_started(&trial)?;
+                    let eval = evaluator.evaluate(&arch);
+                    trial.accuracy = eval.accuracy;
+                    trial.test_accuracy = eval.test_accuracy;
+                    trial.seconds = eval.seconds;
+                    trial.state = if eval.error.is_some() { TrialState::Failed } else { TrialState::Complete };
+                    trial.error = eval.error;
+                }
+            }
+            budget.spend(1, trial.seconds);
             recorder.trial(&trial)?;
             strategy.tell(&trial);
             on_trial(&trial, budget);

@@ -432,7 +432,7 @@ fn excluded_options(distinct: Option<&Distinct>, choices: &[usize], options: usi
     let Some(d) = distinct.filter(|d| d.group > 0) else {
         return Vec::new();
     };
-    if (choices.len() + 1) % d.group != 0 {
+    if !(choices.len() + 1).is_multiple_of(d.group) {
         return Vec::new();
     }
     let start = choices.len() + 1 - d.group;

@@ -1,0 +1,338 @@
+//! `autoagent resume` after real `kill -9`s: a run killed at random moments (during proxy
+//! scoring, between trials, while writing its records), during a training trial and during an
+//! LLM call finishes with exactly what a clean run with the same seed has, and loses or repeats
+//! nothing it had recorded.
+
+#[path = "../agent/tests/support/llama_server.rs"]
+#[allow(dead_code)]
+mod llama_server;
+
+mod common;
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use autoagent_agent::store::sqlite::SqliteStore;
+use autoagent_agent::store::{Store, TrialState};
+use common::{assert_one_line_error, shared};
+use rand::{Rng, SeedableRng};
+
+fn bin() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_autoagent"));
+    c.env_remove("AUTOAGENT_DATA")
+        .env_remove("OPENAI_API_KEY")
+        .env_remove("AUTOAGENT_API_KEY")
+        .env("RAYON_NUM_THREADS", "2");
+    c
+}
+
+/// `autoagent run` of an nb201 task with proxy ranking into `out`, its proxy cache `cache`.
+fn nb201_run(out: &Path, cache: &Path, extra: &[&str]) -> Command {
+    let mut c = bin();
+    c.args(["run", "--task", "nb201:cifar10", "--truth"])
+        .arg(shared().join("nb201/nb201.csv"))
+        .arg("--data-dir")
+        .arg(shared().join("cifar10-mini"))
+        .arg("--proxy-cache")
+        .arg(cache)
+        .arg("--out")
+        .arg(out)
+        .args(extra)
+        .arg("--json");
+    c
+}
+
+fn resume(dir: &Path) -> Command {
+    let mut c = bin();
+    c.arg("resume").arg(dir).arg("--json");
+    c
+}
+
+fn spawn_quiet(mut c: Command) -> Child {
+    c.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap()
+}
+
+/// `kill -9` (SIGKILL; `Child::kill` sends it on Unix) and reap.
+fn kill9(child: &mut Child) -> bool {
+    let alive = child.try_wait().unwrap().is_none();
+    let _ = child.kill();
+    let _ = child.wait();
+    alive
+}
+
+fn finish(c: Command) {
+    let o = { c }.output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+}
+
+fn store(dir: &Path) -> SqliteStore {
+    SqliteStore::open_read(&dir.join("run.db")).unwrap()
+}
+
+/// What a run decided and measured, for comparison: every trial (id, round, arch, origin,
+/// accuracy, state), every proposal, the rejected proposals, the summary without timings.
+fn outcome(dir: &Path) -> (Vec<String>, Vec<String>, serde_json::Value) {
+    let s = store(dir);
+    let trials = s
+        .trials()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            let t = &r.trial;
+            format!(
+                "{} {} {} {:?} {:?} {:?} {}",
+                t.id,
+                t.round,
+                t.arch,
+                t.origin,
+                t.accuracy,
+                t.test_accuracy,
+                t.state.name()
+            )
+        })
+        .collect();
+    let proposals = s
+        .proposals()
+        .unwrap()
+        .iter()
+        .map(|p| format!("{} {} {} {:?}", p.id, p.round, p.proposal.arch, p.proposal.origin))
+        .collect();
+    let mut summary: serde_json::Value = serde_json::from_str(&s.meta("summary").unwrap().expect("a finished run has a summary")).unwrap();
+    for k in ["device_seconds", "proxy_seconds", "budget_used", "overrun_seconds"] {
+        summary.as_object_mut().unwrap().remove(k);
+    }
+    summary["best"].as_object_mut().unwrap().remove("seconds");
+    (trials, proposals, summary)
+}
+
+fn jsonl(path: &Path) -> Vec<String> {
+    std::fs::read_to_string(path).unwrap().lines().map(str::to_string).collect()
+}
+
+#[test]
+fn twenty_kills_at_random_moments_and_the_resumed_run_equals_a_clean_one() {
+    let tmp = tempfile::tempdir().unwrap();
+    let opts = ["--budget", "24trials", "--k", "4", "--seed", "7"];
+    // The clean run, with its own proxy cache.
+    let clean = tmp.path().join("clean");
+    finish(nb201_run(&clean, &tmp.path().join("cache-clean.jsonl"), &opts));
+    let (trials, proposals, summary) = outcome(&clean);
+    assert_eq!(trials.len(), 24);
+
+    // The same run with an empty cache of its own (so every round scores proxies for real),
+    // killed 20 times at random moments and resumed after each.
+    let run = tmp.path().join("killed");
+    let cache = tmp.path().join("cache-killed.jsonl");
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(2026);
+    let mut kills = 0;
+    let mut starts = 0;
+    let mut states_seen = std::collections::BTreeSet::new();
+    while kills < 20 {
+        starts += 1;
+        assert!(starts < 60, "the run finished before it could be killed 20 times ({kills} kills)");
+        let mut child = spawn_quiet(if starts == 1 { nb201_run(&run, &cache, &opts) } else { resume(&run) });
+        std::thread::sleep(Duration::from_millis(rng.random_range(150..1500)));
+        if kill9(&mut child) {
+            kills += 1;
+            // What the run's database holds right after the kill (a live writer was killed
+            // mid-transaction at times: the database must open and read).
+            if let Ok(s) = SqliteStore::open_read(&run.join("run.db")) {
+                for r in s.trials().unwrap() {
+                    states_seen.insert(r.trial.state.name());
+                }
+            }
+        } else {
+            // It finished in the time given: a run this short cannot take 20 kills.
+            panic!("the run finished after {kills} kills; lengthen the run");
+        }
+    }
+    // Finish it.
+    finish(resume(&run));
+    let (t2, p2, s2) = outcome(&run);
+    assert_eq!(t2, trials, "the resumed run's trials differ from the clean run's");
+    assert_eq!(p2, proposals, "the resumed run's proposals differ from the clean run's");
+    assert_eq!(s2, summary);
+    // Every candidate's proxy scores are stored once, equal to the clean run's (to the last
+    // bits of synflow's float64 sums, whose order threads may change).
+    let a = store(&clean).proxy_scores().unwrap();
+    let b = store(&run).proxy_scores().unwrap();
+    assert_eq!(a.len(), b.len());
+    for (x, y) in a.iter().zip(&b) {
+        assert_eq!((&x.arch, &x.proxy), (&y.arch, &y.proxy));
+        match (x.value, y.value) {
+            (Some(u), Some(v)) => assert!((u - v).abs() <= 1e-9 * u.abs().max(v.abs()), "{x:?} {y:?}"),
+            (u, v) => assert_eq!(u, v),
+        }
+    }
+    // The JSON lines files agree with the database: one line per finished trial, no repeats.
+    let lines = jsonl(&run.join("trials.jsonl"));
+    assert_eq!(lines.len(), 24);
+    assert_eq!(jsonl(&clean.join("trials.jsonl")).len(), 24);
+    // The proxy cache holds each score once: nothing was computed twice.
+    let cache_lines = jsonl(&cache);
+    let keys: std::collections::BTreeSet<String> = cache_lines
+        .iter()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            format!("{} {} {} {}", v["key"], v["proxy"], v["seed"], v["batch"])
+        })
+        .collect();
+    assert_eq!(keys.len(), cache_lines.len(), "a proxy score was computed twice");
+    // Resuming a finished run does nothing and says so.
+    let o = resume(&run).output().unwrap();
+    assert!(o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("nothing to resume"));
+    assert_eq!(outcome(&run).0, trials);
+    eprintln!("20 kills over {starts} starts; trial states seen after kills: {states_seen:?}");
+}
+
+/// Poll `cond` every 20 ms for up to `secs`.
+fn wait_for(secs: u64, mut cond: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + Duration::from_secs(secs);
+    while Instant::now() < end {
+        if cond() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}
+
+fn running_trial(dir: &Path) -> Option<usize> {
+    let s = SqliteStore::open_read(&dir.join("run.db")).ok()?;
+    s.trials().ok()?.into_iter().find(|r| r.trial.state == TrialState::Running).map(|r| r.trial.id)
+}
+
+fn train_run(out: &Path) -> Command {
+    let mut c = bin();
+    c.args([
+        "run",
+        "--task",
+        "mnist",
+        "--epochs",
+        "1",
+        "--no-proxies",
+        "--budget",
+        "3trials",
+        "--seed",
+        "3",
+        "--data-dir",
+    ])
+    .arg(shared().join("mnist-mini"))
+    .arg("--out")
+    .arg(out)
+    .arg("--json");
+    c
+}
+
+#[test]
+fn a_kill_during_training_re_runs_the_interrupted_trial_and_ends_like_a_clean_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let clean = tmp.path().join("clean");
+    finish(train_run(&clean));
+    let (trials, proposals, summary) = outcome(&clean);
+    assert_eq!(trials.len(), 3);
+
+    let run = tmp.path().join("killed");
+    let mut child = spawn_quiet(train_run(&run));
+    // Kill while the second trial trains.
+    assert!(wait_for(120, || running_trial(&run) == Some(1)), "trial 1 never started");
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(kill9(&mut child));
+    let s = store(&run);
+    let states: Vec<_> = s.trials().unwrap().iter().map(|r| r.trial.state).collect();
+    assert_eq!(states, [TrialState::Complete, TrialState::Running]);
+    drop(s);
+    let o = resume(&run).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let (t2, p2, s2) = outcome(&run);
+    assert_eq!(t2, trials);
+    assert_eq!(p2, proposals);
+    assert_eq!(s2, summary);
+}
+
+#[test]
+fn a_kill_during_an_llm_call_keeps_every_reply_and_asks_again() {
+    let server = llama_server::LlamaServer::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tmp.path().join("run");
+    let cache = tmp.path().join("cache.jsonl");
+    let url = server.base_url();
+    let opts = [
+        "--llm",
+        "openai",
+        "--model",
+        "smollm2",
+        "--base-url",
+        &url,
+        "--budget",
+        "12trials",
+        "--k",
+        "4",
+        "--no-proxies",
+    ];
+    let mut child = spawn_quiet(nb201_run(&run, &cache, &opts));
+    // The first reply is recorded; the run goes on to its next exchange at once (table lookups
+    // take microseconds), so the kill lands while the server is answering.
+    let llm = run.join("llm.jsonl");
+    assert!(wait_for(120, || llm.exists() && !jsonl(&llm).is_empty()), "no LLM exchange was recorded");
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(kill9(&mut child), "the run finished before the kill");
+    let before = store(&run).exchanges().unwrap();
+    let before_trials: Vec<_> = store(&run).trials().unwrap().into_iter().filter(|r| r.trial.state.is_finished()).collect();
+    assert!(!before.is_empty());
+    let o = resume(&run).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let after = store(&run).exchanges().unwrap();
+    // Every reply recorded before the kill is still there, verbatim, and served back (not asked
+    // again); the run then asked the server for more.
+    assert!(after.len() > before.len(), "{} exchanges before, {} after", before.len(), after.len());
+    assert_eq!(&after[..before.len()], &before[..]);
+    let indices: Vec<usize> = after.iter().map(|e| e.index).collect();
+    assert_eq!(indices, (0..after.len()).collect::<Vec<_>>());
+    // The trials finished before the kill are the first ones of the resumed run, unchanged.
+    let trials = store(&run).trials().unwrap();
+    assert_eq!(trials.len(), 12);
+    assert_eq!(&trials[..before_trials.len()], &before_trials[..]);
+    assert!(trials.iter().all(|r| r.trial.state == TrialState::Complete));
+    // llm.jsonl matches the database.
+    assert_eq!(jsonl(&llm).len(), after.len());
+    let summary: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(summary["llm"]["exchanges"].as_u64().unwrap() as usize, after.len());
+}
+
+#[test]
+fn resume_refuses_what_it_cannot_continue() {
+    let tmp = tempfile::tempdir().unwrap();
+    // No such directory; a directory without a run.
+    assert_one_line_error(&resume(&tmp.path().join("missing")).output().unwrap(), "no run directory");
+    assert_one_line_error(&resume(tmp.path()).output().unwrap(), "nothing to resume");
+    // A corrupt database: refused, left as it was.
+    let bad = tmp.path().join("bad");
+    std::fs::create_dir(&bad).unwrap();
+    std::fs::write(
+        bad.join("run.db"),
+        b"this is not a database, just text that is long enough to fill a header......",
+    )
+    .unwrap();
+    let before = std::fs::read(bad.join("run.db")).unwrap();
+    assert_one_line_error(&resume(&bad).output().unwrap(), "corrupt");
+    assert_eq!(std::fs::read(bad.join("run.db")).unwrap(), before);
+    // A run still alive (its writer holds the lock): refused, and the live run is untouched.
+    let run = tmp.path().join("live");
+    let mut child = spawn_quiet(nb201_run(&run, &tmp.path().join("cache.jsonl"), &["--budget", "40trials", "--k", "8"]));
+    assert!(wait_for(60, || run.join("run.db").exists() && store_opens(&run)));
+    let o = resume(&run).output().unwrap();
+    let still_running = child.try_wait().unwrap().is_none();
+    kill9(&mut child);
+    if still_running {
+        assert_one_line_error(&o, "locked by another process");
+    }
+    // A bad budget.
+    assert_one_line_error(&bin().args(["resume"]).arg(&run).args(["--budget", "lots"]).output().unwrap(), "budget");
+}
+
+fn store_opens(dir: &Path) -> bool {
+    SqliteStore::open_read(&dir.join("run.db")).is_ok_and(|s| s.meta("status").ok().flatten().is_some())
+}
