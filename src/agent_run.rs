@@ -14,7 +14,8 @@ use autoagent_agent::prompts::Prompts;
 use autoagent_agent::ranker::Ranker;
 use autoagent_agent::runner::{run_loop, LoopOptions, Recorder, Summary};
 use autoagent_agent::strategy::{Evolution, RandomSearch, Strategy};
-use autoagent_agent::task::{Evaluator, Nb201Dataset, TableEvaluator, TrainEvaluator};
+use autoagent_agent::task::{search_split, Evaluator, Nb201Dataset, TableEvaluator};
+use autoagent_agent::trial::{ProcessEvaluator, TrialSpec, SPEC_VERSION};
 use autoagent_evaluator::data::{self, DatasetKind};
 use autoagent_evaluator::proxy::proxy_batch;
 use autoagent_evaluator::table::Nb201Table;
@@ -98,6 +99,10 @@ pub(crate) struct RunArgs {
     /// Epochs of the visible validation accuracy on nb201 tasks: 12 or 200.
     #[arg(long, default_value_t = 12)]
     fidelity: usize,
+    /// Seconds a training trial may run before it is stopped (pruned); a trial is also stopped
+    /// when it would exceed what is left of a time budget.
+    #[arg(long)]
+    trial_timeout: Option<f64>,
     /// Training epochs per trial on training tasks.
     #[arg(long, default_value_t = 1)]
     epochs: usize,
@@ -157,7 +162,8 @@ fn backend(args: &RunArgs) -> Result<Option<Arc<dyn LlmBackend>>> {
     Ok(build_backend(&config, &parse_device(&args.device)?)?)
 }
 
-fn run_dir(args: &RunArgs) -> Result<PathBuf> {
+/// The run directory (created once the run's parts are ready).
+fn run_dir_path(args: &RunArgs) -> Result<PathBuf> {
     let dir = match &args.out {
         Some(d) => d.clone(),
         None => {
@@ -168,10 +174,9 @@ fn run_dir(args: &RunArgs) -> Result<PathBuf> {
             PathBuf::from("runs").join(format!("run-{secs}"))
         }
     };
-    if dir.join("trials.jsonl").exists() {
-        bail!("{} already holds a run (choose another --out)", dir.display());
+    if dir.join("trials.jsonl").exists() || dir.join("run.db").exists() {
+        bail!("{} already holds a run (choose another --out, or `autoagent resume` it)", dir.display());
     }
-    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create the run directory {}", dir.display()))?;
     Ok(dir)
 }
 
@@ -198,9 +203,12 @@ struct Prepared {
     backend: Option<Arc<dyn LlmBackend>>,
 }
 
-fn prepare(args: &RunArgs, backend: Option<Arc<dyn LlmBackend>>) -> Result<Prepared> {
+fn prepare(args: &RunArgs, backend: Option<Arc<dyn LlmBackend>>, dir: &Path) -> Result<Prepared> {
     if args.k == 0 || args.top_k == 0 {
         bail!("--k and --top-k must be at least 1");
+    }
+    if args.trial_timeout.is_some_and(|t| !(t.is_finite() && t > 0.0)) {
+        bail!("--trial-timeout must be a positive number of seconds");
     }
     let device = parse_device(&args.device)?;
     let root = data::data_root(args.data.data_dir.as_deref());
@@ -229,7 +237,10 @@ fn prepare(args: &RunArgs, backend: Option<Arc<dyn LlmBackend>>) -> Result<Prepa
                 args.task
             )
         })?;
+        // The data is checked (and downloaded) here; each trial reads it in its own process.
         let data = data::open(kind, &root, !args.data.no_download)?;
+        let images = search_split(&data).map_err(anyhow::Error::msg)?.train.n;
+        drop(data);
         let config = TrainConfig {
             epochs: args.epochs,
             seed: args.seed,
@@ -237,7 +248,20 @@ fn prepare(args: &RunArgs, backend: Option<Arc<dyn LlmBackend>>) -> Result<Prepa
             ..TrainConfig::default()
         };
         config.validate()?;
-        (Box::new(TrainEvaluator::new(&data, config, device.clone()).map_err(anyhow::Error::msg)?), kind)
+        let spec = TrialSpec {
+            version: SPEC_VERSION,
+            trial: 0,
+            task: kind.name().to_string(),
+            arch: String::new(),
+            data_dir: Some(std::path::absolute(&root).unwrap_or(root.clone())),
+            download: false,
+            train: config,
+            device: args.device.clone(),
+            out: None,
+            watch_stdin: true,
+        };
+        let exe = std::env::current_exe().context("cannot find the autoagent executable to run trials with")?;
+        (Box::new(ProcessEvaluator::new(exe, dir.to_path_buf(), spec, images)?), kind)
     };
 
     // The strategy.
@@ -313,6 +337,7 @@ fn execute(args: &RunArgs, dir: &Path, mut prepared: Prepared, mut recorder: Rec
         top_k: args.top_k,
         max_empty_rounds: 3,
         seed: args.seed,
+        trial_timeout: args.trial_timeout,
     };
     let quiet = args.json;
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
@@ -331,8 +356,9 @@ fn execute(args: &RunArgs, dir: &Path, mut prepared: Prepared, mut recorder: Rec
 pub(crate) fn cmd_run(args: RunArgs) -> Result<()> {
     let _: Limit = args.budget.parse().map_err(anyhow::Error::msg)?;
     let backend = backend(&args)?;
-    let prepared = prepare(&args, backend)?;
-    let dir = run_dir(&args)?;
+    let dir = run_dir_path(&args)?;
+    let prepared = prepare(&args, backend, &dir)?;
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create the run directory {}", dir.display()))?;
     if prepared.backend.is_none() && args.strategy.is_none() {
         eprintln!("no LLM configured (--llm none): searching with regularized evolution");
     }
@@ -384,7 +410,7 @@ pub(crate) fn cmd_resume(args: ResumeArgs) -> Result<()> {
         Some(live) if !resumed.exchanges.is_empty() => Some(Arc::new(Replay::new(resumed.exchanges.clone()).then(live))),
         other => other,
     };
-    let prepared = prepare(&run_args, backend)?;
+    let prepared = prepare(&run_args, backend, dir)?;
     let config = config_json(&run_args, &prepared)?;
     recorder.meta("config", &config)?;
     if !args.json {

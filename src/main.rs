@@ -39,6 +39,8 @@ enum Command {
     Run(Box<agent_run::RunArgs>),
     /// Continue a run that stopped (killed, crashed) from its run directory, or extend a finished one.
     Resume(agent_run::ResumeArgs),
+    /// Run one trial from a spec file (what `run` starts in a child process per training trial).
+    Trial(TrialArgs),
     /// Train one architecture on an image dataset and report its test accuracy.
     Train(TrainArgs),
     /// Work with search spaces.
@@ -76,6 +78,56 @@ struct DataArgs {
     /// Never download: fail when the dataset is not present.
     #[arg(long)]
     no_download: bool,
+}
+
+#[derive(Args)]
+struct TrialArgs {
+    /// The trial's spec (JSON; the format is documented in autoagent_agent::trial).
+    #[arg(long)]
+    spec: PathBuf,
+}
+
+/// `autoagent trial --spec FILE`: events as `@autoagent-trial {json}` lines on stdout, progress
+/// on stderr. With the spec's `watch_stdin`, the trial ends when its stdin closes (its agent is
+/// gone). `AUTOAGENT_TRIAL_FAULT=panic` makes the trial panic once started (a fault-injection
+/// hook for the agent's tests).
+fn cmd_trial(args: TrialArgs) -> Result<()> {
+    use autoagent_agent::trial::{self, TrialEvent, TrialSpec};
+    let spec = TrialSpec::read(&args.spec)?;
+    if spec.watch_stdin {
+        std::thread::spawn(|| {
+            let mut sink = [0u8; 64];
+            let mut stdin = std::io::stdin();
+            while let Ok(n) = std::io::Read::read(&mut stdin, &mut sink) {
+                if n == 0 {
+                    break;
+                }
+            }
+            eprintln!("the agent is gone (stdin closed): stopping the trial");
+            std::process::exit(3);
+        });
+    }
+    let fault = std::env::var("AUTOAGENT_TRIAL_FAULT").ok();
+    let mut out = std::io::stdout().lock();
+    trial::run(&spec, &mut |ev| {
+        let _ = writeln!(out, "{}", ev.line());
+        let _ = out.flush();
+        match ev {
+            TrialEvent::Started { .. } if fault.as_deref() == Some("panic") => panic!("injected fault (AUTOAGENT_TRIAL_FAULT=panic)"),
+            TrialEvent::Epoch {
+                epoch,
+                train_loss,
+                valid_acc,
+                seconds,
+                ..
+            } => eprintln!(
+                "epoch {epoch}/{}  loss {train_loss:.4}  valid acc {valid_acc:.2} %  {seconds:.1} s",
+                spec.train.epochs
+            ),
+            _ => {}
+        }
+    })?;
+    Ok(())
 }
 
 #[derive(Args)]
@@ -200,6 +252,7 @@ fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Run(args) => agent_run::cmd_run(*args),
         Command::Resume(args) => agent_run::cmd_resume(args),
+        Command::Trial(args) => cmd_trial(args),
         Command::Train(args) => cmd_train(args),
         Command::Space {
             command: SpaceCommand::Sample { space, n, seed, unique },

@@ -97,6 +97,14 @@ impl Budget {
         }
     }
 
+    /// Device seconds left of a time budget (`None` for a trial budget).
+    pub fn seconds_left(&self) -> Option<f64> {
+        match self.limit {
+            Limit::Seconds(limit) => Some((limit - self.seconds).max(0.0)),
+            Limit::Trials(_) => None,
+        }
+    }
+
     /// Book a finished step.
     pub fn spend(&mut self, trials: usize, seconds: f64) {
         if let Limit::Seconds(limit) = self.limit {

@@ -3,7 +3,7 @@
 //! The agent loop ([`runner`]): strategies ([`strategy`]: random, regularized evolution;
 //! [`llm_strategy`]: the LLM) behind one ask/tell trait, LLM backends ([`llm`]), proxy ranking
 //! of each round's candidates ([`ranker`]), tasks ([`task`]: NAS-Bench-201 table lookups or real
-//! training), budgets ([`budget`]), prompt templates ([`prompts`]) and the run store ([`store`]).
+//! training; [`trial`]: trials in child processes), budgets ([`budget`]), prompt templates ([`prompts`]) and the run store ([`store`]).
 
 #![warn(missing_docs)]
 
@@ -18,3 +18,4 @@ pub mod space;
 pub mod store;
 pub mod strategy;
 pub mod task;
+pub mod trial;

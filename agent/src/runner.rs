@@ -42,6 +42,9 @@ pub struct LoopOptions {
     pub max_empty_rounds: usize,
     /// Seed of the loop's own draws (the fallback candidates).
     pub seed: u64,
+    /// Device seconds one trial may take before it is stopped (pruned); a trial may never take
+    /// more than what is left of a time budget either.
+    pub trial_timeout: Option<f64>,
 }
 
 /// Errors that end a run.
@@ -291,15 +294,25 @@ impl Recorder {
         Ok(())
     }
 
-    fn trial(&mut self, t: &Trial) -> Result<(), RunError> {
+    fn trial(&mut self, t: &Trial, eval: Option<&crate::task::Evaluation>) -> Result<(), RunError> {
         if self.prior.finished.contains_key(&t.id) {
             return Ok(());
         }
         if let Some(f) = self.files.as_mut() {
+            if let Some(e) = eval {
+                for (epoch, name, value) in &e.metrics {
+                    f.store.add_metric(&crate::store::Metric {
+                        trial: t.id,
+                        epoch: *epoch,
+                        name: name.clone(),
+                        value: *value,
+                    })?;
+                }
+            }
             f.store.put_trial(&crate::store::TrialRecord {
                 trial: t.clone(),
-                artefacts: Vec::new(),
-                stderr_tail: None,
+                artefacts: eval.map(|e| e.artefacts.clone()).unwrap_or_default(),
+                stderr_tail: eval.and_then(|e| e.stderr_tail.clone()).filter(|_| t.state != TrialState::Complete),
             })?;
         }
         self.line(|f| &mut f.trials, "trials.jsonl", t)
@@ -567,6 +580,7 @@ pub async fn run_loop(
                 state: TrialState::Running,
                 error: None,
             };
+            let mut extras = None;
             match recorder.prior_trial(trial.id) {
                 // Resumed: the run evaluated this trial before it stopped.
                 Some(prior) => {
@@ -581,16 +595,28 @@ pub async fn run_loop(
                 }
                 None => {
                     recorder.trial_started(&trial)?;
-                    let eval = evaluator.evaluate(&arch);
+                    // The trial's share: what is left of a time budget, and the per-trial limit.
+                    let share = match (budget.seconds_left(), options.trial_timeout) {
+                        (Some(a), Some(b)) => Some(a.min(b)),
+                        (a, b) => a.or(b),
+                    };
+                    let eval = evaluator.evaluate_trial(&arch, trial.id, share);
                     trial.accuracy = eval.accuracy;
                     trial.test_accuracy = eval.test_accuracy;
                     trial.seconds = eval.seconds;
-                    trial.state = if eval.error.is_some() { TrialState::Failed } else { TrialState::Complete };
-                    trial.error = eval.error;
+                    trial.state = if eval.pruned {
+                        TrialState::Pruned
+                    } else if eval.error.is_some() {
+                        TrialState::Failed
+                    } else {
+                        TrialState::Complete
+                    };
+                    trial.error = eval.error.clone();
+                    extras = Some(eval);
                 }
             }
             budget.spend(1, trial.seconds);
-            recorder.trial(&trial)?;
+            recorder.trial(&trial, extras.as_ref())?;
             strategy.tell(&trial);
             on_trial(&trial, budget);
             history.trials.push(trial);
@@ -651,7 +677,7 @@ mod tests {
                 accuracy: Some(arch.ops.iter().filter(|o| o.name() == "nor_conv_3x3").count() as f64),
                 test_accuracy: None,
                 seconds: self.actual,
-                error: None,
+                ..Evaluation::default()
             }
         }
     }
@@ -665,6 +691,7 @@ mod tests {
             top_k: 2,
             max_empty_rounds: 3,
             seed: 3,
+            trial_timeout: None,
         };
         let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
         let (history, summary) = rt

@@ -22,7 +22,7 @@ use candle_core::Device;
 use crate::llm_strategy::TaskInfo;
 
 /// The outcome of one evaluation.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct Evaluation {
     /// The accuracy the strategy sees.
     pub accuracy: Option<f64>,
@@ -32,6 +32,14 @@ pub struct Evaluation {
     pub seconds: f64,
     /// Why it failed.
     pub error: Option<String>,
+    /// Stopped before it finished (it exceeded its share of the budget).
+    pub pruned: bool,
+    /// Metrics per epoch: (epoch from 1, name, value).
+    pub metrics: Vec<(usize, String, f64)>,
+    /// Files the evaluation wrote, relative to the run directory.
+    pub artefacts: Vec<String>,
+    /// The end of the evaluation's stderr (trials in child processes).
+    pub stderr_tail: Option<String>,
 }
 
 /// Evaluates candidates.
@@ -42,6 +50,12 @@ pub trait Evaluator: Send {
     fn estimate_seconds(&self, arch: &Arch) -> f64;
     /// Evaluate `arch`.
     fn evaluate(&mut self, arch: &Arch) -> Evaluation;
+    /// Evaluate `arch` as trial number `trial`, stopping it (pruned) once it has run for
+    /// `limit_seconds` when given (its share of the budget). The default ignores the limit.
+    fn evaluate_trial(&mut self, arch: &Arch, trial: usize, limit_seconds: Option<f64>) -> Evaluation {
+        let _ = (trial, limit_seconds);
+        self.evaluate(arch)
+    }
 }
 
 /// A NAS-Bench-201 dataset of the table.
@@ -140,24 +154,105 @@ impl Evaluator for TableEvaluator {
                 test_accuracy: t,
                 seconds: 0.0,
                 error: v.is_none().then(|| format!("the table has no '{}' for {arch}", self.valid)),
+                ..Evaluation::default()
             },
             (Err(e), _) | (_, Err(e)) => Evaluation {
-                accuracy: None,
-                test_accuracy: None,
-                seconds: 0.0,
                 error: Some(e.to_string()),
+                ..Evaluation::default()
             },
         }
     }
 }
 
-/// Real training.
+/// The split a training task searches on: the training split minus its last 10 %, which is
+/// held out as the validation split the agent sees the accuracy of (the test split is never
+/// looked at during the search).
+pub fn search_split(data: &Dataset) -> Result<Dataset, String> {
+    let n = data.train.n;
+    if n < 20 {
+        return Err(format!("{} has only {n} training images", data.kind.name()));
+    }
+    let hold = (n / 10).max(1);
+    Ok(Dataset {
+        kind: data.kind,
+        train: split_off(&data.train, 0, n - hold),
+        test: split_off(&data.train, n - hold, n),
+    })
+}
+
+/// The NB201 network of `arch` for a dataset's images and classes.
+pub fn network(kind: DatasetKind, arch: &Arch) -> Nb201Config {
+    let (c, h, _) = kind.image_shape();
+    Nb201Config {
+        num_classes: kind.num_classes(),
+        in_channels: c,
+        input_size: h,
+        ..Nb201Config::new(*arch)
+    }
+}
+
+/// What a training task tells the LLM.
+pub fn training_info(kind: DatasetKind, epochs: usize) -> TaskInfo {
+    let name = match kind {
+        DatasetKind::Cifar10 => "CIFAR-10",
+        DatasetKind::Cifar100 => "CIFAR-100",
+        DatasetKind::Mnist => "MNIST",
+        DatasetKind::FashionMnist => "Fashion-MNIST",
+    };
+    TaskInfo {
+        description: format!("image classification on {name}, training each NAS-Bench-201 network for {epochs} epoch(s)"),
+        metric: "validation accuracy".into(),
+    }
+}
+
+/// Device-time estimates of training trials, learnt from the finished ones: device seconds per
+/// forward GFLOP per training image, the slowest rate seen (so plans err on the safe side).
+#[derive(Debug, Clone)]
+pub struct TrainingCost {
+    kind: DatasetKind,
+    images: usize,
+    epochs: usize,
+    rate: Option<f64>,
+}
+
+impl TrainingCost {
+    /// Trials of `epochs` epochs over `images` training images of `kind`.
+    pub fn new(kind: DatasetKind, images: usize, epochs: usize) -> Self {
+        TrainingCost {
+            kind,
+            images,
+            epochs,
+            rate: None,
+        }
+    }
+
+    fn work(&self, arch: &Arch) -> f64 {
+        network(self.kind, arch).flops() * 1e-3 * (self.images * self.epochs) as f64
+    }
+
+    /// The estimated device seconds of training `arch` (until a trial has run, 2 GFLOP/s of
+    /// training throughput, three passes per image).
+    pub fn estimate(&self, arch: &Arch) -> f64 {
+        self.work(arch) * self.rate.unwrap_or(3.0 / 2.0)
+    }
+
+    /// Learn from a finished trial of `arch` that took `seconds`.
+    pub fn observe(&mut self, arch: &Arch, seconds: f64) {
+        let work = self.work(arch);
+        if work > 0.0 && seconds > 0.0 {
+            let rate = seconds / work;
+            self.rate = Some(self.rate.map_or(rate, |r| r.max(rate)));
+        }
+    }
+}
+
+/// Real training, in this process (see [`crate::trial::ProcessEvaluator`] for trials in child
+/// processes, which `autoagent run` uses).
 pub struct TrainEvaluator {
     data: Dataset,
     config: TrainConfig,
     device: Device,
-    /// Device seconds per forward GFLOP per training image, learnt from finished trials.
-    rate: Option<f64>,
+    cost: TrainingCost,
 }
 
 fn split_off(split: &Split, from: usize, to: usize) -> Split {
@@ -175,85 +270,42 @@ fn split_off(split: &Split, from: usize, to: usize) -> Split {
 impl TrainEvaluator {
     /// Training on `data` with `config`; the last 10 % of the training split is held out.
     pub fn new(data: &Dataset, config: TrainConfig, device: Device) -> Result<Self, String> {
-        let n = data.train.n;
-        let hold = (n / 10).max(1);
-        if n < 20 {
-            return Err(format!("{} has only {n} training images", data.kind.name()));
-        }
-        let search = Dataset {
-            kind: data.kind,
-            train: split_off(&data.train, 0, n - hold),
-            test: split_off(&data.train, n - hold, n),
-        };
+        let search = search_split(data)?;
         Ok(TrainEvaluator {
+            cost: TrainingCost::new(data.kind, search.train.n, config.epochs),
             data: search,
             config,
             device,
-            rate: None,
         })
-    }
-
-    fn work(&self, arch: &Arch) -> f64 {
-        let cfg = self.net(arch);
-        cfg.flops() * 1e-3 * (self.data.train.n * self.config.epochs) as f64
-    }
-
-    fn net(&self, arch: &Arch) -> Nb201Config {
-        let (c, h, _) = self.data.kind.image_shape();
-        Nb201Config {
-            num_classes: self.data.kind.num_classes(),
-            in_channels: c,
-            input_size: h,
-            ..Nb201Config::new(*arch)
-        }
     }
 }
 
 impl Evaluator for TrainEvaluator {
     fn info(&self) -> TaskInfo {
-        let name = match self.data.kind {
-            DatasetKind::Cifar10 => "CIFAR-10",
-            DatasetKind::Cifar100 => "CIFAR-100",
-            DatasetKind::Mnist => "MNIST",
-            DatasetKind::FashionMnist => "Fashion-MNIST",
-        };
-        TaskInfo {
-            description: format!(
-                "image classification on {name}, training each NAS-Bench-201 network for {} epoch(s)",
-                self.config.epochs
-            ),
-            metric: "validation accuracy".into(),
-        }
+        training_info(self.data.kind, self.config.epochs)
     }
 
     fn estimate_seconds(&self, arch: &Arch) -> f64 {
-        // Until a trial has run, assume 2 GFLOP/s of training throughput (3 passes per image).
-        self.work(arch) * self.rate.unwrap_or(3.0 / 2.0)
+        self.cost.estimate(arch)
     }
 
     fn evaluate(&mut self, arch: &Arch) -> Evaluation {
         let t = Instant::now();
-        let r = train(&self.net(arch), &self.config, &self.data, &self.device, None, &mut |_| {});
+        let r = train(&network(self.data.kind, arch), &self.config, &self.data, &self.device, None, &mut |_| {});
         let seconds = t.elapsed().as_secs_f64();
         match r {
             Ok(report) => {
-                let work = self.work(arch);
-                if work > 0.0 {
-                    let rate = report.device_seconds / work;
-                    self.rate = Some(self.rate.map_or(rate, |r| r.max(rate)));
-                }
+                self.cost.observe(arch, report.device_seconds);
                 Evaluation {
                     accuracy: Some(report.test_acc),
-                    test_accuracy: None,
                     seconds: report.device_seconds,
-                    error: None,
+                    ..Evaluation::default()
                 }
             }
             Err(e) => Evaluation {
-                accuracy: None,
-                test_accuracy: None,
                 seconds,
                 error: Some(e.to_string()),
+                ..Evaluation::default()
             },
         }
     }

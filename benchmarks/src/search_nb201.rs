@@ -547,6 +547,7 @@ fn one_run(
         top_k: key.top_k,
         max_empty_rounds: 3,
         seed: key.seed,
+        trial_timeout: None,
     };
     let started = Instant::now();
     let (history, summary) = rt.block_on(run_loop(

@@ -8,14 +8,16 @@ use std::time::Instant;
 use candle_core::{DType, Device, Tensor, Var};
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::data::{Dataset, Split};
 use crate::error::{Error, Result};
 use crate::net::{argmax, Model, Nb201Config};
 
-/// Hyper-parameters of a training run. [`TrainConfig::default`] is NB201's protocol.
-#[derive(Debug, Clone, Serialize)]
+/// Hyper-parameters of a training run. [`TrainConfig::default`] is NB201's protocol (and fills
+/// the fields a deserialised configuration leaves out).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct TrainConfig {
     /// Passes over the training split.
     pub epochs: usize,

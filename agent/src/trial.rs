@@ -1,0 +1,469 @@
+//! Trials in child processes: the agent runs each training as `autoagent trial --spec FILE`, so
+//! a trial that panics, runs out of memory or is killed becomes a failed trial with its reason
+//! and the end of its stderr, never a crashed agent.
+//!
+//! # The spec file
+//!
+//! One JSON object ([`TrialSpec`]), written by the agent into the trial's directory
+//! (`RUN_DIR/trials/NNNN/spec.json`):
+//!
+//! ```json
+//! {
+//!   "version": 1,
+//!   "trial": 3,
+//!   "task": "cifar10",
+//!   "arch": "|nor_conv_3x3~0|+|nor_conv_3x3~0|avg_pool_3x3~1|+|skip_connect~0|nor_conv_3x3~1|skip_connect~2|",
+//!   "data_dir": "/data",
+//!   "download": false,
+//!   "train": { "epochs": 1, "seed": 0, "hflip": true },
+//!   "device": "cpu",
+//!   "out": "runs/run-1/trials/0003",
+//!   "watch_stdin": true
+//! }
+//! ```
+//!
+//! `train` takes the fields of [`TrainConfig`] (NB201's protocol fills those left out). The
+//! trial trains on the task's training split minus its last 10 % and reports the accuracy on
+//! that held-out 10 % ([`crate::task::search_split`]). With `out`, the best weights are saved
+//! there (`best.safetensors`, `train.json`). With `watch_stdin`, the trial exits as soon as its
+//! stdin closes: the agent holds the other end, so a trial never outlives a killed agent.
+//!
+//! # The channel
+//!
+//! The trial writes one line per event to stdout, `@autoagent-trial ` followed by a JSON
+//! [`TrialEvent`]: `started`, one `epoch` per epoch (loss, accuracies, learning rate, seconds),
+//! then `finished` (accuracy, device seconds, artefacts). Anything else on stdout is ignored;
+//! progress goes to stderr, which the agent keeps in `stderr.log` beside the spec.
+
+use std::io::{BufRead, BufReader, Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use autoagent_evaluator::data::{self, DatasetKind};
+use autoagent_evaluator::nb201::Arch;
+use autoagent_evaluator::train::{parse_device, train, TrainConfig};
+use serde::{Deserialize, Serialize};
+
+use crate::llm_strategy::TaskInfo;
+use crate::task::{network, search_split, training_info, Evaluation, Evaluator, TrainingCost};
+
+/// The spec format this build writes and reads.
+pub const SPEC_VERSION: u32 = 1;
+
+/// The prefix of an event line on a trial's stdout.
+pub const EVENT_PREFIX: &str = "@autoagent-trial ";
+
+/// How much of a failed trial's stderr is kept (bytes, the end).
+const STDERR_TAIL: u64 = 4000;
+
+/// What a trial is to do (the `--spec` file).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrialSpec {
+    /// Spec format version ([`SPEC_VERSION`]).
+    pub version: u32,
+    /// The trial's number in its run.
+    #[serde(default)]
+    pub trial: usize,
+    /// Dataset: cifar10, cifar100, mnist, fashion-mnist.
+    pub task: String,
+    /// NB201 architecture string.
+    pub arch: String,
+    /// Data root or dataset folder (default: `$AUTOAGENT_DATA`, else the user cache directory).
+    #[serde(default)]
+    pub data_dir: Option<PathBuf>,
+    /// Download the dataset when missing.
+    #[serde(default)]
+    pub download: bool,
+    /// Training hyper-parameters.
+    #[serde(default)]
+    pub train: TrainConfig,
+    /// Device: cpu or cuda:N (the agent sets `CUDA_VISIBLE_DEVICES` and passes `cuda:0`).
+    #[serde(default = "cpu")]
+    pub device: String,
+    /// Directory for the best weights.
+    #[serde(default)]
+    pub out: Option<PathBuf>,
+    /// Exit when stdin closes (the agent died).
+    #[serde(default)]
+    pub watch_stdin: bool,
+}
+
+fn cpu() -> String {
+    "cpu".into()
+}
+
+/// One event on a trial's stdout.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum TrialEvent {
+    /// The trial has read its spec and its data.
+    Started {
+        /// The process id.
+        pid: u32,
+    },
+    /// An epoch ended.
+    Epoch {
+        /// From 1.
+        epoch: usize,
+        /// Mean training loss.
+        train_loss: f64,
+        /// Training accuracy (%).
+        train_acc: f64,
+        /// Accuracy on the held-out validation split (%).
+        valid_acc: f64,
+        /// Learning rate at the end of the epoch.
+        lr: f64,
+        /// Seconds the epoch took.
+        seconds: f64,
+    },
+    /// The trial finished.
+    Finished {
+        /// Validation accuracy after the last epoch (%).
+        accuracy: f64,
+        /// Device seconds metered.
+        device_seconds: f64,
+        /// Trainable parameters.
+        params: usize,
+        /// Forward FLOPs per image.
+        flops: f64,
+        /// Files written (absolute or relative to the working directory).
+        artefacts: Vec<PathBuf>,
+    },
+}
+
+impl TrialEvent {
+    /// The event as one stdout line.
+    pub fn line(&self) -> String {
+        format!("{EVENT_PREFIX}{}", serde_json::to_string(self).expect("events serialise"))
+    }
+
+    /// Parse an event line (`None` for any other line).
+    pub fn parse(line: &str) -> Option<TrialEvent> {
+        serde_json::from_str(line.strip_prefix(EVENT_PREFIX)?).ok()
+    }
+}
+
+/// Why a trial could not run.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct TrialError(pub String);
+
+impl TrialSpec {
+    /// Read and check a spec file.
+    pub fn read(path: &Path) -> Result<Self, TrialError> {
+        let text = std::fs::read_to_string(path).map_err(|e| TrialError(format!("cannot read the trial spec {}: {e}", path.display())))?;
+        let spec: TrialSpec = serde_json::from_str(&text).map_err(|e| TrialError(format!("{}: not a trial spec: {e}", path.display())))?;
+        if spec.version != SPEC_VERSION {
+            return Err(TrialError(format!(
+                "{}: spec version {} is not supported (this autoagent reads version {SPEC_VERSION})",
+                path.display(),
+                spec.version
+            )));
+        }
+        Ok(spec)
+    }
+}
+
+/// Run a trial in this process, announcing each event to `emit` (`autoagent trial` prints them).
+pub fn run(spec: &TrialSpec, emit: &mut dyn FnMut(&TrialEvent)) -> Result<(), TrialError> {
+    let kind = DatasetKind::from_name(&spec.task)
+        .ok_or_else(|| TrialError(format!("unknown task '{}' (available: cifar10, cifar100, mnist, fashion-mnist)", spec.task)))?;
+    let arch: Arch = spec.arch.parse().map_err(|e| TrialError(format!("bad arch in the spec: {e}")))?;
+    spec.train.validate().map_err(|e| TrialError(e.to_string()))?;
+    let device = parse_device(&spec.device).map_err(|e| TrialError(e.to_string()))?;
+    let root = data::data_root(spec.data_dir.as_deref());
+    let data = data::open(kind, &root, spec.download).map_err(|e| TrialError(e.to_string()))?;
+    let search = search_split(&data).map_err(TrialError)?;
+    if let Some(out) = &spec.out {
+        std::fs::create_dir_all(out).map_err(|e| TrialError(format!("cannot create {}: {e}", out.display())))?;
+    }
+    emit(&TrialEvent::Started { pid: std::process::id() });
+    let report = train(&network(kind, &arch), &spec.train, &search, &device, spec.out.as_deref(), &mut |e| {
+        emit(&TrialEvent::Epoch {
+            epoch: e.epoch,
+            train_loss: e.train_loss,
+            train_acc: e.train_acc,
+            valid_acc: e.test_acc,
+            lr: e.lr,
+            seconds: e.seconds,
+        })
+    })
+    .map_err(|e| TrialError(e.to_string()))?;
+    let mut artefacts: Vec<PathBuf> = report.weights.iter().cloned().collect();
+    if let Some(out) = &spec.out {
+        let summary = out.join("train.json");
+        if summary.is_file() {
+            artefacts.push(summary);
+        }
+    }
+    emit(&TrialEvent::Finished {
+        accuracy: report.test_acc,
+        device_seconds: report.device_seconds,
+        params: report.params,
+        flops: report.flops,
+        artefacts,
+    });
+    Ok(())
+}
+
+/// Runs each trial as a child process (`<exe> trial --spec FILE`), one at a time per device.
+pub struct ProcessEvaluator {
+    exe: PathBuf,
+    run_dir: PathBuf,
+    base: TrialSpec,
+    kind: DatasetKind,
+    cost: TrainingCost,
+    visible_device: Option<String>,
+}
+
+impl ProcessEvaluator {
+    /// Trials of `base` (its `arch`, `trial` and `out` are set per trial) run by the executable
+    /// `exe` (the `autoagent` binary), recorded under `run_dir/trials/`. `images` is the size of
+    /// the search's training split (for the time estimates).
+    pub fn new(exe: PathBuf, run_dir: PathBuf, mut base: TrialSpec, images: usize) -> Result<Self, TrialError> {
+        let kind = DatasetKind::from_name(&base.task).ok_or_else(|| TrialError(format!("unknown task '{}'", base.task)))?;
+        // A trial on GPU N sees only that GPU, as its device 0.
+        let visible_device = match base.device.strip_prefix("cuda:").map(str::to_string) {
+            Some(n) => {
+                n.parse::<usize>().map_err(|_| TrialError(format!("bad device '{}'", base.device)))?;
+                base.device = "cuda:0".into();
+                Some(n)
+            }
+            None => None,
+        };
+        base.watch_stdin = true;
+        Ok(ProcessEvaluator {
+            exe,
+            run_dir,
+            kind,
+            cost: TrainingCost::new(kind, images, base.train.epochs),
+            base,
+            visible_device,
+        })
+    }
+
+    fn relative(&self, p: &Path) -> String {
+        p.strip_prefix(&self.run_dir).unwrap_or(p).display().to_string()
+    }
+}
+
+/// The last `STDERR_TAIL` bytes of a file, from a line start.
+fn tail(path: &Path) -> Option<String> {
+    let mut f = std::fs::File::open(path).ok()?;
+    let len = f.metadata().ok()?.len();
+    let from = len.saturating_sub(STDERR_TAIL);
+    f.seek(SeekFrom::Start(from)).ok()?;
+    let mut buf = Vec::new();
+    f.read_to_end(&mut buf).ok()?;
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let text = if from > 0 {
+        text.split_once('\n').map(|(_, rest)| rest.to_string()).unwrap_or(text)
+    } else {
+        text
+    };
+    let text = text.trim_end().to_string();
+    (!text.is_empty()).then_some(text)
+}
+
+/// The trial's own last words in its stderr: a panic's message, else its `error:` line, else
+/// its last line.
+fn last_words(tail: &str) -> Option<String> {
+    let lines: Vec<&str> = tail.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+    if let Some(i) = lines.iter().rposition(|l| l.contains("panicked at")) {
+        return Some(match lines.get(i + 1).filter(|l| !l.starts_with("note:")) {
+            Some(msg) => format!("{} {msg}", lines[i]),
+            None => lines[i].to_string(),
+        });
+    }
+    if let Some(l) = lines.iter().rev().find(|l| l.starts_with("error")) {
+        return Some(l.to_string());
+    }
+    lines.last().map(|l| l.to_string())
+}
+
+fn describe_exit(status: std::process::ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(code), _) => format!("the trial process exited with code {code}"),
+        (None, Some(9)) => "the trial process was killed (SIGKILL: out of memory, or killed by hand)".into(),
+        (None, Some(6)) => "the trial process aborted (SIGABRT)".into(),
+        (None, Some(11)) => "the trial process crashed (SIGSEGV)".into(),
+        (None, Some(sig)) => format!("the trial process was killed by signal {sig}"),
+        (None, None) => "the trial process ended without a status".into(),
+    }
+}
+
+impl Evaluator for ProcessEvaluator {
+    fn info(&self) -> TaskInfo {
+        training_info(self.kind, self.base.train.epochs)
+    }
+
+    fn estimate_seconds(&self, arch: &Arch) -> f64 {
+        self.cost.estimate(arch)
+    }
+
+    fn evaluate(&mut self, arch: &Arch) -> Evaluation {
+        self.evaluate_trial(arch, 0, None)
+    }
+
+    fn evaluate_trial(&mut self, arch: &Arch, trial: usize, limit_seconds: Option<f64>) -> Evaluation {
+        let dir = self.run_dir.join("trials").join(format!("{trial:04}"));
+        let failed = |error: String| Evaluation {
+            error: Some(error),
+            ..Evaluation::default()
+        };
+        // A trial interrupted by a killed agent left its files: start it afresh.
+        if dir.exists() {
+            if let Err(e) = std::fs::remove_dir_all(&dir) {
+                return failed(format!("cannot clear {}: {e}", dir.display()));
+            }
+        }
+        if let Err(e) = std::fs::create_dir_all(&dir) {
+            return failed(format!("cannot create {}: {e}", dir.display()));
+        }
+        let spec = TrialSpec {
+            trial,
+            arch: arch.to_string(),
+            out: Some(dir.clone()),
+            ..self.base.clone()
+        };
+        let spec_path = dir.join("spec.json");
+        let stderr_path = dir.join("stderr.log");
+        let stderr =
+            match std::fs::write(&spec_path, serde_json::to_string_pretty(&spec).expect("specs serialise")).and_then(|_| std::fs::File::create(&stderr_path)) {
+                Ok(f) => f,
+                Err(e) => return failed(format!("cannot write the trial's files in {}: {e}", dir.display())),
+            };
+        let mut command = Command::new(&self.exe);
+        command
+            .arg("trial")
+            .arg("--spec")
+            .arg(&spec_path)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(stderr));
+        if let Some(n) = &self.visible_device {
+            command.env("CUDA_VISIBLE_DEVICES", n);
+        }
+        let started = Instant::now();
+        let mut child = match command.spawn() {
+            Ok(c) => c,
+            Err(e) => return failed(format!("cannot start the trial process {}: {e}", self.exe.display())),
+        };
+        // Events come through a thread reading stdout; the main thread keeps the clock.
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let (tx, rx) = mpsc::channel();
+        let reader = std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if let Some(ev) = TrialEvent::parse(&line) {
+                    if tx.send(ev).is_err() {
+                        break;
+                    }
+                }
+            }
+        });
+        let deadline = limit_seconds.map(|s| started + Duration::from_secs_f64(s.max(0.0)));
+        let mut events = Vec::new();
+        let mut pruned = false;
+        loop {
+            let wait = match deadline {
+                Some(d) => match d.checked_duration_since(Instant::now()) {
+                    Some(left) => left,
+                    None => {
+                        pruned = true;
+                        break;
+                    }
+                },
+                None => Duration::from_secs(3600),
+            };
+            match rx.recv_timeout(wait) {
+                Ok(ev) => events.push(ev),
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    if deadline.is_some() {
+                        pruned = true;
+                        break;
+                    }
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            }
+        }
+        if pruned {
+            let _ = child.kill();
+        }
+        // Closing stdin also tells a trial that watches it to stop.
+        drop(child.stdin.take());
+        let status = child.wait();
+        let _ = reader.join();
+        events.extend(rx.try_iter());
+        let wall = started.elapsed().as_secs_f64();
+
+        let mut eval = Evaluation {
+            seconds: wall,
+            stderr_tail: tail(&stderr_path),
+            artefacts: vec![self.relative(&spec_path), self.relative(&stderr_path)],
+            ..Evaluation::default()
+        };
+        for ev in &events {
+            match ev {
+                TrialEvent::Epoch {
+                    epoch,
+                    train_loss,
+                    train_acc,
+                    valid_acc,
+                    lr,
+                    ..
+                } => {
+                    for (name, v) in [("train_loss", train_loss), ("train_acc", train_acc), ("valid_acc", valid_acc), ("lr", lr)] {
+                        eval.metrics.push((*epoch, name.to_string(), *v));
+                    }
+                }
+                TrialEvent::Finished {
+                    accuracy,
+                    device_seconds,
+                    artefacts,
+                    ..
+                } => {
+                    eval.accuracy = Some(*accuracy);
+                    eval.seconds = *device_seconds;
+                    eval.artefacts.extend(artefacts.iter().map(|p| self.relative(p)));
+                }
+                TrialEvent::Started { .. } => {}
+            }
+        }
+        let finished = eval.accuracy.is_some();
+        match status {
+            _ if pruned => {
+                eval.pruned = true;
+                eval.accuracy = None;
+                eval.error = Some(format!(
+                    "stopped after {wall:.1} s: the trial exceeded its share of the budget ({:.1} s)",
+                    limit_seconds.unwrap_or(0.0)
+                ));
+            }
+            Ok(s) if s.success() && finished => {
+                self.cost.observe(arch, eval.seconds);
+            }
+            Ok(s) => {
+                eval.accuracy = None;
+                let why = if s.success() {
+                    "the trial process ended without a result".to_string()
+                } else {
+                    describe_exit(s)
+                };
+                eval.error = Some(match eval.stderr_tail.as_deref().and_then(last_words) {
+                    Some(l) => format!("{why}: {l}"),
+                    None => why,
+                });
+            }
+            Err(e) => {
+                eval.accuracy = None;
+                eval.error = Some(format!("cannot wait for the trial process: {e}"));
+            }
+        }
+        eval
+    }
+}
