@@ -120,12 +120,20 @@ pub(crate) struct RunArgs {
     /// Run directory (default: runs/run-<unix time>).
     #[arg(long)]
     out: Option<PathBuf>,
+    /// Size at which the run's log (run.log, JSON records) rotates to run.log.1, in MiB.
+    #[arg(long, default_value_t = 10.0)]
+    #[serde(default = "default_log_cap")]
+    log_cap_mb: f64,
     /// Print the summary as one JSON object.
     #[arg(long)]
     json: bool,
     #[command(flatten)]
     #[serde(default)]
     data: DataArgs,
+}
+
+fn default_log_cap() -> f64 {
+    10.0
 }
 
 #[derive(Args)]
@@ -180,18 +188,60 @@ fn run_dir_path(args: &RunArgs) -> Result<PathBuf> {
     Ok(dir)
 }
 
-fn print_trial(t: &Trial, budget: &Budget, quiet: bool) {
-    if quiet {
-        return;
+/// What the user sees while a run goes on: nothing with `--json`; on a terminal, one line per
+/// trial above a status line (round, trials, best so far, budget left); otherwise plain lines.
+struct Progress {
+    bar: Option<indicatif::ProgressBar>,
+    quiet: bool,
+    best: Option<f64>,
+}
+
+impl Progress {
+    fn new(quiet: bool) -> Self {
+        use std::io::IsTerminal;
+        let bar = (!quiet && std::io::stderr().is_terminal()).then(|| {
+            let bar = indicatif::ProgressBar::new_spinner();
+            bar.set_style(indicatif::ProgressStyle::with_template("{spinner} {elapsed} {msg}").expect("valid template"));
+            bar.enable_steady_tick(std::time::Duration::from_millis(200));
+            bar.set_message("starting");
+            bar
+        });
+        Progress { bar, quiet, best: None }
     }
-    let acc = t.accuracy.map_or("failed".to_string(), |a| format!("{a:.2}"));
-    eprintln!(
-        "trial {:>3}  {}  acc {}  budget {:.0} %",
-        t.id,
-        t.arch,
-        acc,
-        (budget.used_fraction() * 100.0).min(999.0)
-    );
+
+    fn trial(&mut self, t: &Trial, budget: &Budget) {
+        if self.quiet {
+            return;
+        }
+        if let Some(a) = t.accuracy {
+            self.best = Some(self.best.map_or(a, |b: f64| b.max(a)));
+        }
+        let acc = match (t.accuracy, t.state) {
+            (Some(a), _) => format!("{a:.2}"),
+            (None, state) => state.name().to_string(),
+        };
+        let used = (budget.used_fraction() * 100.0).min(999.0);
+        let line = format!("trial {:>3}  {}  acc {}  budget {:.0} %", t.id, t.arch, acc, used);
+        match &self.bar {
+            Some(bar) => {
+                bar.println(line);
+                bar.set_message(format!(
+                    "round {} | {} trials | best {} | budget {:.0} % left",
+                    t.round + 1,
+                    t.id + 1,
+                    self.best.map_or("-".to_string(), |b| format!("{b:.2}")),
+                    (100.0 - used).max(0.0)
+                ));
+            }
+            None => eprintln!("{line}"),
+        }
+    }
+
+    fn finish(&self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+    }
 }
 
 /// What a run is made of, built from its arguments.
@@ -206,6 +256,9 @@ struct Prepared {
 fn prepare(args: &RunArgs, backend: Option<Arc<dyn LlmBackend>>, dir: &Path) -> Result<Prepared> {
     if args.k == 0 || args.top_k == 0 {
         bail!("--k and --top-k must be at least 1");
+    }
+    if !(args.log_cap_mb.is_finite() && args.log_cap_mb > 0.0) {
+        bail!("--log-cap-mb must be a positive number");
     }
     if args.trial_timeout.is_some_and(|t| !(t.is_finite() && t > 0.0)) {
         bail!("--trial-timeout must be a positive number of seconds");
@@ -328,6 +381,13 @@ fn config_json(args: &RunArgs, prepared: &Prepared) -> Result<String> {
     }))?)
 }
 
+/// Send the log records into the run directory's `run.log` (rotated to `run.log.1` past
+/// `--log-cap-mb`).
+fn open_log(args: &RunArgs, dir: &Path) -> Result<()> {
+    let cap = (args.log_cap_mb * 1024.0 * 1024.0) as u64;
+    autoagent_agent::logs::set_run_log(&dir.join("run.log"), cap).with_context(|| format!("cannot open the log {}", dir.join("run.log").display()))
+}
+
 /// Run the loop into `recorder` and print the summary.
 fn execute(args: &RunArgs, dir: &Path, mut prepared: Prepared, mut recorder: Recorder) -> Result<()> {
     let limit: Limit = args.budget.parse().map_err(anyhow::Error::msg)?;
@@ -339,17 +399,20 @@ fn execute(args: &RunArgs, dir: &Path, mut prepared: Prepared, mut recorder: Rec
         seed: args.seed,
         trial_timeout: args.trial_timeout,
     };
-    let quiet = args.json;
+    let mut progress = Progress::new(args.json);
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
-    let (_, summary) = rt.block_on(run_loop(
+    let result = rt.block_on(run_loop(
         prepared.strategy.as_mut(),
         prepared.evaluator.as_mut(),
         prepared.ranker.as_mut(),
         &mut budget,
         &options,
         &mut recorder,
-        |t, b| print_trial(t, b, quiet),
-    ))?;
+        |t, b| progress.trial(t, b),
+    ));
+    progress.finish();
+    let (_, summary) = result?;
+    tracing::info!(trials = summary.trials, rounds = summary.rounds, stopped = %summary.stopped, "run ended");
     report(&summary, dir, args.json)
 }
 
@@ -364,6 +427,7 @@ pub(crate) fn cmd_run(args: RunArgs) -> Result<()> {
     }
     let config = config_json(&args, &prepared)?;
     std::fs::write(dir.join("config.json"), &config).with_context(|| format!("cannot write {}", dir.join("config.json").display()))?;
+    open_log(&args, &dir)?;
     let mut recorder = Recorder::create(&dir)?;
     recorder.meta("config", &config)?;
     recorder.meta("seed", &args.seed.to_string())?;
@@ -410,6 +474,8 @@ pub(crate) fn cmd_resume(args: ResumeArgs) -> Result<()> {
         Some(live) if !resumed.exchanges.is_empty() => Some(Arc::new(Replay::new(resumed.exchanges.clone()).then(live))),
         other => other,
     };
+    open_log(&run_args, dir)?;
+    tracing::info!(run = %dir.display(), finished = resumed.finished, lost = resumed.lost, exchanges = resumed.exchanges.len(), "resuming");
     let prepared = prepare(&run_args, backend, dir)?;
     let config = config_json(&run_args, &prepared)?;
     recorder.meta("config", &config)?;

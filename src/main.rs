@@ -2,6 +2,7 @@
 //! and turns every error into one line on stderr and exit code 2.
 
 mod agent_run;
+mod export;
 mod import;
 mod report;
 mod score;
@@ -67,6 +68,10 @@ enum Command {
     Report(report::ReportArgs),
     /// List the runs under a directory (default: runs) with their status and best trial.
     Ls(report::LsArgs),
+    /// Export a run's best (or a chosen) trained trial as a model folder: model.safetensors and model.json.
+    Export(export::ExportArgs),
+    /// Classify images, or measure accuracy on a dataset split, with an exported model.
+    Predict(export::PredictArgs),
 }
 
 #[derive(Args, Clone, Default, serde::Serialize, serde::Deserialize)]
@@ -89,8 +94,8 @@ struct TrialArgs {
 
 /// `autoagent trial --spec FILE`: events as `@autoagent-trial {json}` lines on stdout, progress
 /// on stderr. With the spec's `watch_stdin`, the trial ends when its stdin closes (its agent is
-/// gone). `AUTOAGENT_TRIAL_FAULT=panic` makes the trial panic once started (a fault-injection
-/// hook for the agent's tests).
+/// gone). `AUTOAGENT_TRIAL_FAULT=panic` makes the trial panic once started, `flood` writes 8 MiB
+/// to stderr first (fault-injection hooks for the agent's tests).
 fn cmd_trial(args: TrialArgs) -> Result<()> {
     use autoagent_agent::trial::{self, TrialEvent, TrialSpec};
     let spec = TrialSpec::read(&args.spec)?;
@@ -103,7 +108,9 @@ fn cmd_trial(args: TrialArgs) -> Result<()> {
                     break;
                 }
             }
-            eprintln!("the agent is gone (stdin closed): stopping the trial");
+            // Not eprintln!: the agent read this process's stderr, and a write to a closed pipe
+            // would panic this thread instead of ending the trial.
+            let _ = writeln!(std::io::stderr(), "the agent is gone (stdin closed): stopping the trial");
             std::process::exit(3);
         });
     }
@@ -114,6 +121,14 @@ fn cmd_trial(args: TrialArgs) -> Result<()> {
         let _ = out.flush();
         match ev {
             TrialEvent::Started { .. } if fault.as_deref() == Some("panic") => panic!("injected fault (AUTOAGENT_TRIAL_FAULT=panic)"),
+            TrialEvent::Started { .. } if fault.as_deref() == Some("flood") => {
+                // 8 MiB of output, then a panic: the agent keeps the head and the last words.
+                let line = "flooding stderr ".repeat(64);
+                for _ in 0..8192 {
+                    eprintln!("{line}");
+                }
+                panic!("injected fault after a flood (AUTOAGENT_TRIAL_FAULT=flood)")
+            }
             TrialEvent::Epoch {
                 epoch,
                 train_loss,
@@ -237,15 +252,36 @@ fn main() -> ExitCode {
     }
 }
 
+/// Logs: human lines on stderr at `warn` (`-v` info, `-vv` debug, `-vvv` trace; `RUST_LOG`
+/// overrides), and JSON records into the run's `run.log` (rotated past its cap, see
+/// `autoagent_agent::logs`) at `info` or what `-v` asks for, once a run names it.
 fn init_logging(verbose: u8) {
-    let default = match verbose {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::{EnvFilter, Layer};
+    let level = |floor: u8| match verbose.max(floor) {
         0 => "warn",
         1 => "info",
         2 => "debug",
         _ => "trace",
     };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    let stderr_filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level(0)));
+    let file_filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level(1)));
+    tracing_subscriber::registry()
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+                .with_filter(stderr_filter),
+        )
+        .with(
+            tracing_subscriber::fmt::layer()
+                .json()
+                .with_ansi(false)
+                .with_writer(autoagent_agent::logs::RunLogWriter::default)
+                .with_filter(file_filter),
+        )
+        .init();
 }
 
 fn run(cli: Cli) -> Result<()> {
@@ -275,6 +311,8 @@ fn run(cli: Cli) -> Result<()> {
         Command::Import { command } => import::run(command),
         Command::Report(args) => report::cmd_report(args),
         Command::Ls(args) => report::cmd_ls(args),
+        Command::Export(args) => export::cmd_export(args),
+        Command::Predict(args) => export::cmd_predict(args),
     }
 }
 

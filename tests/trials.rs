@@ -244,3 +244,35 @@ fn the_trial_command_reads_a_spec_and_prints_its_events() {
         "cannot read the trial spec",
     );
 }
+
+#[test]
+fn a_flooding_trial_keeps_a_bounded_log_with_its_last_words_and_the_run_log_rotates() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tmp.path().join("run");
+    let s = ok(&mnist_run(&run, &["--budget", "1trials", "--log-cap-mb", "0.0005"])
+        .env("AUTOAGENT_TRIAL_FAULT", "flood")
+        .output()
+        .unwrap());
+    assert_eq!(s["trials"], 1);
+    let t = &trials(&run)[0];
+    assert_eq!(t.trial.state, TrialState::Failed);
+    assert!(
+        t.trial.error.as_deref().unwrap().contains("injected fault after a flood"),
+        "{:?}",
+        t.trial.error
+    );
+    // 8 MiB written; the log keeps its first MiB, a marker and the last words.
+    let log = std::fs::read_to_string(run.join("trials/0000/stderr.log")).unwrap();
+    assert!(log.len() < (1 << 20) + 8000, "{}", log.len());
+    assert!(log.contains("bytes left out"));
+    assert!(log.contains("panicked"));
+    // The run's own log: JSON records, rotated past its cap (524 bytes here).
+    let cur = std::fs::read_to_string(run.join("run.log")).unwrap();
+    let old = std::fs::read_to_string(run.join("run.log.1")).unwrap();
+    assert!(cur.len() <= 524 && old.len() <= 524, "{} {}", cur.len(), old.len());
+    for l in old.lines().chain(cur.lines()) {
+        let v: serde_json::Value = serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}"));
+        assert!(v["timestamp"].is_string() && v["level"].is_string(), "{l}");
+    }
+    assert!(cur.contains("\"message\":\"run ended\""), "{cur}");
+}

@@ -11,6 +11,7 @@ pub mod budget;
 pub mod history;
 pub mod llm;
 pub mod llm_strategy;
+pub mod logs;
 pub mod prompts;
 pub mod ranker;
 pub mod runner;

@@ -463,6 +463,15 @@ pub async fn run_loop(
             Err(e) => return Err(e.into()),
         };
         for ex in &asked.exchanges {
+            tracing::info!(
+                exchange = ex.index,
+                kind = %ex.kind,
+                prompt_tokens = ex.response.as_ref().map(|r| r.usage.prompt_tokens),
+                completion_tokens = ex.response.as_ref().map(|r| r.usage.completion_tokens),
+                seconds = ex.response.as_ref().map(|r| r.latency.as_secs_f64()),
+                error = ex.error.as_deref(),
+                "llm exchange"
+            );
             recorder.exchange(ex)?;
             usage.exchanges += 1;
             if let Some(r) = &ex.response {
@@ -535,6 +544,7 @@ pub async fn run_loop(
             break;
         }
         rounds += 1;
+        tracing::info!(round = rounds - 1, candidates = fresh.len(), duplicates, fallback, "round");
         for p in &fresh {
             recorder.proposal(rounds - 1, p)?;
         }
@@ -546,6 +556,7 @@ pub async fn run_loop(
                 // now come from the cache).
                 let secs = recorder.prior_round_seconds(rounds - 1).unwrap_or(secs);
                 recorder.proxy_scores(rounds - 1, &archs, &s, secs)?;
+                tracing::info!(round = rounds - 1, candidates = archs.len(), seconds = secs, "ranked");
                 proxy_seconds += secs;
                 budget.spend(0, secs);
                 Some(s)
@@ -616,6 +627,19 @@ pub async fn run_loop(
                 }
             }
             budget.spend(1, trial.seconds);
+            tracing::info!(
+                trial = trial.id,
+                arch = %trial.arch,
+                state = trial.state.name(),
+                accuracy = trial.accuracy,
+                seconds = trial.seconds,
+                restored = extras.is_none(),
+                budget_used = budget.used_fraction(),
+                "trial"
+            );
+            if let Some(e) = &trial.error {
+                tracing::warn!(trial = trial.id, "trial {} {}: {e}", trial.id, trial.state.name());
+            }
             recorder.trial(&trial, extras.as_ref())?;
             strategy.tell(&trial);
             on_trial(&trial, budget);

@@ -55,8 +55,12 @@ pub const SPEC_VERSION: u32 = 1;
 /// The prefix of an event line on a trial's stdout.
 pub const EVENT_PREFIX: &str = "@autoagent-trial ";
 
-/// How much of a failed trial's stderr is kept (bytes, the end).
+/// How much of a failed trial's stderr is kept in the run database (bytes, the end).
 const STDERR_TAIL: u64 = 4000;
+
+/// The most of a trial's stderr kept in its `stderr.log` from the start (then only the last
+/// `STDERR_TAIL` bytes).
+const STDERR_HEAD: u64 = 1 << 20;
 
 /// What a trial is to do (the `--spec` file).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -332,7 +336,7 @@ impl Evaluator for ProcessEvaluator {
         };
         let spec_path = dir.join("spec.json");
         let stderr_path = dir.join("stderr.log");
-        let stderr =
+        let mut stderr_file =
             match std::fs::write(&spec_path, serde_json::to_string_pretty(&spec).expect("specs serialise")).and_then(|_| std::fs::File::create(&stderr_path)) {
                 Ok(f) => f,
                 Err(e) => return failed(format!("cannot write the trial's files in {}: {e}", dir.display())),
@@ -344,7 +348,7 @@ impl Evaluator for ProcessEvaluator {
             .arg(&spec_path)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            .stderr(Stdio::from(stderr));
+            .stderr(Stdio::piped());
         if let Some(n) = &self.visible_device {
             command.env("CUDA_VISIBLE_DEVICES", n);
         }
@@ -353,6 +357,10 @@ impl Evaluator for ProcessEvaluator {
             Ok(c) => c,
             Err(e) => return failed(format!("cannot start the trial process {}: {e}", self.exe.display())),
         };
+        // Its stderr goes to stderr.log, capped (a trial printing without end keeps its first
+        // STDERR_HEAD bytes and its last words).
+        let stderr = child.stderr.take().expect("stderr is piped");
+        let copier = std::thread::spawn(move || crate::logs::capped_copy(stderr, &mut stderr_file, STDERR_HEAD, STDERR_TAIL as usize));
         // Events come through a thread reading stdout; the main thread keeps the clock.
         let stdout = child.stdout.take().expect("stdout is piped");
         let (tx, rx) = mpsc::channel();
@@ -398,6 +406,7 @@ impl Evaluator for ProcessEvaluator {
         drop(child.stdin.take());
         let status = child.wait();
         let _ = reader.join();
+        let _ = copier.join();
         events.extend(rx.try_iter());
         let wall = started.elapsed().as_secs_f64();
 
