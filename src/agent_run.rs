@@ -458,7 +458,6 @@ pub(crate) fn cmd_resume(args: ResumeArgs) -> Result<()> {
     let mut run_args: RunArgs = serde_json::from_value(value["args"].clone()).context("the run's recorded configuration does not parse")?;
     run_args.json = args.json;
     if resumed.status.as_deref() == Some("finished") && args.budget.is_none() {
-        recorder.meta("status", "finished")?;
         eprintln!(
             "{} has finished ({} trials): nothing to resume (pass --budget to extend it)",
             dir.display(),
@@ -489,6 +488,7 @@ pub(crate) fn cmd_resume(args: ResumeArgs) -> Result<()> {
             resumed.lost
         );
     }
+    recorder.meta("status", "running")?;
     execute(&run_args, dir, prepared, recorder)
 }
 

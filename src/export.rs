@@ -717,7 +717,7 @@ fn read_image(path: &Path, c: usize, side: usize) -> Result<Vec<u8>> {
             if g.dimensions() != (side32, side32) {
                 g = image::imageops::resize(&g, side32, side32, filter);
             }
-            Ok(g.into_raw().into_iter().map(|v| v / 2).collect())
+            Ok(g.into_raw())
         }
         3 => {
             let mut rgb = img.to_rgb8();

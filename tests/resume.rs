@@ -319,6 +319,49 @@ fn resume_refuses_what_it_cannot_continue() {
     let before = std::fs::read(bad.join("run.db")).unwrap();
     assert_one_line_error(&resume(&bad).output().unwrap(), "corrupt");
     assert_eq!(std::fs::read(bad.join("run.db")).unwrap(), before);
+    // A database from a newer autoagent: refused, left as it was.
+    let newer = tmp.path().join("newer");
+    std::fs::create_dir(&newer).unwrap();
+    {
+        let c = rusqlite::Connection::open(newer.join("run.db")).unwrap();
+        c.execute_batch("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL); PRAGMA user_version = 99;")
+            .unwrap();
+    }
+    let before = std::fs::read(newer.join("run.db")).unwrap();
+    assert_one_line_error(&resume(&newer).output().unwrap(), "schema version 99, newer than this autoagent's");
+    assert_eq!(std::fs::read(newer.join("run.db")).unwrap(), before);
+    // A run whose dataset went missing: refused before anything is written.
+    let moved = tmp.path().join("moved");
+    let data = tmp.path().join("mnist-copy");
+    std::fs::create_dir(&data).unwrap();
+    for f in std::fs::read_dir(shared().join("mnist-mini")).unwrap().flatten() {
+        std::fs::copy(f.path(), data.join(f.file_name())).unwrap();
+    }
+    let mut c = bin();
+    c.args([
+        "run",
+        "--task",
+        "mnist",
+        "--epochs",
+        "1",
+        "--no-proxies",
+        "--budget",
+        "1trials",
+        "--no-download",
+        "--data-dir",
+    ])
+    .arg(&data)
+    .arg("--out")
+    .arg(&moved)
+    .arg("--json");
+    finish(c);
+    std::fs::remove_dir_all(&data).unwrap();
+    let db_before = std::fs::read(moved.join("run.db")).unwrap();
+    let o = bin().arg("resume").arg(&moved).args(["--budget", "2trials"]).output().unwrap();
+    assert_one_line_error(&o, "mnist");
+    assert_eq!(outcome(&moved).0.len(), 1, "the finished trial is kept");
+    assert_eq!(store(&moved).meta("status").unwrap().as_deref(), Some("finished"));
+    assert!(std::fs::read(moved.join("run.db")).unwrap().len() >= db_before.len());
     // A run still alive (its writer holds the lock): refused, and the live run is untouched.
     let run = tmp.path().join("live");
     let mut child = spawn_quiet(nb201_run(&run, &tmp.path().join("cache.jsonl"), &["--budget", "40trials", "--k", "8"]));

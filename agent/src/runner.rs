@@ -200,7 +200,6 @@ impl Recorder {
         rewrite_lines(&dir.join("trials.jsonl"), &finished_list)?;
         rewrite_lines(&dir.join("failed.jsonl"), &failed)?;
         rewrite_lines(&dir.join("llm.jsonl"), &exchanges)?;
-        store.set_meta("status", "running")?;
         let resumed = Resumed {
             lost,
             finished: finished.len(),
