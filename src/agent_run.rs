@@ -11,17 +11,14 @@ use autoagent_agent::llm::replay::Replay;
 use autoagent_agent::llm::{Exchange, LlmBackend};
 use autoagent_agent::llm_strategy::{LlmOptions, LlmStrategy};
 use autoagent_agent::prompts::Prompts;
-use autoagent_agent::ranker::Ranker;
+use autoagent_agent::ranker::{Ranker, RankerConfig};
 use autoagent_agent::runner::{run_loop, LoopOptions, Recorder, Summary};
 use autoagent_agent::strategy::{Evolution, RandomSearch, Strategy};
 use autoagent_agent::task::{search_split, Evaluator, Nb201Dataset, TableEvaluator};
 use autoagent_agent::trial::{ProcessEvaluator, TrialSpec, SPEC_VERSION};
 use autoagent_evaluator::data::{self, DatasetKind};
-use autoagent_evaluator::proxy::proxy_batch;
 use autoagent_evaluator::table::Nb201Table;
 use autoagent_evaluator::train::{parse_device, TrainConfig};
-use autoagent_proxies::cache::ScoreCache;
-use autoagent_proxies::registry::parse_list;
 use clap::Args;
 
 use crate::DataArgs;
@@ -270,14 +267,7 @@ fn prepare(args: &RunArgs, backend: Option<Arc<dyn LlmBackend>>, dir: &Path) -> 
     // The task.
     let (evaluator, image_kind): (Box<dyn Evaluator>, DatasetKind) = if let Some(ds) = args.task.strip_prefix("nb201:") {
         let dataset = Nb201Dataset::from_name(ds).with_context(|| format!("unknown NB201 dataset '{ds}' (available: cifar10, cifar100, imagenet16)"))?;
-        let truth = args.truth.clone().unwrap_or_else(|| data::data_root(None).join("nb201").join("nb201.csv"));
-        if !truth.is_file() {
-            bail!(
-                "no NB201 table at {} (pass --truth FILE, or convert the official archive with `autoagent import nats`)",
-                truth.display()
-            );
-        }
-        let table = Arc::new(Nb201Table::load(&truth)?);
+        let table = Arc::new(Nb201Table::load_or_default(args.truth.as_deref())?.0);
         let images = DatasetKind::from_name(&args.images).with_context(|| format!("unknown image dataset '{}'", args.images))?;
         (
             Box::new(TableEvaluator::new(table, dataset, args.fidelity).map_err(anyhow::Error::msg)?),
@@ -351,17 +341,16 @@ fn prepare(args: &RunArgs, backend: Option<Arc<dyn LlmBackend>>, dir: &Path) -> 
     let ranker = if args.no_proxies {
         None
     } else {
-        let proxies = parse_list(&args.proxies).map_err(anyhow::Error::msg)?;
-        let data = data::open(image_kind, &root, !args.data.no_download)?;
-        let batch = proxy_batch(&data, args.proxy_batch_size, args.proxy_seed, &device)?;
-        let batch_id = format!("{}:b{}:s{}", image_kind.name(), args.proxy_batch_size, args.proxy_seed);
-        let cache_path = args
-            .proxy_cache
-            .clone()
-            .unwrap_or_else(|| autoagent_benchmarks::proxies_nb201::default_cache(image_kind.name(), args.proxy_batch_size));
-        let cache = ScoreCache::open(&cache_path)?;
-        let (c, h, _) = image_kind.image_shape();
-        Some(Ranker::new(proxies, batch, batch_id, args.proxy_seed, cache, (image_kind.num_classes(), c, h)))
+        Some(Ranker::build(&RankerConfig {
+            proxies: &args.proxies,
+            images: image_kind,
+            data_root: &root,
+            download: !args.data.no_download,
+            batch_size: args.proxy_batch_size,
+            seed: args.proxy_seed,
+            cache: args.proxy_cache.clone(),
+            device: &device,
+        })?)
     };
     Ok(Prepared {
         evaluator,

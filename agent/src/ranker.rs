@@ -3,7 +3,9 @@
 //! ordered by the log-rank ensemble of the members ([`autoagent_proxies::ensemble`]).
 
 use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 
+use autoagent_evaluator::data::{self, DatasetKind};
 use autoagent_evaluator::nb201::Arch;
 use autoagent_evaluator::net::Nb201Config;
 use autoagent_evaluator::proxy::Nb201Candidate;
@@ -39,7 +41,68 @@ pub struct Ranker {
 /// two CPU cores takes 0.06 to 0.6 s per proxy).
 const FIRST_SCORE_SECONDS: f64 = 1.0;
 
+/// The default score cache for `images` and a batch size, in the user cache directory; the
+/// agent's proxy ranking and `autoagent bench proxies` share it.
+pub fn default_cache(images: &str, batch_size: usize) -> PathBuf {
+    data::data_root(None)
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(std::env::temp_dir)
+        .join("bench")
+        .join(format!("proxies-nb201-{images}-b{batch_size}.jsonl"))
+}
+
+/// What a ranker is built from ([`Ranker::build`]).
+#[derive(Debug, Clone)]
+pub struct RankerConfig<'a> {
+    /// Member proxies, comma-separated (`synflow,naswot,jacob_cov`).
+    pub proxies: &'a str,
+    /// Dataset whose images the proxies see (and whose classes the networks have).
+    pub images: DatasetKind,
+    /// Data root (or a folder holding the dataset).
+    pub data_root: &'a Path,
+    /// Download the dataset when missing.
+    pub download: bool,
+    /// Images in the proxies' batch.
+    pub batch_size: usize,
+    /// Seed of the batch and the networks' initialisation.
+    pub seed: u64,
+    /// Score cache file (default: [`default_cache`]).
+    pub cache: Option<PathBuf>,
+    /// Device the proxies run on.
+    pub device: &'a candle_core::Device,
+}
+
+/// Why a ranker could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum RankerError {
+    /// Unknown proxy names.
+    #[error("{0}")]
+    Proxies(String),
+    /// The images are missing or broken.
+    #[error(transparent)]
+    Data(#[from] autoagent_evaluator::data::DataError),
+    /// The batch could not be drawn.
+    #[error(transparent)]
+    Batch(#[from] autoagent_evaluator::Error),
+    /// The cache cannot be opened.
+    #[error(transparent)]
+    Cache(#[from] autoagent_proxies::cache::CacheError),
+}
+
 impl Ranker {
+    /// The ranker `cfg` describes: its proxies, one batch of the dataset's images, its cache.
+    pub fn build(cfg: &RankerConfig) -> Result<Self, RankerError> {
+        let proxies = autoagent_proxies::registry::parse_list(cfg.proxies).map_err(RankerError::Proxies)?;
+        let data = data::open(cfg.images, cfg.data_root, cfg.download)?;
+        let batch = autoagent_evaluator::proxy::proxy_batch(&data, cfg.batch_size, cfg.seed, cfg.device)?;
+        let batch_id = format!("{}:b{}:s{}", cfg.images.name(), cfg.batch_size, cfg.seed);
+        let cache_path = cfg.cache.clone().unwrap_or_else(|| default_cache(cfg.images.name(), cfg.batch_size));
+        let cache = ScoreCache::open(&cache_path)?;
+        let (c, h, _) = cfg.images.image_shape();
+        Ok(Ranker::new(proxies, batch, batch_id, cfg.seed, cache, (cfg.images.num_classes(), c, h)))
+    }
+
     /// A ranker of networks for `classes` classes and `channels × size × size` images.
     pub fn new(proxies: Vec<Box<dyn Proxy>>, batch: Batch, batch_id: String, seed: u64, cache: ScoreCache, shape: (usize, usize, usize)) -> Self {
         Ranker {

@@ -237,16 +237,7 @@ struct Row {
     beats_params: Option<bool>,
 }
 
-/// The default score cache for `images` and a batch size, in the user cache directory; the
-/// benchmark and the agent's proxy ranking share it.
-pub fn default_cache(images: &str, batch_size: usize) -> PathBuf {
-    data::data_root(None)
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_else(std::env::temp_dir)
-        .join("bench")
-        .join(format!("proxies-nb201-{images}-b{batch_size}.jsonl"))
-}
+pub use autoagent_agent::ranker::default_cache;
 
 /// Run the benchmark and print (and optionally write) its table.
 pub fn run(args: &ProxiesBenchArgs) -> Result<()> {
@@ -283,14 +274,7 @@ pub fn run(args: &ProxiesBenchArgs) -> Result<()> {
         m
     };
 
-    let truth_path = args.truth.clone().unwrap_or_else(|| data::data_root(None).join("nb201").join("nb201.csv"));
-    if !truth_path.is_file() {
-        bail!(
-            "no NB201 table at {} (pass --truth FILE in the interchange format, or convert the official archive with `autoagent import nats`)",
-            truth_path.display()
-        );
-    }
-    let table = Nb201Table::load(&truth_path)?;
+    let (table, truth_path) = Nb201Table::load_or_default(args.truth.as_deref())?;
     let mut metrics = Vec::new();
     for (name, (label, default, valid)) in &datasets {
         let metric = args.metric.clone().unwrap_or_else(|| default.to_string());

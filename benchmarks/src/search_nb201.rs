@@ -26,19 +26,14 @@ use autoagent_agent::llm::config::{build_backend, LlmConfig};
 use autoagent_agent::llm::LlmBackend;
 use autoagent_agent::llm_strategy::{LlmOptions, LlmStrategy};
 use autoagent_agent::prompts::Prompts;
-use autoagent_agent::ranker::Ranker;
+use autoagent_agent::ranker::{Ranker, RankerConfig};
 use autoagent_agent::runner::{run_loop, LoopOptions, Recorder, Summary};
 use autoagent_agent::strategy::{Evolution, RandomSearch, Strategy};
 use autoagent_agent::task::{Evaluator, Nb201Dataset, TableEvaluator};
 use autoagent_evaluator::data::{self, DatasetKind};
-use autoagent_evaluator::proxy::proxy_batch;
 use autoagent_evaluator::table::Nb201Table;
 use autoagent_evaluator::train::parse_device;
-use autoagent_proxies::cache::ScoreCache;
-use autoagent_proxies::registry::parse_list;
 use serde::{Deserialize, Serialize};
-
-use crate::proxies_nb201::default_cache;
 
 /// Options of `autoagent bench search`.
 #[derive(Debug, Clone, clap::Args)]
@@ -322,28 +317,23 @@ pub fn run(args: &SearchBenchArgs) -> Result<()> {
     };
     let prompts = Arc::new(Prompts::load(None)?);
 
-    let truth = args.truth.clone().unwrap_or_else(|| data::data_root(None).join("nb201").join("nb201.csv"));
-    if !truth.is_file() {
-        bail!(
-            "no NB201 table at {} (pass --truth FILE, or convert the official archive with `autoagent import nats`)",
-            truth.display()
-        );
-    }
-    let table = Arc::new(Nb201Table::load(&truth)?);
+    let table = Arc::new(Nb201Table::load_or_default(args.truth.as_deref())?.0);
     // Validates the columns (and the fidelity) before any run starts.
     TableEvaluator::new(table.clone(), dataset, args.fidelity).map_err(anyhow::Error::msg)?;
 
     let mut ranker = if rankings.contains(&true) {
         let kind = DatasetKind::from_name(&args.images).with_context(|| format!("unknown image dataset '{}'", args.images))?;
-        let proxies = parse_list(&args.proxies).map_err(anyhow::Error::msg)?;
         let root = data::data_root(args.data_dir.as_deref());
-        let images = data::open(kind, &root, true)?;
-        let batch = proxy_batch(&images, args.proxy_batch_size, args.proxy_seed, &device)?;
-        let batch_id = format!("{}:b{}:s{}", kind.name(), args.proxy_batch_size, args.proxy_seed);
-        let cache_path = args.proxy_cache.clone().unwrap_or_else(|| default_cache(kind.name(), args.proxy_batch_size));
-        let cache = ScoreCache::open(&cache_path)?;
-        let (c, h, _) = kind.image_shape();
-        Some(Ranker::new(proxies, batch, batch_id, args.proxy_seed, cache, (kind.num_classes(), c, h)))
+        Some(Ranker::build(&RankerConfig {
+            proxies: &args.proxies,
+            images: kind,
+            data_root: &root,
+            download: true,
+            batch_size: args.proxy_batch_size,
+            seed: args.proxy_seed,
+            cache: args.proxy_cache.clone(),
+            device: &device,
+        })?)
     } else {
         None
     };

@@ -26,6 +26,9 @@ pub enum Error {
     /// Tensor errors from candle.
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
+    /// A file the command needs is not there (the message says how to get it).
+    #[error("{0}")]
+    Missing(String),
     /// File system errors with the path involved.
     #[error("{path}: {source}")]
     Io {

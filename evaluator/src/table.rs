@@ -25,7 +25,7 @@
 //!   `hwnb_{edgegpu,raspi4,pixel3,edgetpu,eyeriss,fpga}_latency_ms` (−1 where not measured).
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
 use crate::nb201::Arch;
@@ -41,6 +41,21 @@ pub struct Nb201Table {
 }
 
 impl Nb201Table {
+    /// The table at `truth`, or by default `nb201/nb201.csv` in the data cache; a missing file
+    /// says how to get one. Returns the table and the path it was read from.
+    pub fn load_or_default(truth: Option<&Path>) -> Result<(Self, PathBuf)> {
+        let path = truth
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| crate::data::data_root(None).join("nb201").join("nb201.csv"));
+        if !path.is_file() {
+            return Err(Error::Missing(format!(
+                "no NB201 table at {} (pass --truth FILE in the interchange format, or convert the official archive with `autoagent import nats`)",
+                path.display()
+            )));
+        }
+        Ok((Self::load(&path)?, path))
+    }
+
     /// Read a table in the interchange format (see the module docs).
     pub fn load(path: &Path) -> Result<Self> {
         let bad = |msg: String| Error::Config(format!("{}: {msg}", path.display()));
