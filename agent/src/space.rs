@@ -53,7 +53,10 @@ pub fn describe() -> SpaceInfo {
             })
             .collect(),
         format: "|OP~0|+|OP~0|OP~1|+|OP~0|OP~1|OP~2|",
-        example: "|nor_conv_3x3~0|+|nor_conv_3x3~0|avg_pool_3x3~1|+|skip_connect~0|nor_conv_3x3~1|skip_connect~2|".into(),
+        // A cell of median accuracy (90.71 % on CIFAR-10, the median is 90.75 %): a model that
+        // copies the example gets no head start from it (the earlier example ranked 258th of
+        // 15,625, and SmolLM2 copied it).
+        example: "|avg_pool_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|none~0|avg_pool_3x3~1|nor_conv_1x1~2|".into(),
         rules: vec![
             "a cell has 4 nodes; node 0 is the cell input and node 3 its output",
             "node j sums one operation applied to every earlier node i, written OP~i; the groups for nodes 1, 2, 3 are joined by '+'",
