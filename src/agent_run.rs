@@ -84,6 +84,10 @@ pub(crate) struct RunArgs {
     /// so a cell's cached score serves every run whatever its --seed.
     #[arg(long, default_value_t = 0)]
     proxy_seed: u64,
+    /// Score a round's candidates several at a time (true) or one after another (false).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    #[serde(default = "yes")]
+    proxy_parallel: bool,
     /// Proxy score cache (JSON lines, shared with `bench proxies`; default: in the user cache directory).
     #[arg(long)]
     proxy_cache: Option<PathBuf>,
@@ -127,6 +131,10 @@ pub(crate) struct RunArgs {
     #[command(flatten)]
     #[serde(default)]
     data: DataArgs,
+}
+
+fn yes() -> bool {
+    true
 }
 
 fn default_log_cap() -> f64 {
@@ -350,6 +358,7 @@ fn prepare(args: &RunArgs, backend: Option<Arc<dyn LlmBackend>>, dir: &Path) -> 
             seed: args.proxy_seed,
             cache: args.proxy_cache.clone(),
             device: &device,
+            parallel: args.proxy_parallel,
         })?)
     };
     Ok(Prepared {

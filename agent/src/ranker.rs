@@ -35,6 +35,8 @@ pub struct Ranker {
     shape: (usize, usize, usize),
     /// Seconds and count of the scores this ranker computed, per proxy (for estimates).
     measured: Vec<(f64, usize)>,
+    /// Score several architectures at a time.
+    parallel: bool,
 }
 
 /// Seconds a proxy score is assumed to take before one has been measured (a NB201 network on
@@ -71,6 +73,8 @@ pub struct RankerConfig<'a> {
     pub cache: Option<PathBuf>,
     /// Device the proxies run on.
     pub device: &'a candle_core::Device,
+    /// Score several architectures at a time (see [`Ranker::set_parallel`]).
+    pub parallel: bool,
 }
 
 /// Why a ranker could not be built.
@@ -100,13 +104,16 @@ impl Ranker {
         let cache_path = cfg.cache.clone().unwrap_or_else(|| default_cache(cfg.images.name(), cfg.batch_size));
         let cache = ScoreCache::open(&cache_path)?;
         let (c, h, _) = cfg.images.image_shape();
-        Ok(Ranker::new(proxies, batch, batch_id, cfg.seed, cache, (cfg.images.num_classes(), c, h)))
+        let mut ranker = Ranker::new(proxies, batch, batch_id, cfg.seed, cache, (cfg.images.num_classes(), c, h));
+        ranker.set_parallel(cfg.parallel);
+        Ok(ranker)
     }
 
     /// A ranker of networks for `classes` classes and `channels × size × size` images.
     pub fn new(proxies: Vec<Box<dyn Proxy>>, batch: Batch, batch_id: String, seed: u64, cache: ScoreCache, shape: (usize, usize, usize)) -> Self {
         Ranker {
             measured: vec![(0.0, 0); proxies.len()],
+            parallel: false,
             proxies,
             batch,
             batch_id,
@@ -114,6 +121,11 @@ impl Ranker {
             cache,
             shape,
         }
+    }
+
+    /// Compute missing scores several architectures at a time (on the rayon pool).
+    pub fn set_parallel(&mut self, parallel: bool) {
+        self.parallel = parallel;
     }
 
     /// The member names.
@@ -149,28 +161,41 @@ impl Ranker {
     }
 
     /// Score `archs`; returns their scores (in order) and the device seconds spent computing
-    /// (cached scores cost nothing).
+    /// (cached scores cost nothing). Missing scores are computed several architectures at a time
+    /// when the ranker is parallel ([`Ranker::set_parallel`]); the seconds are then wall time.
     pub fn score(&mut self, archs: &[Arch]) -> Result<(Vec<Scored>, f64), autoagent_proxies::cache::CacheError> {
         let mut columns = vec![vec![f64::NAN; archs.len()]; self.proxies.len()];
         let mut ms = vec![vec![0.0; archs.len()]; self.proxies.len()];
-        let mut seconds = 0.0;
-        for (ai, arch) in archs.iter().enumerate() {
-            let candidate = self.candidate(arch);
-            for (pi, p) in self.proxies.iter().enumerate() {
-                let scored = self.cache.score(p.as_ref(), &candidate, &self.batch, &self.batch_id, self.seed)?;
+        let candidates: Vec<Nb201Candidate> = archs.iter().map(|a| self.candidate(a)).collect();
+        let refs: Vec<&dyn autoagent_proxies::Candidate> = candidates.iter().map(|c| c as &dyn autoagent_proxies::Candidate).collect();
+        let proxies: Vec<&dyn Proxy> = self.proxies.iter().map(|p| p.as_ref()).collect();
+        let started = std::time::Instant::now();
+        let grid = self.cache.score_grid(&proxies, &refs, &self.batch, &self.batch_id, self.seed, self.parallel)?;
+        self.cache.flush()?;
+        let wall = started.elapsed().as_secs_f64();
+        // Seconds and count of the scores computed now, per proxy.
+        let mut now = vec![(0.0f64, 0usize); self.proxies.len()];
+        for (ai, row) in grid.iter().enumerate() {
+            for (pi, scored) in row.iter().enumerate() {
                 if scored.computed {
-                    seconds += scored.ms / 1e3;
-                    self.measured[pi].0 += scored.ms / 1e3;
-                    self.measured[pi].1 += 1;
+                    now[pi].0 += scored.ms / 1e3;
+                    now[pi].1 += 1;
                 }
                 if let Some(e) = &scored.error {
-                    tracing::warn!("{} of {arch} failed: {e}", p.name());
+                    tracing::warn!("{} of {} failed: {e}", self.proxies[pi].name(), archs[ai]);
                 }
                 ms[pi][ai] = scored.ms;
-                let value = scored.value;
-                columns[pi][ai] = value.unwrap_or(f64::NAN);
+                columns[pi][ai] = scored.value.unwrap_or(f64::NAN);
             }
-            self.cache.flush()?;
+        }
+        let summed: f64 = now.iter().map(|n| n.0).sum();
+        let seconds = if summed > 0.0 { wall } else { 0.0 };
+        // Scores computed side by side each took longer than alone: the means behind the
+        // estimates are kept in wall time.
+        let factor = if summed > 0.0 { wall / summed } else { 1.0 };
+        for (m, n) in self.measured.iter_mut().zip(&now) {
+            m.0 += n.0 * factor;
+            m.1 += n.1;
         }
         let refs: Vec<&[f64]> = columns.iter().map(Vec::as_slice).collect();
         let ensemble = if refs.len() > 1 { log_rank_aggregate(&refs) } else { refs[0].to_vec() };

@@ -90,6 +90,9 @@ pub struct SearchBenchArgs {
     /// Dataset whose images the proxies see.
     #[arg(long, default_value = "cifar10")]
     pub images: String,
+    /// Score a round's candidates several at a time (true) or one after another (false).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub proxy_parallel: bool,
     /// Proxy score cache (default: the one `bench proxies` and `run` use).
     #[arg(long)]
     pub proxy_cache: Option<PathBuf>,
@@ -333,6 +336,7 @@ pub fn run(args: &SearchBenchArgs) -> Result<()> {
             seed: args.proxy_seed,
             cache: args.proxy_cache.clone(),
             device: &device,
+            parallel: args.proxy_parallel,
         })?)
     } else {
         None

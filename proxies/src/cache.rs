@@ -237,6 +237,88 @@ impl ScoreCache {
         })
     }
 
+    /// Every proxy's score of every candidate, `[candidate][proxy]`, as [`ScoreCache::score`]
+    /// gives them one by one; but the scores the cache lacks are computed first, each distinct key
+    /// once (isomorphic candidates share their work), and with `parallel` several at a time on the
+    /// rayon pool (their kernels run on the same pool, so small networks that cannot keep every
+    /// thread busy alone are scored side by side). Scores are appended in candidate then proxy
+    /// order whatever the order of computing.
+    pub fn score_grid(
+        &mut self,
+        proxies: &[&dyn Proxy],
+        candidates: &[&dyn Candidate],
+        batch: &Batch,
+        batch_id: &str,
+        seed: u64,
+        parallel: bool,
+    ) -> Result<Vec<Vec<Scored>>, CacheError> {
+        use rayon::prelude::*;
+        // The missing keys, first occurrence of each.
+        let mut missing: Vec<(CacheKey, usize, usize)> = Vec::new();
+        for (ci, c) in candidates.iter().enumerate() {
+            for (pi, p) in proxies.iter().enumerate() {
+                let key = Self::key_of(*p, *c, batch_id, seed);
+                if self.get(&key).is_none() && !missing.iter().any(|(k, _, _)| *k == key) {
+                    missing.push((key, ci, pi));
+                }
+            }
+        }
+        let compute = |&(_, ci, pi): &(CacheKey, usize, usize)| {
+            let t = std::time::Instant::now();
+            let r = proxies[pi].score(candidates[ci], batch, seed);
+            (r, t.elapsed().as_secs_f64() * 1e3)
+        };
+        let results: Vec<_> = if parallel {
+            missing.par_iter().map(compute).collect()
+        } else {
+            missing.iter().map(compute).collect()
+        };
+        let mut fresh: HashMap<CacheKey, (Option<f64>, f64, Option<String>)> = HashMap::new();
+        for ((key, _, _), (r, ms)) in missing.into_iter().zip(results) {
+            let (value, error) = match r {
+                Ok(v) if v.is_finite() => (Some(v), None),
+                Ok(_) => (None, None),
+                Err(e) => (None, Some(e.to_string())),
+            };
+            self.put(CacheLine {
+                key: key.0.clone(),
+                proxy: key.1.clone(),
+                seed: key.2,
+                batch: key.3.clone(),
+                value,
+                ms,
+                error: error.clone(),
+            })?;
+            fresh.insert(key, (value, ms, error));
+        }
+        let mut out = Vec::with_capacity(candidates.len());
+        for c in candidates {
+            let mut row = Vec::with_capacity(proxies.len());
+            for p in proxies {
+                let key = Self::key_of(*p, *c, batch_id, seed);
+                row.push(match fresh.remove(&key) {
+                    Some((value, ms, error)) => Scored {
+                        value,
+                        ms,
+                        computed: true,
+                        error,
+                    },
+                    None => {
+                        let (value, ms) = self.get(&key).expect("every key was scored");
+                        Scored {
+                            value,
+                            ms,
+                            computed: false,
+                            error: None,
+                        }
+                    }
+                });
+            }
+            out.push(row);
+        }
+        Ok(out)
+    }
+
     /// Flush appended entries to the file.
     pub fn flush(&mut self) -> Result<(), CacheError> {
         self.file.flush().map_err(|source| CacheError::Io {

@@ -1,0 +1,60 @@
+//! The proxy ranker on real CIFAR-10 images: parallel and sequential scoring give the same
+//! scores, each distinct (canonical cell, proxy) is computed once even when a round holds
+//! isomorphic cells, and a second round reads everything from the cache.
+
+use std::path::PathBuf;
+
+use autoagent_agent::ranker::{Ranker, RankerConfig};
+use autoagent_evaluator::data::DatasetKind;
+use autoagent_evaluator::nb201::Arch;
+use rand::SeedableRng;
+
+fn images() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/cifar10-mini")
+}
+
+fn ranker(cache: PathBuf, parallel: bool) -> Ranker {
+    Ranker::build(&RankerConfig {
+        proxies: "synflow,naswot,jacob_cov",
+        images: DatasetKind::Cifar10,
+        data_root: &images(),
+        download: false,
+        batch_size: 16,
+        seed: 0,
+        cache: Some(cache),
+        device: &candle_core::Device::Cpu,
+        parallel,
+    })
+    .unwrap()
+}
+
+#[test]
+fn parallel_scoring_equals_sequential_and_computes_each_key_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(11);
+    let mut archs: Vec<Arch> = (0..5).map(|_| Arch::sample(&mut rng)).collect();
+    // The same cell twice in one round: one key, computed once.
+    archs.push(archs[0]);
+    let (seq, seq_s) = ranker(dir.path().join("a.jsonl"), false).score(&archs).unwrap();
+    let mut par = ranker(dir.path().join("b.jsonl"), true);
+    let (par_scores, par_s) = par.score(&archs).unwrap();
+    assert!(seq_s > 0.0 && par_s > 0.0);
+    for (a, b) in seq.iter().zip(&par_scores) {
+        assert_eq!(a.rank_score, b.rank_score);
+        for (name, v) in &a.proxies {
+            let w = b.proxies[name];
+            match (v, w) {
+                (Some(x), Some(y)) => assert!((x - y).abs() <= 1e-9 * x.abs().max(y.abs()), "{name}: {x} vs {y}"),
+                (x, y) => assert_eq!(*x, y, "{name}"),
+            }
+        }
+    }
+    // One line per distinct key: 5 cells (the sixth repeats the first) × 3 proxies.
+    let lines = std::fs::read_to_string(dir.path().join("b.jsonl")).unwrap().lines().count();
+    let distinct: std::collections::BTreeSet<String> = archs.iter().map(|a| a.canonical()).collect();
+    assert_eq!(lines, distinct.len() * 3);
+    // Everything is cached now: no device time.
+    let (again, s) = par.score(&archs).unwrap();
+    assert_eq!(s, 0.0);
+    assert_eq!(again, par_scores);
+}
