@@ -13,7 +13,7 @@ use autoagent_agent::llm_strategy::{LlmOptions, LlmStrategy};
 use autoagent_agent::prompts::Prompts;
 use autoagent_agent::ranker::{Ranker, RankerConfig};
 use autoagent_agent::runner::{run_loop, LoopOptions, Recorder, Summary};
-use autoagent_agent::strategy::{Evolution, RandomSearch, Strategy};
+use autoagent_agent::strategy::{Evolution, LocalSearch, RandomSearch, Strategy};
 use autoagent_agent::task::{search_split, Evaluator, Nb201Dataset, TableEvaluator};
 use autoagent_agent::trial::{ProcessEvaluator, TrialSpec, SPEC_VERSION};
 use autoagent_evaluator::data::{self, DatasetKind};
@@ -32,7 +32,7 @@ pub(crate) struct RunArgs {
     /// Budget: 50gpuh, 90m, 2h, 3600s or 200trials.
     #[arg(long, default_value = "100trials")]
     budget: String,
-    /// Strategy: random, evolution or llm (default: llm when --llm names a backend, else evolution).
+    /// Strategy: random, evolution, local or llm (default: llm when --llm names a backend, else evolution).
     #[arg(long)]
     strategy: Option<String>,
     /// LLM backend: none, openai (any OpenAI-compatible server) or local (a GGUF model in-process).
@@ -107,7 +107,8 @@ pub(crate) struct RunArgs {
     /// Training epochs per trial on training tasks.
     #[arg(long, default_value_t = 1)]
     epochs: usize,
-    /// Regularized evolution's population and tournament sizes.
+    /// Regularized evolution's population and tournament sizes (local search starts from
+    /// `--population` random cells).
     #[arg(long, default_value_t = 10)]
     population: usize,
     #[arg(long, default_value_t = 3)]
@@ -322,6 +323,7 @@ fn prepare(args: &RunArgs, backend: Option<Arc<dyn LlmBackend>>, dir: &Path) -> 
         .unwrap_or_else(|| if backend.is_some() { "llm" } else { "evolution" }.to_string());
     let strategy: Box<dyn Strategy> = match strategy_name.as_str() {
         "random" => Box::new(RandomSearch::new(args.seed)),
+        "local" => Box::new(LocalSearch::new(args.seed, args.population)),
         "evolution" => {
             if args.population == 0 || args.tournament == 0 {
                 bail!("--population and --tournament must be at least 1");
@@ -342,7 +344,7 @@ fn prepare(args: &RunArgs, backend: Option<Arc<dyn LlmBackend>>, dir: &Path) -> 
             };
             Box::new(LlmStrategy::new(b, prompts.clone(), evaluator.info(), options, 0))
         }
-        other => bail!("unknown strategy '{other}' (available: random, evolution, llm)"),
+        other => bail!("unknown strategy '{other}' (available: random, evolution, local, llm)"),
     };
 
     // Proxy ranking.

@@ -4,7 +4,7 @@
 use std::collections::VecDeque;
 
 use autoagent_evaluator::nb201::Arch;
-use rand::seq::IndexedRandom;
+use rand::seq::{IndexedRandom, SliceRandom};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
@@ -141,6 +141,86 @@ impl Strategy for Evolution {
     }
 }
 
+/// Local search (White, Nolen, Savani, ICML 2021 workshop: "local search is state of the art for
+/// NAS benchmarks"): after `init` random cells, propose the one-edge neighbours of the best cell
+/// evaluated so far that have not been evaluated (in random order, so that proxy ranking chooses
+/// among all of them); once every neighbour of the best is evaluated (a local optimum), those of
+/// the next best; random cells when every explored cell's neighbourhood is spent.
+pub struct LocalSearch {
+    rng: ChaCha8Rng,
+    init: usize,
+}
+
+impl LocalSearch {
+    /// Local search drawing from `seed`, starting after `init` evaluated random cells.
+    pub fn new(seed: u64, init: usize) -> Self {
+        LocalSearch {
+            rng: ChaCha8Rng::seed_from_u64(seed),
+            init: init.max(1),
+        }
+    }
+}
+
+/// The 24 cells one edge away from `arch`.
+pub fn neighbours(arch: &Arch) -> Vec<Arch> {
+    let mut out = Vec::new();
+    for edge in 0..arch.ops.len() {
+        for op in autoagent_evaluator::nb201::Op::ALL {
+            if op != arch.ops[edge] {
+                let mut n = *arch;
+                n.ops[edge] = op;
+                out.push(n);
+            }
+        }
+    }
+    out
+}
+
+#[async_trait::async_trait]
+impl Strategy for LocalSearch {
+    fn name(&self) -> &'static str {
+        "local"
+    }
+
+    async fn ask(&mut self, history: &History, k: usize) -> Result<Asked, StrategyError> {
+        let evaluated = history.trials.iter().filter(|t| t.accuracy.is_some()).count();
+        let mut proposals: Vec<Proposal> = Vec::with_capacity(k);
+        if evaluated >= self.init {
+            let mut taken: Vec<String> = Vec::new();
+            for best in history.best(history.trials.len()) {
+                let mut around = neighbours(&best.arch);
+                around.shuffle(&mut self.rng);
+                for n in around {
+                    let c = n.canonical();
+                    if history.seen(&n) || taken.contains(&c) {
+                        continue;
+                    }
+                    taken.push(c);
+                    proposals.push(Proposal {
+                        arch: n,
+                        origin: Origin::Mutation { parent: best.arch.to_string() },
+                    });
+                    if proposals.len() == k {
+                        return Ok(Asked { proposals, ..Asked::default() });
+                    }
+                }
+                if !proposals.is_empty() {
+                    break;
+                }
+            }
+        }
+        while proposals.len() < k {
+            proposals.push(Proposal {
+                arch: Arch::sample(&mut self.rng),
+                origin: Origin::Random,
+            });
+        }
+        Ok(Asked { proposals, ..Asked::default() })
+    }
+
+    fn tell(&mut self, _trial: &Trial) {}
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -183,6 +263,39 @@ mod tests {
         e.tell(&trial(first.proposals[2].arch, 10.0));
         assert_eq!(e.population.len(), 3);
         assert_eq!(e.population.front().unwrap().0, best);
+    }
+
+    #[tokio::test]
+    async fn local_search_walks_the_neighbourhood_of_the_best() {
+        let mut l = LocalSearch::new(2, 2);
+        let mut h = History::default();
+        // Random until two cells are evaluated.
+        let first = l.ask(&h, 4).await.unwrap().proposals;
+        assert!(first.iter().all(|p| p.origin == Origin::Random));
+        let best = Arch::parse("|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|skip_connect~0|nor_conv_3x3~1|nor_conv_1x1~2|").unwrap();
+        h.trials.push(trial(first[0].arch, 50.0));
+        h.trials.push(trial(best, 94.0));
+        // Then every unevaluated neighbour of the best, once each: 24 cells, some isomorphic.
+        let next = l.ask(&h, 100).await.unwrap().proposals;
+        let from_best: Vec<_> = next.iter().filter(|p| p.origin == Origin::Mutation { parent: best.to_string() }).collect();
+        let distinct: std::collections::BTreeSet<String> = neighbours(&best).iter().map(|a| a.canonical()).collect();
+        assert_eq!(from_best.len(), distinct.len());
+        for p in &from_best {
+            assert_eq!(p.arch.ops.iter().zip(best.ops.iter()).filter(|(a, b)| a != b).count(), 1);
+        }
+        // A local optimum: every neighbour evaluated (and worse) moves on to the next best.
+        for n in neighbours(&best) {
+            let mut t = trial(n, 10.0);
+            t.id = h.trials.len();
+            h.trials.push(t);
+        }
+        let after = l.ask(&h, 3).await.unwrap().proposals;
+        assert!(after.iter().all(|p| p.origin
+            == Origin::Mutation {
+                parent: first[0].arch.to_string()
+            }
+            || p.origin == Origin::Random));
+        assert_eq!(after.len(), 3);
     }
 
     #[tokio::test]

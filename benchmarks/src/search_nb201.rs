@@ -28,7 +28,7 @@ use autoagent_agent::llm_strategy::{LlmOptions, LlmStrategy};
 use autoagent_agent::prompts::Prompts;
 use autoagent_agent::ranker::{Ranker, RankerConfig};
 use autoagent_agent::runner::{run_loop, LoopOptions, Recorder, Summary};
-use autoagent_agent::strategy::{Evolution, RandomSearch, Strategy};
+use autoagent_agent::strategy::{Evolution, LocalSearch, RandomSearch, Strategy};
 use autoagent_agent::task::{Evaluator, Nb201Dataset, TableEvaluator};
 use autoagent_evaluator::data::{self, DatasetKind};
 use autoagent_evaluator::table::Nb201Table;
@@ -44,7 +44,7 @@ pub struct SearchBenchArgs {
     /// Dataset of the table: cifar10, cifar100 or imagenet16.
     #[arg(long, default_value = "cifar10")]
     pub dataset: String,
-    /// Strategies, comma-separated: random, evolution, llm (llm needs --llm).
+    /// Strategies, comma-separated: random, evolution, local, llm (llm needs --llm).
     #[arg(long, value_delimiter = ',', default_value = "random,evolution")]
     pub strategies: Vec<String>,
     /// Proxy ranking: both (each strategy with and without), on, or off.
@@ -105,7 +105,7 @@ pub struct SearchBenchArgs {
     /// Epochs of the validation accuracy the strategies see: 12 or 200.
     #[arg(long, default_value_t = 12)]
     pub fidelity: usize,
-    /// Regularized evolution's population size.
+    /// Regularized evolution's population size (and the random cells local search starts from).
     #[arg(long, default_value_t = 10)]
     pub population: usize,
     /// Regularized evolution's tournament size.
@@ -294,8 +294,8 @@ pub fn run(args: &SearchBenchArgs) -> Result<()> {
         other => bail!("bad --ranking '{other}' (use both, on or off)"),
     };
     for s in &args.strategies {
-        if !["random", "evolution", "llm"].contains(&s.as_str()) {
-            bail!("unknown strategy '{s}' (available: random, evolution, llm)");
+        if !["random", "evolution", "local", "llm"].contains(&s.as_str()) {
+            bail!("unknown strategy '{s}' (available: random, evolution, local, llm)");
         }
     }
     if args.strategies.is_empty() {
@@ -388,6 +388,7 @@ pub fn run(args: &SearchBenchArgs) -> Result<()> {
                         let strategy: Box<dyn Strategy> = match strategy_name.as_str() {
                             "random" => Box::new(RandomSearch::new(seed)),
                             "evolution" => Box::new(Evolution::new(seed, args.population, args.tournament)),
+                            "local" => Box::new(LocalSearch::new(seed, args.population)),
                             _ => {
                                 let evaluator = TableEvaluator::new(table.clone(), dataset, args.fidelity).map_err(anyhow::Error::msg)?;
                                 let options = LlmOptions {
