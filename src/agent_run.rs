@@ -71,6 +71,11 @@ pub(crate) struct RunArgs {
     /// Candidates evaluated per round (the best by proxy ranking).
     #[arg(long, default_value_t = 2)]
     top_k: usize,
+    /// With proxy ranking: candidates added to every round beyond the strategy's (mutations of
+    /// the best trial, or random cells before the first), for the proxies to choose among.
+    #[arg(long, default_value_t = 0)]
+    #[serde(default)]
+    explore: usize,
     /// Turn proxy ranking off (candidates are evaluated in proposal order).
     #[arg(long)]
     no_proxies: bool,
@@ -398,6 +403,7 @@ fn execute(args: &RunArgs, dir: &Path, mut prepared: Prepared, mut recorder: Rec
         max_empty_rounds: 3,
         seed: args.seed,
         trial_timeout: args.trial_timeout,
+        explore: args.explore,
     };
     let mut progress = Progress::new(args.json);
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;

@@ -108,6 +108,48 @@ fn evolution_with_proxy_ranking_records_every_trial() {
 }
 
 #[test]
+fn explore_adds_candidates_near_the_best_for_the_proxies_to_rank() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = summary(
+        &run_cmd(
+            dir.path(),
+            &[
+                "--strategy",
+                "local",
+                "--population",
+                "2",
+                "--budget",
+                "6trials",
+                "--k",
+                "3",
+                "--explore",
+                "3",
+                "--json",
+            ],
+        )
+        .output()
+        .unwrap(),
+    );
+    assert_eq!(s["trials"], 6);
+    // Three rounds of 3 proposals plus 3 explored candidates each, all ranked.
+    assert_eq!(s["explored"], 9, "{s}");
+    use autoagent_agent::store::Store;
+    let db = autoagent_agent::store::sqlite::SqliteStore::open_read(&dir.path().join("run/run.db")).unwrap();
+    let proposals = db.proposals().unwrap();
+    assert_eq!(proposals.len(), 18);
+    for round in 0..3 {
+        assert_eq!(proposals.iter().filter(|p| p.round == round).count(), 6);
+    }
+    // Without ranking, nothing is added.
+    let s = summary(
+        &run_into(dir.path(), "plain", &["--no-proxies", "--budget", "4trials", "--explore", "3", "--json"])
+            .output()
+            .unwrap(),
+    );
+    assert_eq!(s["explored"], 0);
+}
+
+#[test]
 fn random_search_without_proxies_evaluates_in_proposal_order() {
     let dir = tempfile::tempdir().unwrap();
     let s = summary(

@@ -42,6 +42,9 @@ pub struct LoopOptions {
     pub max_empty_rounds: usize,
     /// Seed of the loop's own draws (the fallback candidates).
     pub seed: u64,
+    /// With ranking: candidates added to every round beyond the strategy's (mutations of the
+    /// best trial, or random cells before the first), for the proxies to choose among.
+    pub explore: usize,
     /// Device seconds one trial may take before it is stopped (pruned); a trial may never take
     /// more than what is left of a time budget either.
     pub trial_timeout: Option<f64>,
@@ -430,6 +433,9 @@ pub struct Summary {
     /// Candidates the loop added itself (mutations of the best trial, or random cells) because
     /// the strategy's round held fewer than `top_k` new ones.
     pub fallback: usize,
+    /// Candidates the loop added to ranked rounds (`explore`).
+    #[serde(default)]
+    pub explored: usize,
     /// LLM usage.
     pub llm: LlmUsage,
     /// Why the loop stopped.
@@ -449,6 +455,7 @@ pub async fn run_loop(
     let mut history = History::default();
     let mut usage = LlmUsage::default();
     let (mut rounds, mut duplicates, mut proxy_seconds, mut empty, mut fallback) = (0usize, 0usize, 0.0f64, 0usize, 0usize);
+    let mut explored = 0usize;
     let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(options.seed ^ 0x5eed_f411);
     let stopped;
     loop {
@@ -503,8 +510,13 @@ pub async fn run_loop(
         }
         // A strategy that keeps proposing what was already evaluated (a small LLM can) must not
         // stall the run: top the round up with mutations of the best trial, or random cells.
+        // With ranking, `explore` more candidates join the round the same way, so the proxies
+        // choose among the strategy's proposals and cells near the best (a small LLM's proposals
+        // are near copies of one another).
+        let wanted = options.top_k.max(fresh.len()) + if ranker.is_some() { options.explore } else { 0 };
+        let before = fresh.len();
         let mut tries = 0;
-        while fresh.len() < options.top_k && tries < 100 {
+        while fresh.len() < wanted && tries < 100 + options.explore * 10 {
             tries += 1;
             let p = match history.best(1).first() {
                 Some(best) => Proposal {
@@ -522,8 +534,11 @@ pub async fn run_loop(
             }
             seen.push(c);
             fresh.push(p);
-            fallback += 1;
         }
+        let added = fresh.len() - before;
+        let topped_up = added.min(options.top_k.saturating_sub(before));
+        fallback += topped_up;
+        explored += added - topped_up;
         if fresh.is_empty() {
             empty += 1;
             if empty >= options.max_empty_rounds {
@@ -662,6 +677,7 @@ pub async fn run_loop(
         proxy_seconds,
         duplicates,
         fallback,
+        explored,
         llm: usage,
         stopped,
     };
@@ -715,6 +731,7 @@ mod tests {
             max_empty_rounds: 3,
             seed: 3,
             trial_timeout: None,
+            explore: 0,
         };
         let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
         let (history, summary) = rt

@@ -90,6 +90,10 @@ pub struct SearchBenchArgs {
     /// Dataset whose images the proxies see.
     #[arg(long, default_value = "cifar10")]
     pub images: String,
+    /// Candidates the loop adds to every ranked round of the llm strategy beyond the LLM's
+    /// (mutations of the best trial, or random cells before the first).
+    #[arg(long, default_value_t = 0)]
+    pub llm_explore: usize,
     /// Score a round's candidates several at a time (true) or one after another (false).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub proxy_parallel: bool,
@@ -177,6 +181,8 @@ struct RunKey {
     llm: Option<String>,
     temperature: Option<f32>,
     history: Option<usize>,
+    #[serde(default)]
+    explore: usize,
 }
 
 /// One finished run.
@@ -258,6 +264,8 @@ struct Row {
     llm_evaluated_share: Option<f64>,
     /// Candidates the loop added because a round held too few new ones.
     fallback: usize,
+    /// Candidates the loop added to ranked rounds (`--llm-explore`).
+    explored: usize,
     proxy_seconds: f64,
     wall_seconds: f64,
 }
@@ -377,6 +385,7 @@ pub fn run(args: &SearchBenchArgs) -> Result<()> {
                     llm: backend.as_ref().filter(|_| strategy_name == "llm").map(|b| b.describe()),
                     temperature: (strategy_name == "llm").then_some(args.temperature),
                     history: (strategy_name == "llm").then_some(args.history),
+                    explore: if strategy_name == "llm" && ranked { args.llm_explore } else { 0 },
                 };
                 let dir = args
                     .runs
@@ -543,6 +552,7 @@ fn one_run(
         max_empty_rounds: 3,
         seed: key.seed,
         trial_timeout: None,
+        explore: key.explore,
     };
     let started = Instant::now();
     let (history, summary) = rt.block_on(run_loop(
@@ -608,6 +618,7 @@ fn row(strategy: &str, ranked: bool, results: &[RunResult], checkpoints: &[usize
             by_llm as f64 / all.max(1) as f64
         }),
         fallback: results.iter().map(|r| r.summary.fallback).sum(),
+        explored: results.iter().map(|r| r.summary.explored).sum(),
         proxy_seconds: results.iter().map(|r| r.summary.proxy_seconds).sum(),
         wall_seconds: results.iter().map(|r| r.wall_seconds).sum(),
     }
@@ -641,11 +652,14 @@ fn markdown(args: &SearchBenchArgs, rows: &[Row], checkpoints: &[usize]) -> Stri
         }
     };
     for r in rows {
-        let label = if r.seeds == args.seeds && r.trials == args.trials {
+        let mut label = if r.seeds == args.seeds && r.trials == args.trials {
             r.strategy.clone()
         } else {
             format!("{} ({} seed{}, {} trials)", r.strategy, r.seeds, if r.seeds == 1 { "" } else { "s" }, r.trials)
         };
+        if r.explored > 0 {
+            label.push_str(&format!(", +{} explored candidates", r.explored));
+        }
         md.push_str(&format!("| {label} | {} |", if r.ranked { "yes" } else { "no" }));
         for n in checkpoints {
             match r.at.iter().find(|(m, _)| m == n) {
