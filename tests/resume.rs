@@ -11,11 +11,11 @@ mod common;
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use autoagent_agent::store::sqlite::SqliteStore;
 use autoagent_agent::store::{Store, TrialState};
-use common::{assert_one_line_error, shared};
+use common::{assert_one_line_error, shared, wait_for};
 use rand::{Rng, SeedableRng};
 
 fn bin() -> Command {
@@ -185,18 +185,6 @@ fn twenty_kills_at_random_moments_and_the_resumed_run_equals_a_clean_one() {
     assert!(String::from_utf8_lossy(&o.stderr).contains("nothing to resume"));
     assert_eq!(outcome(&run).0, trials);
     eprintln!("20 kills over {starts} starts; trial states seen after kills: {states_seen:?}");
-}
-
-/// Poll `cond` every 20 ms for up to `secs`.
-fn wait_for(secs: u64, mut cond: impl FnMut() -> bool) -> bool {
-    let end = Instant::now() + Duration::from_secs(secs);
-    while Instant::now() < end {
-        if cond() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    false
 }
 
 fn running_trial(dir: &Path) -> Option<usize> {

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use autoagent_agent::store::sqlite::SqliteStore;
 use autoagent_agent::store::{Store, TrialRecord, TrialState};
-use common::{assert_one_line_error, shared};
+use common::{assert_one_line_error, shared, wait_for};
 
 fn bin() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_autoagent"));
@@ -107,17 +107,6 @@ fn processes_with(needle: &str) -> Vec<u32> {
         }
     }
     found
-}
-
-fn wait_for(secs: u64, mut cond: impl FnMut() -> bool) -> bool {
-    let end = Instant::now() + Duration::from_secs(secs);
-    while Instant::now() < end {
-        if cond() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    false
 }
 
 fn trial_needle(run: &Path) -> String {

@@ -20,3 +20,16 @@ pub fn assert_one_line_error(o: &Output, needle: &str) {
     assert_eq!(lines.len(), 1, "expected one line, got: {err}");
     assert!(lines[0].starts_with("error: ") && lines[0].contains(needle), "expected '{needle}' in: {err}");
 }
+
+/// Poll `cond` every 20 ms for up to `secs` seconds; whether it held.
+#[allow(dead_code)] // used by some of the test binaries that include this module
+pub fn wait_for(secs: u64, mut cond: impl FnMut() -> bool) -> bool {
+    let end = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    while std::time::Instant::now() < end {
+        if cond() {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    false
+}
