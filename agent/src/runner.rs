@@ -95,7 +95,8 @@ struct Prior {
     exchanges: usize,
     /// Finished trials by id (complete, failed or pruned).
     finished: std::collections::BTreeMap<usize, Trial>,
-    round_seconds: Vec<f64>,
+    /// Rounds whose proxy seconds were recorded (their values stay in `Files::round_seconds`).
+    rounds: usize,
 }
 
 /// What [`Recorder::resume`] found in the run directory.
@@ -194,6 +195,7 @@ impl Recorder {
             })?,
             None => Vec::new(),
         };
+        let rounds = round_seconds.len();
         let finished: std::collections::BTreeMap<usize, Trial> = trials
             .into_iter()
             .filter(|r| r.trial.state.is_finished())
@@ -218,14 +220,14 @@ impl Recorder {
                 failed: open_append(&dir.join("failed.jsonl"))?,
                 llm: open_append(&dir.join("llm.jsonl"))?,
                 store,
-                round_seconds: round_seconds.clone(),
+                round_seconds,
             }),
             prior: Prior {
                 proposals: proposals.len(),
                 failed: failed.len(),
                 exchanges: exchanges.len(),
                 finished,
-                round_seconds,
+                rounds,
             },
         };
         Ok((recorder, resumed))
@@ -262,7 +264,10 @@ impl Recorder {
 
     /// The device seconds the proxies took in `round` before the run was resumed.
     pub fn prior_round_seconds(&self, round: usize) -> Option<f64> {
-        self.prior.round_seconds.get(round).copied()
+        if round >= self.prior.rounds {
+            return None;
+        }
+        self.files.as_ref()?.round_seconds.get(round).copied()
     }
 
     fn line<T: Serialize>(&mut self, pick: fn(&mut Files) -> &mut File, name: &str, value: &T) -> Result<(), RunError> {
