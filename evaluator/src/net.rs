@@ -13,8 +13,8 @@
 use std::cell::RefCell;
 use std::sync::Arc;
 
-use autoagent_proxies::{GradSource, LayerOutput, Trace};
-use kernels::GradSlot;
+use autoagent_proxies::{DotsSource, GradSource, LayerDots, LayerOutput, Trace};
+use kernels::{ConvTap, DotsSlot, GradSlot};
 
 use candle_core::{DType, Device, Tensor, Var, D};
 use candle_nn::{VarBuilder, VarMap};
@@ -205,6 +205,7 @@ pub(crate) struct Recorder {
     masks: RefCell<std::collections::VecDeque<Tensor>>,
     relu_inputs: RefCell<Vec<Tensor>>,
     layer_outputs: RefCell<Vec<LayerOutput>>,
+    layer_dots: RefCell<Vec<LayerDots>>,
     features: RefCell<Option<Tensor>>,
 }
 
@@ -253,21 +254,44 @@ impl Recorder {
         }
     }
 
-    /// `z`, or `z + probe` with a recorded zero probe when layer outputs are traced.
+    /// `z`, or `z + probe` with a recorded zero probe when layer outputs or their
+    /// output·gradient sums are traced.
     fn layer_output(rec: Option<&Recorder>, z: Tensor, fan_in: usize) -> Result<Tensor> {
-        match rec.filter(|r| r.trace.layer_outputs) {
+        match rec.filter(|r| r.trace.layer_outputs || r.trace.layer_dots) {
             None => Ok(z),
             Some(r) => {
                 let probe = Var::zeros(z.shape(), z.dtype(), z.device())?;
                 let out = (&z + probe.as_tensor())?;
-                r.layer_outputs.borrow_mut().push(LayerOutput {
+                let recorded = LayerOutput {
                     value: z.detach(),
                     grad: GradSource::Probe(probe),
                     fan_in,
-                });
+                };
+                if r.trace.layer_dots {
+                    r.layer_dots.borrow_mut().push(LayerDots {
+                        source: DotsSource::Output(recorded.clone()),
+                        channels: z.dim(1)?,
+                        fan_in,
+                    });
+                }
+                if r.trace.layer_outputs {
+                    r.layer_outputs.borrow_mut().push(recorded);
+                }
                 Ok(out)
             }
         }
+    }
+
+    /// A slot for a fused kernel's output·gradient sums, recorded for a layer of `channels`
+    /// output channels.
+    fn dots_slot(&self, channels: usize, fan_in: usize) -> DotsSlot {
+        let slot = DotsSlot::default();
+        self.layer_dots.borrow_mut().push(LayerDots {
+            source: DotsSource::Slot(slot.clone()),
+            channels,
+            fan_in,
+        });
+        slot
     }
 
     fn features(rec: Option<&Recorder>, x: &Tensor) {
@@ -276,10 +300,23 @@ impl Recorder {
         }
     }
 
-    /// The recorded ReLU inputs, layer outputs and features.
-    pub(crate) fn finish(self) -> (Vec<Tensor>, Vec<LayerOutput>, Option<Tensor>) {
-        (self.relu_inputs.into_inner(), self.layer_outputs.into_inner(), self.features.into_inner())
+    /// The recorded ReLU inputs, layer outputs, output·gradient sums and features.
+    pub(crate) fn finish(self) -> Recorded {
+        Recorded {
+            relu_inputs: self.relu_inputs.into_inner(),
+            layer_outputs: self.layer_outputs.into_inner(),
+            layer_dots: self.layer_dots.into_inner(),
+            features: self.features.into_inner(),
+        }
     }
+}
+
+/// What a [`Recorder`] collected.
+pub(crate) struct Recorded {
+    pub(crate) relu_inputs: Vec<Tensor>,
+    pub(crate) layer_outputs: Vec<LayerOutput>,
+    pub(crate) layer_dots: Vec<LayerDots>,
+    pub(crate) features: Option<Tensor>,
 }
 
 /// BatchNorm over the channels of an NCHW tensor.
@@ -385,12 +422,27 @@ impl ConvUnit {
                 if self.relu {
                     Recorder::relu_input(rec, xs);
                 }
-                let (z, mean, var) = match rec.filter(|r| r.trace.layer_outputs) {
+                let fan_in: usize = self.weight.dims()[1..].iter().product();
+                let (z, mean, var) = match rec.filter(|r| r.trace.layer_outputs || r.trace.layer_dots) {
                     None => kernels::relu_conv_bn(xs, &self.weight, &gb, self.stride, self.pad, self.relu, BN_EPS)?,
+                    Some(r) if !r.trace.layer_outputs => {
+                        let slot = r.dots_slot(self.weight.dim(0)?, fan_in);
+                        kernels::relu_conv_bn_dots(xs, &self.weight, &gb, self.stride, self.pad, self.relu, BN_EPS, slot)?
+                    }
                     Some(r) => {
                         let slot = GradSlot::default();
                         let (z, mean, var, y) = kernels::relu_conv_bn_traced(xs, &self.weight, &gb, self.stride, self.pad, self.relu, BN_EPS, slot.clone())?;
-                        let fan_in = self.weight.dims()[1..].iter().product();
+                        if r.trace.layer_dots {
+                            r.layer_dots.borrow_mut().push(LayerDots {
+                                source: DotsSource::Output(LayerOutput {
+                                    value: y.clone(),
+                                    grad: GradSource::Slot(slot.clone()),
+                                    fan_in,
+                                }),
+                                channels: y.dim(1)?,
+                                fan_in,
+                            });
+                        }
                         r.layer_outputs.borrow_mut().push(LayerOutput {
                             value: y,
                             grad: GradSource::Slot(slot),
@@ -481,7 +533,7 @@ impl Cell {
         } else {
             Tensor::cat(&parts, 0)?
         };
-        let traced = rec.filter(|r| r.trace.relu_inputs || r.trace.layer_outputs);
+        let traced = rec.filter(|r| r.trace.relu_inputs || r.trace.layer_outputs || r.trace.layer_dots);
         let (out, stats) = match traced {
             None => kernels::nb201_cell(&self.plan, xs, &params, BN_EPS)?,
             Some(r) => {
@@ -490,9 +542,20 @@ impl Cell {
                     .iter()
                     .filter_map(|(_, _, e)| if let Edge::Conv(u) = e { Some(u) } else { None })
                     .collect();
+                let fan_in = |u: &ConvUnit| -> usize { u.weight.dims()[1..].iter().product() };
+                let ch = xs.dim(1)?;
+                // Gradient taps when the outputs themselves are traced (their sums, if asked
+                // for too, are taken from them), otherwise sums computed in the backward pass.
+                let taps: Option<Vec<ConvTap>> = if r.trace.layer_outputs {
+                    Some(convs.iter().map(|_| ConvTap::Grad(GradSlot::default())).collect())
+                } else if r.trace.layer_dots {
+                    Some(convs.iter().map(|u| ConvTap::Dots(r.dots_slot(ch, fan_in(u)))).collect())
+                } else {
+                    None
+                };
                 let trace = kernels::CellTrace {
                     nodes: r.trace.relu_inputs,
-                    conv_grads: r.trace.layer_outputs.then(|| convs.iter().map(|_| GradSlot::default()).collect()),
+                    conv_taps: taps.clone(),
                 };
                 let t = kernels::nb201_cell_traced(&self.plan, xs, &params, BN_EPS, &trace)?;
                 if let Some(nodes) = &t.nodes {
@@ -503,14 +566,22 @@ impl Cell {
                         }
                     }
                 }
-                if let Some(slots) = trace.conv_grads {
-                    for ((unit, value), slot) in convs.iter().zip(t.conv_outputs).zip(slots) {
-                        let fan_in = unit.weight.dims()[1..].iter().product();
-                        r.layer_outputs.borrow_mut().push(LayerOutput {
+                if r.trace.layer_outputs {
+                    for ((unit, value), tap) in convs.iter().zip(t.conv_outputs).zip(taps.into_iter().flatten()) {
+                        let ConvTap::Grad(slot) = tap else { continue };
+                        let out = LayerOutput {
                             value,
                             grad: GradSource::Slot(slot),
-                            fan_in,
-                        });
+                            fan_in: fan_in(unit),
+                        };
+                        if r.trace.layer_dots {
+                            r.layer_dots.borrow_mut().push(LayerDots {
+                                source: DotsSource::Output(out.clone()),
+                                channels: ch,
+                                fan_in: out.fan_in,
+                            });
+                        }
+                        r.layer_outputs.borrow_mut().push(out);
                     }
                 }
                 (t.out, t.stats)

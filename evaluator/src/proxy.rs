@@ -20,12 +20,13 @@ fn run(model: &Model, x: &Tensor, bn: BnHandling, rec: Recorder) -> autoagent_pr
         BnHandling::Bypass => BnMode::Bypass,
     };
     let logits = model.net.forward_traced(x, mode, Some(&rec)).map_err(proxy_err)?;
-    let (relu_inputs, layer_outputs, features) = rec.finish();
+    let r = rec.finish();
     Ok(Recording {
         logits,
-        relu_inputs,
-        layer_outputs,
-        features,
+        relu_inputs: r.relu_inputs,
+        layer_outputs: r.layer_outputs,
+        layer_dots: r.layer_dots,
+        features: r.features,
     })
 }
 

@@ -215,7 +215,8 @@ fn jacobian_proxies_are_undefined_when_the_output_ignores_the_input() {
 
 #[test]
 fn gradient_proxies_follow_their_definitions() {
-    // grad_norm = Σ_l ‖g_l‖ and snip = Σ |θ·g| from the same backward pass, computed here.
+    // grad_norm = Σ_l ‖g_l‖ and snip = Σ |θ·g| from the same backward pass, computed here;
+    // fisher from a second, traced pass.
     let cand = small(BEST);
     let batch = random_batch(6, 9);
     let net = cand.build(DType::F32, &Device::Cpu, 2, false).unwrap();
@@ -232,6 +233,38 @@ fn gradient_proxies_follow_their_definitions() {
     let got_sn = registry::by_name("snip").unwrap().score(&cand, &batch, 2).unwrap();
     assert!((got_gn - gn).abs() <= 1e-4 * gn, "grad_norm {got_gn} vs {gn}");
     assert!((got_sn - sn).abs() <= 1e-4 * sn, "snip {got_sn} vs {sn}");
+
+    // fisher = Σ_l fan_in_l · Σ_k |½·mean_n (Σ_hw z·∂L/∂z)²| over the convolution and linear
+    // outputs z, from recorded outputs and gradients (the proxy itself takes its sums from the
+    // fused kernels' backward passes).
+    let trace = autoagent_proxies::Trace {
+        layer_outputs: true,
+        ..Default::default()
+    };
+    let net = cand.build(DType::F32, &Device::Cpu, 2, false).unwrap();
+    let rec = net.forward(&batch.images, autoagent_proxies::BnHandling::Batch, trace).unwrap();
+    let grads = candle_nn::loss::cross_entropy(&rec.logits, &batch.labels).unwrap().backward().unwrap();
+    let mut fisher = 0.0;
+    for out in &rec.layer_outputs {
+        let z = out.value.to_dtype(DType::F64).unwrap();
+        let g = out.gradient(&grads).unwrap().to_dtype(DType::F64).unwrap();
+        let (n, k) = (z.dim(0).unwrap(), z.dim(1).unwrap());
+        let z: Vec<f64> = z.flatten_all().unwrap().to_vec1().unwrap();
+        let g: Vec<f64> = g.flatten_all().unwrap().to_vec1().unwrap();
+        let hw = z.len() / (n * k);
+        let mut per_channel = vec![0.0; k];
+        for i in 0..n {
+            for c in 0..k {
+                let plane = (i * k + c) * hw..(i * k + c + 1) * hw;
+                let s: f64 = z[plane.clone()].iter().zip(&g[plane]).map(|(a, b)| a * b).sum();
+                per_channel[c] += 0.5 * s * s / n as f64;
+            }
+        }
+        fisher += out.fan_in as f64 * per_channel.iter().map(|d| d.abs()).sum::<f64>();
+    }
+    let got_fi = registry::by_name("fisher").unwrap().score(&cand, &batch, 2).unwrap();
+    assert!(fisher > 0.0);
+    assert!((got_fi - fisher).abs() <= 1e-3 * fisher, "fisher {got_fi} vs {fisher}");
 }
 
 #[test]
@@ -352,6 +385,67 @@ fn fisher_is_the_same_with_fused_and_per_op_cells() {
     assert_eq!(per_run[0].len(), per_run[1].len());
     for (a, b) in per_run[0].iter().zip(&per_run[1]) {
         assert!((a - b).abs() <= 1e-9 * (1.0 + a.abs()), "{a} vs {b}");
+    }
+}
+
+#[test]
+fn fused_output_gradient_sums_equal_those_of_the_recorded_outputs() {
+    // Traced with `layer_dots` alone, fused cells and ReLU-Conv-BN units compute Σ_hw z·∂L/∂z
+    // inside their backward pass; traced with `layer_outputs`, the sums are taken from the
+    // recorded outputs and gradients. Per layer, per sample and channel, they must agree — in
+    // f64 to rounding and in f32 to f32 accuracy — with fused and with per-op kernels.
+    use autoagent_evaluator::net::{Kernels, Model};
+    use autoagent_proxies::ProxyNet;
+    let cfg = two_cells_per_stage();
+    let batch = random_batch(5, 9);
+    for (dtype, tol) in [(DType::F64, 1e-10), (DType::F32, 2e-4)] {
+        for k in [Kernels::Fused, Kernels::PerOp] {
+            let mut sums = Vec::new();
+            for trace in [
+                autoagent_proxies::Trace {
+                    layer_dots: true,
+                    ..Default::default()
+                },
+                autoagent_proxies::Trace {
+                    layer_outputs: true,
+                    ..Default::default()
+                },
+            ] {
+                let mut m = Model::new(&cfg, dtype, &Device::Cpu, 3).unwrap();
+                m.net.set_kernels(k);
+                let x = batch.images.to_dtype(dtype).unwrap();
+                let rec = m.forward(&x, autoagent_proxies::BnHandling::Batch, trace).unwrap();
+                let grads = candle_nn::loss::cross_entropy(&rec.logits, &batch.labels).unwrap().backward().unwrap();
+                let per_layer: Vec<(usize, usize, Vec<f64>)> = if trace.layer_dots {
+                    rec.layer_dots
+                        .iter()
+                        .map(|l| (l.channels, l.fan_in, l.dots(&grads).unwrap().unwrap()))
+                        .collect()
+                } else {
+                    rec.layer_outputs
+                        .iter()
+                        .map(|o| {
+                            let g = o.gradient(&grads).unwrap();
+                            let prod = (&o.value * g).unwrap().to_dtype(DType::F64).unwrap();
+                            let per = if prod.rank() == 4 { prod.sum((2, 3)).unwrap() } else { prod };
+                            (per.dim(1).unwrap(), o.fan_in, per.flatten_all().unwrap().to_vec1::<f64>().unwrap())
+                        })
+                        .collect()
+                };
+                sums.push(per_layer);
+            }
+            assert_eq!(sums[0].len(), 4 * 6 + 3 * 2 + 2, "{dtype:?} {k:?}");
+            assert_eq!(sums[0].len(), sums[1].len());
+            let scale = sums[1].iter().flat_map(|(_, _, v)| v.iter()).fold(0f64, |m, v| m.max(v.abs()));
+            assert!(scale > 0.0);
+            for ((ca, fa, a), (cb, fb, b)) in sums[0].iter().zip(&sums[1]) {
+                assert_eq!((ca, fa, a.len()), (cb, fb, b.len()));
+                assert_eq!(a.len(), 5 * ca);
+                for (x, y) in a.iter().zip(b) {
+                    assert!((x - y).abs() <= tol * scale, "{dtype:?} {k:?}: {x} vs {y} (scale {scale})");
+                }
+            }
+        }
     }
 }
 

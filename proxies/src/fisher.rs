@@ -7,7 +7,7 @@
 
 use candle_core::DType;
 
-use crate::{cross_entropy, to_f64_vec, Batch, BnHandling, Candidate, Proxy, Result, Trace};
+use crate::{cross_entropy, Batch, BnHandling, Candidate, Proxy, Result, Trace};
 
 /// The fisher proxy.
 #[derive(Debug, Clone, Copy, Default)]
@@ -21,22 +21,23 @@ impl Proxy for Fisher {
     fn score(&self, candidate: &dyn Candidate, batch: &Batch, seed: u64) -> Result<f64> {
         let net = candidate.build(DType::F32, batch.images.device(), seed, false)?;
         let trace = Trace {
-            layer_outputs: true,
+            layer_dots: true,
             ..Trace::default()
         };
         let rec = net.forward(&batch.images, BnHandling::Batch, trace)?;
         let grads = cross_entropy(&rec.logits, &batch.labels)?.backward()?;
         let mut total = 0.0;
-        for out in &rec.layer_outputs {
-            let Some(g) = out.gradient(&grads) else { continue };
-            // (n, k[, h, w]) → (n, k): the spatial sums (a few thousand terms) in the network's
-            // dtype, everything after in f64.
-            let prod = (&out.value * g)?;
-            let per = if prod.rank() == 4 { prod.sum((2, 3))? } else { prod }.to_dtype(DType::F64)?;
-            let n = per.dim(0)? as f64;
-            let delta = (per.sqr()?.sum(0)? * (0.5 / n))?;
-            let channel_sum: f64 = to_f64_vec(&delta)?.iter().map(|d| d.abs()).sum();
-            total += out.fan_in as f64 * channel_sum;
+        for layer in &rec.layer_dots {
+            // g_nk = Σ_hw z·∂L/∂z (n × k, row-major), then Δ_k = ½·mean_n g_nk².
+            let Some(per) = layer.dots(&grads)? else { continue };
+            let k = layer.channels;
+            let n = per.len() / k.max(1);
+            let mut channel_sum = 0.0;
+            for c in 0..k {
+                let sq: f64 = (0..n).map(|i| per[i * k + c] * per[i * k + c]).sum();
+                channel_sum += (0.5 * sq / n as f64).abs();
+            }
+            total += layer.fan_in as f64 * channel_sum;
         }
         Ok(total)
     }

@@ -33,7 +33,7 @@ pub mod synflow;
 pub mod zen;
 pub mod zico;
 
-pub use net::{BnHandling, Candidate, GradSlot, GradSource, LayerOutput, ProxyNet, Recording, Trace, Weight};
+pub use net::{BnHandling, Candidate, DotsSlot, DotsSource, GradSlot, GradSource, LayerDots, LayerOutput, ProxyNet, Recording, Trace, Weight};
 pub use registry::{all_names, by_name};
 
 /// Errors of proxy computation.
@@ -97,6 +97,53 @@ pub(crate) fn sum_over_loss_gradients(candidate: &dyn Candidate, batch: &Batch, 
     let rec = net.forward(&batch.images, BnHandling::Batch, Trace::default())?;
     let grads = cross_entropy(&rec.logits, &batch.labels)?.backward()?;
     sum_over_weights(&net.weights(), &grads, f)
+}
+
+/// Per-`(sample, channel)` sums of `a ⊙ b` over the spatial positions, in f64, for two tensors
+/// of the same `(n, k[, h, w])` shape (a rank-2 tensor has one position per channel).
+///
+/// On the CPU with contiguous f32 tensors this is one pass over both, plane by plane and in
+/// parallel, reading the tensors' storage in place; otherwise it falls back to tensor ops.
+pub(crate) fn channel_dots(a: &Tensor, b: &Tensor) -> Result<Vec<f64>> {
+    if a.dims() != b.dims() {
+        return Err(Error::Msg(format!("channel_dots: shapes {:?} and {:?} differ", a.dims(), b.dims())));
+    }
+    let dims = a.dims();
+    let planes: usize = dims.iter().take(2).product();
+    let hw: usize = dims.iter().skip(2).product();
+    if a.device().is_cpu() && a.dtype() == candle_core::DType::F32 && b.dtype() == candle_core::DType::F32 {
+        let (sa, la) = a.storage_and_layout();
+        let (sb, lb) = b.storage_and_layout();
+        if let (candle_core::Storage::Cpu(ca), candle_core::Storage::Cpu(cb), Some((a0, a1)), Some((b0, b1))) =
+            (&*sa, &*sb, la.contiguous_offsets(), lb.contiguous_offsets())
+        {
+            let xa = &ca.as_slice::<f32>()?[a0..a1];
+            let xb = &cb.as_slice::<f32>()?[b0..b1];
+            use rayon::prelude::*;
+            return Ok(xa.par_chunks(hw.max(1)).zip(xb.par_chunks(hw.max(1))).map(|(p, q)| dot_f32(p, q)).collect());
+        }
+    }
+    let prod = (a * b)?;
+    let per = if prod.rank() > 2 { prod.flatten_from(2)?.sum(2)? } else { prod };
+    let v = to_f64_vec(&per)?;
+    if v.len() != planes {
+        return Err(Error::Msg(format!("channel_dots: {} sums for {planes} planes", v.len())));
+    }
+    Ok(v)
+}
+
+/// `Σ p_i·q_i` in 16 independent f32 lanes (so that it vectorises), combined in f64.
+fn dot_f32(p: &[f32], q: &[f32]) -> f64 {
+    let mut lanes = [0f32; 16];
+    let (pc, pr) = p.split_at(p.len() / 16 * 16);
+    let (qc, qr) = q.split_at(pc.len());
+    for (x, y) in pc.chunks_exact(16).zip(qc.chunks_exact(16)) {
+        for l in 0..16 {
+            lanes[l] += x[l] * y[l];
+        }
+    }
+    let tail: f64 = pr.iter().zip(qr).map(|(x, y)| (*x as f64) * (*y as f64)).sum();
+    lanes.iter().map(|&v| v as f64).sum::<f64>() + tail
 }
 
 /// Cross-entropy of logits against labels (mean over the batch), in the logits' dtype.

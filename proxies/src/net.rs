@@ -29,6 +29,10 @@ pub struct Trace {
     /// The output of every convolution and linear layer (before BatchNorm), with a way to read
     /// its gradient after a backward pass (fisher).
     pub layer_outputs: bool,
+    /// For every convolution and linear layer, `Σ_hw z·∂L/∂z` per sample and channel after a
+    /// backward pass (fisher's per-channel saliencies), without keeping `z` or its gradient:
+    /// fused kernels compute it inside their backward pass.
+    pub layer_dots: bool,
     /// The feature map before global average pooling (zen).
     pub features: bool,
 }
@@ -62,7 +66,45 @@ impl LayerOutput {
     pub fn gradient(&self, grads: &candle_core::backprop::GradStore) -> Option<Tensor> {
         match &self.grad {
             GradSource::Probe(p) => grads.get(p.as_tensor()).cloned(),
-            GradSource::Slot(s) => s.lock().unwrap_or_else(|e| e.into_inner()).take(),
+            GradSource::Slot(s) => s.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+        }
+    }
+}
+
+/// Per sample and channel, `Σ` over the spatial positions of a layer's output times its
+/// gradient, recorded by a forward pass traced with [`Trace::layer_dots`].
+#[derive(Debug, Clone)]
+pub struct LayerDots {
+    /// Where the sums come from after the backward pass.
+    pub source: DotsSource,
+    /// Output channels (`k`): the sums are `n × k`, row-major.
+    pub channels: usize,
+    /// The layer's fan-in (see [`Weight::fan_in`]).
+    pub fan_in: usize,
+}
+
+/// Where a layer's output·gradient sums come from.
+#[derive(Debug, Clone)]
+pub enum DotsSource {
+    /// A recorded output and its gradient: the sums are taken after the backward pass.
+    Output(LayerOutput),
+    /// A slot that a fused kernel fills during the backward pass.
+    Slot(DotsSlot),
+}
+
+/// Output·gradient sums filled in by a fused kernel's backward pass (`n × k`, row-major).
+pub type DotsSlot = std::sync::Arc<std::sync::Mutex<Option<Vec<f64>>>>;
+
+impl LayerDots {
+    /// The `n × k` sums (row-major) from the backward pass that produced `grads`; `None` when the
+    /// output did not influence the loss.
+    pub fn dots(&self, grads: &candle_core::backprop::GradStore) -> Result<Option<Vec<f64>>> {
+        match &self.source {
+            DotsSource::Output(out) => match out.gradient(grads) {
+                Some(g) => Ok(Some(crate::channel_dots(&out.value, &g)?)),
+                None => Ok(None),
+            },
+            DotsSource::Slot(s) => Ok(s.lock().unwrap_or_else(|e| e.into_inner()).clone()),
         }
     }
 }
@@ -76,6 +118,8 @@ pub struct Recording {
     pub relu_inputs: Vec<Tensor>,
     /// Convolution and linear outputs in forward order, when traced.
     pub layer_outputs: Vec<LayerOutput>,
+    /// Output·gradient sums of convolution and linear layers in forward order, when traced.
+    pub layer_dots: Vec<LayerDots>,
     /// The feature map before global average pooling, when traced.
     pub features: Option<Tensor>,
 }

@@ -165,6 +165,35 @@ pub(crate) fn input_gradient_into<T: Float>(out: &mut [T], g: &[T], x: &[T], coe
     }
 }
 
+/// Per `(sample, channel)` plane of `hw` elements: `Σ x·(a·g + cx·x + b)`, the output `x` times
+/// its gradient as [`input_gradient_into`] would write it (the channels of the planes cycling
+/// through `coef`), without writing the gradient out; in 16 independent lanes per plane,
+/// combined in f64, in parallel over planes.
+pub(crate) fn input_gradient_dots<T: Float>(g: &[T], x: &[T], coef: &[[f64; 3]], hw: usize) -> Vec<f64> {
+    let coef: Vec<[T; 3]> = coef.iter().map(|a| a.map(T::from_f64)).collect();
+    let c = coef.len();
+    g.par_chunks(hw)
+        .zip(x.par_chunks(hw))
+        .enumerate()
+        .map(|(plane, (gp, xp))| {
+            let [a, cx, b] = coef[plane % c];
+            let mut lanes = [T::zero(); 16];
+            let body = gp.len() / 16 * 16;
+            for (gc, xc) in gp[..body].chunks_exact(16).zip(xp[..body].chunks_exact(16)) {
+                for l in 0..16 {
+                    lanes[l] += xc[l] * (a * gc[l] + cx * xc[l] + b);
+                }
+            }
+            let tail: f64 = gp[body..]
+                .iter()
+                .zip(&xp[body..])
+                .map(|(&gv, &xv)| (xv * (a * gv + cx * xv + b)).to_f64())
+                .sum();
+            lanes.iter().map(|v| v.to_f64()).sum::<f64>() + tail
+        })
+        .collect()
+}
+
 /// [`input_gradient_into`] over a whole batch, in parallel over planes.
 pub(crate) fn input_gradient_par<T: Float>(out: &mut [T], g: &[T], x: &[T], coef: &[[f64; 3]], hw: usize) {
     let coef: Vec<[T; 3]> = coef.iter().map(|a| a.map(T::from_f64)).collect();

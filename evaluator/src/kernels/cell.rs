@@ -26,7 +26,7 @@ use std::sync::{Arc, Mutex};
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::bn::{bwd_coefficients, grad_sums, input_gradient_into, input_gradient_par, plane_moments, stats_from_planes, BnStats};
+use super::bn::{bwd_coefficients, grad_sums, input_gradient_dots, input_gradient_into, input_gradient_par, plane_moments, stats_from_planes, BnStats};
 use super::conv::{flip_weight, im2col_map, inner_threads, per_thread, ConvGeom};
 use super::pool::PoolOp;
 use super::{alloc_uninit, supports, Float};
@@ -114,22 +114,35 @@ struct CellOp {
     dims: (usize, usize, usize, usize),
     eps: f64,
     saved: Stash,
-    /// Per convolution edge (in plan order), where the backward pass leaves the gradient of the
-    /// edge's convolution output.
-    conv_grads: Option<Arc<Vec<GradSlot>>>,
+    /// Per convolution edge (in plan order), what the backward pass reports about the edge's
+    /// convolution output.
+    conv_taps: Option<Arc<Vec<ConvTap>>>,
 }
 
 /// A place for a tensor that a backward pass fills in.
 pub type GradSlot = Arc<Mutex<Option<Tensor>>>;
+
+/// A place for per-`(sample, channel)` sums that a backward pass fills in (`n × k`, row-major).
+pub type DotsSlot = Arc<Mutex<Option<Vec<f64>>>>;
+
+/// What a fused kernel's backward pass reports about a convolution output `y` (before
+/// BatchNorm): instrumentation for zero-cost proxies.
+#[derive(Debug, Clone)]
+pub enum ConvTap {
+    /// `∂L/∂y` as a tensor of `y`'s shape; the forward pass also returns a copy of `y`.
+    Grad(GradSlot),
+    /// `Σ_hw y·∂L/∂y` per sample and channel, without materialising `y`'s copy or its gradient.
+    Dots(DotsSlot),
+}
 
 /// What [`nb201_cell_traced`] records besides the output.
 #[derive(Debug, Clone, Default)]
 pub struct CellTrace {
     /// Return the values of nodes 1 and 2.
     pub nodes: bool,
-    /// One slot per convolution edge (plan order): return the convolution outputs, and fill the
-    /// slots with their gradients during the backward pass.
-    pub conv_grads: Option<Vec<GradSlot>>,
+    /// One tap per convolution edge (plan order), filled during the backward pass; with
+    /// [`ConvTap::Grad`] taps the convolution outputs are returned too.
+    pub conv_taps: Option<Vec<ConvTap>>,
 }
 
 /// What [`nb201_cell_traced`] returns.
@@ -142,7 +155,8 @@ pub struct CellTraced {
     /// Nodes 1 and 2 (copies without gradients; zeros for a node without incoming edges), when
     /// asked for.
     pub nodes: Option<[Tensor; 2]>,
-    /// The convolution outputs before BatchNorm (copies, plan order), when slots were given.
+    /// The convolution outputs before BatchNorm (copies, plan order), when gradient taps were
+    /// given.
     pub conv_outputs: Vec<Tensor>,
 }
 
@@ -432,12 +446,19 @@ impl CellOp {
                             gparams[off + wl + c + ch] = T::from_f64(sg);
                         }
                         let coef = bwd_coefficients(&gamma, &sums, stats, (n * hw) as f64);
-                        if let Some(slots) = &self.conv_grads {
+                        if let Some(taps) = &self.conv_taps {
                             let ordinal = offsets[..i].iter().filter(|o| o.is_some()).count();
-                            let mut gy = alloc_uninit::<T>(y.len());
-                            input_gradient_par(&mut gy, g, y, &coef, hw);
-                            let t = Tensor::from_vec(gy, (n, c, h, w), &candle_core::Device::Cpu)?;
-                            *slots[ordinal].lock().unwrap_or_else(|e| e.into_inner()) = Some(t);
+                            match &taps[ordinal] {
+                                ConvTap::Grad(slot) => {
+                                    let mut gy = alloc_uninit::<T>(y.len());
+                                    input_gradient_par(&mut gy, g, y, &coef, hw);
+                                    let t = Tensor::from_vec(gy, (n, c, h, w), &candle_core::Device::Cpu)?;
+                                    *slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(t);
+                                }
+                                ConvTap::Dots(slot) => {
+                                    *slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(input_gradient_dots(g, y, &coef, hw));
+                                }
+                            }
                         }
                         let gw = self.conv_edge_bwd(k, input, g, y, &params[off..off + wl], &coef, &mut grads[s]);
                         gparams[off..off + wl].copy_from_slice(&gw);
@@ -496,10 +517,10 @@ pub fn nb201_cell(plan: &Arc<CellPlan>, x: &Tensor, params: &Tensor, eps: f64) -
 
 /// [`nb201_cell`] with instrumentation (see [`CellTrace`]).
 pub fn nb201_cell_traced(plan: &Arc<CellPlan>, x: &Tensor, params: &Tensor, eps: f64, trace: &CellTrace) -> Result<CellTraced> {
-    if let Some(slots) = &trace.conv_grads {
+    if let Some(taps) = &trace.conv_taps {
         let convs = plan.conv_offsets().iter().filter(|o| o.is_some()).count();
-        if slots.len() != convs {
-            candle_core::bail!("nb201_cell_traced: {} gradient slots for {convs} convolution edges", slots.len())
+        if taps.len() != convs {
+            candle_core::bail!("nb201_cell_traced: {} taps for {convs} convolution edges", taps.len())
         }
     }
     let (out, stats, nodes, conv_outputs) = run_cell(plan, x, params, eps, trace)?;
@@ -528,7 +549,7 @@ fn run_cell(plan: &Arc<CellPlan>, x: &Tensor, params: &Tensor, eps: f64, trace: 
         dims: (n, c, h, w),
         eps,
         saved: saved.clone(),
-        conv_grads: trace.conv_grads.clone().map(Arc::new),
+        conv_taps: trace.conv_taps.clone().map(Arc::new),
     };
     let out = x.contiguous()?.apply_op2(&params.contiguous()?, op)?;
     let guard = saved.lock().expect("cell stash");
@@ -542,14 +563,14 @@ fn run_cell(plan: &Arc<CellPlan>, x: &Tensor, params: &Tensor, eps: f64, trace: 
             }
         };
         let nodes = if trace.nodes { Some([copy(&s.nodes[0])?, copy(&s.nodes[1])?]) } else { None };
-        let conv_outputs = if trace.conv_grads.is_some() {
-            s.convs
+        let conv_outputs = match &trace.conv_taps {
+            Some(taps) if taps.iter().any(|t| matches!(t, ConvTap::Grad(_))) => s
+                .convs
                 .iter()
                 .flatten()
                 .map(|(y, _)| Tensor::from_vec(y.clone(), x.shape(), x.device()))
-                .collect::<Result<_>>()?
-        } else {
-            Vec::new()
+                .collect::<Result<_>>()?,
+            _ => Vec::new(),
         };
         Ok((x.clone(), stats, nodes, conv_outputs))
     }

@@ -4,8 +4,9 @@ use std::sync::{Arc, Mutex};
 
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 
+use super::bn::input_gradient_dots;
 use super::bn::{bn_bwd, bn_fwd, BnStats};
-use super::cell::GradSlot;
+use super::cell::{ConvTap, DotsSlot, GradSlot};
 use super::conv::{conv_data, conv_filter, conv_fwd, ConvGeom};
 use super::relu::{relu_fwd, relu_mask};
 use super::{supports, Float};
@@ -31,8 +32,8 @@ struct ConvBnOp {
     relu: bool,
     eps: f64,
     saved: Stash,
-    /// Where the backward pass leaves the gradient of the convolution output, when traced.
-    conv_grad: Option<GradSlot>,
+    /// What the backward pass reports about the convolution output, when traced.
+    tap: Option<ConvTap>,
 }
 
 /// The gradient of [`ConvBnOp`]: `(x, w, gz) -> [gx | gw | gγ | gβ]` (flat).
@@ -41,7 +42,7 @@ struct ConvBnBwdOp {
     geom: ConvGeom,
     relu: bool,
     saved: Stash,
-    conv_grad: Option<GradSlot>,
+    tap: Option<ConvTap>,
 }
 
 impl ConvBnOp {
@@ -71,9 +72,16 @@ impl ConvBnBwdOp {
         let ylen = saved.y.len();
         let packed = bn_bwd(&saved.y, gz, &saved.gamma, (g.n, g.cout, g.p()), &saved.stats);
         let (gy, gparams) = packed.split_at(ylen);
-        if let Some(slot) = &self.conv_grad {
-            let t = Tensor::from_vec(gy.to_vec(), g.y_shape(), &candle_core::Device::Cpu)?;
-            *slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(t);
+        match &self.tap {
+            None => {}
+            Some(ConvTap::Grad(slot)) => {
+                let t = Tensor::from_vec(gy.to_vec(), g.y_shape(), &candle_core::Device::Cpu)?;
+                *slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(t);
+            }
+            Some(ConvTap::Dots(slot)) => {
+                let dots = input_gradient_dots(gy, &saved.y, &[[1.0, 0.0, 0.0]], g.p());
+                *slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(dots);
+            }
         }
         let input = saved.r.as_deref().unwrap_or(x);
         let gw = conv_filter(g, input, gy);
@@ -102,7 +110,7 @@ impl CustomOp3 for ConvBnOp {
             geom: self.geom,
             relu: self.relu,
             saved: self.saved.clone(),
-            conv_grad: self.conv_grad.clone(),
+            tap: self.tap.clone(),
         };
         let packed = x.apply_op3_no_bwd(w, &grad.contiguous()?, &op)?;
         let (nx, nw, ngb) = (x.elem_count(), w.elem_count(), gb.elem_count());
@@ -154,27 +162,44 @@ pub fn relu_conv_bn_traced(
     eps: f64,
     conv_grad: GradSlot,
 ) -> Result<(Tensor, Vec<f64>, Vec<f64>, Tensor)> {
-    let (z, mean, var, y) = run(x, w, gamma_beta, stride, pad, relu, eps, Some(conv_grad))?;
+    let (z, mean, var, y) = run(x, w, gamma_beta, stride, pad, relu, eps, Some(ConvTap::Grad(conv_grad)))?;
     Ok((z, mean, var, y.expect("traced run copies the convolution output")))
+}
+
+/// [`relu_conv_bn`], filling `dots` during the backward pass with `Σ_hw y·∂L/∂y` per sample and
+/// channel of the convolution output `y` (instrumentation for zero-cost proxies).
+#[allow(clippy::too_many_arguments)]
+pub fn relu_conv_bn_dots(
+    x: &Tensor,
+    w: &Tensor,
+    gamma_beta: &Tensor,
+    stride: usize,
+    pad: usize,
+    relu: bool,
+    eps: f64,
+    dots: DotsSlot,
+) -> Result<(Tensor, Vec<f64>, Vec<f64>)> {
+    let (z, mean, var, _) = run(x, w, gamma_beta, stride, pad, relu, eps, Some(ConvTap::Dots(dots)))?;
+    Ok((z, mean, var))
 }
 
 /// Output, batch mean, biased batch variance, and the convolution output when traced.
 type ConvBnRun = (Tensor, Vec<f64>, Vec<f64>, Option<Tensor>);
 
 #[allow(clippy::too_many_arguments)]
-fn run(x: &Tensor, w: &Tensor, gamma_beta: &Tensor, stride: usize, pad: usize, relu: bool, eps: f64, conv_grad: Option<GradSlot>) -> Result<ConvBnRun> {
+fn run(x: &Tensor, w: &Tensor, gamma_beta: &Tensor, stride: usize, pad: usize, relu: bool, eps: f64, tap: Option<ConvTap>) -> Result<ConvBnRun> {
     let geom = ConvGeom::new(x.dims(), w.dims(), stride, pad)?;
     if !x.device().is_cpu() || !supports(x.dtype()) || gamma_beta.elem_count() != 2 * geom.cout {
         candle_core::bail!("relu_conv_bn: needs f32/f64 CPU tensors and 2·cout BatchNorm parameters")
     }
-    let traced = conv_grad.is_some();
+    let traced = matches!(tap, Some(ConvTap::Grad(_)));
     let saved: Stash = Arc::new(Mutex::new(None));
     let op = ConvBnOp {
         geom,
         relu,
         eps,
         saved: saved.clone(),
-        conv_grad,
+        tap,
     };
     let z = x.contiguous()?.apply_op3(&w.contiguous()?, &gamma_beta.contiguous()?, op)?;
     let guard = saved.lock().expect("conv-bn stash");
