@@ -4,13 +4,15 @@ use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
+use autoagent_agent::ranker::default_cache;
 use autoagent_evaluator::data::{self, DatasetKind};
 use autoagent_evaluator::nb201::Arch;
 use autoagent_evaluator::net::Nb201Config;
 use autoagent_evaluator::proxy::{proxy_batch, Nb201Candidate};
 use autoagent_evaluator::train;
+use autoagent_proxies::cache::ScoreCache;
 use autoagent_proxies::registry::parse_list;
-use autoagent_proxies::score::Scorer;
+use autoagent_proxies::{Candidate, Proxy};
 use clap::Args;
 use rand::SeedableRng;
 
@@ -48,9 +50,23 @@ pub(crate) struct ScoreArgs {
     /// Print one JSON object per architecture per line.
     #[arg(long)]
     json: bool,
+    /// Score several architectures at a time on the thread pool (true), or one after another
+    /// (false). Side by side each score takes longer than alone, and its `ms` says so: it is the
+    /// wall time of that score.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    parallel: bool,
+    /// Keep scores in a cache file (JSON lines, shared with `autoagent run` and `bench
+    /// proxies`): scores it holds are read, not computed again (their `ms` is from when they
+    /// were computed), and new ones are appended. `--cache` alone uses the shared default file
+    /// in the user cache directory. Without it nothing is written.
+    #[arg(long, value_name = "FILE", num_args = 0..=1)]
+    cache: Option<Option<PathBuf>>,
     #[command(flatten)]
     data: DataArgs,
 }
+
+/// Architectures scored together (then printed, in order) when scoring in parallel.
+const CHUNK: usize = 8;
 
 fn archs_of(args: &ScoreArgs) -> Result<Vec<Arch>> {
     if let Some(a) = &args.arch {
@@ -91,7 +107,14 @@ pub(crate) fn cmd_score(args: ScoreArgs) -> Result<()> {
     let root = data::data_root(args.data.data_dir.as_deref());
     let dataset = data::open(kind, &root, !args.data.no_download)?;
     let batch = proxy_batch(&dataset, args.batch_size, args.seed, &device)?;
-    let scorer = Scorer::new(proxies, batch, format!("{}:b{}:s{}", kind.name(), args.batch_size, args.seed), args.seed);
+    let batch_id = format!("{}:b{}:s{}", kind.name(), args.batch_size, args.seed);
+    let mut cache = match &args.cache {
+        None => ScoreCache::in_memory(),
+        Some(file) => {
+            let path = file.clone().unwrap_or_else(|| default_cache(kind.name(), args.batch_size));
+            ScoreCache::open(&path)?
+        }
+    };
     let (c, h, _) = kind.image_shape();
     let bar = if std::io::stderr().is_terminal() {
         let bar = indicatif::ProgressBar::new(archs.len() as u64);
@@ -101,48 +124,58 @@ pub(crate) fn cmd_score(args: ScoreArgs) -> Result<()> {
         indicatif::ProgressBar::hidden()
     };
     let mut out = std::io::stdout().lock();
-    let names = scorer.names();
+    let names: Vec<&str> = proxies.iter().map(|p| p.name()).collect();
+    let proxy_refs: Vec<&dyn Proxy> = proxies.iter().map(|p| p.as_ref()).collect();
     if !args.json {
         writeln!(out, "{}\tarch", names.join("\t"))?;
     }
-    for arch in archs {
-        let config = Nb201Config {
-            num_classes: kind.num_classes(),
-            in_channels: c,
-            input_size: h,
-            ..Nb201Config::new(arch)
-        };
-        let candidate = Nb201Candidate::new(config);
-        let scores = scorer.score(&candidate);
-        let mut json = serde_json::Map::new();
-        json.insert("arch".into(), arch.to_string().into());
-        let mut ms = serde_json::Map::new();
-        let mut cols = Vec::new();
-        for s in &scores {
-            let value = match &s.value {
-                Ok(v) if v.is_finite() => Some(*v),
-                Ok(v) => {
-                    bar.suspend(|| eprintln!("warning: {} of {arch} is not finite ({v}); reported as null", s.proxy));
-                    None
+    for chunk in archs.chunks(if args.parallel { CHUNK } else { 1 }) {
+        let candidates: Vec<Nb201Candidate> = chunk
+            .iter()
+            .map(|&arch| {
+                Nb201Candidate::new(Nb201Config {
+                    num_classes: kind.num_classes(),
+                    in_channels: c,
+                    input_size: h,
+                    ..Nb201Config::new(arch)
+                })
+            })
+            .collect();
+        let refs: Vec<&dyn Candidate> = candidates.iter().map(|c| c as &dyn Candidate).collect();
+        let grid = cache.score_grid(&proxy_refs, &refs, &batch, &batch_id, args.seed, args.parallel)?;
+        cache.flush()?;
+        for (arch, row) in chunk.iter().zip(grid) {
+            let mut json = serde_json::Map::new();
+            json.insert("arch".into(), arch.to_string().into());
+            let mut ms = serde_json::Map::new();
+            let mut cached = Vec::new();
+            let mut cols = Vec::new();
+            for (name, s) in names.iter().zip(row) {
+                match (&s.value, &s.error) {
+                    (Some(_), _) => {}
+                    (None, Some(e)) => bar.suspend(|| eprintln!("warning: {name} of {arch} failed: {e}; reported as null")),
+                    (None, None) => bar.suspend(|| eprintln!("warning: {name} of {arch} is not finite; reported as null")),
                 }
-                Err(e) => {
-                    bar.suspend(|| eprintln!("warning: {} of {arch} failed: {e}; reported as null", s.proxy));
-                    None
+                if !s.computed {
+                    cached.push(serde_json::Value::from(*name));
                 }
-            };
-            json.insert(s.proxy.into(), value.map_or(serde_json::Value::Null, serde_json::Value::from));
-            ms.insert(s.proxy.into(), serde_json::Value::from((s.ms * 1000.0).round() / 1000.0));
-            cols.push(value.map_or("null".to_string(), |v| format!("{v:.6}")));
-        }
-        json.insert("ms".into(), ms.into());
-        bar.suspend(|| -> std::io::Result<()> {
-            if args.json {
-                writeln!(out, "{}", serde_json::Value::Object(json))
-            } else {
-                writeln!(out, "{}\t{arch}", cols.join("\t"))
+                json.insert((*name).into(), s.value.map_or(serde_json::Value::Null, serde_json::Value::from));
+                ms.insert((*name).into(), serde_json::Value::from((s.ms * 1000.0).round() / 1000.0));
+                cols.push(s.value.map_or("null".to_string(), |v| format!("{v:.6}")));
             }
-        })?;
-        bar.inc(1);
+            json.insert("ms".into(), ms.into());
+            if args.cache.is_some() {
+                json.insert("cached".into(), cached.into());
+            }
+            bar.suspend(|| -> std::io::Result<()> {
+                if args.json {
+                    writeln!(out, "{}", serde_json::Value::Object(json))
+                } else {
+                    writeln!(out, "{}\t{arch}", cols.join("\t"))
+                }
+            })?;
+            bar.inc(1);
+        }
     }
     bar.finish_and_clear();
     Ok(())

@@ -270,6 +270,71 @@ fn proxies_score_prints_one_json_line_per_arch_with_nulls_for_undefined_scores()
 }
 
 #[test]
+fn proxies_score_in_parallel_equals_one_at_a_time_and_a_cache_file_serves_a_second_run() {
+    let data = shared().join("cifar10-mini");
+    let data = data.to_str().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("scores.jsonl");
+    let score = |parallel: &str, cache: Option<&Path>| -> Vec<serde_json::Value> {
+        let mut args = vec![
+            "proxies",
+            "score",
+            "--sample",
+            "10",
+            "--seed",
+            "5",
+            "--proxies",
+            "synflow,naswot,params",
+            "--batch-size",
+            "8",
+            "--data-dir",
+            data,
+            "--json",
+            "--parallel",
+            parallel,
+        ];
+        if let Some(c) = cache {
+            args.extend(["--cache", c.to_str().unwrap()]);
+        }
+        let o = run(&args);
+        assert!(o.status.success(), "{}", stderr(&o));
+        String::from_utf8(o.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    };
+    let strip = |rows: &[serde_json::Value]| -> Vec<serde_json::Value> {
+        rows.iter()
+            .map(|r| {
+                let mut r = r.clone();
+                let o = r.as_object_mut().unwrap();
+                o.remove("ms");
+                o.remove("cached");
+                r
+            })
+            .collect()
+    };
+    let one = score("false", None);
+    let par = score("true", None);
+    assert_eq!(one.len(), 10);
+    assert_eq!(strip(&one), strip(&par), "scores do not depend on scoring side by side");
+    assert!(one[0].get("cached").is_none());
+
+    // First run with a cache file: everything computed and appended.
+    let first = score("true", Some(&cache));
+    assert_eq!(strip(&first), strip(&one));
+    assert!(first.iter().all(|r| r["cached"].as_array().unwrap().is_empty()));
+    let lines = std::fs::read_to_string(&cache).unwrap().lines().count();
+    // At most one line per (cell, proxy); isomorphic cells share synflow's and naswot's.
+    assert!((20..=30).contains(&lines), "{lines}");
+    // Second run: every score read back, nothing appended, the same values and stored ms.
+    let second = score("true", Some(&cache));
+    assert_eq!(strip(&second), strip(&one));
+    for (a, b) in first.iter().zip(&second) {
+        assert_eq!(b["cached"].as_array().unwrap().len(), 3, "{b}");
+        assert_eq!(a["ms"], b["ms"]);
+    }
+    assert_eq!(std::fs::read_to_string(&cache).unwrap().lines().count(), lines);
+}
+
+#[test]
 fn import_nats_converts_the_fixture_archive_and_fails_cleanly_without_meta() {
     let fixture = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("evaluator/tests/fixtures/nats-tss-mini");
     let dir = tempfile::tempdir().unwrap();

@@ -87,6 +87,10 @@ pub struct ProxiesBenchArgs {
     /// Score cache (JSON lines; default: in the user cache directory, one file per images/batch size).
     #[arg(long)]
     pub cache: Option<PathBuf>,
+    /// Score several architectures at a time on the thread pool (true) or one after another
+    /// (false); side by side, each score's recorded ms is its wall time among the others.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub parallel: bool,
     /// Print the table as one JSON object (keyed by dataset, then by proxy) instead of markdown.
     #[arg(long)]
     pub json: bool,
@@ -94,6 +98,9 @@ pub struct ProxiesBenchArgs {
     #[arg(long)]
     pub out: Option<PathBuf>,
 }
+
+/// Architectures scored together when scoring in parallel.
+const PARALLEL_CHUNK: usize = 8;
 
 /// A published rank correlation.
 struct Published {
@@ -326,35 +333,50 @@ pub fn run(args: &ProxiesBenchArgs) -> Result<()> {
     let bar = progress(indices.len());
     let started = Instant::now();
     let (mut computed, mut reused) = (0usize, 0usize);
-    for (ai, &index) in indices.iter().enumerate() {
-        let arch = table.arch(index).expect("sampled index within the table");
-        let candidate = Nb201Candidate::new(Nb201Config {
-            num_classes: kind.num_classes(),
-            in_channels: c,
-            input_size: h,
-            ..Nb201Config::new(arch)
-        });
+    let proxy_refs: Vec<&dyn autoagent_proxies::Proxy> = proxies.iter().map(|p| p.as_ref()).collect();
+    let chunk = if args.parallel { PARALLEL_CHUNK } else { 1 };
+    let mut done = 0usize;
+    for part in (0..indices.len()).collect::<Vec<_>>().chunks(chunk) {
+        let archs: Vec<_> = part
+            .iter()
+            .map(|&ai| table.arch(indices[ai]).expect("sampled index within the table"))
+            .collect();
+        let candidates: Vec<Nb201Candidate> = archs
+            .iter()
+            .map(|&arch| {
+                Nb201Candidate::new(Nb201Config {
+                    num_classes: kind.num_classes(),
+                    in_channels: c,
+                    input_size: h,
+                    ..Nb201Config::new(arch)
+                })
+            })
+            .collect();
+        let refs: Vec<&dyn autoagent_proxies::Candidate> = candidates.iter().map(|c| c as &dyn autoagent_proxies::Candidate).collect();
         for (si, (seed, batch_id, batch)) in batches.iter().enumerate() {
-            for (pi, proxy) in proxies.iter().enumerate() {
-                let scored = cache.score(proxy.as_ref(), &candidate, batch, batch_id, *seed)?;
-                if let Some(e) = &scored.error {
-                    bar.suspend(|| eprintln!("warning: {} of {arch} (seed {seed}) failed: {e}", proxy.name()));
+            let grid = cache.score_grid(&proxy_refs, &refs, batch, batch_id, *seed, args.parallel)?;
+            for ((&ai, arch), row) in part.iter().zip(&archs).zip(grid) {
+                for (pi, scored) in row.into_iter().enumerate() {
+                    if let Some(e) = &scored.error {
+                        bar.suspend(|| eprintln!("warning: {} of {arch} (seed {seed}) failed: {e}", proxies[pi].name()));
+                    }
+                    if scored.computed {
+                        computed += 1;
+                    } else {
+                        reused += 1;
+                    }
+                    scores[pi][si][ai] = scored.value.unwrap_or(f64::NAN);
+                    ms[pi].0 += scored.ms;
+                    ms[pi].1 += 1;
                 }
-                if scored.computed {
-                    computed += 1;
-                } else {
-                    reused += 1;
-                }
-                let (value, took) = (scored.value, scored.ms);
-                scores[pi][si][ai] = value.unwrap_or(f64::NAN);
-                ms[pi].0 += took;
-                ms[pi].1 += 1;
             }
         }
         cache.flush()?;
-        bar.inc(1);
-        if bar.is_hidden() && ((ai + 1) % 50 == 0 || ai + 1 == indices.len()) {
-            eprintln!("scored {}/{} archs ({:.0} s)", ai + 1, indices.len(), started.elapsed().as_secs_f64());
+        let before = done;
+        done += part.len();
+        bar.inc(part.len() as u64);
+        if bar.is_hidden() && (done / 50 > before / 50 || done == indices.len()) {
+            eprintln!("scored {done}/{} archs ({:.0} s)", indices.len(), started.elapsed().as_secs_f64());
         }
     }
     bar.finish_and_clear();
@@ -509,7 +531,7 @@ fn render(
     (dataset_name, images): (&str, &str),
 ) -> String {
     let mut s = format!(
-        "\n## {label}: accuracy `{metric}`{}\n\n{} of {n_total} architectures, seeds {:?}, scored on {images} images{}.\n\n",
+        "\n## {label}: accuracy `{metric}`{}\n\n{} of {n_total} architectures, seeds {:?}, scored on {images} images{}. ms/arch: the mean time of a score when it was computed (scores read from the cache keep theirs; scores computed several architectures at a time, the default, count their wall time side by side).\n\n",
         valid.map(|v| format!(" (validation: `{v}`)")).unwrap_or_default(),
         indices.len(),
         seeds,

@@ -80,11 +80,11 @@ pub enum CacheError {
     },
 }
 
-/// The cache, open for appending.
+/// The cache, open for appending (or held in memory only, see [`ScoreCache::in_memory`]).
 pub struct ScoreCache {
     path: PathBuf,
     entries: HashMap<CacheKey, (Option<f64>, f64)>,
-    file: File,
+    file: Option<File>,
 }
 
 impl ScoreCache {
@@ -144,11 +144,21 @@ impl ScoreCache {
         Ok(ScoreCache {
             path: path.to_path_buf(),
             entries,
-            file,
+            file: Some(file),
         })
     }
 
-    /// The file.
+    /// A cache without a file: scores are kept for the life of the value only (one command's
+    /// scoring computes nothing twice, and nothing is written).
+    pub fn in_memory() -> Self {
+        ScoreCache {
+            path: PathBuf::new(),
+            entries: HashMap::new(),
+            file: None,
+        }
+    }
+
+    /// The file (empty for an in-memory cache).
     pub fn path(&self) -> &Path {
         &self.path
     }
@@ -172,12 +182,14 @@ impl ScoreCache {
     pub fn put(&mut self, line: CacheLine) -> Result<(), CacheError> {
         // One write call per line: appends of other processes sharing the file (the benchmark
         // and a run) land between lines, never inside one.
-        let mut text = serde_json::to_string(&line).expect("cache lines serialise");
-        text.push('\n');
-        self.file.write_all(text.as_bytes()).map_err(|source| CacheError::Io {
-            path: self.path.clone(),
-            source,
-        })?;
+        if let Some(file) = &mut self.file {
+            let mut text = serde_json::to_string(&line).expect("cache lines serialise");
+            text.push('\n');
+            file.write_all(text.as_bytes()).map_err(|source| CacheError::Io {
+                path: self.path.clone(),
+                source,
+            })?;
+        }
         self.entries.insert((line.key, line.proxy, line.seed, line.batch), (line.value, line.ms));
         Ok(())
     }
@@ -321,10 +333,13 @@ impl ScoreCache {
 
     /// Flush appended entries to the file.
     pub fn flush(&mut self) -> Result<(), CacheError> {
-        self.file.flush().map_err(|source| CacheError::Io {
-            path: self.path.clone(),
-            source,
-        })
+        match &mut self.file {
+            Some(file) => file.flush().map_err(|source| CacheError::Io {
+                path: self.path.clone(),
+                source,
+            }),
+            None => Ok(()),
+        }
     }
 }
 

@@ -26,7 +26,6 @@ pub mod naswot;
 pub mod net;
 pub mod params;
 pub mod registry;
-pub mod score;
 pub mod snip;
 pub mod stats;
 pub mod synflow;
