@@ -185,6 +185,9 @@ fn fused_per_op_and_composite_kernels_agree_on_outputs_gradients_and_running_sta
         "|none~0|+|skip_connect~0|nor_conv_3x3~1|+|nor_conv_1x1~0|avg_pool_3x3~1|nor_conv_3x3~2|",
         "|none~0|+|none~0|none~1|+|none~0|none~1|none~2|",
         "|avg_pool_3x3~0|+|avg_pool_3x3~0|avg_pool_3x3~1|+|avg_pool_3x3~0|avg_pool_3x3~1|avg_pool_3x3~2|",
+        // nodes 0 and 1 each feed a 3×3 and a 1×1 convolution (the fused cell groups a node's
+        // outgoing convolutions by kernel size, sharing their im2col)
+        "|nor_conv_3x3~0|+|nor_conv_1x1~0|nor_conv_3x3~1|+|nor_conv_3x3~0|nor_conv_1x1~1|skip_connect~2|",
     ];
     for arch in archs {
         let cfg = Nb201Config {

@@ -242,31 +242,75 @@ impl CellOp {
         }
     }
 
-    /// ReLU → Conv of one edge over the batch: the convolution output and its BatchNorm
-    /// statistics. Per sample (one contiguous share of the batch per thread), the ReLU is fused
-    /// into im2col and the per-channel moments are taken while the sample's output is in cache.
-    fn conv_edge_fwd<T: Float>(&self, k: usize, input: &[T], wt: &[T]) -> (Vec<T>, BnStats) {
+    /// ReLU → Conv of the edges that leave one node with the same kernel size, over the batch:
+    /// each edge's convolution output and its BatchNorm statistics. Per sample (one contiguous
+    /// share of the batch per thread), the ReLU is fused into im2col, which all the edges share,
+    /// and the per-channel moments are taken while the sample's outputs are in cache.
+    fn conv_group_fwd<T: Float>(&self, k: usize, input: &[T], wts: &[&[T]]) -> Vec<(Vec<T>, BnStats)> {
         let (n, c, h, w) = self.dims;
         let (hw, xs) = (h * w, c * h * w);
         let g = self.geom(k);
         let threads = inner_threads(n);
-        let mut y = alloc_uninit::<T>(n * xs);
-        let mut parts = vec![(0.0, 0.0); n * c];
-        y.par_chunks_mut(xs)
-            .zip(parts.par_chunks_mut(c))
-            .enumerate()
-            .with_min_len(per_thread(n))
-            .for_each_init(
-                || alloc_uninit::<T>(g.k() * hw),
-                |col, (i, (yi, pi))| {
-                    im2col_map::<T, true>(&g, &input[i * xs..(i + 1) * xs], col);
-                    T::matmul(c, hw, g.k(), yi, hw, false, wt, (g.k(), 1), col, (hw, 1), threads);
-                    for (ch, p) in pi.iter_mut().enumerate() {
-                        *p = plane_moments(&yi[ch * hw..(ch + 1) * hw]);
+        let per = per_thread(n);
+        let mut ys: Vec<Vec<T>> = wts.iter().map(|_| alloc_uninit::<T>(n * xs)).collect();
+        let mut parts: Vec<Vec<(f64, f64)>> = wts.iter().map(|_| vec![(0.0, 0.0); n * c]).collect();
+        {
+            // One job per share of samples, holding that share of every edge's output.
+            let mut y_shares: Vec<_> = ys.iter_mut().map(|y| y.chunks_mut(per * xs)).collect();
+            let mut p_shares: Vec<_> = parts.iter_mut().map(|p| p.chunks_mut(per * c)).collect();
+            let mut jobs = Vec::new();
+            for share in 0..n.div_ceil(per) {
+                let yj: Vec<&mut [T]> = y_shares.iter_mut().map(|it| it.next().expect("one share per job")).collect();
+                let pj: Vec<&mut [(f64, f64)]> = p_shares.iter_mut().map(|it| it.next().expect("one share per job")).collect();
+                jobs.push((share, yj, pj));
+            }
+            jobs.into_par_iter().for_each(|(share, mut yj, mut pj)| {
+                let mut col = alloc_uninit::<T>(g.k() * hw);
+                let samples = yj[0].len() / xs;
+                for j in 0..samples {
+                    let i = share * per + j;
+                    im2col_map::<T, true>(&g, &input[i * xs..(i + 1) * xs], &mut col);
+                    for ((wt, ye), pe) in wts.iter().zip(yj.iter_mut()).zip(pj.iter_mut()) {
+                        let yi = &mut ye[j * xs..(j + 1) * xs];
+                        T::matmul(c, hw, g.k(), yi, hw, false, wt, (g.k(), 1), &col, (hw, 1), threads);
+                        for (ch, p) in pe[j * c..(j + 1) * c].iter_mut().enumerate() {
+                            *p = plane_moments(&yi[ch * hw..(ch + 1) * hw]);
+                        }
                     }
-                },
-            );
-        (y, stats_from_planes(&parts, c, hw, self.eps))
+                }
+            });
+        }
+        ys.into_iter().zip(parts).map(|(y, p)| (y, stats_from_planes(&p, c, hw, self.eps))).collect()
+    }
+
+    /// The convolution edges leaving node `source`, grouped by kernel size (in plan order), run
+    /// on the node's value; their outputs and statistics go to `convs`.
+    fn convs_from<T: Float>(&self, source: usize, input: &[T], params: &[T], convs: &mut [Option<(Vec<T>, BnStats)>]) {
+        let c = self.dims.1;
+        let offsets = self.plan.conv_offsets();
+        let mut sizes: Vec<usize> = Vec::new();
+        for &(_, s, edge) in &self.plan.edges {
+            if let (true, CellEdge::Conv(k)) = (s == source, edge) {
+                if !sizes.contains(&k) {
+                    sizes.push(k);
+                }
+            }
+        }
+        for k in sizes {
+            let group: Vec<usize> = (0..self.plan.edges.len())
+                .filter(|&i| self.plan.edges[i].1 == source && self.plan.edges[i].2 == CellEdge::Conv(k))
+                .collect();
+            let wts: Vec<&[T]> = group
+                .iter()
+                .map(|&i| {
+                    let (off, _) = offsets[i].expect("conv edge has parameters");
+                    &params[off..off + c * c * k * k]
+                })
+                .collect();
+            for (i, out) in group.iter().zip(self.conv_group_fwd(k, input, &wts)) {
+                convs[*i] = Some(out);
+            }
+        }
     }
 
     fn forward<T: Float>(&self, x: &[T], params: &[T]) -> Vec<T> {
@@ -277,6 +321,9 @@ impl CellOp {
         let mut nodes: [Option<Vec<T>>; 3] = [None, None, None];
         let mut convs: Vec<Option<(Vec<T>, BnStats)>> = vec![None; 0];
         convs.resize_with(self.plan.edges.len(), || None);
+        // A node's outgoing convolutions run as soon as the node is complete, so that edges
+        // leaving it share one im2col.
+        self.convs_from(0, x, params, &mut convs);
         for target in 1..4 {
             let mut sum: Option<Vec<T>> = None;
             for (i, &(t, s, edge)) in self.plan.edges.iter().enumerate() {
@@ -290,20 +337,23 @@ impl CellOp {
                     CellEdge::Conv(k) => {
                         let (off, _) = offsets[i].expect("conv edge has parameters");
                         let wl = c * c * k * k;
-                        let (wt, gamma, beta) = (&params[off..off + wl], &params[off + wl..off + wl + c], &params[off + wl + c..off + wl + 2 * c]);
-                        let (y, stats) = self.conv_edge_fwd(k, input, wt);
+                        let (gamma, beta) = (&params[off + wl..off + wl + c], &params[off + wl + c..off + wl + 2 * c]);
+                        let (y, stats) = convs[i].as_ref().expect("the source's convolutions ran");
                         let affine: Vec<(T, T)> = (0..c)
                             .map(|ch| {
                                 let scale = gamma[ch].to_f64() * stats.invstd[ch];
                                 (T::from_f64(scale), T::from_f64(beta[ch].to_f64() - stats.mean[ch] * scale))
                             })
                             .collect();
-                        add_affine_into(&mut sum, &y, &affine, hw);
-                        convs[i] = Some((y, stats));
+                        add_affine_into(&mut sum, y, &affine, hw);
                     }
                 }
             }
             nodes[target - 1] = sum;
+            if target < 3 {
+                let node = nodes[target - 1].as_deref().unwrap_or(&zeros);
+                self.convs_from(target, node, params, &mut convs);
+            }
         }
         let out = nodes[2].take().unwrap_or_else(|| vec![T::zero(); x.len()]);
         let [n1, n2, _] = nodes;
