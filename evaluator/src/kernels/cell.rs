@@ -207,6 +207,18 @@ fn add_affine_into<T: Float>(acc: &mut Option<Vec<T>>, y: &[T], affine: &[(T, T)
     });
 }
 
+/// One convolution edge's share of a grouped backward pass ([`CellOp::conv_group_bwd`]).
+struct EdgeBwd<'a, T> {
+    /// Gradient of the edge's BatchNorm output (its target node's gradient).
+    g: &'a [T],
+    /// The edge's convolution output.
+    y: &'a [T],
+    /// The edge's weight.
+    w: &'a [T],
+    /// Its BatchNorm input-gradient coefficients ([`bwd_coefficients`]).
+    coef: Vec<[f64; 3]>,
+}
+
 impl CellOp {
     fn geom(&self, k: usize) -> ConvGeom {
         let (n, c, h, w) = self.dims;
@@ -366,53 +378,59 @@ impl CellOp {
         out
     }
 
-    /// Backward pass of one ReLU → Conv → BN edge from `input` (the source node, before the
-    /// ReLU) given the gradient `g` of its BatchNorm output. Accumulates the source node's
-    /// gradient into `gin` and returns the weight gradient. Per sample, in cache: the BatchNorm
-    /// input gradient, the weight gradient's GEMM against im2col(ReLU(input)), the input
-    /// gradient as a convolution of it with the flipped weight, and the ReLU mask.
-    #[allow(clippy::too_many_arguments)]
-    fn conv_edge_bwd<T: Float>(&self, k: usize, input: &[T], g: &[T], y: &[T], wt: &[T], coef: &[[f64; 3]], gin: &mut Option<Vec<T>>) -> Vec<T> {
+    /// Backward pass of the ReLU → Conv → BN edges that leave one node with the same kernel
+    /// size, from `input` (the node, before the ReLU), given for each edge the gradient `g` of
+    /// its BatchNorm output, its convolution output `y`, weight and BatchNorm coefficients.
+    /// Accumulates the node's gradient into `gin` and returns the edges' weight gradients. Per
+    /// sample, in cache: the ReLU of the input once; per edge the BatchNorm input gradient, the
+    /// weight gradient's GEMM against it, the input gradient as a convolution of it with the
+    /// flipped weight (summed over the edges by the GEMMs themselves); then the ReLU mask once.
+    fn conv_group_bwd<T: Float>(&self, k: usize, input: &[T], edges: &[EdgeBwd<'_, T>], gin: &mut Option<Vec<T>>) -> Vec<Vec<T>> {
         let (n, c, h, w) = self.dims;
         let (hw, xs) = (h * w, c * h * w);
         let geom = self.geom(k);
         let pointwise = self.geom(1);
         let ck = geom.k();
         let threads = inner_threads(n);
-        let coef: Vec<[T; 3]> = coef.iter().map(|a| a.map(T::from_f64)).collect();
-        let flipped = if k > 1 { flip_weight(wt, c, c, k * k) } else { Vec::new() };
+        let coefs: Vec<Vec<[T; 3]>> = edges.iter().map(|e| e.coef.iter().map(|a| a.map(T::from_f64)).collect()).collect();
+        let flipped: Vec<Vec<T>> = edges.iter().map(|e| if k > 1 { flip_weight(e.w, c, c, k * k) } else { Vec::new() }).collect();
         let fresh = gin.is_none();
         let gx = gin.get_or_insert_with(|| alloc_uninit(n * xs));
         let per = per_thread(n);
-        let partials: Vec<Vec<T>> = gx
+        let partials: Vec<Vec<Vec<T>>> = gx
             .par_chunks_mut(per * xs)
             .enumerate()
             .map(|(chunk, gx)| {
-                // k = 1: gw (co×ci); k > 1: gwᵀ by tap, [ci][co·k² + t'] (see below)
-                let mut gw = vec![T::zero(); c * ck];
+                // per edge, k = 1: gw (co×ci); k > 1: gwᵀ by tap, [ci][co·k² + t'] (see below)
+                let mut gws: Vec<Vec<T>> = edges.iter().map(|_| vec![T::zero(); c * ck]).collect();
                 let mut gyb = alloc_uninit::<T>(xs);
                 let mut rx = alloc_uninit::<T>(xs);
                 let mut col = if k > 1 { alloc_uninit::<T>(ck * hw) } else { Vec::new() };
                 let mut gr = alloc_uninit::<T>(xs);
                 for (j, gxi) in gx.chunks_mut(xs).enumerate() {
                     let i = chunk * per + j;
-                    let (gi, yi, xi) = (&g[i * xs..(i + 1) * xs], &y[i * xs..(i + 1) * xs], &input[i * xs..(i + 1) * xs]);
-                    // gyb: the gradient of the convolution output (BatchNorm backward)
-                    input_gradient_into(&mut gyb, gi, yi, &coef, hw);
+                    let xi = &input[i * xs..(i + 1) * xs];
                     // relu(x): the im2col of a pointwise convolution is a copy through the ReLU
                     im2col_map::<T, true>(&pointwise, xi, &mut rx);
-                    if k == 1 {
-                        // gw += gyb (c×hw) · relu(x)ᵀ ; gr = wᵀ · gyb
-                        T::matmul(c, c, hw, &mut gw, c, true, &gyb, (hw, 1), &rx, (1, hw), threads);
-                        T::matmul(c, hw, c, &mut gr, hw, false, wt, (1, c), &gyb, (hw, 1), threads);
-                    } else {
-                        // col = im2col(gyb): its row (co, t') is gyb shifted by the offset of tap t',
-                        // which is minus the offset of tap t = k²−1−t'. It serves both gradients:
-                        //   gr = w' · col                          (w' = the flipped weight)
-                        //   gwᵀ[ci][co·k² + t'] += relu(x) · colᵀ   (= gw[co][ci][t])
-                        im2col_map::<T, false>(&geom, &gyb, &mut col);
-                        T::matmul(c, hw, ck, &mut gr, hw, false, &flipped, (ck, 1), &col, (hw, 1), threads);
-                        T::matmul(c, ck, hw, &mut gw, ck, true, &rx, (hw, 1), &col, (1, hw), threads);
+                    for (e, edge) in edges.iter().enumerate() {
+                        let (gi, yi) = (&edge.g[i * xs..(i + 1) * xs], &edge.y[i * xs..(i + 1) * xs]);
+                        // gyb: the gradient of the convolution output (BatchNorm backward)
+                        input_gradient_into(&mut gyb, gi, yi, &coefs[e], hw);
+                        // gr (+)= this edge's input gradient (before the ReLU mask)
+                        let acc = e > 0;
+                        if k == 1 {
+                            // gw += gyb (c×hw) · relu(x)ᵀ ; gr (+)= wᵀ · gyb
+                            T::matmul(c, c, hw, &mut gws[e], c, true, &gyb, (hw, 1), &rx, (1, hw), threads);
+                            T::matmul(c, hw, c, &mut gr, hw, acc, edge.w, (1, c), &gyb, (hw, 1), threads);
+                        } else {
+                            // col = im2col(gyb): its row (co, t') is gyb shifted by the offset of tap t',
+                            // which is minus the offset of tap t = k²−1−t'. It serves both gradients:
+                            //   gr (+)= w' · col                       (w' = the flipped weight)
+                            //   gwᵀ[ci][co·k² + t'] += relu(x) · colᵀ   (= gw[co][ci][t])
+                            im2col_map::<T, false>(&geom, &gyb, &mut col);
+                            T::matmul(c, hw, ck, &mut gr, hw, acc, &flipped[e], (ck, 1), &col, (hw, 1), threads);
+                            T::matmul(c, ck, hw, &mut gws[e], ck, true, &rx, (hw, 1), &col, (1, hw), threads);
+                        }
                     }
                     // gx (+)= gr · [x > 0]
                     if fresh {
@@ -427,28 +445,32 @@ impl CellOp {
                         }
                     }
                 }
-                gw
+                gws
             })
             .collect();
-        let mut acc = partials[0].clone();
-        for part in &partials[1..] {
-            for (o, v) in acc.iter_mut().zip(part) {
-                *o += *v;
-            }
-        }
-        if k == 1 {
-            return acc;
-        }
-        let kk = k * k;
-        let mut gw = alloc_uninit(acc.len());
-        for ci in 0..c {
-            for co in 0..c {
-                for t in 0..kk {
-                    gw[(co * c + ci) * kk + t] = acc[ci * ck + co * kk + (kk - 1 - t)];
+        (0..edges.len())
+            .map(|e| {
+                let mut acc = partials[0][e].clone();
+                for part in &partials[1..] {
+                    for (o, v) in acc.iter_mut().zip(&part[e]) {
+                        *o += *v;
+                    }
                 }
-            }
-        }
-        gw
+                if k == 1 {
+                    return acc;
+                }
+                let kk = k * k;
+                let mut gw = alloc_uninit(acc.len());
+                for ci in 0..c {
+                    for co in 0..c {
+                        for t in 0..kk {
+                            gw[(co * c + ci) * kk + t] = acc[ci * ck + co * kk + (kk - 1 - t)];
+                        }
+                    }
+                }
+                gw
+            })
+            .collect()
     }
 
     fn backward<T: Float>(&self, x: &[T], gout: &[T]) -> Result<Vec<T>> {
@@ -462,29 +484,35 @@ impl CellOp {
         let offsets = self.plan.conv_offsets();
         let zeros = if self.plan.has_empty_node() { vec![T::zero(); x.len()] } else { Vec::new() };
         let mut gparams = vec![T::zero(); params.len()];
-        // Gradients of nodes 0..=2; node 3's is `gout`.
+        // Gradients of nodes 0..=2; node 3's is `gout`. A node's gradient is complete once the
+        // edges leaving it are done, so the nodes are taken from the last to the first, each with
+        // all of its outgoing edges (convolutions of one kernel size together, sharing the
+        // node's ReLU and its masked accumulation).
         let mut grads: [Option<Vec<T>>; 3] = [None, None, None];
-        for target in (1..4).rev() {
-            let owned;
-            let g: &[T] = if target == 3 {
-                gout
+        for source in (0..3).rev() {
+            let input: &[T] = if source == 0 {
+                x
             } else {
-                match grads[target].take() {
-                    Some(g) => {
-                        owned = g;
-                        &owned
-                    }
-                    None => continue,
-                }
+                saved.nodes[source - 1].as_deref().unwrap_or(&zeros)
             };
+            let mut gin: Option<Vec<T>> = None;
+            // (kernel size, edge indices, edges)
+            let mut groups: Vec<(usize, Vec<usize>, Vec<EdgeBwd<'_, T>>)> = Vec::new();
             for (i, &(t, s, edge)) in self.plan.edges.iter().enumerate() {
-                if t != target {
+                if s != source {
                     continue;
                 }
-                let input: &[T] = if s == 0 { x } else { saved.nodes[s - 1].as_deref().unwrap_or(&zeros) };
+                let g: &[T] = if t == 3 {
+                    gout
+                } else {
+                    match grads[t].as_deref() {
+                        Some(g) => g,
+                        None => continue,
+                    }
+                };
                 match edge {
-                    CellEdge::Skip => add_ref_into(&mut grads[s], g),
-                    CellEdge::Pool => add_into(&mut grads[s], self.pool(true).run(g).0),
+                    CellEdge::Skip => add_ref_into(&mut gin, g),
+                    CellEdge::Pool => add_into(&mut gin, self.pool(true).run(g).0),
                     CellEdge::Conv(k) => {
                         let (off, _) = offsets[i].expect("conv edge has parameters");
                         let wl = c * c * k * k;
@@ -510,11 +538,29 @@ impl CellOp {
                                 }
                             }
                         }
-                        let gw = self.conv_edge_bwd(k, input, g, y, &params[off..off + wl], &coef, &mut grads[s]);
-                        gparams[off..off + wl].copy_from_slice(&gw);
+                        let edge = EdgeBwd {
+                            g,
+                            y,
+                            w: &params[off..off + wl],
+                            coef,
+                        };
+                        match groups.iter_mut().find(|(gk, _, _)| *gk == k) {
+                            Some((_, idx, eds)) => {
+                                idx.push(i);
+                                eds.push(edge);
+                            }
+                            None => groups.push((k, vec![i], vec![edge])),
+                        }
                     }
                 }
             }
+            for (k, idx, eds) in groups {
+                for (i, gw) in idx.into_iter().zip(self.conv_group_bwd(k, input, &eds, &mut gin)) {
+                    let (off, _) = offsets[i].expect("conv edge has parameters");
+                    gparams[off..off + gw.len()].copy_from_slice(&gw);
+                }
+            }
+            grads[source] = gin;
         }
         let mut out = grads[0].take().unwrap_or_else(|| vec![T::zero(); x.len()]);
         out.extend_from_slice(&gparams);
