@@ -262,36 +262,60 @@ impl Recorder {
             Some(r) => {
                 let probe = Var::zeros(z.shape(), z.dtype(), z.device())?;
                 let out = (&z + probe.as_tensor())?;
-                let recorded = LayerOutput {
+                r.record_output(LayerOutput {
                     value: z.detach(),
                     grad: GradSource::Probe(probe),
                     fan_in,
-                };
-                if r.trace.layer_dots {
-                    r.layer_dots.borrow_mut().push(LayerDots {
-                        source: DotsSource::Output(recorded.clone()),
-                        channels: z.dim(1)?,
-                        fan_in,
-                    });
-                }
-                if r.trace.layer_outputs {
-                    r.layer_outputs.borrow_mut().push(recorded);
-                }
+                })?;
                 Ok(out)
             }
         }
     }
 
-    /// A slot for a fused kernel's output·gradient sums, recorded for a layer of `channels`
-    /// output channels.
-    fn dots_slot(&self, channels: usize, fan_in: usize) -> DotsSlot {
+    /// Record a layer's output, with where its gradient comes from, for the traces that ask for
+    /// it: the output itself, and its output·gradient sums taken from it.
+    fn record_output(&self, out: LayerOutput) -> Result<()> {
+        if self.trace.layer_dots {
+            self.layer_dots.borrow_mut().push(LayerDots {
+                channels: out.value.dim(1)?,
+                fan_in: out.fan_in,
+                source: DotsSource::Output(out.clone()),
+            });
+        }
+        if self.trace.layer_outputs {
+            self.layer_outputs.borrow_mut().push(out);
+        }
+        Ok(())
+    }
+
+    /// What a fused kernel reports about a traced convolution output of `channels` channels:
+    /// its gradient when the outputs themselves are traced (recorded with
+    /// [`Recorder::record_tapped`] once the kernel returns the output), otherwise only its
+    /// output·gradient sums, recorded at once.
+    fn conv_tap(&self, channels: usize, fan_in: usize) -> ConvTap {
+        if self.trace.layer_outputs {
+            return ConvTap::Grad(GradSlot::default());
+        }
         let slot = DotsSlot::default();
         self.layer_dots.borrow_mut().push(LayerDots {
             source: DotsSource::Slot(slot.clone()),
             channels,
             fan_in,
         });
-        slot
+        ConvTap::Dots(slot)
+    }
+
+    /// Record the convolution output that a fused kernel returned for a [`ConvTap::Grad`] tap
+    /// (a sums tap was recorded by [`Recorder::conv_tap`]).
+    fn record_tapped(&self, tap: ConvTap, value: Option<Tensor>, fan_in: usize) -> Result<()> {
+        match (tap, value) {
+            (ConvTap::Grad(slot), Some(value)) => self.record_output(LayerOutput {
+                value,
+                grad: GradSource::Slot(slot),
+                fan_in,
+            }),
+            _ => Ok(()),
+        }
     }
 
     fn features(rec: Option<&Recorder>, x: &Tensor) {
@@ -425,29 +449,10 @@ impl ConvUnit {
                 let fan_in: usize = self.weight.dims()[1..].iter().product();
                 let (z, mean, var) = match rec.filter(|r| r.trace.layer_outputs || r.trace.layer_dots) {
                     None => kernels::relu_conv_bn(xs, &self.weight, &gb, self.stride, self.pad, self.relu, BN_EPS)?,
-                    Some(r) if !r.trace.layer_outputs => {
-                        let slot = r.dots_slot(self.weight.dim(0)?, fan_in);
-                        kernels::relu_conv_bn_dots(xs, &self.weight, &gb, self.stride, self.pad, self.relu, BN_EPS, slot)?
-                    }
                     Some(r) => {
-                        let slot = GradSlot::default();
-                        let (z, mean, var, y) = kernels::relu_conv_bn_traced(xs, &self.weight, &gb, self.stride, self.pad, self.relu, BN_EPS, slot.clone())?;
-                        if r.trace.layer_dots {
-                            r.layer_dots.borrow_mut().push(LayerDots {
-                                source: DotsSource::Output(LayerOutput {
-                                    value: y.clone(),
-                                    grad: GradSource::Slot(slot.clone()),
-                                    fan_in,
-                                }),
-                                channels: y.dim(1)?,
-                                fan_in,
-                            });
-                        }
-                        r.layer_outputs.borrow_mut().push(LayerOutput {
-                            value: y,
-                            grad: GradSource::Slot(slot),
-                            fan_in,
-                        });
+                        let tap = r.conv_tap(self.weight.dim(0)?, fan_in);
+                        let (z, mean, var, y) = kernels::relu_conv_bn_tapped(xs, &self.weight, &gb, self.stride, self.pad, self.relu, BN_EPS, tap.clone())?;
+                        r.record_tapped(tap, y, fan_in)?;
                         (z, mean, var)
                     }
                 };
@@ -544,15 +549,8 @@ impl Cell {
                     .collect();
                 let fan_in = |u: &ConvUnit| -> usize { u.weight.dims()[1..].iter().product() };
                 let ch = xs.dim(1)?;
-                // Gradient taps when the outputs themselves are traced (their sums, if asked
-                // for too, are taken from them), otherwise sums computed in the backward pass.
-                let taps: Option<Vec<ConvTap>> = if r.trace.layer_outputs {
-                    Some(convs.iter().map(|_| ConvTap::Grad(GradSlot::default())).collect())
-                } else if r.trace.layer_dots {
-                    Some(convs.iter().map(|u| ConvTap::Dots(r.dots_slot(ch, fan_in(u)))).collect())
-                } else {
-                    None
-                };
+                let taps: Option<Vec<ConvTap>> =
+                    (r.trace.layer_outputs || r.trace.layer_dots).then(|| convs.iter().map(|u| r.conv_tap(ch, fan_in(u))).collect());
                 let trace = kernels::CellTrace {
                     nodes: r.trace.relu_inputs,
                     conv_taps: taps.clone(),
@@ -566,23 +564,10 @@ impl Cell {
                         }
                     }
                 }
-                if r.trace.layer_outputs {
-                    for ((unit, value), tap) in convs.iter().zip(t.conv_outputs).zip(taps.into_iter().flatten()) {
-                        let ConvTap::Grad(slot) = tap else { continue };
-                        let out = LayerOutput {
-                            value,
-                            grad: GradSource::Slot(slot),
-                            fan_in: fan_in(unit),
-                        };
-                        if r.trace.layer_dots {
-                            r.layer_dots.borrow_mut().push(LayerDots {
-                                source: DotsSource::Output(out.clone()),
-                                channels: ch,
-                                fan_in: out.fan_in,
-                            });
-                        }
-                        r.layer_outputs.borrow_mut().push(out);
-                    }
+                let mut outputs = t.conv_outputs.into_iter();
+                for (unit, tap) in convs.iter().zip(taps.into_iter().flatten()) {
+                    let value = if matches!(tap, ConvTap::Grad(_)) { outputs.next() } else { None };
+                    r.record_tapped(tap, value, fan_in(unit))?;
                 }
                 (t.out, t.stats)
             }

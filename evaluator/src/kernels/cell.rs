@@ -77,6 +77,22 @@ impl CellPlan {
         })
     }
 
+    /// The convolution edges leaving node `source`, grouped by kernel size: `(k, edge indices in
+    /// plan order)`, the sizes in order of first appearance. A group runs together, sharing the
+    /// node's im2col forward and its ReLU backward.
+    fn conv_groups(&self, source: usize) -> Vec<(usize, Vec<usize>)> {
+        let mut groups: Vec<(usize, Vec<usize>)> = Vec::new();
+        for (i, &(_, s, edge)) in self.edges.iter().enumerate() {
+            if let (true, CellEdge::Conv(k)) = (s == source, edge) {
+                match groups.iter_mut().find(|(gk, _)| *gk == k) {
+                    Some((_, group)) => group.push(i),
+                    None => groups.push((k, vec![i])),
+                }
+            }
+        }
+        groups
+    }
+
     /// `(offset, k)` into the flat parameters of every convolution edge, by edge index.
     fn conv_offsets(&self) -> Vec<Option<(usize, usize)>> {
         let c = self.channels;
@@ -300,18 +316,7 @@ impl CellOp {
     fn convs_from<T: Float>(&self, source: usize, input: &[T], params: &[T], convs: &mut [Option<(Vec<T>, BnStats)>]) {
         let c = self.dims.1;
         let offsets = self.plan.conv_offsets();
-        let mut sizes: Vec<usize> = Vec::new();
-        for &(_, s, edge) in &self.plan.edges {
-            if let (true, CellEdge::Conv(k)) = (s == source, edge) {
-                if !sizes.contains(&k) {
-                    sizes.push(k);
-                }
-            }
-        }
-        for k in sizes {
-            let group: Vec<usize> = (0..self.plan.edges.len())
-                .filter(|&i| self.plan.edges[i].1 == source && self.plan.edges[i].2 == CellEdge::Conv(k))
-                .collect();
+        for (k, group) in self.plan.conv_groups(source) {
             let wts: Vec<&[T]> = group
                 .iter()
                 .map(|&i| {
@@ -496,65 +501,62 @@ impl CellOp {
                 saved.nodes[source - 1].as_deref().unwrap_or(&zeros)
             };
             let mut gin: Option<Vec<T>> = None;
-            // (kernel size, edge indices, edges)
-            let mut groups: Vec<(usize, Vec<usize>, Vec<EdgeBwd<'_, T>>)> = Vec::new();
-            for (i, &(t, s, edge)) in self.plan.edges.iter().enumerate() {
-                if s != source {
-                    continue;
-                }
-                let g: &[T] = if t == 3 {
-                    gout
+            // The gradient of an edge's target: `gout` for the output, `None` for a node that
+            // reaches no output.
+            let target_grad = |t: usize| -> Option<&[T]> {
+                if t == 3 {
+                    Some(gout)
                 } else {
-                    match grads[t].as_deref() {
-                        Some(g) => g,
-                        None => continue,
-                    }
-                };
-                match edge {
-                    CellEdge::Skip => add_ref_into(&mut gin, g),
-                    CellEdge::Pool => add_into(&mut gin, self.pool(true).run(g).0),
-                    CellEdge::Conv(k) => {
-                        let (off, _) = offsets[i].expect("conv edge has parameters");
-                        let wl = c * c * k * k;
-                        let (y, stats) = saved.convs[i].as_ref().expect("conv edge saved its output");
-                        let gamma: Vec<f64> = params[off + wl..off + wl + c].iter().map(|v| v.to_f64()).collect();
-                        let sums = grad_sums(y, g, (c, hw), stats);
-                        for (ch, &(sg, sgx)) in sums.iter().enumerate() {
-                            gparams[off + wl + ch] = T::from_f64(sgx);
-                            gparams[off + wl + c + ch] = T::from_f64(sg);
-                        }
-                        let coef = bwd_coefficients(&gamma, &sums, stats, (n * hw) as f64);
-                        if let Some(taps) = &self.conv_taps {
-                            let ordinal = offsets[..i].iter().filter(|o| o.is_some()).count();
-                            match &taps[ordinal] {
-                                ConvTap::Grad(slot) => {
-                                    let mut gy = alloc_uninit::<T>(y.len());
-                                    input_gradient_par(&mut gy, g, y, &coef, hw);
-                                    let t = Tensor::from_vec(gy, (n, c, h, w), &candle_core::Device::Cpu)?;
-                                    *slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(t);
-                                }
-                                ConvTap::Dots(slot) => {
-                                    *slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(input_gradient_dots(g, y, &coef, hw));
-                                }
-                            }
-                        }
-                        let edge = EdgeBwd {
-                            g,
-                            y,
-                            w: &params[off..off + wl],
-                            coef,
-                        };
-                        match groups.iter_mut().find(|(gk, _, _)| *gk == k) {
-                            Some((_, idx, eds)) => {
-                                idx.push(i);
-                                eds.push(edge);
-                            }
-                            None => groups.push((k, vec![i], vec![edge])),
-                        }
-                    }
+                    grads[t].as_deref()
+                }
+            };
+            for &(t, s, edge) in &self.plan.edges {
+                match (s == source, edge, target_grad(t)) {
+                    (true, CellEdge::Skip, Some(g)) => add_ref_into(&mut gin, g),
+                    (true, CellEdge::Pool, Some(g)) => add_into(&mut gin, self.pool(true).run(g).0),
+                    _ => {}
                 }
             }
-            for (k, idx, eds) in groups {
+            for (k, group) in self.plan.conv_groups(source) {
+                let mut idx = Vec::new();
+                let mut eds = Vec::new();
+                for i in group {
+                    let Some(g) = target_grad(self.plan.edges[i].0) else { continue };
+                    let (off, _) = offsets[i].expect("conv edge has parameters");
+                    let wl = c * c * k * k;
+                    let (y, stats) = saved.convs[i].as_ref().expect("conv edge saved its output");
+                    let gamma: Vec<f64> = params[off + wl..off + wl + c].iter().map(|v| v.to_f64()).collect();
+                    let sums = grad_sums(y, g, (c, hw), stats);
+                    for (ch, &(sg, sgx)) in sums.iter().enumerate() {
+                        gparams[off + wl + ch] = T::from_f64(sgx);
+                        gparams[off + wl + c + ch] = T::from_f64(sg);
+                    }
+                    let coef = bwd_coefficients(&gamma, &sums, stats, (n * hw) as f64);
+                    if let Some(taps) = &self.conv_taps {
+                        let ordinal = offsets[..i].iter().filter(|o| o.is_some()).count();
+                        match &taps[ordinal] {
+                            ConvTap::Grad(slot) => {
+                                let mut gy = alloc_uninit::<T>(y.len());
+                                input_gradient_par(&mut gy, g, y, &coef, hw);
+                                let t = Tensor::from_vec(gy, (n, c, h, w), &candle_core::Device::Cpu)?;
+                                *slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(t);
+                            }
+                            ConvTap::Dots(slot) => {
+                                *slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(input_gradient_dots(g, y, &coef, hw));
+                            }
+                        }
+                    }
+                    idx.push(i);
+                    eds.push(EdgeBwd {
+                        g,
+                        y,
+                        w: &params[off..off + wl],
+                        coef,
+                    });
+                }
+                if eds.is_empty() {
+                    continue;
+                }
                 for (i, gw) in idx.into_iter().zip(self.conv_group_bwd(k, input, &eds, &mut gin)) {
                     let (off, _) = offsets[i].expect("conv edge has parameters");
                     gparams[off..off + gw.len()].copy_from_slice(&gw);

@@ -6,7 +6,7 @@ use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 
 use super::bn::input_gradient_dots;
 use super::bn::{bn_bwd, bn_fwd, BnStats};
-use super::cell::{ConvTap, DotsSlot, GradSlot};
+use super::cell::ConvTap;
 use super::conv::{conv_data, conv_filter, conv_fwd, ConvGeom};
 use super::relu::{relu_fwd, relu_mask};
 use super::{supports, Float};
@@ -149,42 +149,15 @@ pub fn relu_conv_bn(x: &Tensor, w: &Tensor, gamma_beta: &Tensor, stride: usize, 
     Ok((z, mean, var))
 }
 
-/// [`relu_conv_bn`], also returning a copy of the convolution output and filling `conv_grad`
-/// with its gradient during the backward pass (instrumentation for zero-cost proxies).
+/// [`relu_conv_bn`] with instrumentation for zero-cost proxies: the backward pass fills `tap`
+/// (see [`ConvTap`]); with a gradient tap the convolution output is returned too, as a copy.
 #[allow(clippy::too_many_arguments)]
-pub fn relu_conv_bn_traced(
-    x: &Tensor,
-    w: &Tensor,
-    gamma_beta: &Tensor,
-    stride: usize,
-    pad: usize,
-    relu: bool,
-    eps: f64,
-    conv_grad: GradSlot,
-) -> Result<(Tensor, Vec<f64>, Vec<f64>, Tensor)> {
-    let (z, mean, var, y) = run(x, w, gamma_beta, stride, pad, relu, eps, Some(ConvTap::Grad(conv_grad)))?;
-    Ok((z, mean, var, y.expect("traced run copies the convolution output")))
-}
-
-/// [`relu_conv_bn`], filling `dots` during the backward pass with `Σ_hw y·∂L/∂y` per sample and
-/// channel of the convolution output `y` (instrumentation for zero-cost proxies).
-#[allow(clippy::too_many_arguments)]
-pub fn relu_conv_bn_dots(
-    x: &Tensor,
-    w: &Tensor,
-    gamma_beta: &Tensor,
-    stride: usize,
-    pad: usize,
-    relu: bool,
-    eps: f64,
-    dots: DotsSlot,
-) -> Result<(Tensor, Vec<f64>, Vec<f64>)> {
-    let (z, mean, var, _) = run(x, w, gamma_beta, stride, pad, relu, eps, Some(ConvTap::Dots(dots)))?;
-    Ok((z, mean, var))
+pub fn relu_conv_bn_tapped(x: &Tensor, w: &Tensor, gamma_beta: &Tensor, stride: usize, pad: usize, relu: bool, eps: f64, tap: ConvTap) -> Result<ConvBnRun> {
+    run(x, w, gamma_beta, stride, pad, relu, eps, Some(tap))
 }
 
 /// Output, batch mean, biased batch variance, and the convolution output when traced.
-type ConvBnRun = (Tensor, Vec<f64>, Vec<f64>, Option<Tensor>);
+pub type ConvBnRun = (Tensor, Vec<f64>, Vec<f64>, Option<Tensor>);
 
 #[allow(clippy::too_many_arguments)]
 fn run(x: &Tensor, w: &Tensor, gamma_beta: &Tensor, stride: usize, pad: usize, relu: bool, eps: f64, tap: Option<ConvTap>) -> Result<ConvBnRun> {
@@ -204,25 +177,14 @@ fn run(x: &Tensor, w: &Tensor, gamma_beta: &Tensor, stride: usize, pad: usize, r
     let z = x.contiguous()?.apply_op3(&w.contiguous()?, &gamma_beta.contiguous()?, op)?;
     let guard = saved.lock().expect("conv-bn stash");
     let any = guard.as_ref().expect("forward pass saved its buffers");
-    let copy = |y: Tensor| traced.then_some(y);
+    fn read<T: Float>(s: &ConvBnSaved<T>, copy_y: bool, shape: Shape, dev: &candle_core::Device) -> Result<(BnStats, Option<Tensor>)> {
+        let y = if copy_y { Some(Tensor::from_vec(s.y.clone(), shape, dev)?) } else { None };
+        Ok((s.stats.clone(), y))
+    }
     let (stats, y) = if let Some(s) = any.downcast_ref::<ConvBnSaved<f32>>() {
-        (
-            s.stats.clone(),
-            if traced {
-                copy(Tensor::from_vec(s.y.clone(), geom.y_shape(), x.device())?)
-            } else {
-                None
-            },
-        )
+        read(s, traced, geom.y_shape(), x.device())?
     } else if let Some(s) = any.downcast_ref::<ConvBnSaved<f64>>() {
-        (
-            s.stats.clone(),
-            if traced {
-                copy(Tensor::from_vec(s.y.clone(), geom.y_shape(), x.device())?)
-            } else {
-                None
-            },
-        )
+        read(s, traced, geom.y_shape(), x.device())?
     } else {
         candle_core::bail!("relu_conv_bn: unexpected saved buffers")
     };

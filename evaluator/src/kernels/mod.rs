@@ -54,7 +54,7 @@ use candle_core::{CpuStorage, DType, Layout, Result, WithDType};
 pub use bn::{batch_norm, batch_norm_composite};
 pub use cell::{nb201_cell, nb201_cell_traced, CellEdge, CellPlan, CellTrace, CellTraced, ChannelStats, ConvTap, DotsSlot, GradSlot};
 pub use conv::conv2d;
-pub use fused::{relu_conv_bn, relu_conv_bn_dots, relu_conv_bn_traced};
+pub use fused::{relu_conv_bn, relu_conv_bn_tapped, ConvBnRun};
 pub use pool::avg_pool2d;
 pub use relu::relu;
 
