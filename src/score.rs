@@ -5,9 +5,9 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use autoagent_agent::ranker::default_cache;
+use autoagent_agent::task::network;
 use autoagent_evaluator::data::{self, DatasetKind};
 use autoagent_evaluator::nb201::Arch;
-use autoagent_evaluator::net::Nb201Config;
 use autoagent_evaluator::proxy::{proxy_batch, Nb201Candidate};
 use autoagent_evaluator::train;
 use autoagent_proxies::cache::ScoreCache;
@@ -115,7 +115,6 @@ pub(crate) fn cmd_score(args: ScoreArgs) -> Result<()> {
             ScoreCache::open(&path)?
         }
     };
-    let (c, h, _) = kind.image_shape();
     let bar = if std::io::stderr().is_terminal() {
         let bar = indicatif::ProgressBar::new(archs.len() as u64);
         bar.set_style(indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} archs  {elapsed} (eta {eta})  {msg}").expect("valid template"));
@@ -130,17 +129,7 @@ pub(crate) fn cmd_score(args: ScoreArgs) -> Result<()> {
         writeln!(out, "{}\tarch", names.join("\t"))?;
     }
     for chunk in archs.chunks(if args.parallel { CHUNK } else { 1 }) {
-        let candidates: Vec<Nb201Candidate> = chunk
-            .iter()
-            .map(|&arch| {
-                Nb201Candidate::new(Nb201Config {
-                    num_classes: kind.num_classes(),
-                    in_channels: c,
-                    input_size: h,
-                    ..Nb201Config::new(arch)
-                })
-            })
-            .collect();
+        let candidates: Vec<Nb201Candidate> = chunk.iter().map(|arch| Nb201Candidate::new(network(kind, arch))).collect();
         let refs: Vec<&dyn Candidate> = candidates.iter().map(|c| c as &dyn Candidate).collect();
         let grid = cache.score_grid(&proxy_refs, &refs, &batch, &batch_id, args.seed, args.parallel)?;
         cache.flush()?;

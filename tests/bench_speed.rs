@@ -9,36 +9,41 @@ fn shared() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/data")
 }
 
+/// Run `autoagent bench ARGS --out FILE` and return the table it wrote.
+fn bench_table(args: &[&str]) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("table.md");
+    let o = Command::new(env!("CARGO_BIN_EXE_autoagent"))
+        .arg("bench")
+        .args(args)
+        .arg("--out")
+        .arg(&out)
+        .env("RAYON_NUM_THREADS", "2")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    std::fs::read_to_string(&out).unwrap()
+}
+
 fn cells(line: &str) -> Vec<String> {
     line.trim().trim_matches('|').split('|').map(|c| c.trim().to_string()).collect()
 }
 
 #[test]
 fn train_speed_writes_a_table_with_the_share_of_the_matmul_rate() {
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("train-speed.md");
-    let o = Command::new(env!("CARGO_BIN_EXE_autoagent"))
-        .args([
-            "bench",
-            "train-speed",
-            "--archs",
-            "5681",
-            "--iters",
-            "1",
-            "--warmup",
-            "0",
-            "--train-steps",
-            "1",
-            "--train-batch",
-            "32",
-            "--out",
-        ])
-        .arg(&out)
-        .env("RAYON_NUM_THREADS", "2")
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let md = std::fs::read_to_string(&out).unwrap();
+    let md = bench_table(&[
+        "train-speed",
+        "--archs",
+        "5681",
+        "--iters",
+        "1",
+        "--warmup",
+        "0",
+        "--train-steps",
+        "1",
+        "--train-batch",
+        "32",
+    ]);
     assert!(md.contains("bench train-speed --archs 5681"), "{md}");
     let header = md.lines().find(|l| l.starts_with("| arch |")).unwrap();
     let row = md.lines().find(|l| l.starts_with("| 5681 ")).unwrap();
@@ -58,31 +63,20 @@ fn train_speed_writes_a_table_with_the_share_of_the_matmul_rate() {
 
 #[test]
 fn proxies_speed_writes_a_row_per_proxy_with_the_scores() {
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("proxies-speed.md");
     let data = shared().join("cifar10-mini");
-    let o = Command::new(env!("CARGO_BIN_EXE_autoagent"))
-        .args([
-            "bench",
-            "proxies-speed",
-            "--archs",
-            "5681",
-            "--proxies",
-            "synflow,fisher,params",
-            "--repeat",
-            "1",
-            "--batch-size",
-            "16",
-            "--data-dir",
-        ])
-        .arg(&data)
-        .arg("--out")
-        .arg(&out)
-        .env("RAYON_NUM_THREADS", "2")
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let md = std::fs::read_to_string(&out).unwrap();
+    let md = bench_table(&[
+        "proxies-speed",
+        "--archs",
+        "5681",
+        "--proxies",
+        "synflow,fisher,params",
+        "--repeat",
+        "1",
+        "--batch-size",
+        "16",
+        "--data-dir",
+        data.to_str().unwrap(),
+    ]);
     let rows: Vec<Vec<String>> = md.lines().filter(|l| l.starts_with("| 5681 ")).map(cells).collect();
     assert_eq!(rows.iter().map(|r| r[1].as_str()).collect::<Vec<_>>(), ["synflow", "fisher", "params"], "{md}");
     for r in &rows[..2] {

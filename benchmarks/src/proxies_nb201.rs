@@ -24,8 +24,8 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
+use autoagent_agent::task::network;
 use autoagent_evaluator::data::{self, DatasetKind};
-use autoagent_evaluator::net::Nb201Config;
 use autoagent_evaluator::proxy::{proxy_batch, Nb201Candidate};
 use autoagent_evaluator::table::Nb201Table;
 use autoagent_evaluator::train::parse_device;
@@ -325,7 +325,6 @@ pub fn run(args: &ProxiesBenchArgs) -> Result<()> {
         .collect::<Result<_>>()?;
     let cache_path = args.cache.clone().unwrap_or_else(|| default_cache(kind.name(), args.batch_size));
     let mut cache = ScoreCache::open(&cache_path)?;
-    let (c, h, _) = kind.image_shape();
 
     // scores[proxy][seed][arch], ms[proxy] = (sum, count) over computed entries.
     let mut scores = vec![vec![vec![f64::NAN; indices.len()]; seeds.len()]; proxies.len()];
@@ -335,27 +334,17 @@ pub fn run(args: &ProxiesBenchArgs) -> Result<()> {
     let (mut computed, mut reused) = (0usize, 0usize);
     let proxy_refs: Vec<&dyn autoagent_proxies::Proxy> = proxies.iter().map(|p| p.as_ref()).collect();
     let chunk = if args.parallel { PARALLEL_CHUNK } else { 1 };
-    let mut done = 0usize;
-    for part in (0..indices.len()).collect::<Vec<_>>().chunks(chunk) {
+    for start in (0..indices.len()).step_by(chunk) {
+        let part = start..(start + chunk).min(indices.len());
         let archs: Vec<_> = part
-            .iter()
-            .map(|&ai| table.arch(indices[ai]).expect("sampled index within the table"))
+            .clone()
+            .map(|ai| table.arch(indices[ai]).expect("sampled index within the table"))
             .collect();
-        let candidates: Vec<Nb201Candidate> = archs
-            .iter()
-            .map(|&arch| {
-                Nb201Candidate::new(Nb201Config {
-                    num_classes: kind.num_classes(),
-                    in_channels: c,
-                    input_size: h,
-                    ..Nb201Config::new(arch)
-                })
-            })
-            .collect();
+        let candidates: Vec<Nb201Candidate> = archs.iter().map(|arch| Nb201Candidate::new(network(kind, arch))).collect();
         let refs: Vec<&dyn autoagent_proxies::Candidate> = candidates.iter().map(|c| c as &dyn autoagent_proxies::Candidate).collect();
         for (si, (seed, batch_id, batch)) in batches.iter().enumerate() {
             let grid = cache.score_grid(&proxy_refs, &refs, batch, batch_id, *seed, args.parallel)?;
-            for ((&ai, arch), row) in part.iter().zip(&archs).zip(grid) {
+            for ((ai, arch), row) in part.clone().zip(&archs).zip(grid) {
                 for (pi, scored) in row.into_iter().enumerate() {
                     if let Some(e) = &scored.error {
                         bar.suspend(|| eprintln!("warning: {} of {arch} (seed {seed}) failed: {e}", proxies[pi].name()));
@@ -372,11 +361,9 @@ pub fn run(args: &ProxiesBenchArgs) -> Result<()> {
             }
         }
         cache.flush()?;
-        let before = done;
-        done += part.len();
         bar.inc(part.len() as u64);
-        if bar.is_hidden() && (done / 50 > before / 50 || done == indices.len()) {
-            eprintln!("scored {done}/{} archs ({:.0} s)", indices.len(), started.elapsed().as_secs_f64());
+        if bar.is_hidden() && (part.end / 50 > part.start / 50 || part.end == indices.len()) {
+            eprintln!("scored {}/{} archs ({:.0} s)", part.end, indices.len(), started.elapsed().as_secs_f64());
         }
     }
     bar.finish_and_clear();

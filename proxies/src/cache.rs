@@ -41,7 +41,7 @@ pub struct CacheLine {
     pub error: Option<String>,
 }
 
-/// A score from [`ScoreCache::score`].
+/// A score from [`ScoreCache::score_grid`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct Scored {
     /// The score; `None` when it was not finite or failed.
@@ -194,7 +194,7 @@ impl ScoreCache {
         Ok(())
     }
 
-    /// Whether [`ScoreCache::score`] would read this score from the cache instead of computing it.
+    /// Whether [`ScoreCache::score_grid`] would read this score from the cache instead of computing it.
     pub fn holds(&self, proxy: &dyn Proxy, candidate: &dyn Candidate, batch_id: &str, seed: u64) -> bool {
         self.get(&Self::key_of(proxy, candidate, batch_id, seed)).is_some()
     }
@@ -209,48 +209,11 @@ impl ScoreCache {
         (key, proxy.name().to_string(), seed, batch_key)
     }
 
-    /// `proxy`'s score of `candidate` on `batch` (described by `batch_id`) with networks from
-    /// `seed`: from the cache when it holds it, else computed and appended. The key is the
-    /// candidate's canonical key, or its exact key for proxies that do not share scores within an
-    /// isomorphism class; the batch is left out for data-free proxies.
-    pub fn score(&mut self, proxy: &dyn Proxy, candidate: &dyn Candidate, batch: &Batch, batch_id: &str, seed: u64) -> Result<Scored, CacheError> {
-        let ck = Self::key_of(proxy, candidate, batch_id, seed);
-        if let Some((value, ms)) = self.get(&ck) {
-            return Ok(Scored {
-                value,
-                ms,
-                computed: false,
-                error: None,
-            });
-        }
-        let t = std::time::Instant::now();
-        let r = proxy.score(candidate, batch, seed);
-        let ms = t.elapsed().as_secs_f64() * 1e3;
-        let (value, error) = match r {
-            Ok(v) if v.is_finite() => (Some(v), None),
-            Ok(_) => (None, None),
-            Err(e) => (None, Some(e.to_string())),
-        };
-        let (key, proxy, seed, batch) = ck;
-        self.put(CacheLine {
-            key,
-            proxy,
-            seed,
-            batch,
-            value,
-            ms,
-            error: error.clone(),
-        })?;
-        Ok(Scored {
-            value,
-            ms,
-            computed: true,
-            error,
-        })
-    }
-
-    /// Every proxy's score of every candidate, `[candidate][proxy]`, as [`ScoreCache::score`]
-    /// gives them one by one; but the scores the cache lacks are computed first, each distinct key
+    /// Every proxy's score of every candidate on `batch` (described by `batch_id`) with networks
+    /// from `seed`, `[candidate][proxy]`: from the cache when it holds them, else computed and
+    /// appended. The key is the candidate's canonical key, or its exact key for proxies that do
+    /// not share scores within an isomorphism class; the batch is left out for data-free proxies.
+    /// The scores the cache lacks are computed first, each distinct key
     /// once (isomorphic candidates share their work), and with `parallel` several at a time on the
     /// rayon pool (their kernels run on the same pool, so small networks that cannot keep every
     /// thread busy alone are scored side by side). Scores are appended in candidate then proxy
