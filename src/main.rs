@@ -243,8 +243,17 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            let chain: Vec<String> = e.chain().map(|c| c.to_string()).collect();
-            let mut msg = chain.join(": ");
+            // Each cause once: errors that already print their source (`{path}: {source}`) also
+            // report it as the next link of the chain.
+            let mut msg = String::new();
+            for cause in e.chain().map(|c| c.to_string()) {
+                if !msg.ends_with(&cause) {
+                    if !msg.is_empty() {
+                        msg.push_str(": ");
+                    }
+                    msg.push_str(&cause);
+                }
+            }
             msg.retain(|c| c != '\n');
             eprintln!("error: {msg}");
             ExitCode::from(2)

@@ -332,6 +332,27 @@ fn proxies_score_in_parallel_equals_one_at_a_time_and_a_cache_file_serves_a_seco
         assert_eq!(a["ms"], b["ms"]);
     }
     assert_eq!(std::fs::read_to_string(&cache).unwrap().lines().count(), lines);
+
+    // A cache file that cannot be created (its folder is a file): one line naming it, the OS's
+    // reason once, exit 2, and the file in the way untouched.
+    let blocker = dir.path().join("not-a-folder");
+    std::fs::write(&blocker, "keep me").unwrap();
+    let bad = blocker.join("scores.jsonl");
+    let o = run(&[
+        "proxies",
+        "score",
+        "--sample",
+        "2",
+        "--batch-size",
+        "8",
+        "--data-dir",
+        data,
+        "--cache",
+        bad.to_str().unwrap(),
+    ]);
+    assert_one_line_error(&o, "score cache");
+    assert_eq!(stderr(&o).matches("os error").count(), 1, "{}", stderr(&o));
+    assert_eq!(std::fs::read_to_string(&blocker).unwrap(), "keep me");
 }
 
 #[test]
