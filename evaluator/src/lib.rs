@@ -11,6 +11,9 @@
 
 #![warn(missing_docs)]
 
+#[macro_use]
+mod unroll;
+
 pub mod data;
 mod dgemm;
 pub mod error;

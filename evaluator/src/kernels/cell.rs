@@ -18,6 +18,12 @@
 //!   col2im scatter) and the weight gradient (against `relu(x)`, no second im2col), and the ReLU
 //!   mask applied while adding into the source node's gradient.
 //!
+//! In f32 on CPUs with AVX-512 the k×k convolutions (k > 1) skip most of the im2col work: the
+//! forward convolution and the input gradient are implicit GEMMs ([`super::implicit`]) that
+//! read the shifted windows of `relu(x)` and of `gyb` in place, and the weight gradients of all
+//! the edges leaving a node come from one im2col of `relu(x)` per sample. A cell of 6111 goes
+//! from six im2cols per sample to two.
+//!
 //! The parameters of a cell travel as one flat tensor: for every convolution edge, in edge
 //! order, its weight, then γ, then β of its BatchNorm.
 
@@ -29,7 +35,8 @@ use rayon::prelude::*;
 use super::bn::{bwd_coefficients, grad_sums, input_gradient_dots, input_gradient_into, input_gradient_par, plane_moments, stats_from_planes, BnStats};
 use super::conv::{flip_weight, im2col_map, inner_threads, per_thread, ConvGeom};
 use super::pool::PoolOp;
-use super::{alloc_uninit, supports, Float};
+use super::implicit::{self, PackedFilter};
+use super::{alloc_uninit, f32s, f32s_mut, supports, Float};
 
 /// What an edge of the cell computes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -192,6 +199,30 @@ fn add_into<T: Float>(acc: &mut Option<Vec<T>>, v: Vec<T>) {
     }
 }
 
+/// `relu(x)` of the planes of `hw` elements in `x`, into `out` at a channel pitch of `pitch`.
+fn relu_pitched<T: Float>(x: &[T], hw: usize, pitch: usize, out: &mut [T]) {
+    for (src, dst) in x.chunks_exact(hw).zip(out.chunks_mut(pitch)) {
+        for (d, v) in dst.iter_mut().zip(src) {
+            *d = if *v > T::zero() { *v } else { T::zero() };
+        }
+    }
+}
+
+/// `gx (+)= gr · [x > 0]`: the ReLU's input gradient, written when `fresh`, else added.
+fn mask_accumulate<T: Float>(gx: &mut [T], gr: &[T], x: &[T], fresh: bool) {
+    if fresh {
+        for ((o, gv), xv) in gx.iter_mut().zip(gr).zip(x) {
+            *o = if *xv > T::zero() { *gv } else { T::zero() };
+        }
+    } else {
+        for ((o, gv), xv) in gx.iter_mut().zip(gr).zip(x) {
+            if *xv > T::zero() {
+                *o += *gv;
+            }
+        }
+    }
+}
+
 fn add_ref_into<T: Float>(acc: &mut Option<Vec<T>>, v: &[T]) {
     match acc {
         None => *acc = Some(v.to_vec()),
@@ -292,15 +323,30 @@ impl CellOp {
                 let pj: Vec<&mut [(f64, f64)]> = p_shares.iter_mut().map(|it| it.next().expect("one share per job")).collect();
                 jobs.push((share, yj, pj));
             }
+            // f32 "same" convolutions on AVX-512 run as implicit GEMMs on `relu(x)` (copied at a
+            // channel pitch that spreads the planes over the cache sets); the rest through im2col.
+            let kk = k * k;
+            let packed: Option<Vec<PackedFilter>> = (k > 1 && implicit::available())
+                .then(|| wts.iter().map(|wt| f32s(wt).map(|wt| PackedFilter::new(c, c, kk, |i, ch, t| wt[(i * c + ch) * kk + t]))).collect())
+                .flatten();
+            let pitch = implicit::pitch(hw);
             jobs.into_par_iter().for_each(|(share, mut yj, mut pj)| {
-                let mut col = alloc_uninit::<T>(g.k() * hw);
+                let mut col = alloc_uninit::<T>(if packed.is_some() { c * pitch } else { g.k() * hw });
                 let samples = yj[0].len() / xs;
                 for j in 0..samples {
                     let i = share * per + j;
-                    im2col_map::<T, true>(&g, &input[i * xs..(i + 1) * xs], &mut col);
-                    for ((wt, ye), pe) in wts.iter().zip(yj.iter_mut()).zip(pj.iter_mut()) {
+                    let xi = &input[i * xs..(i + 1) * xs];
+                    if packed.is_some() {
+                        relu_pitched(xi, hw, pitch, &mut col);
+                    } else {
+                        im2col_map::<T, true>(&g, xi, &mut col);
+                    }
+                    for (e, (ye, pe)) in yj.iter_mut().zip(pj.iter_mut()).enumerate() {
                         let yi = &mut ye[j * xs..(j + 1) * xs];
-                        T::matmul(c, hw, g.k(), yi, hw, false, wt, (g.k(), 1), &col, (hw, 1), threads);
+                        match (&packed, f32s(&col), f32s_mut(yi)) {
+                            (Some(packed), Some(rx), Some(y32)) => implicit::conv_same_f32(&g, &packed[e], rx, pitch, y32, false),
+                            _ => T::matmul(c, hw, g.k(), yi, hw, false, wts[e], (g.k(), 1), &col, (hw, 1), threads),
+                        }
                         for (ch, p) in pe[j * c..(j + 1) * c].iter_mut().enumerate() {
                             *p = plane_moments(&yi[ch * hw..(ch + 1) * hw]);
                         }
@@ -398,7 +444,18 @@ impl CellOp {
         let ck = geom.k();
         let threads = inner_threads(n);
         let coefs: Vec<Vec<[T; 3]>> = edges.iter().map(|e| e.coef.iter().map(|a| a.map(T::from_f64)).collect()).collect();
-        let flipped: Vec<Vec<T>> = edges.iter().map(|e| if k > 1 { flip_weight(e.w, c, c, k * k) } else { Vec::new() }).collect();
+        let kk = k * k;
+        // f32 "same" convolutions on AVX-512: the input gradient is one implicit GEMM of the
+        // flipped weights over the edges' `gyb` stacked as channels (at a cache-friendly pitch),
+        // and the weight gradients come from one im2col of `relu(x)` per sample for the group.
+        let packed: Option<PackedFilter> = (k > 1 && implicit::available())
+            .then(|| {
+                let ws: Option<Vec<&[f32]>> = edges.iter().map(|e| f32s(e.w)).collect();
+                ws.map(|ws| PackedFilter::new(c, edges.len() * c, kk, |ci, ch, t| ws[ch / c][((ch % c) * c + ci) * kk + kk - 1 - t]))
+            })
+            .flatten();
+        let pitch = implicit::pitch(hw);
+        let flipped: Vec<Vec<T>> = edges.iter().map(|e| if k > 1 && packed.is_none() { flip_weight(e.w, c, c, kk) } else { Vec::new() }).collect();
         let fresh = gin.is_none();
         let gx = gin.get_or_insert_with(|| alloc_uninit(n * xs));
         let per = per_thread(n);
@@ -409,12 +466,31 @@ impl CellOp {
                 // per edge, k = 1: gw (co×ci); k > 1: gwᵀ by tap, [ci][co·k² + t'] (see below)
                 let mut gws: Vec<Vec<T>> = edges.iter().map(|_| vec![T::zero(); c * ck]).collect();
                 let mut gyb = alloc_uninit::<T>(xs);
-                let mut rx = alloc_uninit::<T>(xs);
+                let mut rx = if packed.is_some() { Vec::new() } else { alloc_uninit::<T>(xs) };
                 let mut col = if k > 1 { alloc_uninit::<T>(ck * hw) } else { Vec::new() };
                 let mut gr = alloc_uninit::<T>(xs);
+                let mut gys = if packed.is_some() { alloc_uninit::<T>(edges.len() * c * pitch) } else { Vec::new() };
                 for (j, gxi) in gx.chunks_mut(xs).enumerate() {
                     let i = chunk * per + j;
                     let xi = &input[i * xs..(i + 1) * xs];
+                    if let Some(packed) = &packed {
+                        // col = im2col(relu(x)); per edge gw[co][ci·k² + t] += gyb · colᵀ
+                        im2col_map::<T, true>(&geom, xi, &mut col);
+                        for (e, edge) in edges.iter().enumerate() {
+                            let (gi, yi) = (&edge.g[i * xs..(i + 1) * xs], &edge.y[i * xs..(i + 1) * xs]);
+                            let ge = &mut gys[e * c * pitch..(e + 1) * c * pitch];
+                            for (ch, plane) in ge.chunks_mut(pitch).enumerate() {
+                                let at = ch * hw..(ch + 1) * hw;
+                                input_gradient_into(&mut plane[..hw], &gi[at.clone()], &yi[at], &coefs[e][ch..ch + 1], hw);
+                            }
+                            T::matmul(c, ck, hw, &mut gws[e], ck, true, ge, (pitch, 1), &col, (1, hw), threads);
+                        }
+                        // gr = Σ_e w'_e ⊛ gyb_e
+                        let (Some(g32), Some(r32)) = (f32s(&gys), f32s_mut(&mut gr)) else { unreachable!("packed filters are f32") };
+                        implicit::conv_same_f32(&geom, packed, g32, pitch, r32, false);
+                        mask_accumulate(gxi, &gr, xi, fresh);
+                        continue;
+                    }
                     // relu(x): the im2col of a pointwise convolution is a copy through the ReLU
                     im2col_map::<T, true>(&pointwise, xi, &mut rx);
                     for (e, edge) in edges.iter().enumerate() {
@@ -437,18 +513,7 @@ impl CellOp {
                             T::matmul(c, ck, hw, &mut gws[e], ck, true, &rx, (hw, 1), &col, (1, hw), threads);
                         }
                     }
-                    // gx (+)= gr · [x > 0]
-                    if fresh {
-                        for ((o, gv), xv) in gxi.iter_mut().zip(&gr).zip(xi) {
-                            *o = if *xv > T::zero() { *gv } else { T::zero() };
-                        }
-                    } else {
-                        for ((o, gv), xv) in gxi.iter_mut().zip(&gr).zip(xi) {
-                            if *xv > T::zero() {
-                                *o += *gv;
-                            }
-                        }
-                    }
+                    mask_accumulate(gxi, &gr, xi, fresh);
                 }
                 gws
             })
@@ -461,10 +526,9 @@ impl CellOp {
                         *o += *v;
                     }
                 }
-                if k == 1 {
+                if k == 1 || packed.is_some() {
                     return acc;
                 }
-                let kk = k * k;
                 let mut gw = alloc_uninit(acc.len());
                 for ci in 0..c {
                     for co in 0..c {

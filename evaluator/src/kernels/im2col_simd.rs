@@ -61,6 +61,25 @@ pub(crate) fn im2col_same_f32(g: &ConvGeom, x: &[f32], col: &mut [f32], relu: bo
     assert!(g.stride == 1 && g.ho == g.h && g.wo == g.w, "im2col_same_f32: not a stride-1 same convolution");
     let hw = g.h * g.w;
     assert!(x.len() >= g.cin * hw && col.len() >= g.k() * hw, "im2col_same_f32: buffers too short");
+    with_masks(g, |masks| {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: AVX-512F is present (asserted above); the sizes were checked above and the
+        // masks belong to this geometry.
+        unsafe {
+            if relu {
+                avx512::run::<true>(g, x, col, masks)
+            } else {
+                avx512::run::<false>(g, x, col, masks)
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = (masks, relu);
+    })
+}
+
+/// Run `f` on the lane masks of `g`'s geometry ([`masks`]: `[block][tap]`), computed once per
+/// geometry and thread.
+pub(super) fn with_masks<R>(g: &ConvGeom, f: impl FnOnce(&[u16]) -> R) -> R {
     MASKS.with(|cache| {
         let mut cache = cache.borrow_mut();
         let key = (g.h, g.w, g.kh, g.kw, g.pad);
@@ -74,19 +93,7 @@ pub(crate) fn im2col_same_f32(g: &ConvGeom, x: &[f32], col: &mut [f32], relu: bo
                 cache.len() - 1
             }
         };
-        let masks = &cache[at].1;
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: AVX-512F is present (asserted above); the sizes were checked above and the
-        // masks belong to this geometry.
-        unsafe {
-            if relu {
-                avx512::run::<true>(g, x, col, masks)
-            } else {
-                avx512::run::<false>(g, x, col, masks)
-            }
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        let _ = (masks, relu);
+        f(&cache[at].1)
     })
 }
 

@@ -44,6 +44,7 @@ mod cell;
 mod conv;
 mod fused;
 mod im2col_simd;
+mod implicit;
 mod pool;
 mod relu;
 #[cfg(test)]
@@ -437,6 +438,19 @@ pub(crate) fn alloc_uninit<T: Float>(len: usize) -> Vec<T> {
     // reading it (the same contract as candle's own `alloc_uninit`).
     unsafe { v.set_len(len) };
     v
+}
+
+/// `x` seen as f32, when `T` is f32.
+pub(crate) fn f32s<T: Float>(x: &[T]) -> Option<&[f32]> {
+    // SAFETY: T is f32 (checked through its dtype), so the cast is the identity.
+    (T::DTYPE == DType::F32).then(|| unsafe { std::slice::from_raw_parts(x.as_ptr().cast::<f32>(), x.len()) })
+}
+
+/// `x` seen as mutable f32, when `T` is f32.
+pub(crate) fn f32s_mut<T: Float>(x: &mut [T]) -> Option<&mut [f32]> {
+    // SAFETY: T is f32 (checked through its dtype), so the cast is the identity; the borrow is
+    // passed on.
+    (T::DTYPE == DType::F32).then(|| unsafe { std::slice::from_raw_parts_mut(x.as_mut_ptr().cast::<f32>(), x.len()) })
 }
 
 pub(crate) fn slice<'a, T: Float>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [T]> {

@@ -320,6 +320,113 @@ fn simd_im2col_matches_the_portable_one() {
     }
 }
 
+/// The implicit-GEMM convolution equals im2col followed by a naive product, in f64, for ragged
+/// row counts and planes (not a multiple of 16 positions), 1×1 to 5×5 kernels, stored and
+/// accumulated.
+#[test]
+fn implicit_convolution_matches_im2col_and_a_naive_product() {
+    if !super::implicit::available() {
+        return;
+    }
+    // m, cin, h, w, k
+    for &(m, cin, h, w, k) in &[(16, 16, 32, 32, 3), (13, 5, 7, 5, 3), (8, 3, 8, 8, 3), (24, 7, 16, 16, 3), (3, 2, 6, 9, 5), (9, 4, 4, 4, 1), (5, 1, 1, 3, 3)] {
+        let taps = k * k;
+        let g = ConvGeom {
+            n: 1,
+            cin,
+            h,
+            w,
+            cout: m,
+            kh: k,
+            kw: k,
+            stride: 1,
+            pad: k / 2,
+            ho: h,
+            wo: w,
+        };
+        let hw = h * w;
+        let x: Vec<f32> = randn(&[cin * hw], 11, DType::F32).to_vec1().unwrap();
+        let f: Vec<f32> = randn(&[m * cin * taps], 12, DType::F32).to_vec1().unwrap();
+        let prior: Vec<f32> = randn(&[m * hw], 13, DType::F32).to_vec1().unwrap();
+        let x64: Vec<f64> = x.iter().map(|&v| v as f64).collect();
+        let mut col = vec![0.0f64; cin * taps * hw];
+        super::conv::im2col(&g, &x64, &mut col);
+        // The filter as a strided view: row i, channel c, tap t at `f[(c·m + i)·taps + t]`,
+        // so the packing is checked too.
+        let packed = super::implicit::PackedFilter::new(m, cin, taps, |i, c, t| f[(c * m + i) * taps + t]);
+        // The planes again at a wider pitch, with garbage between them.
+        let pitch = hw + 5;
+        let mut wide = vec![f32::NAN; (cin - 1) * pitch + hw];
+        for c in 0..cin {
+            wide[c * pitch..c * pitch + hw].copy_from_slice(&x[c * hw..(c + 1) * hw]);
+        }
+        for (acc, (xs, pitch)) in [(false, (&x, hw)), (true, (&x, hw)), (false, (&wide, pitch)), (true, (&wide, pitch))] {
+            let mut dst = prior.clone();
+            super::implicit::conv_same_f32(&g, &packed, xs, pitch, &mut dst, acc);
+            for i in 0..m {
+                for q in 0..hw {
+                    let mut want = if acc { prior[i * hw + q] as f64 } else { 0.0 };
+                    for c in 0..cin {
+                        for t in 0..taps {
+                            want += f[(c * m + i) * taps + t] as f64 * col[(c * taps + t) * hw + q];
+                        }
+                    }
+                    let got = dst[i * hw + q] as f64;
+                    assert!((got - want).abs() < 1e-4 * (1.0 + want.abs()), "m={m} cin={cin} {h}x{w} k={k} acc={acc}: ({i}, {q}) {got} vs {want}");
+                }
+            }
+        }
+    }
+}
+
+/// im2col + sgemm against the implicit-GEMM convolution on the NB201 cell shapes, one thread;
+/// `cargo test -p autoagent-evaluator --lib bench_implicit -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn bench_implicit() {
+    for &(c, hw) in &[(16usize, 32usize), (32, 16), (64, 8)] {
+        let g = ConvGeom::new(&[1, c, hw, hw], &[c, c, 3, 3], 1, 1).unwrap();
+        let p = hw * hw;
+        let x: Vec<f32> = randn(&[c * p], 1, DType::F32).to_vec1().unwrap();
+        let w: Vec<f32> = randn(&[c * c * 9], 2, DType::F32).to_vec1().unwrap();
+        let mut col = vec![0.0f32; c * 9 * p];
+        let mut y = vec![0.0f32; c * p];
+        let reps = 2000 * 1024 / p / c;
+        let flops = 2.0 * (c * c * 9 * p) as f64 * reps as f64;
+        let time = |name: &str, f: &mut dyn FnMut()| {
+            f();
+            let mut best = f64::INFINITY;
+            for _ in 0..5 {
+                let t = std::time::Instant::now();
+                for _ in 0..reps {
+                    f();
+                }
+                best = best.min(t.elapsed().as_secs_f64());
+            }
+            eprintln!("c={c:<3} {hw:>2}x{hw:<2} {name:<20} {:7.1} GFLOP/s", flops / best / 1e9);
+        };
+        time("im2col + sgemm", &mut || {
+            super::conv::im2col_map::<f32, true>(&g, &x, &mut col);
+            crate::sgemm::sgemm(c, p, c * 9, &mut y, p, false, &w, (c * 9, 1), &col, (p, 1));
+        });
+        time("sgemm alone", &mut || {
+            crate::sgemm::sgemm(c, p, c * 9, &mut y, p, false, &w, (c * 9, 1), &col, (p, 1));
+        });
+        let packed = super::implicit::PackedFilter::new(c, c, 9, |i, ch, t| w[(i * c + ch) * 9 + t]);
+        time("implicit", &mut || {
+            super::implicit::conv_same_f32(&g, &packed, &x, p, &mut y, false);
+        });
+        let pitch = super::implicit::pitch(p);
+        let mut wide = vec![0.0f32; c * pitch];
+        for ch in 0..c {
+            wide[ch * pitch..ch * pitch + p].copy_from_slice(&x[ch * p..(ch + 1) * p]);
+        }
+        time("implicit, pitch", &mut || {
+            super::implicit::conv_same_f32(&g, &packed, &wide, pitch, &mut y, false);
+        });
+    }
+}
+
 /// Batches smaller than the pool: the per-sample convolutions spread over the pool themselves,
 /// stride-1 "same" ones as shifted products without im2col (`conv::shifted`). Forward, both
 /// gradients and a second-order term against candle, on odd shapes, in both dtypes.
