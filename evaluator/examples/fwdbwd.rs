@@ -1,7 +1,7 @@
 //! Profiling harness: forward+backward of one NB201 network on a random batch, repeated.
 //!
-//! `cargo run --example fwdbwd -p autoagent-evaluator -- [ARCH_INDEX_STRING] [BATCH] [ITERS]`
-//! prints the time of each iteration; run it under `perf record` to see where the time goes.
+//! `cargo run --example fwdbwd -p autoagent-evaluator -- [ARCH_INDEX_STRING] [BATCH] [ITERS] [fwd]`
+//! prints the time of each iteration (with `fwd`, of the forward pass alone); run it under `perf record` to see where the time goes.
 use std::time::Instant;
 
 #[global_allocator]
@@ -25,6 +25,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .expect("arch string");
     let batch: usize = args.get(2).map_or(64, |s| s.parse().expect("batch"));
     let iters: usize = args.get(3).map_or(10, |s| s.parse().expect("iters"));
+    let forward_only = args.get(4).is_some_and(|s| s == "fwd");
     let dev = Device::Cpu;
     let model = Model::new(&Nb201Config::new(arch), DType::F32, &dev, 0)?;
     let xs = Tensor::randn(0f32, 1., (batch, 3, 32, 32), &dev)?;
@@ -33,6 +34,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let t = Instant::now();
         let logits = model.net.forward_mode(&xs, BnMode::Batch)?;
         let tf = t.elapsed().as_secs_f64() * 1e3;
+        if forward_only {
+            println!("iter {i}: fwd {tf:.1} ms");
+            continue;
+        }
         candle_nn::loss::cross_entropy(&logits, &ys)?.backward()?;
         println!("iter {i}: fwd {tf:.1} ms, fwd+bwd {:.1} ms", t.elapsed().as_secs_f64() * 1e3);
     }

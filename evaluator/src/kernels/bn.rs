@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::{supports, Float};
+use super::{f32s, supports, Float};
 
 /// Per-channel statistics of one BatchNorm forward pass, kept for its backward pass.
 #[derive(Debug, Clone, Default)]
@@ -43,12 +43,18 @@ const LANES: usize = 16;
 /// Sum of `x` with [`LANES`] accumulators in `T`, returned in f64.
 #[inline]
 fn lane_sum<T: Float>(x: &[T]) -> f64 {
+    #[cfg(target_arch = "x86_64")]
+    if let (Some(x), true) = (f32s(x), avx512_available()) {
+        // SAFETY: AVX-512F is present.
+        return unsafe { avx512::sum(x) };
+    }
     let mut acc = [T::zero(); LANES];
     let chunks = x.chunks_exact(LANES);
     let rest: f64 = chunks.remainder().iter().map(|v| v.to_f64()).sum();
     for ch in chunks {
-        for (a, v) in acc.iter_mut().zip(ch) {
-            *a += *v;
+        let ch: &[T; LANES] = ch.try_into().expect("chunks of LANES");
+        for l in 0..LANES {
+            acc[l] += ch[l];
         }
     }
     acc.iter().map(|a| a.to_f64()).sum::<f64>() + rest
@@ -57,13 +63,19 @@ fn lane_sum<T: Float>(x: &[T]) -> f64 {
 /// `Σ (x − m)²` with [`LANES`] accumulators in `T`, returned in f64.
 #[inline]
 fn lane_sq_dev<T: Float>(x: &[T], m: T) -> f64 {
+    #[cfg(target_arch = "x86_64")]
+    if let (Some(x), true) = (f32s(x), avx512_available()) {
+        // SAFETY: AVX-512F is present.
+        return unsafe { avx512::sq_dev(x, m.to_f64() as f32) };
+    }
     let mut acc = [T::zero(); LANES];
     let chunks = x.chunks_exact(LANES);
     let rest: f64 = chunks.remainder().iter().map(|v| (*v - m).to_f64().powi(2)).sum();
     for ch in chunks {
-        for (a, v) in acc.iter_mut().zip(ch) {
-            let d = *v - m;
-            *a += d * d;
+        let ch: &[T; LANES] = ch.try_into().expect("chunks of LANES");
+        for l in 0..LANES {
+            let d = ch[l] - m;
+            acc[l] += d * d;
         }
     }
     acc.iter().map(|a| a.to_f64()).sum::<f64>() + rest
@@ -72,10 +84,16 @@ fn lane_sq_dev<T: Float>(x: &[T], m: T) -> f64 {
 /// `(Σ g, Σ g·(y − m))` with [`LANES`] accumulators in `T`, returned in f64.
 #[inline]
 fn lane_grad_sums<T: Float>(g: &[T], y: &[T], m: T) -> (f64, f64) {
+    #[cfg(target_arch = "x86_64")]
+    if let (Some(g), Some(y), true) = (f32s(g), f32s(y), avx512_available()) {
+        // SAFETY: AVX-512F is present.
+        return unsafe { avx512::grad_sums(g, y, m.to_f64() as f32) };
+    }
     let (mut sg, mut sgy) = ([T::zero(); LANES], [T::zero(); LANES]);
     let len = g.len().min(y.len());
     let full = len / LANES * LANES;
     for (gc, yc) in g[..full].chunks_exact(LANES).zip(y[..full].chunks_exact(LANES)) {
+        let (gc, yc): (&[T; LANES], &[T; LANES]) = (gc.try_into().expect("chunks of LANES"), yc.try_into().expect("chunks of LANES"));
         for l in 0..LANES {
             sg[l] += gc[l];
             sgy[l] += gc[l] * (yc[l] - m);
@@ -87,6 +105,96 @@ fn lane_grad_sums<T: Float>(g: &[T], y: &[T], m: T) -> (f64, f64) {
         b += (g[i] * (y[i] - m)).to_f64();
     }
     (a, b)
+}
+
+/// Whether the f32 reductions take their AVX-512 path.
+#[cfg(target_arch = "x86_64")]
+fn avx512_available() -> bool {
+    std::arch::is_x86_feature_detected!("avx512f")
+}
+
+/// The f32 reductions of BatchNorm with explicit AVX-512 (LLVM leaves the portable lane loops
+/// scalar): four vectors of 16 lanes each for independent additions, lanes summed in f64.
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use core::arch::x86_64::*;
+
+    /// Sum of the 64 lanes: the four vectors added in f32, their 16 lanes in f64.
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    fn lanes_f64(acc: [__m512; 4]) -> f64 {
+        let v = _mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3]));
+        let lo = _mm512_cvtps_pd(_mm512_castps512_ps256(v));
+        let hi = _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));
+        _mm512_reduce_add_pd(_mm512_add_pd(lo, hi))
+    }
+
+    /// `Σ f(x[i], y[i])` over equal-length slices (`y` may be `x`), `f` applied to 16 lanes at a
+    /// time and summed into four accumulators; the tail through masked loads (lanes past the end
+    /// read as 0, so `f` must map (0, 0) to 0, or the mask is applied to its result).
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    fn reduce(x: &[f32], y: &[f32], f: impl Fn(__m512, __m512) -> __m512) -> f64 {
+        let n = x.len().min(y.len());
+        let mut acc = [_mm512_setzero_ps(); 4];
+        let (xp, yp) = (x.as_ptr(), y.as_ptr());
+        let mut i = 0;
+        while i + 64 <= n {
+            for (k, a) in acc.iter_mut().enumerate() {
+                // SAFETY: elements `i + 16k ..< i + 16k + 16 <= n` of both slices.
+                let (xv, yv) = unsafe { (_mm512_loadu_ps(xp.add(i + 16 * k)), _mm512_loadu_ps(yp.add(i + 16 * k))) };
+                *a = _mm512_add_ps(*a, f(xv, yv));
+            }
+            i += 64;
+        }
+        while i < n {
+            let m = if n - i >= 16 { 0xffff } else { ((1u32 << (n - i)) - 1) as __mmask16 };
+            // SAFETY: the lanes left on are elements `< n` of both slices.
+            let (xv, yv) = unsafe { (_mm512_maskz_loadu_ps(m, xp.add(i)), _mm512_maskz_loadu_ps(m, yp.add(i))) };
+            acc[0] = _mm512_mask_add_ps(acc[0], m, acc[0], f(xv, yv));
+            i += 16;
+        }
+        lanes_f64(acc)
+    }
+
+    /// `Σ x`.
+    #[target_feature(enable = "avx512f")]
+    pub(super) fn sum(x: &[f32]) -> f64 {
+        reduce(x, x, |v, _| v)
+    }
+
+    /// `Σ (x − m)²`.
+    #[target_feature(enable = "avx512f")]
+    pub(super) fn sq_dev(x: &[f32], m: f32) -> f64 {
+        let mv = _mm512_set1_ps(m);
+        reduce(x, x, |v, _| {
+            let d = _mm512_sub_ps(v, mv);
+            _mm512_mul_ps(d, d)
+        })
+    }
+
+    /// `(Σ g, Σ g·(y − m))`.
+    #[target_feature(enable = "avx512f")]
+    pub(super) fn grad_sums(g: &[f32], y: &[f32], m: f32) -> (f64, f64) {
+        let n = g.len().min(y.len());
+        let mv = _mm512_set1_ps(m);
+        let (mut sg, mut sgy) = ([_mm512_setzero_ps(); 4], [_mm512_setzero_ps(); 4]);
+        let (gp, yp) = (g.as_ptr(), y.as_ptr());
+        let mut i = 0;
+        while i < n {
+            for k in 0..4 {
+                let at = i + 16 * k;
+                let m = if at >= n { 0 } else if n - at >= 16 { 0xffff } else { ((1u32 << (n - at)) - 1) as __mmask16 };
+                // SAFETY: the lanes left on are elements `< n` of both slices.
+                let (gv, yv) = unsafe { (_mm512_maskz_loadu_ps(m, gp.wrapping_add(at)), _mm512_maskz_loadu_ps(m, yp.wrapping_add(at))) };
+                sg[k] = _mm512_add_ps(sg[k], gv);
+                // Lanes off have g = 0, so they add 0.
+                sgy[k] = _mm512_fmadd_ps(gv, _mm512_sub_ps(yv, mv), sgy[k]);
+            }
+            i += 64;
+        }
+        (lanes_f64(sg), lanes_f64(sgy))
+    }
 }
 
 /// Mean and `M2 = Σ (x − mean)²` of one plane (the second pass reads the plane while it is
@@ -180,6 +288,7 @@ pub(crate) fn input_gradient_dots<T: Float>(g: &[T], x: &[T], coef: &[[f64; 3]],
             let mut lanes = [T::zero(); 16];
             let body = gp.len() / 16 * 16;
             for (gc, xc) in gp[..body].chunks_exact(16).zip(xp[..body].chunks_exact(16)) {
+                let (gc, xc): (&[T; 16], &[T; 16]) = (gc.try_into().expect("chunks of 16"), xc.try_into().expect("chunks of 16"));
                 for l in 0..16 {
                     lanes[l] += xc[l] * (a * gc[l] + cx * xc[l] + b);
                 }

@@ -424,6 +424,10 @@ fn bench_implicit() {
         time("implicit, pitch", &mut || {
             super::implicit::conv_same_f32(&g, &packed, &wide, pitch, &mut y, false);
         });
+        let mut gw = vec![0.0f32; c * c * 9];
+        time("wgrad sgemm", &mut || {
+            crate::sgemm::sgemm(c, c * 9, p, &mut gw, c * 9, true, &wide, (pitch, 1), &col, (1, p));
+        });
     }
 }
 
