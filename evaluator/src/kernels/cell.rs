@@ -188,9 +188,26 @@ struct CellBwdOp {
     op: CellOp,
 }
 
-fn add_into<T: Float>(acc: &mut Option<Vec<T>>, v: Vec<T>) {
+/// A vector of `len` unspecified elements with room for `room` more (the backward pass appends
+/// the parameter gradients to node 0's gradient without moving it).
+fn alloc_room<T: Float>(len: usize, room: usize) -> Vec<T> {
+    let mut v = alloc_uninit(len + room);
+    v.truncate(len);
+    v
+}
+
+/// A copy of `v` made in parallel, with `room` spare capacity.
+fn par_copy<T: Float>(v: &[T], room: usize) -> Vec<T> {
+    let mut a = alloc_room(v.len(), room);
+    a.par_chunks_mut(1 << 14).zip(v.par_chunks(1 << 14)).for_each(|(a, v)| a.copy_from_slice(v));
+    a
+}
+
+/// `acc += v` (`acc = v` when empty, with `room` spare capacity).
+fn add_into<T: Float>(acc: &mut Option<Vec<T>>, v: Vec<T>, room: usize) {
     match acc {
-        None => *acc = Some(v),
+        None if room == 0 => *acc = Some(v),
+        None => *acc = Some(par_copy(&v, room)),
         Some(a) => a.par_chunks_mut(1 << 14).zip(v.par_chunks(1 << 14)).for_each(|(a, v)| {
             for (x, y) in a.iter_mut().zip(v) {
                 *x += *y;
@@ -223,9 +240,10 @@ fn mask_accumulate<T: Float>(gx: &mut [T], gr: &[T], x: &[T], fresh: bool) {
     }
 }
 
-fn add_ref_into<T: Float>(acc: &mut Option<Vec<T>>, v: &[T]) {
+/// `acc += v` (a copy of `v` when empty, with `room` spare capacity).
+fn add_ref_into<T: Float>(acc: &mut Option<Vec<T>>, v: &[T], room: usize) {
     match acc {
-        None => *acc = Some(v.to_vec()),
+        None => *acc = Some(par_copy(v, room)),
         Some(a) => a.par_chunks_mut(1 << 14).zip(v.par_chunks(1 << 14)).for_each(|(a, v)| {
             for (x, y) in a.iter_mut().zip(v) {
                 *x += *y;
@@ -395,8 +413,8 @@ impl CellOp {
                 }
                 let input: &[T] = if s == 0 { x } else { nodes[s - 1].as_deref().unwrap_or(&zeros) };
                 match edge {
-                    CellEdge::Skip => add_ref_into(&mut sum, input),
-                    CellEdge::Pool => add_into(&mut sum, self.pool(false).run(input).0),
+                    CellEdge::Skip => add_ref_into(&mut sum, input, 0),
+                    CellEdge::Pool => add_into(&mut sum, self.pool(false).run(input).0, 0),
                     CellEdge::Conv(k) => {
                         let (off, _) = offsets[i].expect("conv edge has parameters");
                         let wl = c * c * k * k;
@@ -432,11 +450,12 @@ impl CellOp {
     /// Backward pass of the ReLU → Conv → BN edges that leave one node with the same kernel
     /// size, from `input` (the node, before the ReLU), given for each edge the gradient `g` of
     /// its BatchNorm output, its convolution output `y`, weight and BatchNorm coefficients.
-    /// Accumulates the node's gradient into `gin` and returns the edges' weight gradients. Per
+    /// Accumulates the node's gradient into `gin` (created with `room` spare capacity when
+    /// empty) and returns the edges' weight gradients. Per
     /// sample, in cache: the ReLU of the input once; per edge the BatchNorm input gradient, the
     /// weight gradient's GEMM against it, the input gradient as a convolution of it with the
     /// flipped weight (summed over the edges by the GEMMs themselves); then the ReLU mask once.
-    fn conv_group_bwd<T: Float>(&self, k: usize, input: &[T], edges: &[EdgeBwd<'_, T>], gin: &mut Option<Vec<T>>) -> Vec<Vec<T>> {
+    fn conv_group_bwd<T: Float>(&self, k: usize, input: &[T], edges: &[EdgeBwd<'_, T>], gin: &mut Option<Vec<T>>, room: usize) -> Vec<Vec<T>> {
         let (n, c, h, w) = self.dims;
         let (hw, xs) = (h * w, c * h * w);
         let geom = self.geom(k);
@@ -451,13 +470,13 @@ impl CellOp {
         let packed: Option<PackedFilter> = (k > 1 && implicit::available())
             .then(|| {
                 let ws: Option<Vec<&[f32]>> = edges.iter().map(|e| f32s(e.w)).collect();
-                ws.map(|ws| PackedFilter::new(c, edges.len() * c, kk, |ci, ch, t| ws[ch / c][((ch % c) * c + ci) * kk + kk - 1 - t]))
+                ws.map(|ws| PackedFilter::stacked(c, edges.len(), c, kk, |e, ci, co, t| ws[e][(co * c + ci) * kk + kk - 1 - t]))
             })
             .flatten();
         let pitch = implicit::pitch(hw);
         let flipped: Vec<Vec<T>> = edges.iter().map(|e| if k > 1 && packed.is_none() { flip_weight(e.w, c, c, kk) } else { Vec::new() }).collect();
         let fresh = gin.is_none();
-        let gx = gin.get_or_insert_with(|| alloc_uninit(n * xs));
+        let gx = gin.get_or_insert_with(|| alloc_room(n * xs, room));
         let per = per_thread(n);
         let partials: Vec<Vec<Vec<T>>> = gx
             .par_chunks_mut(per * xs)
@@ -565,6 +584,8 @@ impl CellOp {
                 saved.nodes[source - 1].as_deref().unwrap_or(&zeros)
             };
             let mut gin: Option<Vec<T>> = None;
+            // Node 0's gradient gets room for the parameter gradients appended after it.
+            let room = if source == 0 { params.len() } else { 0 };
             // The gradient of an edge's target: `gout` for the output, `None` for a node that
             // reaches no output.
             let target_grad = |t: usize| -> Option<&[T]> {
@@ -576,8 +597,8 @@ impl CellOp {
             };
             for &(t, s, edge) in &self.plan.edges {
                 match (s == source, edge, target_grad(t)) {
-                    (true, CellEdge::Skip, Some(g)) => add_ref_into(&mut gin, g),
-                    (true, CellEdge::Pool, Some(g)) => add_into(&mut gin, self.pool(true).run(g).0),
+                    (true, CellEdge::Skip, Some(g)) => add_ref_into(&mut gin, g, room),
+                    (true, CellEdge::Pool, Some(g)) => add_into(&mut gin, self.pool(true).run(g).0, room),
                     _ => {}
                 }
             }
@@ -621,14 +642,18 @@ impl CellOp {
                 if eds.is_empty() {
                     continue;
                 }
-                for (i, gw) in idx.into_iter().zip(self.conv_group_bwd(k, input, &eds, &mut gin)) {
+                for (i, gw) in idx.into_iter().zip(self.conv_group_bwd(k, input, &eds, &mut gin, room)) {
                     let (off, _) = offsets[i].expect("conv edge has parameters");
                     gparams[off..off + gw.len()].copy_from_slice(&gw);
                 }
             }
             grads[source] = gin;
         }
-        let mut out = grads[0].take().unwrap_or_else(|| vec![T::zero(); x.len()]);
+        let mut out = grads[0].take().unwrap_or_else(|| {
+            let mut z = alloc_room(x.len(), params.len());
+            z.fill(T::zero());
+            z
+        });
         out.extend_from_slice(&gparams);
         Ok(out)
     }

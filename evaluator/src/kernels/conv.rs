@@ -4,6 +4,7 @@
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
+use super::implicit::PackedFilter;
 use super::{slice, Float};
 
 /// Geometry of a 2-D convolution over an NCHW batch.
@@ -285,6 +286,12 @@ pub(crate) fn conv_fwd<T: Float>(g: &ConvGeom, x: &[T], w: &[T]) -> Vec<T> {
     // Every element is written by the GEMM (no accumulation), every scratch one by im2col.
     let mut y = super::alloc_uninit::<T>(g.n * g.cout * p);
     let xs = g.cin * g.h * g.w;
+    if let Some(w32) = implicit_same(g).then(|| super::f32s(w)).flatten() {
+        let taps = g.kh * g.kw;
+        let packed = PackedFilter::new(g.cout, g.cin, taps, |co, ci, t| w32[(co * g.cin + ci) * taps + t]);
+        implicit_per_sample(g, x, g.cin, &packed, &mut y);
+        return y;
+    }
     for_each_sample(
         &mut y,
         g.cout * p,
@@ -342,6 +349,38 @@ pub(crate) fn conv_data<T: Float>(g: &ConvGeom, gy: &[T], w: &[T]) -> Vec<T> {
     gx
 }
 
+/// Whether a convolution runs as an implicit GEMM ([`super::implicit`]): f32 on AVX-512, stride-1
+/// "same" with a kernel larger than 1×1, and a batch that fills the pool (smaller ones take
+/// `shifted`).
+fn implicit_same(g: &ConvGeom) -> bool {
+    g.same_odd() && !g.pointwise() && super::implicit::available() && inner_threads(g.n) == 1
+}
+
+/// `out_i = filter ⊛ src_i` for every sample, in parallel over the samples: `src` holds `chans`
+/// planes per sample, copied to a cache-friendly pitch first where the planes are 1 KiB
+/// multiples ([`super::implicit::pitch`]). `T` must be f32 (the caller holds an f32 filter).
+fn implicit_per_sample<T: Float>(g: &ConvGeom, src: &[T], chans: usize, filter: &PackedFilter, out: &mut [T]) {
+    let p = g.h * g.w;
+    let pitch = super::implicit::pitch(p);
+    let (ss, os) = (chans * p, filter.rows() * p);
+    let src = super::f32s(src).expect("implicit convolutions run on f32");
+    let out = super::f32s_mut(out).expect("implicit convolutions run on f32");
+    out.par_chunks_mut(os).enumerate().with_min_len(per_thread(g.n)).for_each_init(
+        || vec![0f32; if pitch == p { 0 } else { chans * pitch }],
+        |wide, (i, oi)| {
+            let si = &src[i * ss..(i + 1) * ss];
+            if pitch == p {
+                super::implicit::conv_same_f32(g, filter, si, p, oi, false);
+            } else {
+                for (d, s) in wide.chunks_mut(pitch).zip(si.chunks_exact(p)) {
+                    d[..p].copy_from_slice(s);
+                }
+                super::implicit::conv_same_f32(g, filter, wide, pitch, oi, false);
+            }
+        },
+    );
+}
+
 /// `w (cout, cin, kh, kw)` → `w' (cin, cout, kh, kw)` with the taps reversed: the weight of the
 /// input gradient of a stride-1 "same" convolution seen as a convolution of the output gradient.
 pub(crate) fn flip_weight<T: Float>(w: &[T], cout: usize, cin: usize, taps: usize) -> Vec<T> {
@@ -374,6 +413,11 @@ fn conv_data_same<T: Float>(g: &ConvGeom, gy: &[T], w: &[T]) -> Vec<T> {
     let depth = back.k();
     let xs = g.cin * p;
     let mut gx = super::alloc_uninit::<T>(g.n * xs);
+    if let Some(w32) = implicit_same(g).then(|| super::f32s(w)).flatten() {
+        let packed = PackedFilter::new(g.cin, g.cout, taps, |ci, co, t| w32[(co * g.cin + ci) * taps + taps - 1 - t]);
+        implicit_per_sample(&back, gy, g.cout, &packed, &mut gx);
+        return gx;
+    }
     let threads = inner_threads(g.n);
     for_each_sample(
         &mut gx,

@@ -8,8 +8,8 @@ use super::bn::input_gradient_dots;
 use super::bn::{bn_bwd, bn_fwd, BnStats};
 use super::cell::ConvTap;
 use super::conv::{conv_data, conv_filter, conv_fwd, ConvGeom};
-use super::relu::{relu_fwd, relu_mask};
-use super::{supports, Float};
+use super::relu::{relu_fwd, relu_mask_into};
+use super::{alloc_uninit, supports, Float};
 
 /// What a fused ReLU→Conv→BatchNorm forward pass keeps for its backward pass.
 struct ConvBnSaved<T> {
@@ -36,11 +36,15 @@ struct ConvBnOp {
     tap: Option<ConvTap>,
 }
 
-/// The gradient of [`ConvBnOp`]: `(x, w, gz) -> [gx | gw | gγ | gβ]` (flat).
+/// The gradient of [`ConvBnOp`]: `(x, w, gz) -> [gx | gw | gγ | gβ]` (flat; without `gx` when
+/// the input takes no gradient).
 #[derive(Clone)]
 struct ConvBnBwdOp {
     geom: ConvGeom,
     relu: bool,
+    /// Whether the input takes a gradient (it is a variable or computed from one); when not,
+    /// the output has no `gx` part.
+    need_x: bool,
     saved: Stash,
     tap: Option<ConvTap>,
 }
@@ -85,10 +89,22 @@ impl ConvBnBwdOp {
         }
         let input = saved.r.as_deref().unwrap_or(x);
         let gw = conv_filter(g, input, gy);
-        let gr = conv_data(g, gy, w);
-        let gx = if self.relu { relu_mask(&gr, x) } else { gr };
-        let mut out = gx;
-        out.reserve(gw.len() + gparams.len());
+        let tail = gw.len() + gparams.len();
+        // [gx | gw | gγ | gβ], gx only when the input takes a gradient (not the stem's images);
+        // the masked gradient is written in place, not appended to.
+        let mut out = if !self.need_x {
+            Vec::with_capacity(tail)
+        } else if self.relu {
+            let gr = conv_data(g, gy, w);
+            let mut out = alloc_uninit::<T>(x.len() + tail);
+            out.truncate(x.len());
+            relu_mask_into(&mut out, &gr, x);
+            out
+        } else {
+            let mut gx = conv_data(g, gy, w);
+            gx.reserve(tail);
+            gx
+        };
         out.extend_from_slice(&gw);
         out.extend_from_slice(gparams);
         Ok(out)
@@ -106,18 +122,21 @@ impl CustomOp3 for ConvBnOp {
     }
 
     fn bwd(&self, x: &Tensor, w: &Tensor, gb: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let need_x = x.track_op();
         let op = ConvBnBwdOp {
             geom: self.geom,
             relu: self.relu,
+            need_x,
             saved: self.saved.clone(),
             tap: self.tap.clone(),
         };
         let packed = x.apply_op3_no_bwd(w, &grad.contiguous()?, &op)?;
-        let (nx, nw, ngb) = (x.elem_count(), w.elem_count(), gb.elem_count());
-        let gx = packed.narrow(0, 0, nx)?.reshape(x.shape())?;
+        let (nw, ngb) = (w.elem_count(), gb.elem_count());
+        let nx = if need_x { x.elem_count() } else { 0 };
+        let gx = need_x.then(|| packed.narrow(0, 0, nx)?.reshape(x.shape())).transpose()?;
         let gw = packed.narrow(0, nx, nw)?.reshape(w.shape())?;
         let ggb = packed.narrow(0, nx + nw, ngb)?.reshape(gb.shape())?;
-        Ok((Some(gx), Some(gw), Some(ggb)))
+        Ok((gx, Some(gw), Some(ggb)))
     }
 }
 

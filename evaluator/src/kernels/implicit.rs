@@ -38,22 +38,35 @@ pub(crate) struct PackedFilter {
 }
 
 impl PackedFilter {
+    /// Rows of the filter (output channels of the convolution).
+    pub(crate) fn rows(&self) -> usize {
+        self.m
+    }
+
     /// Pack the filter whose weight for row `i`, channel `c` and tap `t` is `f(i, c, t)`.
     pub(crate) fn new(m: usize, cin: usize, taps: usize, f: impl Fn(usize, usize, usize) -> f32) -> Self {
+        Self::stacked(m, 1, cin, taps, |_, i, c, t| f(i, c, t))
+    }
+
+    /// Pack `parts` filters of `m` rows and `cin` channels, stacked as the channels
+    /// `part·cin + c` of one filter; `f(part, i, c, t)` is a weight.
+    pub(crate) fn stacked(m: usize, parts: usize, cin: usize, taps: usize, f: impl Fn(usize, usize, usize, usize) -> f32) -> Self {
+        let chans = parts * cin;
         let panels = m.div_ceil(MR);
-        let mut data = vec![0.0; panels * taps * cin * MR];
-        for (p, panel) in data.chunks_exact_mut((taps * cin * MR).max(1)).enumerate() {
-            for (tc, run) in panel.chunks_exact_mut(MR).enumerate() {
-                let (t, c) = (tc / cin, tc % cin);
-                for (r, v) in run.iter_mut().enumerate() {
-                    let i = p * MR + r;
-                    if i < m {
-                        *v = f(i, c, t);
+        let mut data = Vec::with_capacity(panels * taps * chans * MR);
+        for p in 0..panels {
+            let rows = MR.min(m - p * MR);
+            for t in 0..taps {
+                for part in 0..parts {
+                    for c in 0..cin {
+                        for r in 0..MR {
+                            data.push(if r < rows { f(part, p * MR + r, c, t) } else { 0.0 });
+                        }
                     }
                 }
             }
         }
-        PackedFilter { m, cin, taps, data }
+        PackedFilter { m, cin: chans, taps, data }
     }
 }
 

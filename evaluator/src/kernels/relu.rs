@@ -3,7 +3,7 @@
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::{slice, supports, Float};
+use super::{alloc_uninit, slice, supports, Float};
 
 /// ReLU whose backward is one fused masking pass (`gy · [x > 0]`) instead of candle's
 /// compare/convert/multiply chain; the mask op is itself differentiable in `gy`.
@@ -15,7 +15,8 @@ struct ReluOp;
 struct ReluMaskOp;
 
 pub(crate) fn relu_fwd<T: Float>(x: &[T]) -> Vec<T> {
-    let mut y = vec![T::zero(); x.len()];
+    // Every element is written below.
+    let mut y = alloc_uninit::<T>(x.len());
     y.par_chunks_mut(1 << 14).zip(x.par_chunks(1 << 14)).for_each(|(yc, xc)| {
         for (o, v) in yc.iter_mut().zip(xc) {
             *o = if *v > T::zero() { *v } else { T::zero() };
@@ -25,7 +26,13 @@ pub(crate) fn relu_fwd<T: Float>(x: &[T]) -> Vec<T> {
 }
 
 pub(crate) fn relu_mask<T: Float>(g: &[T], x: &[T]) -> Vec<T> {
-    let mut y = vec![T::zero(); x.len()];
+    let mut y = alloc_uninit::<T>(x.len());
+    relu_mask_into(&mut y, g, x);
+    y
+}
+
+/// `y = g · [x > 0]`, in parallel.
+pub(crate) fn relu_mask_into<T: Float>(y: &mut [T], g: &[T], x: &[T]) {
     y.par_chunks_mut(1 << 14)
         .zip(g.par_chunks(1 << 14))
         .zip(x.par_chunks(1 << 14))
@@ -34,7 +41,6 @@ pub(crate) fn relu_mask<T: Float>(g: &[T], x: &[T]) -> Vec<T> {
                 *o = if *xv > T::zero() { *gv } else { T::zero() };
             }
         });
-    y
 }
 
 impl CustomOp1 for ReluOp {
