@@ -36,6 +36,9 @@
 //! `ptr::read_unaligned` and friends; in the hot loops those checks spill the accumulators, so
 //! the code uses `wrapping_add` and masked loads and stores instead.
 
+#[cfg(target_arch = "x86_64")]
+pub(crate) use avx512::transpose16;
+
 /// Largest block of `k` the AVX-512 path multiplies at once.
 #[cfg(target_arch = "x86_64")]
 const KC_MAX: usize = 384;
@@ -803,7 +806,7 @@ mod avx512 {
     /// Transpose a 16×16 block held as 16 rows.
     #[target_feature(enable = "avx512f")]
     #[inline]
-    fn transpose16(r: &[__m512; 16]) -> [__m512; 16] {
+    pub(crate) fn transpose16(r: &[__m512; 16]) -> [__m512; 16] {
         // Within each 128-bit lane: 4×4 transposes of every group of four rows.
         let mut u = [_mm512_setzero_ps(); 16];
         for g in 0..4 {

@@ -142,7 +142,7 @@ mod avx512 {
         while i + 64 <= n {
             for (k, a) in acc.iter_mut().enumerate() {
                 // SAFETY: elements `i + 16k ..< i + 16k + 16 <= n` of both slices.
-                let (xv, yv) = unsafe { (_mm512_loadu_ps(xp.add(i + 16 * k)), _mm512_loadu_ps(yp.add(i + 16 * k))) };
+                let (xv, yv) = unsafe { (_mm512_maskz_loadu_ps(0xffff, xp.add(i + 16 * k)), _mm512_maskz_loadu_ps(0xffff, yp.add(i + 16 * k))) };
                 *a = _mm512_add_ps(*a, f(xv, yv));
             }
             i += 64;

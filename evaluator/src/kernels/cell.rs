@@ -35,7 +35,7 @@ use rayon::prelude::*;
 use super::bn::{bwd_coefficients, grad_sums, input_gradient_dots, input_gradient_into, input_gradient_par, plane_moments, stats_from_planes, BnStats};
 use super::conv::{flip_weight, im2col_map, inner_threads, per_thread, ConvGeom};
 use super::pool::PoolOp;
-use super::implicit::{self, PackedFilter};
+use super::implicit::{self, PackedFilter, PaddedT};
 use super::{alloc_uninit, f32s, f32s_mut, supports, Float};
 
 /// What an edge of the cell computes.
@@ -486,15 +486,22 @@ impl CellOp {
                 let mut gws: Vec<Vec<T>> = edges.iter().map(|_| vec![T::zero(); c * ck]).collect();
                 let mut gyb = alloc_uninit::<T>(xs);
                 let mut rx = if packed.is_some() { Vec::new() } else { alloc_uninit::<T>(xs) };
-                let mut col = if k > 1 { alloc_uninit::<T>(ck * hw) } else { Vec::new() };
+                // With 16·j channels the weight gradients are implicit GEMMs too, against relu(x)
+                // transposed and padded once per sample; otherwise against its im2col.
+                let mut xt = (packed.is_some() && c.is_multiple_of(16)).then(|| PaddedT::new(c, h, w, k / 2));
+                let mut gwt = if xt.is_some() { vec![0f32; edges.len() * c * ck] } else { Vec::new() };
+                let mut col = if k > 1 && xt.is_none() { alloc_uninit::<T>(ck * hw) } else { Vec::new() };
                 let mut gr = alloc_uninit::<T>(xs);
                 let mut gys = if packed.is_some() { alloc_uninit::<T>(edges.len() * c * pitch) } else { Vec::new() };
                 for (j, gxi) in gx.chunks_mut(xs).enumerate() {
                     let i = chunk * per + j;
                     let xi = &input[i * xs..(i + 1) * xs];
                     if let Some(packed) = &packed {
-                        // col = im2col(relu(x)); per edge gw[co][ci·k² + t] += gyb · colᵀ
-                        im2col_map::<T, true>(&geom, xi, &mut col);
+                        match &mut xt {
+                            Some(xt) => xt.fill(f32s(xi).expect("packed filters are f32"), true),
+                            // col = im2col(relu(x))
+                            None => im2col_map::<T, true>(&geom, xi, &mut col),
+                        }
                         for (e, edge) in edges.iter().enumerate() {
                             let (gi, yi) = (&edge.g[i * xs..(i + 1) * xs], &edge.y[i * xs..(i + 1) * xs]);
                             let ge = &mut gys[e * c * pitch..(e + 1) * c * pitch];
@@ -502,10 +509,17 @@ impl CellOp {
                                 let at = ch * hw..(ch + 1) * hw;
                                 input_gradient_into(&mut plane[..hw], &gi[at.clone()], &yi[at], &coefs[e][ch..ch + 1], hw);
                             }
-                            T::matmul(c, ck, hw, &mut gws[e], ck, true, ge, (pitch, 1), &col, (1, hw), threads);
+                            if xt.is_none() {
+                                // gw[co][ci·k² + t] += gyb · colᵀ
+                                T::matmul(c, ck, hw, &mut gws[e], ck, true, ge, (pitch, 1), &col, (1, hw), threads);
+                            }
+                        }
+                        let (Some(g32), Some(r32)) = (f32s(&gys), f32s_mut(&mut gr)) else { unreachable!("packed filters are f32") };
+                        if let Some(xt) = &xt {
+                            // gwt[e·c + co][t·c + ci] += Σ_q gyb_e[co][q] · relu(x)[ci][q + shift(t)]
+                            implicit::filter_grad_f32(k, xt, edges.len() * c, g32, pitch, &mut gwt, true);
                         }
                         // gr = Σ_e w'_e ⊛ gyb_e
-                        let (Some(g32), Some(r32)) = (f32s(&gys), f32s_mut(&mut gr)) else { unreachable!("packed filters are f32") };
                         implicit::conv_same_f32(&geom, packed, g32, pitch, r32, false);
                         mask_accumulate(gxi, &gr, xi, fresh);
                         continue;
@@ -533,6 +547,20 @@ impl CellOp {
                         }
                     }
                     mask_accumulate(gxi, &gr, xi, fresh);
+                }
+                if xt.is_some() {
+                    // [e·c + co][t][ci] → per edge [co][ci][t]
+                    let kk = k * k;
+                    for (e, gw) in gws.iter_mut().enumerate() {
+                        for co in 0..c {
+                            let src = &gwt[(e * c + co) * ck..(e * c + co + 1) * ck];
+                            for ci in 0..c {
+                                for t in 0..kk {
+                                    gw[(co * c + ci) * kk + t] = T::from_f64(src[t * c + ci] as f64);
+                                }
+                            }
+                        }
+                    }
                 }
                 gws
             })

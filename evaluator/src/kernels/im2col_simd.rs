@@ -143,7 +143,7 @@ mod avx512 {
                         }
                         let dst = row.wrapping_add(b * 16);
                         if b + 1 < blocks || tail == 0xffff {
-                            _mm512_storeu_ps(dst, v);
+                            _mm512_mask_storeu_ps(dst, 0xffff, v);
                         } else {
                             _mm512_mask_storeu_ps(dst, tail, v);
                         }

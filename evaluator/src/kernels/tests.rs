@@ -379,6 +379,62 @@ fn implicit_convolution_matches_im2col_and_a_naive_product() {
     }
 }
 
+/// The implicit weight gradient equals `g · im2col(relu(x))ᵀ` computed naively, in f64, for
+/// ragged row counts, planes narrower and wider than 16 pixels, 1×1 to 5×5 kernels, stored and
+/// accumulated.
+#[test]
+fn implicit_weight_gradient_matches_a_naive_product() {
+    if !super::implicit::available() {
+        return;
+    }
+    // m, c, h, w, k
+    for &(m, c, h, w, k) in &[(16, 16, 32, 32, 3), (13, 16, 7, 5, 3), (24, 32, 8, 8, 3), (8, 16, 3, 17, 5), (5, 48, 4, 4, 1)] {
+        let (taps, hw) = (k * k, h * w);
+        let g0 = ConvGeom {
+            n: 1,
+            cin: c,
+            h,
+            w,
+            cout: m,
+            kh: k,
+            kw: k,
+            stride: 1,
+            pad: k / 2,
+            ho: h,
+            wo: w,
+        };
+        let x: Vec<f32> = randn(&[c * hw], 21, DType::F32).to_vec1().unwrap();
+        let pitch = hw + 3;
+        let mut g = vec![f32::NAN; (m - 1) * pitch + hw];
+        let gv: Vec<f32> = randn(&[m * hw], 22, DType::F32).to_vec1().unwrap();
+        for i in 0..m {
+            g[i * pitch..i * pitch + hw].copy_from_slice(&gv[i * hw..(i + 1) * hw]);
+        }
+        let prior: Vec<f32> = randn(&[m * taps * c], 23, DType::F32).to_vec1().unwrap();
+        let x64: Vec<f64> = x.iter().map(|&v| (v as f64).max(0.0)).collect();
+        let mut col = vec![0.0f64; c * taps * hw];
+        super::conv::im2col(&g0, &x64, &mut col);
+        let mut xt = super::implicit::PaddedT::new(c, h, w, k / 2);
+        xt.fill(&x, true);
+        for acc in [false, true] {
+            let mut dst = prior.clone();
+            super::implicit::filter_grad_f32(k, &xt, m, &g, pitch, &mut dst, acc);
+            for i in 0..m {
+                for t in 0..taps {
+                    for ch in 0..c {
+                        let mut want = if acc { prior[(i * taps + t) * c + ch] as f64 } else { 0.0 };
+                        for q in 0..hw {
+                            want += gv[i * hw + q] as f64 * col[(ch * taps + t) * hw + q];
+                        }
+                        let got = dst[(i * taps + t) * c + ch] as f64;
+                        assert!((got - want).abs() < 1e-4 * (1.0 + want.abs()), "m={m} c={c} {h}x{w} k={k} acc={acc}: ({i}, {t}, {ch}) {got} vs {want}");
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// im2col + sgemm against the implicit-GEMM convolution on the NB201 cell shapes, one thread;
 /// `cargo test -p autoagent-evaluator --lib bench_implicit -- --ignored --nocapture`.
 #[test]
@@ -425,8 +481,17 @@ fn bench_implicit() {
             super::implicit::conv_same_f32(&g, &packed, &wide, pitch, &mut y, false);
         });
         let mut gw = vec![0.0f32; c * c * 9];
-        time("wgrad sgemm", &mut || {
+        time("wgrad im2col + sgemm", &mut || {
+            super::conv::im2col_map::<f32, true>(&g, &x, &mut col);
             crate::sgemm::sgemm(c, c * 9, p, &mut gw, c * 9, true, &wide, (pitch, 1), &col, (1, p));
+        });
+        time("wgrad sgemm alone", &mut || {
+            crate::sgemm::sgemm(c, c * 9, p, &mut gw, c * 9, true, &wide, (pitch, 1), &col, (1, p));
+        });
+        let mut xt = super::implicit::PaddedT::new(c, hw, hw, 1);
+        time("wgrad implicit", &mut || {
+            xt.fill(&x, true);
+            super::implicit::filter_grad_f32(3, &xt, c, &wide, pitch, &mut gw, true);
         });
     }
 }
