@@ -17,6 +17,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use autoagent_evaluator::data::{self, DatasetKind};
+use autoagent_evaluator::kernels::in_pool;
 use autoagent_evaluator::nb201::Arch;
 use autoagent_evaluator::net::Nb201Config;
 use autoagent_evaluator::proxy::{proxy_batch, Nb201Candidate};
@@ -140,11 +141,11 @@ pub fn run(args: &ProxiesSpeedArgs) -> Result<()> {
         let cand = Nb201Candidate::new(cfg);
         for p in &proxies {
             eprintln!("candle: {} on {index}", p.name());
-            let score = p.score(&cand, &batch, 0).ok().filter(|v| v.is_finite());
+            let score = in_pool(|| p.score(&cand, &batch, 0)).ok().filter(|v| v.is_finite());
             let mut times = Vec::new();
             for _ in 0..args.repeat {
                 let t = Instant::now();
-                p.score(&cand, &batch, 0)?;
+                in_pool(|| p.score(&cand, &batch, 0))?;
                 times.push(t.elapsed().as_secs_f64() * 1e3);
             }
             times.sort_by(f64::total_cmp);

@@ -13,6 +13,7 @@ use std::process::Command;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
+use autoagent_evaluator::kernels::in_pool;
 use autoagent_evaluator::nb201::Arch;
 use autoagent_evaluator::net::{BnMode, Model, Nb201Config};
 use autoagent_evaluator::train::Sgd;
@@ -199,22 +200,27 @@ pub fn measure_candle(arch: &Arch, args: &TrainSpeedArgs) -> Result<Speed> {
     let cfg = Nb201Config::new(*arch);
     let model = Model::new(&cfg, DType::F32, &dev, 0)?;
     let (xs, ys) = random_batch(args.batch, 1, &dev)?;
+    // Each pass runs on a thread of the pool, as training does (`kernels::in_pool`).
     let fwd_ms = time_ms(args.warmup, args.iters, || {
-        model.net.forward_mode(&xs, BnMode::Batch)?;
+        in_pool(|| model.net.forward_mode(&xs, BnMode::Batch))?;
         Ok(())
     })?;
     let fwdbwd_ms = time_ms(args.warmup, args.iters, || {
-        let logits = model.net.forward_mode(&xs, BnMode::Batch)?;
-        candle_nn::loss::cross_entropy(&logits, &ys)?.backward()?;
-        Ok(())
+        in_pool(|| -> Result<()> {
+            let logits = model.net.forward_mode(&xs, BnMode::Batch)?;
+            candle_nn::loss::cross_entropy(&logits, &ys)?.backward()?;
+            Ok(())
+        })
     })?;
     let mut opt = Sgd::new(model.trainable().into_iter().map(|(_, v)| v).collect(), 0.9, true, 5e-4);
     let (txs, tys) = random_batch(args.train_batch, 2, &dev)?;
     let mut step = || -> Result<()> {
-        let logits = model.net.forward_t(&txs, true)?;
-        let loss = candle_nn::loss::cross_entropy(&logits, &tys)?;
-        opt.step(&loss, 0.01)?;
-        Ok(())
+        in_pool(|| -> Result<()> {
+            let logits = model.net.forward_t(&txs, true)?;
+            let loss = candle_nn::loss::cross_entropy(&logits, &tys)?;
+            opt.step(&loss, 0.01)?;
+            Ok(())
+        })
     };
     step()?;
     let t = Instant::now();

@@ -266,7 +266,7 @@ pub fn evaluate(model: &Model, split: &Split, batcher: &Batcher, batch_size: usi
     let idx: Vec<usize> = (0..split.n).collect();
     for chunk in idx.chunks(batch_size) {
         let (xs, ys) = batcher.batch::<rand_chacha::ChaCha8Rng>(split, chunk, None, device)?;
-        let pred = argmax(&model.net.forward_t(&xs, false)?)?;
+        let pred = argmax(&crate::kernels::in_pool(|| model.net.forward_t(&xs, false))?)?;
         let ys = ys.to_vec1::<u32>()?;
         correct += pred.iter().zip(&ys).filter(|(p, y)| p == y).count();
     }
@@ -332,10 +332,13 @@ pub fn train(
         for chunk in order.chunks(cfg.batch_size) {
             let aug = cfg.augment.then_some((cfg.crop_padding, cfg.hflip, &mut rng));
             let (xs, ys) = batcher.batch(&data.train, chunk, aug, device)?;
-            let logits = model.net.forward_t(&xs, true)?;
-            let loss = candle_nn::loss::cross_entropy(&logits, &ys)?;
             lr = cfg.lr_at(step, total_steps);
-            opt.step(&loss, lr)?;
+            let (logits, loss) = crate::kernels::in_pool(|| -> Result<(Tensor, Tensor)> {
+                let logits = model.net.forward_t(&xs, true)?;
+                let loss = candle_nn::loss::cross_entropy(&logits, &ys)?;
+                opt.step(&loss, lr)?;
+                Ok((logits, loss))
+            })?;
             step += 1;
             let l = loss.to_scalar::<f32>()? as f64;
             if !l.is_finite() {

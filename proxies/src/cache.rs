@@ -246,7 +246,14 @@ impl ScoreCache {
         let results: Vec<_> = if parallel {
             missing.par_iter().map(compute).collect()
         } else {
-            missing.iter().map(compute).collect()
+            // On a thread of the pool (`join` from outside it runs there), so that the kernels'
+            // parallel loops start inside it instead of each being injected from this thread.
+            let run = || missing.iter().map(compute).collect();
+            if rayon::current_thread_index().is_some() {
+                run()
+            } else {
+                rayon::join(run, || ()).0
+            }
         };
         let mut fresh: HashMap<CacheKey, (Option<f64>, f64, Option<String>)> = HashMap::new();
         for ((key, _, _), (r, ms)) in missing.into_iter().zip(results) {

@@ -114,15 +114,16 @@ pub(crate) fn conv_same_f32(g: &ConvGeom, f: &PackedFilter, x: &[f32], pitch: us
     if f.m == 0 || hw == 0 {
         return;
     }
+    // Each tap's flat offset, computed once (a division per tap and tile cost ~10 % on
+    // 16-channel planes).
+    let shifts: Vec<isize> = (0..f.taps).map(|t| (t / g.kw) as isize * g.w as isize - (g.pad * g.w) as isize + (t % g.kw) as isize - g.pad as isize).collect();
     im2col_simd::with_masks(g, |masks| {
         #[cfg(target_arch = "x86_64")]
         {
             let geo = avx512::Geo {
                 hw,
                 pitch,
-                w: g.w,
-                kw: g.kw,
-                pad: g.pad,
+                shifts: shifts.as_ptr(),
                 taps: f.taps,
                 cin: f.cin,
                 blocks: hw.div_ceil(16),
@@ -226,9 +227,8 @@ mod avx512 {
         pub hw: usize,
         /// Distance between the channels of `x`.
         pub pitch: usize,
-        pub w: usize,
-        pub kw: usize,
-        pub pad: usize,
+        /// Flat offset of the source pixel of each tap.
+        pub shifts: *const isize,
         pub taps: usize,
         pub cin: usize,
         pub blocks: usize,
@@ -237,15 +237,6 @@ mod avx512 {
         /// `[block][tap]` lane masks of the geometry.
         pub masks: *const u16,
         pub x: *const f32,
-    }
-
-    impl Geo {
-        /// Flat offset of the source pixel of tap `t`. Inlined: a call inside the tile's loops
-        /// would spill every accumulator (all vector registers are caller-saved).
-        #[inline(always)]
-        fn shift(&self, t: usize) -> isize {
-            (t / self.kw) as isize * self.w as isize - (self.pad * self.w) as isize + (t % self.kw) as isize - self.pad as isize
-        }
     }
 
     /// All tiles: blocks of positions outside, panels of rows inside (a tile's window of `x`
@@ -297,7 +288,8 @@ mod avx512 {
             }
             // Lanes that the masks switch off are neither read nor faulted on, so the shifted
             // window may start before the plane or run past it (wrapping arithmetic).
-            let mut bp = geo.x.wrapping_offset((b0 * 16) as isize + geo.shift(t));
+            // SAFETY: `shifts` holds one offset per tap.
+            let mut bp = geo.x.wrapping_offset((b0 * 16) as isize + unsafe { *geo.shifts.wrapping_add(t) });
             for _ in 0..geo.cin {
                 let mut bv = [_mm512_setzero_ps(); NV];
                 unroll!(v < NV => {
