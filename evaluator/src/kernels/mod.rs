@@ -8,7 +8,7 @@
 //! Convolution is im2col + GEMM (our AVX-512 [`crate::sgemm`] for f32 and [`crate::dgemm`] for
 //! f64 where the CPU has it, the `gemm` crate otherwise), parallel over the samples of the batch;
 //! the im2col of stride-1 "same" convolutions uses AVX-512 masked loads in f32, and in f32 on
-//! AVX-512 those convolutions skip im2col altogether as implicit GEMMs ([`implicit`]: forward,
+//! AVX-512 those convolutions skip im2col altogether as implicit GEMMs (module `implicit`: forward,
 //! input gradient and, inside the fused cell, weight gradient). A batch smaller
 //! than the thread pool (synflow's batch of one) spreads each convolution over the pool instead,
 //! and runs stride-1 "same" ones without im2col (`conv::shifted`). The three convolution maps are closed under differentiation —
