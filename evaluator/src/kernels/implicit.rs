@@ -19,7 +19,17 @@
 //! The cell kernels use it for the forward convolution (the filter is the weight) and for the
 //! input gradient (the filter is the flipped weight; the output gradients of several edges
 //! leaving one node are stacked as channels of one call, so their sum is accumulated in
-//! registers).
+//! registers); `conv` uses it for the unfused convolutions of the same kind.
+//!
+//! The weight gradient ([`filter_grad_f32`]) is an implicit GEMM too, with the positions as its
+//! depth: the input is transposed and zero-padded once per sample ([`PaddedT`]), so that tap `t`
+//! of position `q` for 16 channels is one aligned row segment, and the output gradients are
+//! packed position-major; each step then takes `MR` broadcasts and `NV` loads, as above.
+//!
+//! One thread, against im2col + our sgemm on the NB201 stage shapes (16×32², 32×16², 64×8²):
+//! forward 82 → 137, 112 → 152, 115 → 160 GFLOP/s; weight gradient 83 → 135, 124 → 145,
+//! 118 → 142 GFLOP/s (`cargo test -p autoagent-evaluator --lib bench_implicit -- --ignored
+//! --nocapture`).
 
 use rayon::prelude::*;
 
