@@ -216,15 +216,6 @@ fn add_into<T: Float>(acc: &mut Option<Vec<T>>, v: Vec<T>, room: usize) {
     }
 }
 
-/// `relu(x)` of the planes of `hw` elements in `x`, into `out` at a channel pitch of `pitch`.
-fn relu_pitched<T: Float>(x: &[T], hw: usize, pitch: usize, out: &mut [T]) {
-    for (src, dst) in x.chunks_exact(hw).zip(out.chunks_mut(pitch)) {
-        for (d, v) in dst.iter_mut().zip(src) {
-            *d = if *v > T::zero() { *v } else { T::zero() };
-        }
-    }
-}
-
 /// `gx (+)= gr · [x > 0]`: the ReLU's input gradient, written when `fresh`, else added.
 fn mask_accumulate<T: Float>(gx: &mut [T], gr: &[T], x: &[T], fresh: bool) {
     if fresh {
@@ -287,19 +278,7 @@ struct EdgeBwd<'a, T> {
 impl CellOp {
     fn geom(&self, k: usize) -> ConvGeom {
         let (n, c, h, w) = self.dims;
-        ConvGeom {
-            n,
-            cin: c,
-            h,
-            w,
-            cout: c,
-            kh: k,
-            kw: k,
-            stride: 1,
-            pad: k / 2,
-            ho: h,
-            wo: w,
-        }
+        ConvGeom::same(n, c, c, h, w, k)
     }
 
     fn pool(&self, adjoint: bool) -> PoolOp {
@@ -355,7 +334,7 @@ impl CellOp {
                     let i = share * per + j;
                     let xi = &input[i * xs..(i + 1) * xs];
                     if packed.is_some() {
-                        relu_pitched(xi, hw, pitch, &mut col);
+                        implicit::copy_pitched(xi, hw, pitch, &mut col, true);
                     } else {
                         im2col_map::<T, true>(&g, xi, &mut col);
                     }
@@ -484,7 +463,7 @@ impl CellOp {
             .map(|(chunk, gx)| {
                 // per edge, k = 1: gw (co×ci); k > 1: gwᵀ by tap, [ci][co·k² + t'] (see below)
                 let mut gws: Vec<Vec<T>> = edges.iter().map(|_| vec![T::zero(); c * ck]).collect();
-                let mut gyb = alloc_uninit::<T>(xs);
+                let mut gyb = if packed.is_some() { Vec::new() } else { alloc_uninit::<T>(xs) };
                 let mut rx = if packed.is_some() { Vec::new() } else { alloc_uninit::<T>(xs) };
                 // With 16·j channels the weight gradients are implicit GEMMs too, against relu(x)
                 // transposed and padded once per sample; otherwise against its im2col.

@@ -50,6 +50,24 @@ impl ConvGeom {
             wo,
         })
     }
+    /// A stride-1 convolution of `n` samples of `cin × h × w` to `cout` channels with a `k × k`
+    /// kernel and padding `k / 2`: for odd `k` its output has the input's size.
+    pub(crate) fn same(n: usize, cin: usize, cout: usize, h: usize, w: usize, k: usize) -> Self {
+        ConvGeom {
+            n,
+            cin,
+            h,
+            w,
+            cout,
+            kh: k,
+            kw: k,
+            stride: 1,
+            pad: k / 2,
+            ho: h,
+            wo: w,
+        }
+    }
+
     /// Rows of the im2col matrix.
     pub(crate) fn k(&self) -> usize {
         self.cin * self.kh * self.kw
@@ -372,9 +390,7 @@ fn implicit_per_sample<T: Float>(g: &ConvGeom, src: &[T], chans: usize, filter: 
             if pitch == p {
                 super::implicit::conv_same_f32(g, filter, si, p, oi, false);
             } else {
-                for (d, s) in wide.chunks_mut(pitch).zip(si.chunks_exact(p)) {
-                    d[..p].copy_from_slice(s);
-                }
+                super::implicit::copy_pitched(si, p, pitch, wide, false);
                 super::implicit::conv_same_f32(g, filter, wide, pitch, oi, false);
             }
         },
@@ -403,7 +419,6 @@ pub(crate) fn flip_weight<T: Float>(w: &[T], cout: usize, cin: usize, taps: usiz
 fn conv_data_same<T: Float>(g: &ConvGeom, gy: &[T], w: &[T]) -> Vec<T> {
     let p = g.p();
     let taps = g.kh * g.kw;
-    let flipped = flip_weight(w, g.cout, g.cin, taps);
     // The geometry of the convolution of gy (cout channels) producing gx (cin channels).
     let back = ConvGeom {
         cin: g.cout,
@@ -418,6 +433,7 @@ fn conv_data_same<T: Float>(g: &ConvGeom, gy: &[T], w: &[T]) -> Vec<T> {
         implicit_per_sample(&back, gy, g.cout, &packed, &mut gx);
         return gx;
     }
+    let flipped = flip_weight(w, g.cout, g.cin, taps);
     let threads = inner_threads(g.n);
     for_each_sample(
         &mut gx,

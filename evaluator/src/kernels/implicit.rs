@@ -34,7 +34,7 @@
 use rayon::prelude::*;
 
 use super::conv::ConvGeom;
-use super::im2col_simd;
+use super::{im2col_simd, Float};
 
 /// Rows of a tile (and of a packed panel).
 const MR: usize = 8;
@@ -91,6 +91,20 @@ pub(crate) fn pitch(hw: usize) -> usize {
         p + 16
     } else {
         p
+    }
+}
+
+/// The planes of `hw` elements in `x` (through a ReLU when `relu`), into `out` at a channel
+/// pitch of `pitch` (see [`pitch`]); the elements between planes are left as they are.
+pub(crate) fn copy_pitched<T: Float>(x: &[T], hw: usize, pitch: usize, out: &mut [T], relu: bool) {
+    for (src, dst) in x.chunks_exact(hw).zip(out.chunks_mut(pitch)) {
+        if relu {
+            for (d, v) in dst.iter_mut().zip(src) {
+                *d = if *v > T::zero() { *v } else { T::zero() };
+            }
+        } else {
+            dst[..hw].copy_from_slice(src);
+        }
     }
 }
 

@@ -291,19 +291,7 @@ fn simd_im2col_matches_the_portable_one() {
         return;
     }
     for &(c, h, w, k) in &[(3, 7, 5, 3), (2, 8, 8, 3), (4, 32, 32, 3), (2, 4, 4, 1), (3, 6, 9, 5), (1, 1, 3, 3)] {
-        let g = ConvGeom {
-            n: 1,
-            cin: c,
-            h,
-            w,
-            cout: 1,
-            kh: k,
-            kw: k,
-            stride: 1,
-            pad: k / 2,
-            ho: h,
-            wo: w,
-        };
+        let g = ConvGeom::same(1, c, 1, h, w, k);
         let x: Vec<f32> = randn(&[c * h * w], 7, DType::F32).to_vec1().unwrap();
         for relu in [false, true] {
             let mut simd = vec![f32::NAN; g.k() * h * w];
@@ -331,19 +319,7 @@ fn implicit_convolution_matches_im2col_and_a_naive_product() {
     // m, cin, h, w, k
     for &(m, cin, h, w, k) in &[(16, 16, 32, 32, 3), (13, 5, 7, 5, 3), (8, 3, 8, 8, 3), (24, 7, 16, 16, 3), (3, 2, 6, 9, 5), (9, 4, 4, 4, 1), (5, 1, 1, 3, 3)] {
         let taps = k * k;
-        let g = ConvGeom {
-            n: 1,
-            cin,
-            h,
-            w,
-            cout: m,
-            kh: k,
-            kw: k,
-            stride: 1,
-            pad: k / 2,
-            ho: h,
-            wo: w,
-        };
+        let g = ConvGeom::same(1, cin, m, h, w, k);
         let hw = h * w;
         let x: Vec<f32> = randn(&[cin * hw], 11, DType::F32).to_vec1().unwrap();
         let f: Vec<f32> = randn(&[m * cin * taps], 12, DType::F32).to_vec1().unwrap();
@@ -390,19 +366,7 @@ fn implicit_weight_gradient_matches_a_naive_product() {
     // m, c, h, w, k
     for &(m, c, h, w, k) in &[(16, 16, 32, 32, 3), (13, 16, 7, 5, 3), (24, 32, 8, 8, 3), (8, 16, 3, 17, 5), (5, 48, 4, 4, 1)] {
         let (taps, hw) = (k * k, h * w);
-        let g0 = ConvGeom {
-            n: 1,
-            cin: c,
-            h,
-            w,
-            cout: m,
-            kh: k,
-            kw: k,
-            stride: 1,
-            pad: k / 2,
-            ho: h,
-            wo: w,
-        };
+        let g0 = ConvGeom::same(1, c, m, h, w, k);
         let x: Vec<f32> = randn(&[c * hw], 21, DType::F32).to_vec1().unwrap();
         let pitch = hw + 3;
         let mut g = vec![f32::NAN; (m - 1) * pitch + hw];
