@@ -18,11 +18,12 @@
 //!   col2im scatter) and the weight gradient (against `relu(x)`, no second im2col), and the ReLU
 //!   mask applied while adding into the source node's gradient.
 //!
-//! In f32 on CPUs with AVX-512 the k×k convolutions (k > 1) skip most of the im2col work: the
-//! forward convolution and the input gradient are implicit GEMMs ([`super::implicit`]) that
-//! read the shifted windows of `relu(x)` and of `gyb` in place, and the weight gradients of all
-//! the edges leaving a node come from one im2col of `relu(x)` per sample. A cell of 6111 goes
-//! from six im2cols per sample to two.
+//! In f32 on CPUs with AVX-512 the k×k convolutions (k > 1) skip im2col: the forward
+//! convolution and the input gradient are implicit GEMMs ([`super::implicit`]) that read the
+//! shifted windows of `relu(x)` and of `gyb` in place, and the weight gradients of all the edges
+//! leaving a node are one implicit GEMM against `relu(x)` transposed and zero-padded per sample
+//! (with channels a multiple of 16; otherwise against one im2col of `relu(x)` per sample). A
+//! cell of 6111 went from six im2cols per sample to none.
 //!
 //! The parameters of a cell travel as one flat tensor: for every convolution edge, in edge
 //! order, its weight, then γ, then β of its BatchNorm.
@@ -86,7 +87,7 @@ impl CellPlan {
 
     /// The convolution edges leaving node `source`, grouped by kernel size: `(k, edge indices in
     /// plan order)`, the sizes in order of first appearance. A group runs together, sharing the
-    /// node's im2col forward and its ReLU backward.
+    /// node's im2col (implicit path: its ReLU copy) forward and its ReLU backward.
     fn conv_groups(&self, source: usize) -> Vec<(usize, Vec<usize>)> {
         let mut groups: Vec<(usize, Vec<usize>)> = Vec::new();
         for (i, &(_, s, edge)) in self.edges.iter().enumerate() {
@@ -382,7 +383,7 @@ impl CellOp {
         let mut convs: Vec<Option<(Vec<T>, BnStats)>> = vec![None; 0];
         convs.resize_with(self.plan.edges.len(), || None);
         // A node's outgoing convolutions run as soon as the node is complete, so that edges
-        // leaving it share one im2col.
+        // leaving it share one im2col (implicit path: one ReLU copy).
         self.convs_from(0, x, params, &mut convs);
         for target in 1..4 {
             let mut sum: Option<Vec<T>> = None;
@@ -444,8 +445,8 @@ impl CellOp {
         let coefs: Vec<Vec<[T; 3]>> = edges.iter().map(|e| e.coef.iter().map(|a| a.map(T::from_f64)).collect()).collect();
         let kk = k * k;
         // f32 "same" convolutions on AVX-512: the input gradient is one implicit GEMM of the
-        // flipped weights over the edges' `gyb` stacked as channels (at a cache-friendly pitch),
-        // and the weight gradients come from one im2col of `relu(x)` per sample for the group.
+        // flipped weights over the edges' `gyb` stacked as channels (at a cache-friendly pitch);
+        // the weight gradients are set up below.
         let packed: Option<PackedFilter> = (k > 1 && implicit::available())
             .then(|| {
                 let ws: Option<Vec<&[f32]>> = edges.iter().map(|e| f32s(e.w)).collect();
@@ -529,7 +530,6 @@ impl CellOp {
                 }
                 if xt.is_some() {
                     // [e·c + co][t][ci] → per edge [co][ci][t]
-                    let kk = k * k;
                     for (e, gw) in gws.iter_mut().enumerate() {
                         for co in 0..c {
                             let src = &gwt[(e * c + co) * ck..(e * c + co + 1) * ck];
