@@ -56,15 +56,19 @@ fn trials_run_in_child_processes_and_report_metrics_per_epoch() {
         let last_valid = m.iter().filter(|m| m.name == "valid_acc").max_by_key(|m| m.epoch).unwrap();
         assert_eq!((last_valid.epoch, last_valid.value), (2, acc));
         assert!(m.iter().any(|m| m.name == "train_loss" && m.value.is_finite() && m.value > 0.0));
-        // The spec, the stderr log and the best weights are the trial's artefacts.
+        // The spec, the stderr log and the best weights are the trial's artefacts, and all its
+        // directory holds (what `agent/src/trial.rs` documents).
         let dir = format!("trials/{:04}", r.trial.id);
-        assert_eq!(
-            r.artefacts,
-            [format!("{dir}/spec.json"), format!("{dir}/stderr.log"), format!("{dir}/best.safetensors")]
-        );
+        let documented = autoagent_agent::trial::TRIAL_FILES.map(|f| format!("{dir}/{f}"));
+        assert_eq!(r.artefacts, documented);
         for a in &r.artefacts {
             assert!(run.join(a).is_file(), "{a}");
         }
+        let mut held: Vec<String> = std::fs::read_dir(run.join(&dir)).unwrap().map(|e| format!("{dir}/{}", e.unwrap().file_name().to_string_lossy())).collect();
+        held.sort();
+        let mut want = documented.to_vec();
+        want.sort();
+        assert_eq!(held, want);
         let spec: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run.join(&r.artefacts[0])).unwrap()).unwrap();
         assert_eq!(spec["arch"], r.trial.arch.to_string());
         assert_eq!(spec["train"]["epochs"], 2);
@@ -153,7 +157,7 @@ fn a_trial_over_its_share_of_the_budget_is_stopped_and_pruned() {
         assert_eq!(r.trial.state, TrialState::Pruned);
         assert!(r.trial.accuracy.is_none());
         assert!(
-            r.trial.error.as_deref().unwrap().contains("exceeded its share of the budget (2.0 s)"),
+            r.trial.error.as_deref().unwrap().contains("the trial reached --trial-timeout (2.0 s)"),
             "{:?}",
             r.trial.error
         );

@@ -626,10 +626,7 @@ pub async fn run_loop(
                 None => {
                     recorder.trial_started(&trial)?;
                     // The trial's share: what is left of a time budget, and the per-trial limit.
-                    let share = match (budget.seconds_left(), options.trial_timeout) {
-                        (Some(a), Some(b)) => Some(a.min(b)),
-                        (a, b) => a.or(b),
-                    };
+                    let share = crate::task::TrialLimit::of(budget.seconds_left(), options.trial_timeout);
                     let eval = evaluator.evaluate_trial(&arch, trial.id, share);
                     trial.accuracy = eval.accuracy;
                     trial.test_accuracy = eval.test_accuracy;

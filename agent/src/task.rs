@@ -51,10 +51,41 @@ pub trait Evaluator: Send {
     /// Evaluate `arch`.
     fn evaluate(&mut self, arch: &Arch) -> Evaluation;
     /// Evaluate `arch` as trial number `trial`, stopping it (pruned) once it has run for
-    /// `limit_seconds` when given (its share of the budget). The default ignores the limit.
-    fn evaluate_trial(&mut self, arch: &Arch, trial: usize, limit_seconds: Option<f64>) -> Evaluation {
-        let _ = (trial, limit_seconds);
+    /// `limit` when given. The default ignores the limit.
+    fn evaluate_trial(&mut self, arch: &Arch, trial: usize, limit: Option<TrialLimit>) -> Evaluation {
+        let _ = (trial, limit);
         self.evaluate(arch)
+    }
+}
+
+/// How long one trial may run, and what set that limit.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TrialLimit {
+    /// Device seconds.
+    pub seconds: f64,
+    /// Set by the per-trial timeout (`--trial-timeout`), else by what is left of a time budget.
+    pub timeout: bool,
+}
+
+impl TrialLimit {
+    /// The tighter of what is left of a time budget and the per-trial timeout (the timeout on a
+    /// tie); `None` when neither applies.
+    pub fn of(budget_left: Option<f64>, timeout: Option<f64>) -> Option<Self> {
+        match (budget_left, timeout) {
+            (Some(left), Some(t)) if left < t => Some(TrialLimit { seconds: left, timeout: false }),
+            (_, Some(t)) => Some(TrialLimit { seconds: t, timeout: true }),
+            (Some(left), None) => Some(TrialLimit { seconds: left, timeout: false }),
+            (None, None) => None,
+        }
+    }
+
+    /// Why a trial stopped at this limit, after `ran` seconds (the pruned trial's error).
+    pub fn reason(&self, ran: f64) -> String {
+        if self.timeout {
+            format!("stopped after {ran:.1} s: the trial reached --trial-timeout ({:.1} s)", self.seconds)
+        } else {
+            format!("stopped after {ran:.1} s: the trial exceeded its share of the budget ({:.1} s left)", self.seconds)
+        }
     }
 }
 

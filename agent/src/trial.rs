@@ -25,8 +25,10 @@
 //! `train` takes the fields of [`TrainConfig`] (NB201's protocol fills those left out). The
 //! trial trains on the task's training split minus its last 10 % and reports the accuracy on
 //! that held-out 10 % ([`crate::task::search_split`]). With `out`, the best weights are saved
-//! there (`best.safetensors`, `train.json`). With `watch_stdin`, the trial exits as soon as its
-//! stdin closes: the agent holds the other end, so a trial never outlives a killed agent.
+//! there (`best.safetensors`). With `watch_stdin`, the trial exits as soon as its stdin closes:
+//! the agent holds the other end, so a trial never outlives a killed agent.
+//!
+//! A trial's directory holds [`TRIAL_FILES`]: the spec, the trial's stderr and its weights.
 //!
 //! # The channel
 //!
@@ -47,10 +49,14 @@ use autoagent_evaluator::train::{parse_device, train, TrainConfig};
 use serde::{Deserialize, Serialize};
 
 use crate::llm_strategy::TaskInfo;
-use crate::task::{network, search_split, training_info, Evaluation, Evaluator, TrainingCost};
+use crate::task::{network, search_split, training_info, Evaluation, Evaluator, TrainingCost, TrialLimit};
 
 /// The spec format this build writes and reads.
 pub const SPEC_VERSION: u32 = 1;
+
+/// The files of a complete trial's directory, in the order of its artefacts: the spec, the
+/// trial's stderr (`stderr.log`, kept by the agent) and the best weights (written by the trial).
+pub const TRIAL_FILES: [&str; 3] = ["spec.json", "stderr.log", "best.safetensors"];
 
 /// The prefix of an event line on a trial's stdout.
 pub const EVENT_PREFIX: &str = "@autoagent-trial ";
@@ -61,6 +67,24 @@ const STDERR_TAIL: u64 = 4000;
 /// The most of a trial's stderr kept in its `stderr.log` from the start (then only the last
 /// `STDERR_TAIL` bytes).
 const STDERR_HEAD: u64 = 1 << 20;
+
+/// How long a trial that reported its result (`finished`) may take to exit before it is killed;
+/// its result is kept either way.
+const EXIT_GRACE: Duration = Duration::from_secs(10);
+
+/// How long the agent waits for a trial's next event: until the trial's deadline, or, once it
+/// reported its result at `finished_at`, until [`EXIT_GRACE`] after that (the deadline no
+/// longer applies: a finished trial is kept). `None` when that time is up.
+fn next_wait(now: Instant, deadline: Option<Instant>, finished_at: Option<Instant>) -> Option<Duration> {
+    let until = match finished_at {
+        Some(f) => Some(f + EXIT_GRACE),
+        None => deadline,
+    };
+    match until {
+        Some(u) => u.checked_duration_since(now).filter(|d| !d.is_zero()),
+        None => Some(Duration::from_secs(3600)),
+    }
+}
 
 /// What a trial is to do (the `--spec` file).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -196,13 +220,7 @@ pub fn run(spec: &TrialSpec, emit: &mut dyn FnMut(&TrialEvent)) -> Result<(), Tr
         })
     })
     .map_err(|e| TrialError(e.to_string()))?;
-    let mut artefacts: Vec<PathBuf> = report.weights.iter().cloned().collect();
-    if let Some(out) = &spec.out {
-        let summary = out.join("train.json");
-        if summary.is_file() {
-            artefacts.push(summary);
-        }
-    }
+    let artefacts: Vec<PathBuf> = report.weights.iter().cloned().collect();
     emit(&TrialEvent::Finished {
         accuracy: report.test_acc,
         device_seconds: report.device_seconds,
@@ -313,7 +331,7 @@ impl Evaluator for ProcessEvaluator {
         self.evaluate_trial(arch, 0, None)
     }
 
-    fn evaluate_trial(&mut self, arch: &Arch, trial: usize, limit_seconds: Option<f64>) -> Evaluation {
+    fn evaluate_trial(&mut self, arch: &Arch, trial: usize, limit: Option<TrialLimit>) -> Evaluation {
         let dir = self.run_dir.join("trials").join(format!("{trial:04}"));
         let failed = |error: String| Evaluation {
             error: Some(error),
@@ -374,33 +392,28 @@ impl Evaluator for ProcessEvaluator {
                 }
             }
         });
-        let deadline = limit_seconds.map(|s| started + Duration::from_secs_f64(s.max(0.0)));
+        let deadline = limit.map(|l| started + Duration::from_secs_f64(l.seconds.max(0.0)));
         let mut events = Vec::new();
+        let mut finished_at = None;
         let mut pruned = false;
         loop {
-            let wait = match deadline {
-                Some(d) => match d.checked_duration_since(Instant::now()) {
-                    Some(left) => left,
-                    None => {
-                        pruned = true;
-                        break;
-                    }
-                },
-                None => Duration::from_secs(3600),
+            let Some(wait) = next_wait(Instant::now(), deadline, finished_at) else {
+                // Past the deadline without a result: pruned. Lingering after its result: only
+                // stopped (the result stands, see below).
+                pruned = finished_at.is_none();
+                let _ = child.kill();
+                break;
             };
             match rx.recv_timeout(wait) {
-                Ok(ev) => events.push(ev),
-                Err(mpsc::RecvTimeoutError::Timeout) => {
-                    if deadline.is_some() {
-                        pruned = true;
-                        break;
+                Ok(ev) => {
+                    if matches!(ev, TrialEvent::Finished { .. }) {
+                        finished_at = Some(Instant::now());
                     }
+                    events.push(ev);
                 }
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
                 Err(mpsc::RecvTimeoutError::Disconnected) => break,
             }
-        }
-        if pruned {
-            let _ = child.kill();
         }
         // Closing stdin also tells a trial that watches it to stop.
         drop(child.stdin.take());
@@ -443,18 +456,16 @@ impl Evaluator for ProcessEvaluator {
                 TrialEvent::Started { .. } => {}
             }
         }
+        // A trial that reported its result is kept, even when the deadline passed while it
+        // exited (the result may have come in just before the kill).
         let finished = eval.accuracy.is_some();
         match status {
+            _ if finished => {
+                self.cost.observe(arch, eval.seconds);
+            }
             _ if pruned => {
                 eval.pruned = true;
-                eval.accuracy = None;
-                eval.error = Some(format!(
-                    "stopped after {wall:.1} s: the trial exceeded its share of the budget ({:.1} s)",
-                    limit_seconds.unwrap_or(0.0)
-                ));
-            }
-            Ok(s) if s.success() && finished => {
-                self.cost.observe(arch, eval.seconds);
+                eval.error = limit.map(|l| l.reason(wall));
             }
             Ok(s) => {
                 eval.accuracy = None;
@@ -474,5 +485,102 @@ impl Evaluator for ProcessEvaluator {
             }
         }
         eval
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_finished_trial_is_waited_for_past_its_deadline() {
+        let t0 = Instant::now();
+        let s = Duration::from_secs;
+        // Before its deadline: wait until it.
+        assert_eq!(next_wait(t0, Some(t0 + s(5)), None), Some(s(5)));
+        // At or past it without a result: time is up (pruned).
+        assert_eq!(next_wait(t0 + s(5), Some(t0 + s(5)), None), None);
+        assert_eq!(next_wait(t0 + s(6), Some(t0 + s(5)), None), None);
+        // Its result came in just before the deadline: the deadline no longer applies, the
+        // agent waits for the process to exit, up to the grace period after the result.
+        let finished = Some(t0 + s(5) - Duration::from_millis(1));
+        assert_eq!(next_wait(t0 + s(5), Some(t0 + s(5)), finished), Some(EXIT_GRACE - Duration::from_millis(1)));
+        assert_eq!(next_wait(t0 + s(30), Some(t0 + s(5)), finished), None);
+        // No deadline: wait (in long steps).
+        assert!(next_wait(t0, None, None).is_some());
+    }
+
+    /// A stand-in for `autoagent trial`: reports its result at once, then takes `exit_after`
+    /// seconds to exit.
+    fn fake_trial(dir: &Path, exit_after: f64) -> PathBuf {
+        use std::os::unix::fs::PermissionsExt;
+        let finished = TrialEvent::Finished {
+            accuracy: 87.5,
+            device_seconds: 0.25,
+            params: 1,
+            flops: 1.0,
+            artefacts: Vec::new(),
+        };
+        let script = dir.join("fake-trial");
+        std::fs::write(&script, format!("#!/bin/sh\necho '{}'\nsleep {exit_after}\nexit 0\n", finished.line())).unwrap();
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+        script
+    }
+
+    fn evaluator(exe: PathBuf, run_dir: &Path) -> ProcessEvaluator {
+        let base = TrialSpec {
+            version: SPEC_VERSION,
+            trial: 0,
+            task: "mnist".into(),
+            arch: String::new(),
+            data_dir: None,
+            download: false,
+            train: TrainConfig::default(),
+            device: "cpu".into(),
+            out: None,
+            watch_stdin: true,
+        };
+        ProcessEvaluator::new(exe, run_dir.to_path_buf(), base, 1000).unwrap()
+    }
+
+    #[test]
+    fn a_trial_that_reported_its_result_and_exits_after_its_deadline_is_kept() {
+        let tmp = tempfile::tempdir().unwrap();
+        // The result comes at once; the process exits 1.5 s later, 1 s past its 0.5-s limit.
+        let mut e = evaluator(fake_trial(tmp.path(), 1.5), tmp.path());
+        let arch = Arch::sample(&mut <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(9));
+        let limit = TrialLimit { seconds: 0.5, timeout: true };
+        let eval = e.evaluate_trial(&arch, 0, Some(limit));
+        assert!(!eval.pruned, "{:?}", eval.error);
+        assert_eq!((eval.accuracy, eval.seconds, eval.error), (Some(87.5), 0.25, None));
+    }
+
+    #[test]
+    fn a_pruned_trial_names_what_stopped_it() {
+        // The timeout is tighter (or equal): the timeout stopped it.
+        let t = TrialLimit::of(Some(100.0), Some(2.0)).unwrap();
+        assert_eq!(t, TrialLimit { seconds: 2.0, timeout: true });
+        assert!(t.reason(2.04).contains("reached --trial-timeout (2.0 s)"), "{}", t.reason(2.04));
+        assert!(TrialLimit::of(Some(2.0), Some(2.0)).unwrap().timeout);
+        assert!(TrialLimit::of(None, Some(2.0)).unwrap().timeout);
+        // What is left of the time budget is tighter: the budget stopped it.
+        let b = TrialLimit::of(Some(1.5), Some(2.0)).unwrap();
+        assert_eq!(b, TrialLimit { seconds: 1.5, timeout: false });
+        assert!(b.reason(1.5).contains("exceeded its share of the budget"), "{}", b.reason(1.5));
+        assert_eq!(TrialLimit::of(None, None), None);
+    }
+
+    #[test]
+    fn the_module_doc_names_only_files_a_trial_writes() {
+        let doc: Vec<&str> = include_str!("trial.rs").lines().filter(|l| l.starts_with("//!")).collect();
+        let doc = doc.join("\n");
+        let files = doc
+            .split('`')
+            .skip(1)
+            .step_by(2)
+            .filter(|n| [".json", ".safetensors", ".log"].iter().any(|e| n.ends_with(e)) && !n.contains(['/', ' ', '\n']));
+        for name in files {
+            assert!(TRIAL_FILES.contains(&name), "the module doc names {name}, which a trial's directory does not hold");
+        }
     }
 }
