@@ -434,3 +434,58 @@ fn parse_arch(s: &str) -> Result<Arch, StoreError> {
         reason: e.to_string(),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::history::TrialState;
+    use rand::{Rng, SeedableRng};
+
+    /// Every stored float reads back to the same bits: the REAL columns, and the floats inside
+    /// JSON text (a trial's proxy scores), whose parsing must not be off by an ulp.
+    #[test]
+    fn floats_round_trip_to_the_bit() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut store = SqliteStore::open(&tmp.path().join("run.db")).unwrap();
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(16);
+        // The values of issue 15 item 16, then random finite floats of every magnitude.
+        let mut values = vec![2.2317950278482128e49, 2.2317950278482126e49, 9.280026626811533e21, 9.280026626811532e21];
+        while values.len() < 2000 {
+            let v = f64::from_bits(rng.random::<u64>());
+            if v.is_finite() {
+                values.push(v);
+            }
+        }
+        let arch: Arch = "|nor_conv_3x3~0|+|nor_conv_3x3~0|avg_pool_3x3~1|+|skip_connect~0|nor_conv_3x3~1|skip_connect~2|".parse().unwrap();
+        for (id, pair) in values.chunks(2).enumerate() {
+            let trial = Trial {
+                id,
+                round: 0,
+                arch,
+                origin: Origin::Random,
+                proxies: [("synflow".to_string(), Some(pair[0])), ("naswot".to_string(), Some(pair[1]))].into(),
+                rank_score: Some(pair[1]),
+                accuracy: Some(pair[0]),
+                test_accuracy: None,
+                seconds: pair[1].abs(),
+                state: TrialState::Complete,
+                error: None,
+            };
+            store
+                .put_trial(&TrialRecord {
+                    trial,
+                    artefacts: Vec::new(),
+                    stderr_tail: None,
+                })
+                .unwrap();
+        }
+        for (r, pair) in store.trials().unwrap().iter().zip(values.chunks(2)) {
+            let t = &r.trial;
+            let bits = |v: Option<f64>| v.map(f64::to_bits);
+            assert_eq!(bits(t.proxies["synflow"]), Some(pair[0].to_bits()), "{:e}", pair[0]);
+            assert_eq!(bits(t.proxies["naswot"]), Some(pair[1].to_bits()), "{:e}", pair[1]);
+            assert_eq!(bits(t.accuracy), Some(pair[0].to_bits()));
+            assert_eq!(bits(t.rank_score), Some(pair[1].to_bits()));
+        }
+    }
+}
