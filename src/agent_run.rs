@@ -12,7 +12,7 @@ use autoagent_agent::llm::{Exchange, LlmBackend};
 use autoagent_agent::llm_strategy::{LlmOptions, LlmStrategy};
 use autoagent_agent::prompts::Prompts;
 use autoagent_agent::ranker::{Ranker, RankerConfig};
-use autoagent_agent::runner::{run_loop, LoopOptions, Recorder, Summary};
+use autoagent_agent::runner::{run_loop, LoopOptions, Recorder, Spent, Summary};
 use autoagent_agent::strategy::{Evolution, LocalSearch, RandomSearch, Strategy};
 use autoagent_agent::task::{search_split, Evaluator, Nb201Dataset, TableEvaluator};
 use autoagent_agent::trial::{ProcessEvaluator, TrialSpec, SPEC_VERSION};
@@ -151,7 +151,9 @@ fn default_log_cap() -> f64 {
 pub(crate) struct ResumeArgs {
     /// The run directory of a run that stopped (killed, crashed) or finished.
     run_dir: PathBuf,
-    /// A new budget (to extend a finished run); default: the run's own.
+    /// A new budget (to extend a finished run); default: the run's own. In the run's own unit
+    /// (trials, or a time) and not below what the run has spent (device time lost to kills
+    /// included).
     #[arg(long)]
     budget: Option<String>,
     /// Print the summary as one JSON object.
@@ -397,6 +399,9 @@ fn open_log(args: &RunArgs, dir: &Path) -> Result<()> {
 fn execute(args: &RunArgs, dir: &Path, mut prepared: Prepared, mut recorder: Recorder) -> Result<()> {
     let limit: Limit = args.budget.parse().map_err(anyhow::Error::msg)?;
     let mut budget = Budget::new(limit);
+    // A resumed run's budget starts from the work its kills lost (the recorded work is served
+    // back and paid again as it is).
+    budget.spend(0, recorder.lost_seconds());
     let options = LoopOptions {
         k: args.k,
         top_k: args.top_k,
@@ -453,7 +458,7 @@ pub(crate) fn cmd_resume(args: ResumeArgs) -> Result<()> {
         bail!("no run directory at {}", dir.display());
     }
     if let Some(b) = &args.budget {
-        let _: Limit = b.parse().map_err(anyhow::Error::msg)?;
+        check_new_budget(dir, b.parse().map_err(anyhow::Error::msg)?)?;
     }
     let (mut recorder, resumed) = Recorder::resume(dir)?;
     let config = match recorder.get_meta("config")? {
@@ -486,16 +491,35 @@ pub(crate) fn cmd_resume(args: ResumeArgs) -> Result<()> {
     recorder.meta("config", &config)?;
     if !args.json {
         eprintln!(
-            "resuming {}: {} finished trials, {} proposals and {} LLM exchanges restored; {} interrupted trial(s) evaluated again",
+            "resuming {}: {} finished trials, {} proposals and {} LLM exchanges restored; {} interrupted trial(s) evaluated again; \
+             {:.1} device-s of work lost to kills counted in the budget",
             dir.display(),
             resumed.finished,
             resumed.proposals,
             resumed.exchanges.len(),
-            resumed.lost
+            resumed.lost,
+            recorder.lost_seconds()
         );
     }
     recorder.meta("status", "running")?;
     execute(&run_args, dir, prepared, recorder)
+}
+
+/// Refuse a new budget for `resume` before anything is written: one in another unit than the
+/// run's, or below what the run has spent. (A database that cannot be read is left to
+/// [`Recorder::resume`] to report.)
+fn check_new_budget(dir: &Path, new: Limit) -> Result<()> {
+    let Ok(Some(spent)) = Spent::read(dir) else {
+        return Ok(());
+    };
+    let store = autoagent_agent::store::sqlite::SqliteStore::open_read(&dir.join("run.db"))?;
+    let recorded = autoagent_agent::store::Store::meta(&store, "config")?
+        .and_then(|c| serde_json::from_str::<serde_json::Value>(&c).ok())
+        .and_then(|c| c["args"]["budget"].as_str().and_then(|b| b.parse::<Limit>().ok()));
+    match recorded {
+        Some(recorded) => spent.check_resume_budget(recorded, new).map_err(anyhow::Error::msg),
+        None => Ok(()),
+    }
 }
 
 fn report(s: &Summary, dir: &Path, json: bool) -> Result<()> {
@@ -521,8 +545,13 @@ fn report(s: &Summary, dir: &Path, json: bool) -> Result<()> {
             b.test_accuracy.map(|t| format!("  test {t:.2}")).unwrap_or_default()
         );
     }
+    let lost = if s.lost_seconds > 0.0 {
+        format!(", lost to kills {:.1} s", s.lost_seconds)
+    } else {
+        String::new()
+    };
     println!(
-        "budget {}: {:.1} % used, {:.1} device-s (proxies {:.1} s), overrun {:.1} s",
+        "budget {}: {:.1} % used, {:.1} device-s (proxies {:.1} s{lost}), overrun {:.1} s",
         s.budget,
         s.budget_used * 100.0,
         s.device_seconds,

@@ -99,7 +99,7 @@ fn outcome(dir: &Path) -> (Vec<String>, Vec<String>, serde_json::Value) {
         .map(|p| format!("{} {} {} {:?}", p.id, p.round, p.proposal.arch, p.proposal.origin))
         .collect();
     let mut summary: serde_json::Value = serde_json::from_str(&s.meta("summary").unwrap().expect("a finished run has a summary")).unwrap();
-    for k in ["device_seconds", "proxy_seconds", "budget_used", "overrun_seconds"] {
+    for k in ["device_seconds", "proxy_seconds", "lost_seconds", "budget_used", "overrun_seconds"] {
         summary.as_object_mut().unwrap().remove(k);
     }
     summary["best"].as_object_mut().unwrap().remove("seconds");
@@ -165,6 +165,35 @@ fn twenty_kills_at_random_moments_and_the_resumed_run_equals_a_clean_one() {
             (u, v) => assert_eq!(u, v),
         }
     }
+    // Within the killed run, every score restored in a resume is the one computed, to the bit:
+    // the cache file, the stored scores and each trial's scores agree exactly (the floats
+    // round-trip through JSON and SQLite).
+    let bits = |v: Option<f64>| v.map(f64::to_bits);
+    let cached: std::collections::BTreeMap<String, Option<u64>> = jsonl(&cache)
+        .iter()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            (format!("{} {}", v["key"], v["proxy"]), bits(v["value"].as_f64()))
+        })
+        .collect();
+    let cached_values: std::collections::BTreeSet<Option<u64>> = cached.values().copied().collect();
+    for y in &b {
+        assert!(cached_values.contains(&bits(y.value)), "{y:?} is not, to the bit, a score of the cache");
+    }
+    for r in store(&run).trials().unwrap() {
+        for (proxy, value) in &r.trial.proxies {
+            let stored = b.iter().find(|y| y.arch == r.trial.arch.to_string() && &y.proxy == proxy).unwrap();
+            assert_eq!(bits(*value), bits(stored.value), "trial {} {proxy}", r.trial.id);
+        }
+    }
+    // The device time of the work the kills interrupted (half-scored rounds, mostly) is counted:
+    // the summary's device seconds are the trials', the recorded rounds' and the lost work's.
+    let s: serde_json::Value = serde_json::from_str(&store(&run).meta("summary").unwrap().unwrap()).unwrap();
+    let lost = s["lost_seconds"].as_f64().unwrap();
+    assert!(lost > 0.0, "20 kills lost no device time? {s}");
+    let trial_seconds: f64 = store(&run).trials().unwrap().iter().map(|r| r.trial.seconds).sum();
+    let total = trial_seconds + s["proxy_seconds"].as_f64().unwrap() + lost;
+    assert!((s["device_seconds"].as_f64().unwrap() - total).abs() < 1e-6, "{s}");
     // The JSON lines files agree with the database: one line per finished trial, no repeats.
     let lines = jsonl(&run.join("trials.jsonl"));
     assert_eq!(lines.len(), 24);
@@ -224,9 +253,9 @@ fn a_kill_during_training_re_runs_the_interrupted_trial_and_ends_like_a_clean_ru
 
     let run = tmp.path().join("killed");
     let mut child = spawn_quiet(train_run(&run));
-    // Kill while the second trial trains.
+    // Kill while the second trial trains, 1.5 s into it.
     assert!(wait_for(120, || running_trial(&run) == Some(1)), "trial 1 never started");
-    std::thread::sleep(Duration::from_millis(300));
+    std::thread::sleep(Duration::from_millis(1500));
     assert!(kill9(&mut child));
     let s = store(&run);
     let states: Vec<_> = s.trials().unwrap().iter().map(|r| r.trial.state).collect();
@@ -238,6 +267,46 @@ fn a_kill_during_training_re_runs_the_interrupted_trial_and_ends_like_a_clean_ru
     assert_eq!(t2, trials);
     assert_eq!(p2, proposals);
     assert_eq!(s2, summary);
+    // The killed attempt's device time (1.5 s and more) is counted beside the trials'.
+    let s: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let lost = s["lost_seconds"].as_f64().unwrap();
+    assert!((1.2..30.0).contains(&lost), "{s}");
+    let trial_seconds: f64 = store(&run).trials().unwrap().iter().map(|r| r.trial.seconds).sum();
+    assert!((s["device_seconds"].as_f64().unwrap() - (trial_seconds + lost)).abs() < 1e-6, "{s}");
+}
+
+/// Files of a run directory that a refused command must leave as they were.
+fn snapshot(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    ["run.db", "summary.json", "trials.jsonl", "config.json"]
+        .iter()
+        .map(|f| (f.to_string(), std::fs::read(dir.join(f)).unwrap()))
+        .collect()
+}
+
+#[test]
+fn a_new_budget_below_what_was_spent_or_in_another_unit_is_refused_and_the_summary_keeps_every_trial() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tmp.path().join("run");
+    let cache = tmp.path().join("cache.jsonl");
+    finish(nb201_run(&run, &cache, &["--budget", "3trials", "--k", "4", "--no-proxies"]));
+    let before = snapshot(&run);
+    let with_budget = |b: &str| bin().arg("resume").arg(&run).args(["--budget", b]).output().unwrap();
+    // Below what was spent, or a time for a trial budget: one line, exit 2, nothing written.
+    assert_one_line_error(&with_budget("1trials"), "below what the run has spent (3 trials)");
+    assert_one_line_error(&with_budget("2h"), "trial budget");
+    assert_eq!(snapshot(&run), before, "a refused resume changed the run directory");
+    // Extended: 5 trials in the summary, the 3 recorded ones first.
+    let o = with_budget("5trials");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let summary: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(summary["trials"], 5);
+    assert_eq!(store(&run).trials().unwrap().len(), 5);
+    // The same budget again: nothing new, and the summary still says 5.
+    let o = with_budget("5trials");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let again: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(again["trials"], 5);
+    assert_eq!(again["best"], summary["best"]);
 }
 
 #[test]

@@ -18,15 +18,18 @@
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::budget::Budget;
+use crate::budget::{Budget, Limit};
 use autoagent_evaluator::nb201::Arch;
 
 use crate::history::{History, Origin, Proposal, Trial, TrialState};
 use crate::llm::Exchange;
 use crate::ranker::Ranker;
+use crate::store::sqlite::SqliteStore;
 use crate::store::Store;
 use crate::strategy::Strategy;
 use crate::task::Evaluator;
@@ -97,6 +100,8 @@ struct Prior {
     finished: std::collections::BTreeMap<usize, Trial>,
     /// Rounds whose proxy seconds were recorded (their values stay in `Files::round_seconds`).
     rounds: usize,
+    /// Device seconds of work lost to kills (see [`Meter`]).
+    lost_seconds: f64,
 }
 
 /// What [`Recorder::resume`] found in the run directory.
@@ -121,8 +126,204 @@ struct Files {
     trials: File,
     failed: File,
     llm: File,
-    store: crate::store::sqlite::SqliteStore,
+    store: SqliteStore,
     round_seconds: Vec<f64>,
+    meter: Meter,
+}
+
+/// The metadata key prefix of a step in progress: `spending:trial:N`, `spending:round:R`.
+const SPENDING: &str = "spending:";
+
+/// How often the [`Meter`] writes the seconds of the step in progress.
+const METER_TICK: Duration = Duration::from_millis(250);
+
+/// Records the device time of the step in progress (a trial's attempt, a round's proxy scoring)
+/// into `run.db` as it is spent: a thread with its own connection writes the seconds so far to
+/// `spending:<step>` every [`METER_TICK`]. The step's end removes the entry (its cost is then in
+/// its record); a kill leaves it, and [`Recorder::resume`] books it as lost work
+/// (`lost_seconds`), which the resumed run's budget starts from. A kill loses at most one tick.
+struct Meter {
+    tx: Option<mpsc::Sender<MeterCmd>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    /// The key of the step in progress.
+    current: Option<String>,
+}
+
+enum MeterCmd {
+    Start(String),
+    Stop(mpsc::Sender<()>),
+}
+
+impl Meter {
+    fn spawn(db: PathBuf) -> Self {
+        let (tx, rx) = mpsc::channel();
+        let thread = std::thread::spawn(move || meter_thread(&db, rx));
+        Meter {
+            tx: Some(tx),
+            thread: Some(thread),
+            current: None,
+        }
+    }
+
+    fn send(&self, cmd: MeterCmd) -> bool {
+        self.tx.as_ref().is_some_and(|tx| tx.send(cmd).is_ok())
+    }
+
+    fn start(&mut self, step: String) {
+        let key = format!("{SPENDING}{step}");
+        self.send(MeterCmd::Start(key.clone()));
+        self.current = Some(key);
+    }
+
+    /// Stop metering; returns the step's key once the meter has written its last.
+    fn stop(&mut self) -> Option<String> {
+        let key = self.current.take()?;
+        let (ack, done) = mpsc::channel();
+        if self.send(MeterCmd::Stop(ack)) {
+            let _ = done.recv();
+        }
+        Some(key)
+    }
+}
+
+impl Drop for Meter {
+    /// The thread ends (what it wrote last stays, as after a kill).
+    fn drop(&mut self) {
+        drop(self.tx.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn meter_thread(db: &Path, rx: mpsc::Receiver<MeterCmd>) {
+    let mut store = SqliteStore::open_beside_writer(db)
+        .inspect_err(|e| tracing::warn!("device time will not be recorded as it is spent: {e}"))
+        .ok();
+    let mut current: Option<(String, Instant)> = None;
+    loop {
+        let cmd = match current {
+            Some(_) => rx.recv_timeout(METER_TICK),
+            None => rx.recv().map_err(|_| mpsc::RecvTimeoutError::Disconnected),
+        };
+        match cmd {
+            Ok(MeterCmd::Start(key)) => current = Some((key, Instant::now())),
+            Ok(MeterCmd::Stop(ack)) => {
+                current = None;
+                let _ = ack.send(());
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => return,
+        }
+        let (Some((key, t)), Some(s)) = (&current, store.as_mut()) else {
+            continue;
+        };
+        if let Err(e) = s.set_meta(key, &t.elapsed().as_secs_f64().to_string()) {
+            tracing::warn!("device time will not be recorded as it is spent: {e}");
+            store = None;
+        }
+    }
+}
+
+/// The proxy seconds of each recorded round.
+fn recorded_round_seconds(store: &SqliteStore) -> Result<Vec<f64>, RunError> {
+    match store.meta("round_proxy_seconds")? {
+        Some(text) => serde_json::from_str(&text).map_err(|e| {
+            RunError::Store(crate::store::StoreError::Decode {
+                what: "meta round_proxy_seconds".into(),
+                reason: e.to_string(),
+            })
+        }),
+        None => Ok(Vec::new()),
+    }
+}
+
+/// The seconds of the `spending:*` entries (`pending`) whose step has no record: the trial is not
+/// finished (`finished` says which are), the round's proxy seconds are not among the `rounds`
+/// recorded. That work was lost to a kill.
+fn unrecorded_seconds(pending: &[(String, String)], finished: impl Fn(usize) -> bool, rounds: usize) -> f64 {
+    pending
+        .iter()
+        .filter(|(key, _)| match key.strip_prefix(SPENDING).and_then(|s| s.split_once(':')) {
+            Some(("trial", n)) => n.parse().map_or(true, |n| !finished(n)),
+            Some(("round", r)) => r.parse::<usize>().map_or(true, |r| r >= rounds),
+            _ => true,
+        })
+        .map(|(_, v)| v.parse::<f64>().unwrap_or(0.0))
+        .fold(0.0, |a, b| a + b)
+}
+
+fn recorded_lost_seconds(store: &SqliteStore) -> Result<f64, RunError> {
+    Ok(store.meta("lost_seconds")?.and_then(|v| v.parse().ok()).unwrap_or(0.0))
+}
+
+/// What a run has spent, as its database records it: what a resumed run's budget starts from.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct Spent {
+    /// Finished trials (complete, failed or pruned): what a trial budget counts.
+    pub trials: usize,
+    /// Device seconds: the finished trials', the proxy rounds' and the work lost to kills.
+    pub seconds: f64,
+    /// Of which proxy scoring (recorded rounds).
+    pub proxy_seconds: f64,
+    /// Of which work lost to kills: attempts of trials, and proxy rounds, that never finished.
+    pub lost_seconds: f64,
+    /// Rounds recorded.
+    pub rounds: usize,
+}
+
+impl Spent {
+    /// What the run database `dir/run.db` records as spent, read without changing anything
+    /// (`None` when there is no database).
+    pub fn read(dir: &Path) -> Result<Option<Self>, RunError> {
+        let db = dir.join("run.db");
+        if !db.is_file() {
+            return Ok(None);
+        }
+        Ok(Some(Spent::of(&SqliteStore::open_read(&db)?)?))
+    }
+
+    fn of(store: &SqliteStore) -> Result<Self, RunError> {
+        let finished: Vec<Trial> = store.trials()?.into_iter().map(|r| r.trial).filter(|t| t.state.is_finished()).collect();
+        let rounds = recorded_round_seconds(store)?;
+        let proxy_seconds = rounds.iter().fold(0.0, |a, b| a + b);
+        let pending = store.meta_prefixed(SPENDING)?;
+        let lost_seconds = recorded_lost_seconds(store)? + unrecorded_seconds(&pending, |n| finished.iter().any(|t| t.id == n), rounds.len());
+        let trial_seconds = finished.iter().fold(0.0, |a, t| a + t.seconds);
+        Ok(Spent {
+            trials: finished.len(),
+            seconds: trial_seconds + proxy_seconds + lost_seconds,
+            proxy_seconds,
+            lost_seconds,
+            rounds: rounds.len().max(finished.iter().map(|t| t.round + 1).max().unwrap_or(0)),
+        })
+    }
+
+    /// Whether a run with the budget `recorded` may be resumed with the budget `new`: in the same
+    /// unit (trials count trials, a time budget device seconds; neither converts into the
+    /// other), and not below what was spent.
+    pub fn check_resume_budget(&self, recorded: Limit, new: Limit) -> Result<(), String> {
+        match (recorded, new) {
+            (Limit::Trials(_), Limit::Trials(n)) if n < self.trials => Err(format!(
+                "the new budget ({new}) is below what the run has spent ({} trials): give at least {}trials",
+                self.trials, self.trials
+            )),
+            (Limit::Seconds(_), Limit::Seconds(s)) if s < self.seconds => Err(format!(
+                "the new budget ({new}) is below what the run has spent ({:.1} device-s, work lost to kills included): give more, e.g. --budget {}s",
+                self.seconds,
+                self.seconds.ceil() as u64 + 60
+            )),
+            (Limit::Trials(_), Limit::Trials(_)) | (Limit::Seconds(_), Limit::Seconds(_)) => Ok(()),
+            (Limit::Trials(_), Limit::Seconds(_)) => Err(format!(
+                "the run has a trial budget ({recorded}): resume it with a budget in trials (it has spent {} trials), not a time",
+                self.trials
+            )),
+            (Limit::Seconds(_), Limit::Trials(_)) => Err(format!(
+                "the run has a time budget ({recorded}): resume it with a time budget (it has spent {:.1} device-s), not trials",
+                self.seconds
+            )),
+        }
+    }
 }
 
 fn open_append(path: &Path) -> Result<File, RunError> {
@@ -159,8 +360,9 @@ impl Recorder {
                 trials: open_append(&dir.join("trials.jsonl"))?,
                 failed: open_append(&dir.join("failed.jsonl"))?,
                 llm: open_append(&dir.join("llm.jsonl"))?,
-                store: crate::store::sqlite::SqliteStore::open(&dir.join("run.db"))?,
+                store: SqliteStore::open(&dir.join("run.db"))?,
                 round_seconds: Vec::new(),
+                meter: Meter::spawn(dir.join("run.db")),
             }),
             prior: Prior::default(),
         })
@@ -175,7 +377,7 @@ impl Recorder {
         if !db.is_file() {
             return Err(RunError::Stuck(format!("{} holds no run database (run.db): nothing to resume", dir.display())));
         }
-        let mut store = crate::store::sqlite::SqliteStore::open(&db)?;
+        let mut store = SqliteStore::open(&db)?;
         let status = store.meta("status")?;
         let lost = store.mark_lost()?;
         let trials = store.trials()?;
@@ -186,21 +388,21 @@ impl Recorder {
         while exchanges.last().is_some_and(|e| e.response.is_none()) {
             exchanges.pop();
         }
-        let round_seconds: Vec<f64> = match store.meta("round_proxy_seconds")? {
-            Some(text) => serde_json::from_str(&text).map_err(|e| {
-                RunError::Store(crate::store::StoreError::Decode {
-                    what: "meta round_proxy_seconds".into(),
-                    reason: e.to_string(),
-                })
-            })?,
-            None => Vec::new(),
-        };
+        let round_seconds = recorded_round_seconds(&store)?;
         let rounds = round_seconds.len();
         let finished: std::collections::BTreeMap<usize, Trial> = trials
             .into_iter()
             .filter(|r| r.trial.state.is_finished())
             .map(|r| (r.trial.id, r.trial))
             .collect();
+        // What the killed run was spending on steps that have no record is lost work: booked
+        // once, in one transaction with the removal of its entries.
+        let pending = store.meta_prefixed(SPENDING)?;
+        let lost_seconds = recorded_lost_seconds(&store)? + unrecorded_seconds(&pending, |n| finished.contains_key(&n), rounds);
+        if !pending.is_empty() {
+            let keys: Vec<String> = pending.into_iter().map(|(k, _)| k).collect();
+            store.replace_meta(&keys, "lost_seconds", &lost_seconds.to_string())?;
+        }
         let finished_list: Vec<&Trial> = finished.values().collect();
         rewrite_lines(&dir.join("trials.jsonl"), &finished_list)?;
         rewrite_lines(&dir.join("failed.jsonl"), &failed)?;
@@ -221,6 +423,7 @@ impl Recorder {
                 llm: open_append(&dir.join("llm.jsonl"))?,
                 store,
                 round_seconds,
+                meter: Meter::spawn(db),
             }),
             prior: Prior {
                 proposals: proposals.len(),
@@ -228,6 +431,7 @@ impl Recorder {
                 exchanges: exchanges.len(),
                 finished,
                 rounds,
+                lost_seconds,
             },
         };
         Ok((recorder, resumed))
@@ -260,6 +464,12 @@ impl Recorder {
     /// The finished trial `id` of the run before it was resumed.
     pub fn prior_trial(&self, id: usize) -> Option<&Trial> {
         self.prior.finished.get(&id)
+    }
+
+    /// Device seconds of work lost to kills before the run was resumed (trial attempts and proxy
+    /// rounds that never finished): a resumed run's budget starts from them.
+    pub fn lost_seconds(&self) -> f64 {
+        self.prior.lost_seconds
     }
 
     /// The device seconds the proxies took in `round` before the run was resumed.
@@ -297,8 +507,26 @@ impl Recorder {
                 artefacts: Vec::new(),
                 stderr_tail: None,
             })?;
+            f.meter.start(format!("trial:{}", t.id));
         }
         Ok(())
+    }
+
+    /// The step in progress ended and its record is written: its meter entry goes.
+    fn step_ended(&mut self) -> Result<(), RunError> {
+        if let Some(f) = self.files.as_mut() {
+            if let Some(key) = f.meter.stop() {
+                f.store.delete_meta(&key)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Round `round`'s proxy scoring starts (metered unless the round was recorded before).
+    pub fn round_started(&mut self, round: usize) {
+        if let Some(f) = self.files.as_mut().filter(|f| round >= f.round_seconds.len()) {
+            f.meter.start(format!("round:{round}"));
+        }
     }
 
     fn trial(&mut self, t: &Trial, eval: Option<&crate::task::Evaluation>) -> Result<(), RunError> {
@@ -322,6 +550,7 @@ impl Recorder {
                 stderr_tail: eval.and_then(|e| e.stderr_tail.clone()).filter(|_| t.state != TrialState::Complete),
             })?;
         }
+        self.step_ended()?;
         self.line(|f| &mut f.trials, "trials.jsonl", t)
     }
 
@@ -378,11 +607,41 @@ impl Recorder {
         f.round_seconds.push(seconds);
         let text = serde_json::to_string(&f.round_seconds).expect("numbers serialise");
         f.store.set_meta("round_proxy_seconds", &text)?;
-        Ok(())
+        self.step_ended()
+    }
+
+    /// The run's summary, rebuilt from the run database (what the loop saw, `s`, may be less
+    /// than the run holds: a resumed loop that stopped before it had served back every recorded
+    /// trial): the trials, the best one, the rounds, the device seconds (lost work included)
+    /// and the budget's use come from `run.db`; written to `summary.json` and the database.
+    pub fn finish(&mut self, mut s: Summary, budget: &Budget) -> Result<Summary, RunError> {
+        let Some(files) = self.files.as_ref() else {
+            return Ok(s);
+        };
+        let spent = Spent::of(&files.store)?;
+        let history = History {
+            trials: files.store.trials()?.into_iter().map(|r| r.trial).filter(|t| t.state.is_finished()).collect(),
+            ..History::default()
+        };
+        s.trials = spent.trials;
+        s.best = history.best(1).first().map(|t| (*t).clone());
+        s.rounds = s.rounds.max(spent.rounds);
+        s.device_seconds = spent.seconds;
+        s.proxy_seconds = spent.proxy_seconds;
+        s.lost_seconds = spent.lost_seconds;
+        s.budget_used = match budget.limit {
+            Limit::Trials(n) => spent.trials as f64 / n as f64,
+            Limit::Seconds(limit) => {
+                s.overrun_seconds = s.overrun_seconds.max(spent.seconds - limit);
+                spent.seconds / limit
+            }
+        };
+        self.summary(&s)?;
+        Ok(s)
     }
 
     /// Write `summary.json` (and the summary into the run database).
-    pub fn summary(&mut self, s: &Summary) -> Result<(), RunError> {
+    fn summary(&mut self, s: &Summary) -> Result<(), RunError> {
         let Some(files) = self.files.as_mut() else {
             return Ok(());
         };
@@ -433,6 +692,10 @@ pub struct Summary {
     pub overrun_seconds: f64,
     /// Device seconds spent scoring proxies.
     pub proxy_seconds: f64,
+    /// Device seconds of work lost to kills (trial attempts and proxy rounds that never
+    /// finished), counted in `device_seconds`.
+    #[serde(default)]
+    pub lost_seconds: f64,
     /// Candidates dropped as isomorphic to evaluated ones or duplicates within a round.
     pub duplicates: usize,
     /// Candidates the loop added itself (mutations of the best trial, or random cells) because
@@ -570,6 +833,7 @@ pub async fn run_loop(
         // Rank.
         let scored = match ranker.as_deref_mut() {
             Some(r) => {
+                recorder.round_started(rounds - 1);
                 let (s, secs) = r.score(&archs)?;
                 // A resumed run's earlier rounds cost what they cost the first time (their scores
                 // now come from the cache).
@@ -677,13 +941,14 @@ pub async fn run_loop(
         device_seconds: budget.seconds,
         overrun_seconds: budget.overrun_seconds,
         proxy_seconds,
+        lost_seconds: 0.0,
         duplicates,
         fallback,
         explored,
         llm: usage,
         stopped,
     };
-    recorder.summary(&summary)?;
+    let summary = recorder.finish(summary, budget)?;
     Ok((history, summary))
 }
 
@@ -768,5 +1033,130 @@ mod tests {
         let s = run(Limit::Trials(7), 10.0, 10.0);
         assert_eq!(s.trials, 7);
         assert_eq!(s.stopped, "budget spent");
+    }
+
+    fn run_into(recorder: &mut Recorder, limit: Limit) -> Result<Summary, RunError> {
+        let mut strategy = RandomSearch::new(3);
+        let mut evaluator = Costed { actual: 10.0, estimate: 10.0 };
+        let mut budget = Budget::new(limit);
+        budget.spend(0, recorder.lost_seconds());
+        let options = LoopOptions {
+            k: 4,
+            top_k: 2,
+            max_empty_rounds: 3,
+            seed: 3,
+            trial_timeout: None,
+            explore: 0,
+        };
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        rt.block_on(run_loop(&mut strategy, &mut evaluator, None, &mut budget, &options, recorder, |_, _| {}))
+            .map(|(_, s)| s)
+    }
+
+    #[test]
+    fn the_summary_is_rebuilt_from_the_run_database() {
+        let tmp = tempfile::tempdir().unwrap();
+        let first = run_into(&mut Recorder::create(tmp.path()).unwrap(), Limit::Trials(6)).unwrap();
+        assert_eq!(first.trials, 6);
+        // A resumed loop that sees only 3 of the 6 recorded trials: the summary still holds 6.
+        let (mut recorder, _) = Recorder::resume(tmp.path()).unwrap();
+        let s = run_into(&mut recorder, Limit::Trials(3)).unwrap();
+        assert_eq!(s.trials, 6);
+        assert_eq!(s.best, first.best);
+        assert_eq!(s.device_seconds, first.device_seconds);
+        let file: Summary = serde_json::from_str(&std::fs::read_to_string(tmp.path().join("summary.json")).unwrap()).unwrap();
+        assert_eq!(file.trials, 6);
+        assert_eq!(file.best, first.best);
+    }
+
+    #[test]
+    fn work_lost_to_a_kill_is_recorded_as_it_is_spent_and_booked_once() {
+        let tmp = tempfile::tempdir().unwrap();
+        let arch = Arch::sample(&mut <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(1));
+        let spending = |dir: &Path| SqliteStore::open_read(&dir.join("run.db")).unwrap().meta_prefixed(SPENDING).unwrap();
+        let metered = |dir: &Path| {
+            let seen = spending(dir);
+            assert_eq!(seen.len(), 1, "{seen:?}");
+            let v: f64 = seen[0].1.parse().unwrap();
+            assert!((0.6 - METER_TICK.as_secs_f64() - 0.01..=1.0).contains(&v), "{seen:?}");
+            v
+        };
+        {
+            // A trial attempt killed after 0.6 s (the recorder is dropped without its record).
+            let mut r = Recorder::create(tmp.path()).unwrap();
+            let t = Trial {
+                id: 0,
+                round: 0,
+                arch,
+                origin: Origin::Random,
+                proxies: Default::default(),
+                rank_score: None,
+                accuracy: None,
+                test_accuracy: None,
+                seconds: 0.0,
+                state: TrialState::Running,
+                error: None,
+            };
+            r.trial_started(&t).unwrap();
+            std::thread::sleep(Duration::from_millis(600));
+        }
+        let trial = metered(tmp.path());
+        // What a resume's budget check reads, before anything is written.
+        assert_eq!(Spent::read(tmp.path()).unwrap().unwrap().lost_seconds, trial);
+        {
+            // Resumed: booked as lost work, which the budget starts from. Then a round of proxy
+            // scoring is killed after 0.6 s.
+            let (mut r, _) = Recorder::resume(tmp.path()).unwrap();
+            assert_eq!(r.lost_seconds(), trial);
+            assert!(spending(tmp.path()).is_empty());
+            r.round_started(0);
+            std::thread::sleep(Duration::from_millis(600));
+        }
+        let round = metered(tmp.path());
+        let (r, _) = Recorder::resume(tmp.path()).unwrap();
+        assert_eq!(r.lost_seconds(), trial + round);
+        drop(r);
+        // Resumed again: nothing is booked twice.
+        let (r, _) = Recorder::resume(tmp.path()).unwrap();
+        assert_eq!(r.lost_seconds(), trial + round);
+    }
+
+    #[test]
+    fn a_resumed_time_budget_counts_the_work_lost_to_kills() {
+        let tmp = tempfile::tempdir().unwrap();
+        let first = run_into(&mut Recorder::create(tmp.path()).unwrap(), Limit::Seconds(95.0)).unwrap();
+        assert_eq!(first.trials, 9);
+        // 45 s were lost to kills (as the meter records them): extended to 200 s, the run has
+        // 200 - 90 - 45 s left, 6 more trials of 10 s (not 11).
+        let (mut r, _) = Recorder::resume(tmp.path()).unwrap();
+        r.meta("lost_seconds", "45").unwrap();
+        drop(r);
+        let (mut r, _) = Recorder::resume(tmp.path()).unwrap();
+        assert_eq!(r.lost_seconds(), 45.0);
+        let s = run_into(&mut r, Limit::Seconds(200.0)).unwrap();
+        assert_eq!(s.lost_seconds, 45.0);
+        assert_eq!(s.trials, 15, "45 + 15 x 10 s = 195 s of 200");
+        assert_eq!(s.device_seconds, 195.0);
+        assert_eq!(s.budget_used, 195.0 / 200.0);
+    }
+
+    #[test]
+    fn a_new_budget_for_a_resume_is_in_the_run_s_unit_and_not_below_what_was_spent() {
+        let spent = Spent {
+            trials: 3,
+            seconds: 120.0,
+            ..Spent::default()
+        };
+        assert!(spent.check_resume_budget(Limit::Trials(3), Limit::Trials(3)).is_ok());
+        assert!(spent.check_resume_budget(Limit::Trials(3), Limit::Trials(5)).is_ok());
+        let e = spent.check_resume_budget(Limit::Trials(3), Limit::Trials(1)).unwrap_err();
+        assert!(e.contains("below what the run has spent (3 trials)"), "{e}");
+        assert!(spent.check_resume_budget(Limit::Seconds(100.0), Limit::Seconds(300.0)).is_ok());
+        let e = spent.check_resume_budget(Limit::Seconds(100.0), Limit::Seconds(60.0)).unwrap_err();
+        assert!(e.contains("below what the run has spent (120.0 device-s"), "{e}");
+        let e = spent.check_resume_budget(Limit::Trials(3), Limit::Seconds(7200.0)).unwrap_err();
+        assert!(e.contains("trial budget"), "{e}");
+        let e = spent.check_resume_budget(Limit::Seconds(100.0), Limit::Trials(9)).unwrap_err();
+        assert!(e.contains("time budget"), "{e}");
     }
 }

@@ -141,6 +141,49 @@ impl SqliteStore {
         Ok(store)
     }
 
+    /// A second connection of the writer's own process to its database (no lock of its own: the
+    /// writer's covers it), for the meter that records device time as it is spent
+    /// ([`crate::runner::Recorder`]).
+    pub(crate) fn open_beside_writer(path: &Path) -> Result<Self, StoreError> {
+        let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_WRITE).map_err(|e| classify(path, e))?;
+        conn.busy_timeout(BUSY_TIMEOUT).map_err(|e| classify(path, e))?;
+        Ok(SqliteStore {
+            conn,
+            path: path.to_path_buf(),
+            _lock: None,
+        })
+    }
+
+    /// The metadata entries whose key starts with `prefix`, by key.
+    pub fn meta_prefixed(&self, prefix: &str) -> Result<Vec<(String, String)>, StoreError> {
+        self.rows(
+            "SELECT key, value FROM meta WHERE substr(key, 1, length(?1)) = ?1 ORDER BY key",
+            [prefix],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+    }
+
+    /// Remove a metadata entry.
+    pub fn delete_meta(&mut self, key: &str) -> Result<(), StoreError> {
+        self.exec("DELETE FROM meta WHERE key = ?1", [key]).map(|_| ())
+    }
+
+    /// In one transaction: remove the metadata entries `remove` and set `key` to `value`.
+    pub fn replace_meta(&mut self, remove: &[String], key: &str, value: &str) -> Result<(), StoreError> {
+        let path = self.path.clone();
+        let err = |e| classify(&path, e);
+        let tx = self.conn.transaction().map_err(err)?;
+        for k in remove {
+            tx.execute("DELETE FROM meta WHERE key = ?1", [k]).map_err(err)?;
+        }
+        tx.execute(
+            "INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            params![key, value],
+        )
+        .map_err(err)?;
+        tx.commit().map_err(err)
+    }
+
     /// The database file.
     pub fn path(&self) -> &Path {
         &self.path
