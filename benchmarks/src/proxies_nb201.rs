@@ -13,11 +13,12 @@
 //! them. The ensemble row is the log-rank aggregation of [`autoagent_proxies::ensemble`],
 //! computed on the same sample from its members' scores.
 //!
-//! Scores are cached on disk, one JSON line per (canonical architecture, proxy, seed, batch) with
-//! its milliseconds, appended and flushed after each architecture: a killed benchmark continues
+//! Scores are cached on disk, one JSON line per (architecture, proxy, seed, batch) with its
+//! milliseconds, appended and flushed after each architecture: a killed benchmark continues
 //! where it stopped, and a run on a new dataset's accuracy reuses the scores of an earlier one.
-//! Isomorphic cells share their canonical key and are scored once, except by the structural
-//! counts (params, flops), which differ within an isomorphism class.
+//! Every architecture is scored as itself, isomorphic cells included (they are different
+//! networks; see [`autoagent_proxies::cache`]), so a score never depends on what the cache saw
+//! first.
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};

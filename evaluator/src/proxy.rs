@@ -84,18 +84,9 @@ impl Candidate for Nb201Candidate {
     fn key(&self) -> String {
         let c = &self.config;
         format!(
-            "nb201:{}:C{}N{}K{}S{}",
-            c.arch.canonical(),
-            c.channels,
-            c.cells_per_stage,
-            c.num_classes,
-            c.input_size
+            "nb201:{}:C{}N{}K{}I{}S{}",
+            c.arch, c.channels, c.cells_per_stage, c.num_classes, c.in_channels, c.input_size
         )
-    }
-
-    fn exact_key(&self) -> String {
-        let c = &self.config;
-        format!("nb201:{}:C{}N{}K{}S{}", c.arch, c.channels, c.cells_per_stage, c.num_classes, c.input_size)
     }
 
     fn build(&self, dtype: DType, device: &Device, seed: u64, higher_order: bool) -> autoagent_proxies::Result<Box<dyn ProxyNet>> {
@@ -140,3 +131,4 @@ pub fn proxy_batch(data: &crate::data::Dataset, batch_size: usize, seed: u64, de
     let (images, labels) = crate::train::Batcher::new(mean, std).batch(&data.train, &idx, Some((4, hflip, &mut rng)), device)?;
     Ok(autoagent_proxies::Batch { images, labels })
 }
+

@@ -459,3 +459,39 @@ fn two_cells_per_stage() -> Nb201Config {
         ..Nb201Config::new(Arch::parse("|nor_conv_3x3~0|+|none~0|nor_conv_1x1~1|+|skip_connect~0|nor_conv_3x3~1|nor_conv_3x3~2|").unwrap())
     }
 }
+
+/// Two members of one isomorphism class that are different networks: node 1 feeds nothing (its
+/// out-edges are `none`), so its operation is cut off: a skip in one, a 1×1 convolution (weights
+/// and a ReLU, which also shift the seeded initialisation of the rest) in the other.
+const CUT_OFF_SKIP: &str = "|skip_connect~0|+|nor_conv_3x3~0|none~1|+|skip_connect~0|none~1|nor_conv_3x3~2|";
+const CUT_OFF_CONV: &str = "|nor_conv_1x1~0|+|nor_conv_3x3~0|none~1|+|skip_connect~0|none~1|nor_conv_3x3~2|";
+
+#[test]
+fn isomorphic_cells_are_scored_as_themselves_whatever_the_cache_saw_first() {
+    use autoagent_proxies::cache::ScoreCache;
+    assert_eq!(Arch::parse(CUT_OFF_SKIP).unwrap().canonical(), Arch::parse(CUT_OFF_CONV).unwrap().canonical());
+    let (lean, dead) = (small(CUT_OFF_SKIP), small(CUT_OFF_CONV));
+    assert!(dead.param_count() > lean.param_count());
+    let batch = random_batch(8, 5);
+    let proxies: Vec<_> = ["naswot", "synflow", "grad_norm", "params"].iter().map(|n| registry::by_name(n).unwrap()).collect();
+    let refs: Vec<&dyn autoagent_proxies::Proxy> = proxies.iter().map(|p| p.as_ref()).collect();
+    // Each member's own scores, with nothing cached.
+    let alone = |c: &Nb201Candidate| -> Vec<Option<f64>> { refs.iter().map(|p| p.score(c, &batch, 0).ok().filter(|v| v.is_finite())).collect() };
+    let (own_lean, own_dead) = (alone(&lean), alone(&dead));
+    assert_ne!(own_lean[0], own_dead[0], "the members' naswot scores must differ for this test to mean anything");
+    // Through one cache, in either order, one call per candidate (as rounds do) or both in one.
+    for order in [[&lean, &dead], [&dead, &lean]] {
+        let mut cache = ScoreCache::in_memory();
+        for c in order {
+            let grid = cache.score_grid(&refs, &[c as &dyn Candidate], &batch, "b", 0, false).unwrap();
+            let got: Vec<Option<f64>> = grid[0].iter().map(|s| s.value).collect();
+            assert_eq!(got, if std::ptr::eq(c, &lean) { own_lean.clone() } else { own_dead.clone() }, "{}", c.key());
+        }
+        let both: Vec<&dyn Candidate> = order.iter().map(|c| *c as &dyn Candidate).collect();
+        let grid = ScoreCache::in_memory().score_grid(&refs, &both, &batch, "b", 0, false).unwrap();
+        for (c, row) in order.iter().zip(grid) {
+            let want = if std::ptr::eq(*c, &lean) { &own_lean } else { &own_dead };
+            assert_eq!(&row.iter().map(|s| s.value).collect::<Vec<_>>(), want);
+        }
+    }
+}

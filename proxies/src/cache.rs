@@ -8,9 +8,22 @@
 //! benchmark (`autoagent bench proxies`) and the agent share the format, so a benchmark run
 //! fills the cache that searches read.
 //!
-//! Keys: [`crate::Candidate::key`] (canonical: isomorphic cells share a score) or
-//! [`crate::Candidate::exact_key`] for proxies that do not share scores within an isomorphism
-//! class; the batch is `""` for data-free proxies.
+//! Keys: [`crate::Candidate::key`], the exact network: the architecture as written plus the shape
+//! parameters that enter the network (for NB201 `nb201:ARCH:C16N5K10I3S32`). Isomorphic cells are
+//! *not* given one key. They compute the same function, but they are different networks: a branch
+//! cut off by `none` still carries weights and ReLUs (naswot counts the ReLUs, params the weights),
+//! and its weights shift the seeded initialisation of the others, so two members of one class score
+//! differently (two members with 0.372 M and 0.400 M parameters: naswot 788.80 and 806.45 on the
+//! CIFAR-10 fixture's batch of 64, seed 0). Under a class key, the score of a member depended on
+//! which member the cache saw first. With exact keys a score is the score of the network that is
+//! built and trained (the agent dedups by class, but evaluates the cell it was given), `proxies
+//! score --arch A` prints the same with and without a cache, and a benchmark scores every
+//! architecture as itself, as the reference harnesses do (the published rank correlations are over
+//! 15,625 separately scored networks). The price: isomorphic duplicates are scored separately (up
+//! to 15,625 networks instead of 6,466 over the whole space).
+//!
+//! The batch is `""` for data-free proxies. Entries written under class keys simply never
+//! match again: they stay in the file, unused, and the scores are computed anew.
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
@@ -200,21 +213,15 @@ impl ScoreCache {
     }
 
     fn key_of(proxy: &dyn Proxy, candidate: &dyn Candidate, batch_id: &str, seed: u64) -> CacheKey {
-        let key = if proxy.shares_isomorphic_scores() {
-            candidate.key()
-        } else {
-            candidate.exact_key()
-        };
         let batch_key = if proxy.uses_data() { batch_id.to_string() } else { String::new() };
-        (key, proxy.name().to_string(), seed, batch_key)
+        (candidate.key(), proxy.name().to_string(), seed, batch_key)
     }
 
     /// Every proxy's score of every candidate on `batch` (described by `batch_id`) with networks
     /// from `seed`, `[candidate][proxy]`: from the cache when it holds them, else computed and
-    /// appended. The key is the candidate's canonical key, or its exact key for proxies that do
-    /// not share scores within an isomorphism class; the batch is left out for data-free proxies.
-    /// The scores the cache lacks are computed first, each distinct key
-    /// once (isomorphic candidates share their work), and with `parallel` several at a time on the
+    /// appended. The key is the candidate's exact key (see the module doc); the batch is left out
+    /// for data-free proxies. The scores the cache lacks are computed first, each distinct key
+    /// once (a candidate repeated in one call is scored once), and with `parallel` several at a time on the
     /// rayon pool (their kernels run on the same pool, so small networks that cannot keep every
     /// thread busy alone are scored side by side). Scores are appended in candidate then proxy
     /// order whatever the order of computing.

@@ -14,9 +14,6 @@ impl Proxy for Flops {
     fn uses_data(&self) -> bool {
         false
     }
-    fn shares_isomorphic_scores(&self) -> bool {
-        false
-    }
     fn score(&self, candidate: &dyn Candidate, _batch: &Batch, _seed: u64) -> Result<f64> {
         Ok(candidate.flops() / 1e6)
     }

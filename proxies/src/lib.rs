@@ -67,12 +67,6 @@ pub trait Proxy: Send + Sync {
     fn uses_data(&self) -> bool {
         true
     }
-    /// Whether isomorphic cells (the same function, see [`Candidate::key`]) may share one score.
-    /// True for proxies of the network's function; false for structural counts (params, flops),
-    /// which also count the weights of operations whose output never reaches the logits.
-    fn shares_isomorphic_scores(&self) -> bool {
-        true
-    }
     /// Score one architecture: higher should mean better.
     fn score(&self, candidate: &dyn Candidate, batch: &Batch, seed: u64) -> Result<f64>;
 }

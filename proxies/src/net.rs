@@ -155,14 +155,11 @@ pub trait ProxyNet {
 /// An architecture that proxies can score: it builds fresh, seeded networks on demand (each
 /// proxy works on its own copy, as the reference harness does) and knows its closed-form cost.
 pub trait Candidate: Sync {
-    /// A stable key for caching: the canonical form of the architecture (isomorphic cells
-    /// share it).
+    /// A stable key for caching that names the exact network [`Candidate::build`] builds: the
+    /// architecture as written (not its isomorphism class: isomorphic cells are different
+    /// networks, whose cut-off branches carry weights and ReLUs and shift the seeded
+    /// initialisation) and every shape parameter that enters the network.
     fn key(&self) -> String;
-    /// A key of the exact architecture (isomorphic cells differ), for proxies whose scores are
-    /// not shared within an isomorphism class ([`crate::Proxy::shares_isomorphic_scores`]).
-    fn exact_key(&self) -> String {
-        self.key()
-    }
     /// Build the network with PyTorch-default initialisation from `seed`, in `dtype`, on
     /// `device`. `higher_order` asks for operations whose gradients can be differentiated again
     /// (GraSP's Hessian-vector product).

@@ -13,9 +13,6 @@ impl Proxy for Params {
     fn uses_data(&self) -> bool {
         false
     }
-    fn shares_isomorphic_scores(&self) -> bool {
-        false
-    }
     fn score(&self, candidate: &dyn Candidate, _batch: &Batch, _seed: u64) -> Result<f64> {
         Ok(candidate.param_count() as f64 / 1e6)
     }
