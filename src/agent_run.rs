@@ -363,6 +363,8 @@ fn prepare(args: &RunArgs, backend: Option<Arc<dyn LlmBackend>>, dir: &Path) -> 
             images: image_kind,
             data_root: &root,
             download: !args.data.no_download,
+            // Training tasks hold out the end of the training split for selection.
+            search_split: !args.task.starts_with("nb201:"),
             batch_size: args.proxy_batch_size,
             seed: args.proxy_seed,
             cache: args.proxy_cache.clone(),

@@ -8,7 +8,7 @@ use autoagent_agent::ranker::default_cache;
 use autoagent_agent::task::network;
 use autoagent_evaluator::data::{self, DatasetKind};
 use autoagent_evaluator::nb201::Arch;
-use autoagent_evaluator::proxy::{proxy_batch, Nb201Candidate};
+use autoagent_evaluator::proxy::{batch_id, proxy_batch, Nb201Candidate};
 use autoagent_evaluator::train;
 use autoagent_proxies::cache::ScoreCache;
 use autoagent_proxies::registry::parse_list;
@@ -107,7 +107,7 @@ pub(crate) fn cmd_score(args: ScoreArgs) -> Result<()> {
     let root = data::data_root(args.data.data_dir.as_deref());
     let dataset = data::open(kind, &root, !args.data.no_download)?;
     let batch = proxy_batch(&dataset, args.batch_size, args.seed, &device)?;
-    let batch_id = format!("{}:b{}:s{}", kind.name(), args.batch_size, args.seed);
+    let batch_id = batch_id(kind, &batch, args.seed)?;
     let mut cache = match &args.cache {
         None => ScoreCache::in_memory(),
         Some(file) => {

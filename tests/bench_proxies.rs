@@ -11,8 +11,12 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 fn bench(cache: &Path, extra: &[&str]) -> Command {
+    bench_on(&shared().join("cifar10-mini"), cache, extra)
+}
+
+/// `bench proxies` with the images of `data`.
+fn bench_on(data: &Path, cache: &Path, extra: &[&str]) -> Command {
     let truth = shared().join("nb201/nb201.csv");
-    let data = shared().join("cifar10-mini");
     let mut c = Command::new(env!("CARGO_BIN_EXE_autoagent"));
     c.args(["bench", "proxies", "--suite", "nb201", "--truth"])
         .arg(truth)
@@ -181,4 +185,31 @@ fn bad_inputs_fail_with_one_line_and_leave_the_cache_alone() {
     std::fs::write(&cache, text).unwrap();
     assert_one_line_error(&run(&["--proxies", "params,flops", "--ensemble", "none"]), "corrupt at line 2");
     assert_eq!(std::fs::read_to_string(&cache).unwrap(), text);
+}
+
+#[test]
+fn scores_on_one_image_folder_are_never_served_for_another() {
+    // The fixture, and another folder of real CIFAR-10 records (the fixture's second half).
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("scores.jsonl");
+    let other = dir.path().join("other");
+    std::fs::create_dir_all(&other).unwrap();
+    let records = std::fs::read(shared().join("cifar10-mini/data_batch_1.bin")).unwrap();
+    std::fs::write(other.join("data_batch_1.bin"), &records[1000 * 3073..]).unwrap();
+    std::fs::copy(shared().join("cifar10-mini/test_batch.bin"), other.join("test_batch.bin")).unwrap();
+    let args = ["--sample", "10", "--seeds", "1", "--proxies", "naswot,params", "--ensemble", "none", "--json"];
+    let on_fixture = ok(&bench(&cache, &args).output().unwrap());
+    let first = cache_lines(&cache);
+    assert_eq!(first.len(), 20);
+    let on_other = ok(&bench_on(&other, &cache, &args).output().unwrap());
+    let lines = cache_lines(&cache);
+    // naswot is computed again on the other images (under another batch id); params is served.
+    let naswot: Vec<&serde_json::Value> = lines.iter().filter(|l| l["proxy"] == "naswot").collect();
+    assert_eq!(naswot.len(), 20, "naswot scores of one folder were served for the other");
+    assert_eq!(lines.len(), 30);
+    assert_ne!(naswot[0]["batch"], naswot[10]["batch"]);
+    assert_ne!(
+        on_fixture["cifar10"]["proxies"]["naswot"]["spearman"],
+        on_other["cifar10"]["proxies"]["naswot"]["spearman"]
+    );
 }

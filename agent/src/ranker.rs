@@ -65,6 +65,11 @@ pub struct RankerConfig<'a> {
     pub data_root: &'a Path,
     /// Download the dataset when missing.
     pub download: bool,
+    /// Draw the batch from the search-training part of the training split only
+    /// ([`crate::task::search_split`]), never from the validation hold-out: training tasks, whose
+    /// hold-out decides the selection (label-using proxies would otherwise see its labels).
+    /// Table tasks (`nb201:*`) have no hold-out of ours and draw from the whole training split.
+    pub search_split: bool,
     /// Images in the proxies' batch.
     pub batch_size: usize,
     /// Seed of the batch and the networks' initialisation.
@@ -89,18 +94,25 @@ pub enum RankerError {
     /// The batch could not be drawn.
     #[error(transparent)]
     Batch(#[from] autoagent_evaluator::Error),
+    /// The training split is too small to hold a validation part out.
+    #[error("{0}")]
+    Split(String),
     /// The cache cannot be opened.
     #[error(transparent)]
     Cache(#[from] autoagent_proxies::cache::CacheError),
 }
 
 impl Ranker {
-    /// The ranker `cfg` describes: its proxies, one batch of the dataset's images, its cache.
+    /// The ranker `cfg` describes: its proxies, one batch of the dataset's images (of its
+    /// search-training part with `search_split`), its cache.
     pub fn build(cfg: &RankerConfig) -> Result<Self, RankerError> {
         let proxies = autoagent_proxies::registry::parse_list(cfg.proxies).map_err(RankerError::Proxies)?;
-        let data = data::open(cfg.images, cfg.data_root, cfg.download)?;
+        let mut data = data::open(cfg.images, cfg.data_root, cfg.download)?;
+        if cfg.search_split {
+            data = crate::task::search_split(&data).map_err(RankerError::Split)?;
+        }
         let batch = autoagent_evaluator::proxy::proxy_batch(&data, cfg.batch_size, cfg.seed, cfg.device)?;
-        let batch_id = format!("{}:b{}:s{}", cfg.images.name(), cfg.batch_size, cfg.seed);
+        let batch_id = autoagent_evaluator::proxy::batch_id(cfg.images, &batch, cfg.seed)?;
         let cache_path = cfg.cache.clone().unwrap_or_else(|| default_cache(cfg.images.name(), cfg.batch_size));
         let cache = ScoreCache::open(&cache_path)?;
         let (c, h, _) = cfg.images.image_shape();
@@ -126,6 +138,16 @@ impl Ranker {
     /// Compute missing scores several architectures at a time (on the rayon pool).
     pub fn set_parallel(&mut self, parallel: bool) {
         self.parallel = parallel;
+    }
+
+    /// The proxies' batch.
+    pub fn batch(&self) -> &Batch {
+        &self.batch
+    }
+
+    /// The batch's id in the score cache ([`autoagent_evaluator::proxy::batch_id`]).
+    pub fn batch_id(&self) -> &str {
+        &self.batch_id
     }
 
     /// The member names.

@@ -19,6 +19,7 @@ fn ranker(cache: PathBuf, parallel: bool) -> Ranker {
         images: DatasetKind::Cifar10,
         data_root: &images(),
         download: false,
+        search_split: false,
         batch_size: 16,
         seed: 0,
         cache: Some(cache),

@@ -18,7 +18,7 @@
 //! where it stopped, and a run on a new dataset's accuracy reuses the scores of an earlier one.
 //! Every architecture is scored as itself, isomorphic cells included (they are different
 //! networks; see [`autoagent_proxies::cache`]), so a score never depends on what the cache saw
-//! first.
+//! first; the batch id identifies the images, so another image folder never reuses them.
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -27,7 +27,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use autoagent_agent::task::network;
 use autoagent_evaluator::data::{self, DatasetKind};
-use autoagent_evaluator::proxy::{proxy_batch, Nb201Candidate};
+use autoagent_evaluator::proxy::{batch_id, proxy_batch, Nb201Candidate};
 use autoagent_evaluator::table::Nb201Table;
 use autoagent_evaluator::train::parse_device;
 use autoagent_proxies::cache::ScoreCache;
@@ -317,11 +317,8 @@ pub fn run(args: &ProxiesBenchArgs) -> Result<()> {
     let batches: Vec<(u64, String, Batch)> = seeds
         .iter()
         .map(|&s| {
-            Ok((
-                s,
-                format!("{}:b{}:s{s}", kind.name(), args.batch_size),
-                proxy_batch(&dataset, args.batch_size, s, &device)?,
-            ))
+            let batch = proxy_batch(&dataset, args.batch_size, s, &device)?;
+            Ok((s, batch_id(kind, &batch, s)?, batch))
         })
         .collect::<Result<_>>()?;
     let cache_path = args.cache.clone().unwrap_or_else(|| default_cache(kind.name(), args.batch_size));

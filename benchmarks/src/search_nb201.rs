@@ -340,6 +340,7 @@ pub fn run(args: &SearchBenchArgs) -> Result<()> {
             images: kind,
             data_root: &root,
             download: true,
+            search_split: false,
             batch_size: args.proxy_batch_size,
             seed: args.proxy_seed,
             cache: args.proxy_cache.clone(),

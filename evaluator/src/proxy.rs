@@ -132,3 +132,25 @@ pub fn proxy_batch(data: &crate::data::Dataset, batch_size: usize, seed: u64, de
     Ok(autoagent_proxies::Batch { images, labels })
 }
 
+/// The id of a proxy batch in the score cache (`autoagent_proxies::cache`): the dataset, the batch
+/// size, the seed and the first 16 hex digits of a SHA-256 over the batch's shape, its images as
+/// the proxies see them (augmented and normalised) and its labels, e.g.
+/// `cifar10:b64:s0:05dae5024d683ca9` (the CIFAR-10 fixture, seed 0). Batches of different images
+/// (the mini fixture and the full CIFAR-10, another folder, another part of a split) never share an
+/// id, so scores computed on one are never served for another.
+pub fn batch_id(kind: crate::data::DatasetKind, batch: &autoagent_proxies::Batch, seed: u64) -> crate::Result<String> {
+    use sha2::{Digest, Sha256};
+    let mut hash = Sha256::new();
+    for d in batch.images.dims() {
+        hash.update((*d as u64).to_le_bytes());
+    }
+    for v in batch.images.flatten_all()?.to_vec1::<f32>()? {
+        hash.update(v.to_le_bytes());
+    }
+    for l in batch.labels.to_dtype(DType::U32)?.to_vec1::<u32>()? {
+        hash.update(l.to_le_bytes());
+    }
+    let digest = hash.finalize();
+    let hex: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+    Ok(format!("{}:b{}:s{seed}:{hex}", kind.name(), batch.labels.dims1()?))
+}

@@ -22,8 +22,11 @@
 //! 15,625 separately scored networks). The price: isomorphic duplicates are scored separately (up
 //! to 15,625 networks instead of 6,466 over the whole space).
 //!
-//! The batch is `""` for data-free proxies. Entries written under class keys simply never
-//! match again: they stay in the file, unused, and the scores are computed anew.
+//! The batch is `""` for data-free proxies, else the batch id, which identifies the images
+//! themselves (`autoagent_evaluator::proxy::batch_id`: dataset, size, seed and a hash of the
+//! batch's bytes and labels), so scores on one folder of images are never served for another.
+//! Entries written before either rule (class keys, ids without a hash) simply never match
+//! again: they stay in the file, unused, and the scores are computed anew.
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
