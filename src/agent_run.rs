@@ -14,7 +14,7 @@ use autoagent_agent::prompts::Prompts;
 use autoagent_agent::ranker::{Ranker, RankerConfig};
 use autoagent_agent::runner::{run_loop, LoopOptions, Recorder, Spent, Summary};
 use autoagent_agent::strategy::{Evolution, LocalSearch, RandomSearch, Strategy};
-use autoagent_agent::task::{search_split, Evaluator, Nb201Dataset, TableEvaluator};
+use autoagent_agent::task::{nb201_proxy_images, search_split, Evaluator, Nb201Dataset, TableEvaluator};
 use autoagent_agent::trial::{ProcessEvaluator, TrialSpec, SPEC_VERSION};
 use autoagent_evaluator::data::{self, DatasetKind};
 use autoagent_evaluator::table::Nb201Table;
@@ -96,9 +96,15 @@ pub(crate) struct RunArgs {
     /// Proxy score cache (JSON lines, shared with `bench proxies`; default: in the user cache directory).
     #[arg(long)]
     proxy_cache: Option<PathBuf>,
-    /// Dataset whose images the proxies see on nb201 tasks.
-    #[arg(long, default_value = "cifar10")]
-    images: String,
+    /// Dataset whose images the proxies see on nb201 tasks (default: the task's own where it is
+    /// at hand, CIFAR-10 or CIFAR-100 found under the data root; else CIFAR-10, with a warning,
+    /// recorded in config.json).
+    #[arg(long)]
+    images: Option<String>,
+    /// Why the proxies see other images than the task's (filled in by the run, recorded).
+    #[arg(skip)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    images_substituted: Option<String>,
     /// NB201 table (interchange format) for nb201 tasks (default: nb201/nb201.csv in the data cache).
     #[arg(long)]
     truth: Option<PathBuf>,
@@ -284,7 +290,8 @@ fn prepare(args: &RunArgs, backend: Option<Arc<dyn LlmBackend>>, dir: &Path) -> 
     let (evaluator, image_kind): (Box<dyn Evaluator>, DatasetKind) = if let Some(ds) = args.task.strip_prefix("nb201:") {
         let dataset = Nb201Dataset::from_name(ds).with_context(|| format!("unknown NB201 dataset '{ds}' (available: cifar10, cifar100, imagenet16)"))?;
         let table = Arc::new(Nb201Table::load_or_default(args.truth.as_deref())?.0);
-        let images = DatasetKind::from_name(&args.images).with_context(|| format!("unknown image dataset '{}'", args.images))?;
+        let name = args.images.as_deref().unwrap_or("cifar10");
+        let images = DatasetKind::from_name(name).with_context(|| format!("unknown image dataset '{name}'"))?;
         (
             Box::new(TableEvaluator::new(table, dataset, args.fidelity).map_err(anyhow::Error::msg)?),
             images,
@@ -429,8 +436,25 @@ fn execute(args: &RunArgs, dir: &Path, mut prepared: Prepared, mut recorder: Rec
     report(&summary, dir, args.json)
 }
 
-pub(crate) fn cmd_run(args: RunArgs) -> Result<()> {
+/// Fill in the proxies' images of an nb201 task when `--images` is not given
+/// ([`nb201_proxy_images`]), saying once on stderr when they are not the task's own; the choice
+/// and the reason go into the recorded arguments, so a resume sees the same images.
+fn resolve_images(args: &mut RunArgs) {
+    let dataset = args.task.strip_prefix("nb201:").and_then(Nb201Dataset::from_name);
+    let (Some(dataset), None, false) = (dataset, &args.images, args.no_proxies) else {
+        return;
+    };
+    let (kind, note) = nb201_proxy_images(dataset, &data::data_root(args.data.data_dir.as_deref()));
+    if let Some(note) = &note {
+        eprintln!("warning: {note}");
+    }
+    args.images = Some(kind.name().to_string());
+    args.images_substituted = note;
+}
+
+pub(crate) fn cmd_run(mut args: RunArgs) -> Result<()> {
     let _: Limit = args.budget.parse().map_err(anyhow::Error::msg)?;
+    resolve_images(&mut args);
     let backend = backend(&args)?;
     let dir = run_dir_path(&args)?;
     let prepared = prepare(&args, backend, &dir)?;

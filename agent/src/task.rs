@@ -120,6 +120,34 @@ impl Nb201Dataset {
     }
 }
 
+/// The images the proxies see on an NB201 table task when none are named: the task's own
+/// dataset where it is at hand (CIFAR-10, downloaded when missing as ever; CIFAR-100 when it
+/// is already under the data root `root`, since a ranking batch is no reason for an unasked
+/// 160 MB download), else CIFAR-10 with a note saying why (ImageNet16-120 is not a dataset
+/// this program reads). The networks then have the images' classes and size.
+pub fn nb201_proxy_images(dataset: Nb201Dataset, root: &std::path::Path) -> (DatasetKind, Option<String>) {
+    match dataset {
+        Nb201Dataset::Cifar10 => (DatasetKind::Cifar10, None),
+        Nb201Dataset::Cifar100 if autoagent_evaluator::data::locate(DatasetKind::Cifar100, root).is_some() => (DatasetKind::Cifar100, None),
+        Nb201Dataset::Cifar100 => (
+            DatasetKind::Cifar10,
+            Some(format!(
+                "nb201:cifar100: no CIFAR-100 images under {}, so the proxies rank with CIFAR-10 images \
+                 (--images cifar100 downloads and uses CIFAR-100; --images cifar10 chooses CIFAR-10)",
+                root.display()
+            )),
+        ),
+        Nb201Dataset::ImageNet16 => (
+            DatasetKind::Cifar10,
+            Some(
+                "nb201:imagenet16: ImageNet16-120 images are not available to autoagent, so the proxies rank \
+                 with CIFAR-10 images (--images cifar10|cifar100 chooses)"
+                    .to_string(),
+            ),
+        ),
+    }
+}
+
 /// Table lookup.
 pub struct TableEvaluator {
     table: Arc<Nb201Table>,
