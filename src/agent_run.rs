@@ -438,16 +438,14 @@ fn execute(args: &RunArgs, dir: &Path, mut prepared: Prepared, mut recorder: Rec
 
 /// Fill in the proxies' images of an nb201 task when `--images` is not given
 /// ([`nb201_proxy_images`]), saying once on stderr when they are not the task's own; the choice
-/// and the reason go into the recorded arguments, so a resume sees the same images.
+/// and the reason go into the recorded arguments, so a resume sees the same images. The
+/// warning is printed by the caller once the run's arguments are known to be good.
 fn resolve_images(args: &mut RunArgs) {
     let dataset = args.task.strip_prefix("nb201:").and_then(Nb201Dataset::from_name);
     let (Some(dataset), None, false) = (dataset, &args.images, args.no_proxies) else {
         return;
     };
     let (kind, note) = nb201_proxy_images(dataset, &data::data_root(args.data.data_dir.as_deref()));
-    if let Some(note) = &note {
-        eprintln!("warning: {note}");
-    }
     args.images = Some(kind.name().to_string());
     args.images_substituted = note;
 }
@@ -458,6 +456,9 @@ pub(crate) fn cmd_run(mut args: RunArgs) -> Result<()> {
     let backend = backend(&args)?;
     let dir = run_dir_path(&args)?;
     let prepared = prepare(&args, backend, &dir)?;
+    if let Some(note) = &args.images_substituted {
+        eprintln!("warning: {note}");
+    }
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create the run directory {}", dir.display()))?;
     if prepared.backend.is_none() && args.strategy.is_none() {
         eprintln!("no LLM configured (--llm none): searching with regularized evolution");
