@@ -29,9 +29,16 @@ pub(crate) struct RunArgs {
     /// mnist, fashion-mnist (real training).
     #[arg(long, default_value = "nb201:cifar10")]
     task: String,
-    /// Budget: 50gpuh, 90m, 2h, 3600s or 200trials.
+    /// Budget: a trial count (200trials) or device time (50gpuh, 2h, 90m, 5min, 3600s). Device
+    /// time is the time trials train on their device plus the time proxies take, summed over
+    /// devices (CPU counts as one), not the wall clock (see --wall-limit); training tasks only.
     #[arg(long, default_value = "100trials")]
     budget: String,
+    /// Wall-clock limit of this invocation (2h, 90m, 30s): no round or trial starts past it and a
+    /// running trial is stopped (pruned) at it. Counted from the start of `run` or `resume`.
+    #[arg(long)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    wall_limit: Option<String>,
     /// Strategy: random, evolution, local or llm (default: llm when --llm names a backend, else evolution).
     #[arg(long)]
     strategy: Option<String>,
@@ -162,6 +169,9 @@ pub(crate) struct ResumeArgs {
     /// included).
     #[arg(long)]
     budget: Option<String>,
+    /// Wall-clock limit of this resume (2h, 90m, 30s; see `run --wall-limit`).
+    #[arg(long)]
+    wall_limit: Option<String>,
     /// Print the summary as one JSON object.
     #[arg(long)]
     json: bool,
@@ -418,6 +428,7 @@ fn execute(args: &RunArgs, dir: &Path, mut prepared: Prepared, mut recorder: Rec
         seed: args.seed,
         trial_timeout: args.trial_timeout,
         explore: args.explore,
+        wall_limit: wall_limit(args)?,
     };
     let mut progress = Progress::new(args.json);
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
@@ -433,7 +444,37 @@ fn execute(args: &RunArgs, dir: &Path, mut prepared: Prepared, mut recorder: Rec
     progress.finish();
     let (_, summary) = result?;
     tracing::info!(trials = summary.trials, rounds = summary.rounds, stopped = %summary.stopped, "run ended");
-    report(&summary, dir, args.json)
+    report(&summary, dir, args.json)?;
+    if summary.trials == 0 {
+        bail!("the run evaluated no trial: {} (give a larger --budget or --wall-limit)", summary.stopped);
+    }
+    Ok(())
+}
+
+/// `--wall-limit` in seconds.
+fn wall_limit(args: &RunArgs) -> Result<Option<f64>> {
+    let Some(w) = &args.wall_limit else {
+        return Ok(None);
+    };
+    match w.parse::<Limit>().map_err(|e| anyhow::anyhow!("{}", e.replace("budget", "--wall-limit")))? {
+        Limit::Seconds(s) => Ok(Some(s)),
+        Limit::Trials(_) => bail!("bad --wall-limit '{w}': give a time (2h, 90m, 30s), not trials"),
+    }
+}
+
+/// Refuse a time budget on a table task: its lookups record no training time, so a time there
+/// would limit nothing (issue 15 item 5).
+fn check_budget_unit(args: &RunArgs) -> Result<()> {
+    let limit: Limit = args.budget.parse().map_err(anyhow::Error::msg)?;
+    if args.task.starts_with("nb201:") && matches!(limit, Limit::Seconds(_)) {
+        bail!(
+            "a time budget ('{}') does not limit a table task ({}): its lookups cost no training time; use a trial budget, e.g. --budget 100trials",
+            args.budget,
+            args.task
+        );
+    }
+    wall_limit(args)?;
+    Ok(())
 }
 
 /// Fill in the proxies' images of an nb201 task when `--images` is not given
@@ -451,7 +492,7 @@ fn resolve_images(args: &mut RunArgs) {
 }
 
 pub(crate) fn cmd_run(mut args: RunArgs) -> Result<()> {
-    let _: Limit = args.budget.parse().map_err(anyhow::Error::msg)?;
+    check_budget_unit(&args)?;
     resolve_images(&mut args);
     let backend = backend(&args)?;
     let dir = run_dir_path(&args)?;
@@ -495,6 +536,8 @@ pub(crate) fn cmd_resume(args: ResumeArgs) -> Result<()> {
     let value: serde_json::Value = serde_json::from_str(&config).context("the run's recorded configuration is not JSON")?;
     let mut run_args: RunArgs = serde_json::from_value(value["args"].clone()).context("the run's recorded configuration does not parse")?;
     run_args.json = args.json;
+    run_args.wall_limit = args.wall_limit.clone();
+    wall_limit(&run_args)?;
     if resumed.status.as_deref() == Some("finished") && args.budget.is_none() {
         eprintln!(
             "{} has finished ({} trials): nothing to resume (pass --budget to extend it)",

@@ -24,6 +24,15 @@ pub struct Scored {
     pub ms: BTreeMap<String, f64>,
 }
 
+/// The order in which a round's candidates are evaluated: best `rank_score` first, non-finite
+/// scores last, ties in proposal order.
+pub fn evaluation_order(scored: &[Scored]) -> Vec<usize> {
+    let key = |i: usize| Some(scored[i].rank_score).filter(|v| !v.is_nan()).unwrap_or(f64::NEG_INFINITY);
+    let mut order: Vec<usize> = (0..scored.len()).collect();
+    order.sort_by(|&a, &b| key(b).total_cmp(&key(a)).then(a.cmp(&b)));
+    order
+}
+
 /// Scores and ranks candidates.
 pub struct Ranker {
     proxies: Vec<Box<dyn Proxy>>,
@@ -165,8 +174,9 @@ impl Ranker {
         })
     }
 
-    /// The estimated device seconds of scoring `archs`: the scores the cache lacks, at the mean
-    /// time this ranker measured per proxy (or [`FIRST_SCORE_SECONDS`] before any).
+    /// The estimated device seconds of scoring `archs`: a cached score costs what it cost when it
+    /// was computed ([`Ranker::score`] charges it so), a missing one the mean this ranker has seen
+    /// per proxy, computed or read back (or [`FIRST_SCORE_SECONDS`] before any).
     pub fn estimate_seconds(&self, archs: &[Arch]) -> f64 {
         archs
             .iter()
@@ -175,16 +185,21 @@ impl Ranker {
                 self.proxies
                     .iter()
                     .zip(&self.measured)
-                    .filter(|(p, _)| !self.cache.holds(p.as_ref(), &candidate, &self.batch_id, self.seed))
-                    .map(|(_, &(secs, n))| if n > 0 { secs / n as f64 } else { FIRST_SCORE_SECONDS })
+                    .map(|(p, &(secs, n))| match self.cache.recorded_ms(p.as_ref(), &candidate, &self.batch_id, self.seed) {
+                        Some(ms) => ms / 1e3,
+                        None if n > 0 => secs / n as f64,
+                        None => FIRST_SCORE_SECONDS,
+                    })
                     .sum::<f64>()
             })
             .sum()
     }
 
-    /// Score `archs`; returns their scores (in order) and the device seconds spent computing
-    /// (cached scores cost nothing). Missing scores are computed several architectures at a time
-    /// when the ranker is parallel ([`Ranker::set_parallel`]); the seconds are then wall time.
+    /// Score `archs`; returns their scores (in order) and the device seconds they are charged:
+    /// the time spent computing the missing ones, plus, for each score read from the cache, the
+    /// time it took when it was computed, so a budget buys the same ranking with a cold or a warm
+    /// cache. Missing scores are computed several architectures at a time when the ranker is
+    /// parallel ([`Ranker::set_parallel`]); their seconds are then wall time.
     pub fn score(&mut self, archs: &[Arch]) -> Result<(Vec<Scored>, f64), autoagent_proxies::cache::CacheError> {
         let mut columns = vec![vec![f64::NAN; archs.len()]; self.proxies.len()];
         let mut ms = vec![vec![0.0; archs.len()]; self.proxies.len()];
@@ -195,14 +210,14 @@ impl Ranker {
         let grid = self.cache.score_grid(&proxies, &refs, &self.batch, &self.batch_id, self.seed, self.parallel)?;
         self.cache.flush()?;
         let wall = started.elapsed().as_secs_f64();
-        // Seconds and count of the scores computed now, per proxy.
+        // Seconds and count of the scores computed now, and of those read back, per proxy.
         let mut now = vec![(0.0f64, 0usize); self.proxies.len()];
+        let mut cached = vec![(0.0f64, 0usize); self.proxies.len()];
         for (ai, row) in grid.iter().enumerate() {
             for (pi, scored) in row.iter().enumerate() {
-                if scored.computed {
-                    now[pi].0 += scored.ms / 1e3;
-                    now[pi].1 += 1;
-                }
+                let tally = if scored.computed { &mut now[pi] } else { &mut cached[pi] };
+                tally.0 += scored.ms / 1e3;
+                tally.1 += 1;
                 if let Some(e) = &scored.error {
                     tracing::warn!("{} of {} failed: {e}", self.proxies[pi].name(), archs[ai]);
                 }
@@ -211,16 +226,22 @@ impl Ranker {
             }
         }
         let summed: f64 = now.iter().map(|n| n.0).sum();
-        let seconds = if summed > 0.0 { wall } else { 0.0 };
+        let recorded: f64 = cached.iter().map(|n| n.0).sum();
+        let seconds = if summed > 0.0 { wall } else { 0.0 } + recorded;
         // Scores computed side by side each took longer than alone: the means behind the
         // estimates are kept in wall time.
         let factor = if summed > 0.0 { wall / summed } else { 1.0 };
-        for (m, n) in self.measured.iter_mut().zip(&now) {
-            m.0 += n.0 * factor;
-            m.1 += n.1;
+        for ((m, n), c) in self.measured.iter_mut().zip(&now).zip(&cached) {
+            m.0 += n.0 * factor + c.0;
+            m.1 += n.1 + c.1;
         }
         let refs: Vec<&[f64]> = columns.iter().map(Vec::as_slice).collect();
-        let ensemble = if refs.len() > 1 { log_rank_aggregate(&refs) } else { refs[0].to_vec() };
+        let ensemble = if refs.len() > 1 {
+            log_rank_aggregate(&refs)
+        } else {
+            // One member: its score, a non-finite one (a dead cell, a failed score) below all.
+            refs[0].iter().map(|&v| if v.is_finite() { v } else { f64::NEG_INFINITY }).collect()
+        };
         let scored = (0..archs.len())
             .map(|ai| Scored {
                 proxies: self
@@ -234,5 +255,26 @@ impl Ranker {
             })
             .collect();
         Ok((scored, seconds))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scored(rank_score: f64) -> Scored {
+        Scored {
+            proxies: BTreeMap::new(),
+            rank_score,
+            ms: BTreeMap::new(),
+        }
+    }
+
+    #[test]
+    fn non_finite_rank_scores_are_evaluated_last() {
+        let round: Vec<Scored> = [f64::NAN, 2.0, f64::NEG_INFINITY, 5.0, -f64::NAN, 2.0].into_iter().map(scored).collect();
+        let order = evaluation_order(&round);
+        assert_eq!(&order[..3], &[3, 1, 5]);
+        assert!(order[3..].iter().all(|&i| !round[i].rank_score.is_finite()));
     }
 }

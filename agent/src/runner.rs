@@ -51,6 +51,9 @@ pub struct LoopOptions {
     /// Device seconds one trial may take before it is stopped (pruned); a trial may never take
     /// more than what is left of a time budget either.
     pub trial_timeout: Option<f64>,
+    /// Wall-clock seconds this invocation may run (`--wall-limit`): no round or trial starts
+    /// past it, and a trial is stopped (pruned) when it would run past it.
+    pub wall_limit: Option<f64>,
 }
 
 /// Errors that end a run.
@@ -710,6 +713,40 @@ pub struct Summary {
     pub stopped: String,
 }
 
+/// What a resumed run does with the next candidate of a round, given the record's trial of the
+/// same number ([`Recorder::prior_trial`]).
+enum Replay {
+    /// Not recorded: evaluate it if it fits.
+    New,
+    /// Recorded: serve the record back (it fitted then, whatever the estimate says now).
+    Recorded(Trial),
+    /// The record evaluated a later candidate of this round: this one did not fit then.
+    Skip,
+    /// The record's next trial belongs to a later round: this round's evaluations are done.
+    EndRound,
+}
+
+fn replay(prior: Option<&Trial>, round: usize, arch: &Arch, later: &[Arch], evaluated: usize) -> Result<Replay, RunError> {
+    let Some(prior) = prior else {
+        return Ok(Replay::New);
+    };
+    let same = |a: &Arch| a.canonical() == prior.arch.canonical();
+    if prior.round == round && same(arch) {
+        return Ok(Replay::Recorded(prior.clone()));
+    }
+    if prior.round == round && later.iter().any(same) {
+        return Ok(Replay::Skip);
+    }
+    if prior.round > round && evaluated > 0 {
+        return Ok(Replay::EndRound);
+    }
+    Err(RunError::Stuck(format!(
+        "the resumed run diverged from its record at trial {}: it chose {} in round {round} where the record has {} in round {} \
+         (was the run's code, proxy cache or table changed?)",
+        prior.id, arch, prior.arch, prior.round
+    )))
+}
+
 /// Run the loop until the budget is spent.
 pub async fn run_loop(
     strategy: &mut dyn Strategy,
@@ -726,9 +763,15 @@ pub async fn run_loop(
     let mut explored = 0usize;
     let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(options.seed ^ 0x5eed_f411);
     let stopped;
+    let started = Instant::now();
+    let wall_left = || options.wall_limit.map(|w| w - started.elapsed().as_secs_f64());
     loop {
         if budget.exhausted() {
             stopped = "budget spent".to_string();
+            break;
+        }
+        if wall_left().is_some_and(|w| w <= 0.0) {
+            stopped = format!("the wall-clock limit ({:.0} s) was reached", options.wall_limit.unwrap_or(0.0));
             break;
         }
         let asked = strategy.ask(&history, options.k).await;
@@ -821,7 +864,8 @@ pub async fn run_loop(
         let archs: Vec<_> = fresh.iter().map(|p| p.arch).collect();
         let cheapest = archs.iter().map(|a| evaluator.estimate_seconds(a)).fold(f64::INFINITY, f64::min);
         let ranking = ranker.as_deref().map_or(0.0, |r| r.estimate_seconds(&archs));
-        if !budget.affords(1, ranking + cheapest) {
+        let replaying = recorder.prior_round_seconds(rounds).is_some() || recorder.prior_trial(history.trials.len()).is_some();
+        if !replaying && !budget.affords(1, ranking + cheapest) {
             stopped = format!("the budget left does not afford the next round (ranking ~{ranking:.1} s and an evaluation ~{cheapest:.1} s)");
             break;
         }
@@ -846,24 +890,26 @@ pub async fn run_loop(
             }
             None => None,
         };
-        let mut order: Vec<usize> = (0..fresh.len()).collect();
-        if let Some(s) = &scored {
-            order.sort_by(|&a, &b| s[b].rank_score.total_cmp(&s[a].rank_score).then(a.cmp(&b)));
-        }
-        // Evaluate the top candidates the budget affords.
+        let order = scored.as_deref().map_or_else(|| (0..fresh.len()).collect(), crate::ranker::evaluation_order);
+        // Evaluate the best-ranked candidates the budget affords, skipping those that do not fit.
+        let round = rounds - 1;
         let mut evaluated = 0;
-        for &i in order.iter().take(options.top_k) {
-            if budget.exhausted() {
+        for (pos, &i) in order.iter().enumerate() {
+            if evaluated == options.top_k || budget.exhausted() || wall_left().is_some_and(|w| w <= 0.0) {
                 break;
             }
             let arch = fresh[i].arch;
-            let estimate = evaluator.estimate_seconds(&arch);
-            if !budget.affords(1, estimate) {
-                break;
-            }
+            let later: Vec<Arch> = order[pos + 1..].iter().map(|&j| fresh[j].arch).collect();
+            let prior = match replay(recorder.prior_trial(history.trials.len()), round, &arch, &later, evaluated)? {
+                Replay::EndRound => break,
+                Replay::Skip => continue,
+                Replay::Recorded(t) => Some(t),
+                Replay::New if !budget.affords(1, evaluator.estimate_seconds(&arch)) => continue,
+                Replay::New => None,
+            };
             let mut trial = Trial {
                 id: history.trials.len(),
-                round: rounds - 1,
+                round,
                 arch,
                 origin: fresh[i].origin.clone(),
                 proxies: scored.as_ref().map(|s| s[i].proxies.clone()).unwrap_or_default(),
@@ -875,22 +921,17 @@ pub async fn run_loop(
                 error: None,
             };
             let mut extras = None;
-            match recorder.prior_trial(trial.id) {
+            match prior {
                 // Resumed: the run evaluated this trial before it stopped.
-                Some(prior) => {
-                    if prior.arch.canonical() != arch.canonical() {
-                        return Err(RunError::Stuck(format!(
-                            "the resumed run diverged from its record at trial {}: it chose {} where the record has {} \
-                             (was the run's code, proxy cache or table changed?)",
-                            trial.id, arch, prior.arch
-                        )));
-                    }
-                    trial = prior.clone();
-                }
+                Some(prior) => trial = prior,
                 None => {
                     recorder.trial_started(&trial)?;
                     // The trial's share: what is left of a time budget, and the per-trial limit.
-                    let share = crate::task::TrialLimit::of(budget.seconds_left(), options.trial_timeout);
+                    let timeout = match (options.trial_timeout, wall_left()) {
+                        (Some(t), Some(w)) => Some(t.min(w)),
+                        (t, w) => t.or(w),
+                    };
+                    let share = crate::task::TrialLimit::of(budget.seconds_left(), timeout);
                     let eval = evaluator.evaluate_trial(&arch, trial.id, share);
                     trial.accuracy = eval.accuracy;
                     trial.test_accuracy = eval.test_accuracy;
@@ -999,6 +1040,7 @@ mod tests {
             seed: 3,
             trial_timeout: None,
             explore: 0,
+            wall_limit: None,
         };
         let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
         let (history, summary) = rt
@@ -1035,6 +1077,66 @@ mod tests {
         assert_eq!(s.stopped, "budget spent");
     }
 
+    /// Evaluations of 1 s; cells of odd ordinal are announced (and cost) far more than any
+    /// budget, or every cell is when `all_dear`.
+    struct Priced {
+        all_dear: bool,
+    }
+
+    impl Evaluator for Priced {
+        fn info(&self) -> TaskInfo {
+            Costed { actual: 0.0, estimate: 0.0 }.info()
+        }
+
+        fn estimate_seconds(&self, arch: &Arch) -> f64 {
+            if self.all_dear || arch.ordinal() % 2 == 1 {
+                1e9
+            } else {
+                1.0
+            }
+        }
+
+        fn evaluate(&mut self, arch: &Arch) -> Evaluation {
+            Evaluation {
+                seconds: self.estimate_seconds(arch),
+                ..Costed { actual: 0.0, estimate: 0.0 }.evaluate(arch)
+            }
+        }
+    }
+
+    fn run_priced(recorder: &mut Recorder, limit: Limit, all_dear: bool) -> (History, Summary) {
+        let mut strategy = RandomSearch::new(5);
+        let mut budget = Budget::new(limit);
+        let options = LoopOptions {
+            k: 4,
+            top_k: 2,
+            max_empty_rounds: 3,
+            seed: 5,
+            trial_timeout: None,
+            explore: 0,
+            wall_limit: None,
+        };
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        rt.block_on(run_loop(&mut strategy, &mut Priced { all_dear }, None, &mut budget, &options, recorder, |_, _| {}))
+            .unwrap()
+    }
+
+    #[test]
+    fn a_round_evaluates_the_best_ranked_candidates_that_fit_and_a_resume_replays_them() {
+        // Issue 15 item 7: a round whose first candidate did not fit ended the run.
+        let tmp = tempfile::tempdir().unwrap();
+        let (history, s) = run_priced(&mut Recorder::create(tmp.path()).unwrap(), Limit::Seconds(30.0), false);
+        assert_eq!(s.trials, 30, "{}", s.stopped);
+        assert!(history.trials.iter().all(|t| t.arch.ordinal() % 2 == 0));
+        assert_eq!(s.stopped, "budget spent");
+        // A resume whose estimates now say nothing fits serves the recorded trials back (they
+        // fitted when they ran) instead of skipping them or calling the run diverged.
+        let (mut recorder, _) = Recorder::resume(tmp.path()).unwrap();
+        let (again, s2) = run_priced(&mut recorder, Limit::Seconds(30.0), true);
+        assert_eq!(again.trials.len(), 30);
+        assert_eq!(s2.best, s.best);
+    }
+
     fn run_into(recorder: &mut Recorder, limit: Limit) -> Result<Summary, RunError> {
         let mut strategy = RandomSearch::new(3);
         let mut evaluator = Costed { actual: 10.0, estimate: 10.0 };
@@ -1047,6 +1149,7 @@ mod tests {
             seed: 3,
             trial_timeout: None,
             explore: 0,
+            wall_limit: None,
         };
         let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
         rt.block_on(run_loop(&mut strategy, &mut evaluator, None, &mut budget, &options, recorder, |_, _| {}))

@@ -285,14 +285,19 @@ impl TrainingCost {
         }
     }
 
+    /// Seconds of training `arch` at the reference speed: per image and epoch 1.4 ms plus
+    /// 24 ms per GFLOP of the forward pass (NB201's count, multiply-accumulates), fitted to
+    /// `bench train-speed` of three NB201 cells on two CPU cores (`benchmarks/results/train-speed.md`:
+    /// 610, 389 and 198 images/s at 7.8, 47 and 153 MFLOPs).
     fn work(&self, arch: &Arch) -> f64 {
-        network(self.kind, arch).flops() * 1e-3 * (self.images * self.epochs) as f64
+        let per_image = 1.4e-3 + 24e-12 * network(self.kind, arch).flops();
+        per_image * (self.images * self.epochs) as f64
     }
 
-    /// The estimated device seconds of training `arch` (until a trial has run, 2 GFLOP/s of
-    /// training throughput, three passes per image).
+    /// The estimated device seconds of training `arch`: the reference speed until a trial has
+    /// run, then scaled by the slowest ratio of measured to reference time seen so far.
     pub fn estimate(&self, arch: &Arch) -> f64 {
-        self.work(arch) * self.rate.unwrap_or(3.0 / 2.0)
+        self.work(arch) * self.rate.unwrap_or(1.0)
     }
 
     /// Learn from a finished trial of `arch` that took `seconds`.
@@ -367,5 +372,23 @@ impl Evaluator for TrainEvaluator {
                 ..Evaluation::default()
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_first_training_estimate_is_in_seconds_not_a_million_times_more() {
+        // Issue 15 item 6 / 16 item 1: the FLOP count was read as MFLOPs (~1.2e9 s for a trial).
+        let cost = TrainingCost::new(DatasetKind::Cifar10, 45_000, 1);
+        let mid = Arch::parse("|nor_conv_3x3~0|+|nor_conv_1x1~0|skip_connect~1|+|avg_pool_3x3~0|nor_conv_3x3~1|none~2|").unwrap();
+        let secs = cost.estimate(&mid);
+        assert!((30.0..1000.0).contains(&secs), "{secs}");
+        // Measured twice as slow: later estimates follow.
+        let mut learned = TrainingCost::new(DatasetKind::Cifar10, 45_000, 1);
+        learned.observe(&mid, 2.0 * secs);
+        assert!((learned.estimate(&mid) / secs - 2.0).abs() < 1e-9);
     }
 }

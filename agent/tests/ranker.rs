@@ -54,8 +54,39 @@ fn parallel_scoring_equals_sequential_and_computes_each_key_once() {
     let lines = std::fs::read_to_string(dir.path().join("b.jsonl")).unwrap().lines().count();
     let distinct: std::collections::BTreeSet<String> = archs.iter().map(|a| a.to_string()).collect();
     assert_eq!(lines, distinct.len() * 3);
-    // Everything is cached now: no device time.
+    // Everything is cached now: each score is charged the time it took when it was computed
+    // (issue 15 item 5: a budget means the same with a cold or a warm cache), and the estimate
+    // of the round is that exact sum.
+    let estimate = par.estimate_seconds(&archs);
     let (again, s) = par.score(&archs).unwrap();
-    assert_eq!(s, 0.0);
+    let recorded: f64 = again.iter().flat_map(|c| c.ms.values()).sum::<f64>() / 1e3;
+    assert!(s > 0.0 && (s - recorded).abs() < 1e-9, "{s} vs {recorded}");
+    assert!((estimate - recorded).abs() < 1e-9, "{estimate} vs {recorded}");
     assert_eq!(again, par_scores);
+}
+
+#[test]
+fn one_proxy_ranks_a_cell_without_a_finite_score_last() {
+    // Issue 15 item 1: with one ranking proxy, a NaN score sorted above every number, so a cell
+    // whose output ignores its input was evaluated first.
+    let dir = tempfile::tempdir().unwrap();
+    let mut ranker = Ranker::build(&RankerConfig {
+        proxies: "jacob_cov",
+        images: DatasetKind::Cifar10,
+        data_root: &images(),
+        download: false,
+        search_split: false,
+        batch_size: 16,
+        seed: 0,
+        cache: Some(dir.path().join("c.jsonl")),
+        device: &candle_core::Device::Cpu,
+        parallel: false,
+    })
+    .unwrap();
+    let dead = Arch::parse("|none~0|+|none~0|none~1|+|none~0|none~1|none~2|").unwrap();
+    let live = Arch::parse("|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|skip_connect~0|nor_conv_3x3~1|nor_conv_3x3~2|").unwrap();
+    let (scored, _) = ranker.score(&[dead, live]).unwrap();
+    assert_eq!(scored[0].proxies["jacob_cov"], None, "the dead cell has no finite jacob_cov");
+    let order = autoagent_agent::ranker::evaluation_order(&scored);
+    assert_eq!(order[0], 1, "{scored:?}");
 }

@@ -554,6 +554,7 @@ fn one_run(
         seed: key.seed,
         trial_timeout: None,
         explore: key.explore,
+        wall_limit: None,
     };
     let started = Instant::now();
     let (history, summary) = rt.block_on(run_loop(

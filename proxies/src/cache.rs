@@ -212,7 +212,12 @@ impl ScoreCache {
 
     /// Whether [`ScoreCache::score_grid`] would read this score from the cache instead of computing it.
     pub fn holds(&self, proxy: &dyn Proxy, candidate: &dyn Candidate, batch_id: &str, seed: u64) -> bool {
-        self.get(&Self::key_of(proxy, candidate, batch_id, seed)).is_some()
+        self.recorded_ms(proxy, candidate, batch_id, seed).is_some()
+    }
+
+    /// The milliseconds a cached score took when it was computed (`None` when not cached).
+    pub fn recorded_ms(&self, proxy: &dyn Proxy, candidate: &dyn Candidate, batch_id: &str, seed: u64) -> Option<f64> {
+        self.get(&Self::key_of(proxy, candidate, batch_id, seed)).map(|(_, ms)| ms)
     }
 
     fn key_of(proxy: &dyn Proxy, candidate: &dyn Candidate, batch_id: &str, seed: u64) -> CacheKey {
