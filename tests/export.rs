@@ -499,3 +499,45 @@ fn predict_takes_one_image_file_and_stops_quietly_when_stdout_closes() {
         assert!(o.stderr.is_empty(), "{args:?}: {}", String::from_utf8_lossy(&o.stderr));
     }
 }
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let dest = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &dest);
+        } else {
+            std::fs::copy(e.path(), dest).unwrap();
+        }
+    }
+}
+
+/// A trial of an earlier build kept its best epoch's weights as `best.safetensors`: exported,
+/// they carry that epoch's validation accuracy, not the trial's (issue 15 item 13).
+#[test]
+fn export_of_an_earlier_builds_trial_states_its_best_epochs_accuracy() {
+    let (run, _) = fixture();
+    let tmp = tempfile::tempdir().unwrap();
+    let old = tmp.path().join("old-run");
+    copy_dir(run, &old);
+    let db = rusqlite::Connection::open(old.join("run.db")).unwrap();
+    db.execute("UPDATE trials SET artefacts = replace(artefacts, 'weights.safetensors', 'best.safetensors')", [])
+        .unwrap();
+    drop(db);
+    let trials = SqliteStore::open_read(&old.join("run.db")).unwrap().trials().unwrap();
+    for r in &trials {
+        let dir = old.join(format!("trials/{:04}", r.trial.id));
+        std::fs::rename(dir.join("weights.safetensors"), dir.join("best.safetensors")).unwrap();
+    }
+    let out = tmp.path().join("model");
+    ok(&bin().arg("export").arg(&old).arg("--out").arg(&out).output().unwrap());
+    let spec = read_json(&out.join("model.json"));
+    let id = spec["source"]["trial"].as_u64().unwrap() as usize;
+    let store = SqliteStore::open_read(&old.join("run.db")).unwrap();
+    let valid: Vec<f64> = store.metrics(id).unwrap().iter().filter(|m| m.name == "valid_acc").map(|m| m.value).collect();
+    assert!(valid[0] > valid[1], "{valid:?}");
+    assert_eq!(spec["source"]["epoch"], 1);
+    assert_eq!(spec["valid_accuracy"].as_f64().unwrap(), valid[0]);
+    assert_eq!(spec["source"]["weights"], format!("trials/{id:04}/best.safetensors"));
+}
