@@ -5,8 +5,9 @@
 //!
 //! `export RUN_DIR --best --out DIR` writes two files:
 //!
-//! * `model.safetensors`: a byte-for-byte copy of the trial's weights (`best.safetensors`, the
-//!   best epoch by validation accuracy): every variable of the network, f32, under the names the
+//! * `model.safetensors`: a byte-for-byte copy of the trial's weights (`weights.safetensors`, its
+//!   last epoch, whose validation accuracy is the trial's; runs before format version 2 kept the
+//!   best epoch's as `best.safetensors`): every variable of the network, f32, under the names the
 //!   evaluator gives them (`stem.conv.weight`, `cells.{i}.e{t}{s}.conv.weight`,
 //!   `cells.{i}.conv_a.bn.running_mean`, `lastact.bn.weight`, `classifier.bias`, ...), BatchNorm
 //!   running statistics included.
@@ -16,7 +17,7 @@
 //! ```json
 //! {
 //!   "format": "autoagent-model",
-//!   "format_version": 1,
+//!   "format_version": 2,
 //!   "space": "nb201",
 //!   "arch": "|nor_conv_3x3~0|+|nor_conv_3x3~0|avg_pool_3x3~1|+|skip_connect~0|nor_conv_3x3~1|skip_connect~2|",
 //!   "task": "mnist",
@@ -32,11 +33,15 @@
 //!   "valid_accuracy": 91.5,
 //!   "params": 1073290,
 //!   "flops": 105912576.0,
-//!   "source": { "run_dir": "/abs/runs/run-1", "trial": 2, "weights": "trials/0002/best.safetensors",
+//!   "source": { "run_dir": "/abs/runs/run-1", "trial": 2, "weights": "trials/0002/weights.safetensors",
 //!               "epoch": 1, "trial_accuracy": 91.5, "train": { "epochs": 1, ... } },
+//!   "data": { "dir": "/abs/data/mnist", "fingerprint": "sha256:…", "train_images": 2000, "test_images": 1000 },
 //!   "created_by": "autoagent 0.1.0"
 //! }
 //! ```
+//!
+//! `autoagent train --out DIR` writes the same folder (its `source` names the command, the kept
+//! epoch and the test accuracy of the kept weights).
 //!
 //! The network is the NAS-Bench-201 skeleton (`autoagent_evaluator::net`): stem conv 3×3 to
 //! `channels` (C), three stages of `cells_per_stage` (N) cells at C, 2C, 4C with a residual
@@ -46,17 +51,23 @@
 //! of these weights on the run's validation hold-out (the last 10 % of the training split);
 //! `predict --split valid` measures it again.
 //!
+//! `data` (version 2) is the folder the training data was read from and a fingerprint of it
+//! (`autoagent_evaluator::data::fingerprint`: SHA-256 of the splits' sizes and labels):
+//! `predict --split` reads that folder unless `--data-dir` names another, and refuses data with
+//! another fingerprint unless `--force`. It is `null` when the data was not at hand at export.
+//! Version 1 (no `data`) is still read, without the check.
+//!
 //! A reader must refuse a `format_version` it does not know.
 
 use std::collections::BTreeSet;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use autoagent_agent::store::sqlite::SqliteStore;
 use autoagent_agent::store::{Store, TrialRecord, TrialState};
 use autoagent_agent::task::search_split;
-use autoagent_evaluator::data::{self, DatasetKind, Split};
+use autoagent_agent::trial::WEIGHTS_FILE as TRIAL_WEIGHTS;
+use autoagent_evaluator::data::{self, Dataset, DatasetKind, Split};
 use autoagent_evaluator::nb201::Arch;
 use autoagent_evaluator::net::{Model, Nb201Config};
 use autoagent_evaluator::train::{parse_device, Batcher};
@@ -65,13 +76,19 @@ use clap::{ArgGroup, Args};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
+use crate::output::try_out_line;
+
 /// The `format` field of `model.json`.
 pub const MODEL_FORMAT: &str = "autoagent-model";
-/// The `model.json` format version this build writes and reads.
-pub const MODEL_FORMAT_VERSION: u32 = 1;
+/// The `model.json` format version this build writes (it reads this one and
+/// [`MODEL_FORMAT_VERSION_NO_DATA`]).
+pub const MODEL_FORMAT_VERSION: u32 = 2;
+/// The earlier version, without `data` (no data check).
+pub const MODEL_FORMAT_VERSION_NO_DATA: u32 = 1;
 /// File names inside a model folder.
-const SPEC_FILE: &str = "model.json";
-const WEIGHTS_FILE: &str = "model.safetensors";
+pub const SPEC_FILE: &str = "model.json";
+/// The weights file of a model folder.
+pub const WEIGHTS_FILE: &str = "model.safetensors";
 
 /// Image file extensions `predict --images` reads (case-insensitive).
 const IMAGE_EXTENSIONS: [&str; 9] = ["png", "pgm", "ppm", "pbm", "pnm", "pam", "bmp", "jpg", "jpeg"];
@@ -116,8 +133,101 @@ pub struct ModelSpec {
     pub flops: f64,
     /// Where the weights came from.
     pub source: Value,
+    /// The data the network was trained on (version 2; `None` when unknown).
+    #[serde(default)]
+    pub data: Option<DataRecord>,
     /// The program that wrote the folder.
     pub created_by: String,
+}
+
+/// Where a model's training data was and its fingerprint (`data` of [`ModelSpec`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DataRecord {
+    /// The folder holding the dataset's files (absolute).
+    pub dir: PathBuf,
+    /// [`autoagent_evaluator::data::fingerprint`] of the dataset.
+    pub fingerprint: String,
+    /// Images of its training split.
+    pub train_images: usize,
+    /// Images of its test split.
+    pub test_images: usize,
+}
+
+impl DataRecord {
+    /// The record of `data`, read from the folder `dir`.
+    pub fn of(data: &Dataset, dir: &Path) -> Self {
+        DataRecord {
+            dir: std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf()),
+            fingerprint: data::fingerprint(data),
+            train_images: data.train.n,
+            test_images: data.test.n,
+        }
+    }
+
+    /// The record of the dataset `kind` under the data root `root`, loaded for it; `None` when
+    /// it is not there or does not load.
+    pub fn read(kind: DatasetKind, root: &Path) -> Option<Self> {
+        let dir = data::locate(kind, root)?;
+        let dataset = data::load(kind, &dir).ok()?;
+        Some(Self::of(&dataset, &dir))
+    }
+}
+
+/// What a model folder is made of, besides its weights.
+pub struct ModelFacts {
+    /// The dataset it was trained on.
+    pub kind: DatasetKind,
+    /// Its network.
+    pub cfg: Nb201Config,
+    /// Trainable parameters.
+    pub params: usize,
+    /// Accuracy (%) of the weights on the validation hold-out, where measured.
+    pub valid_accuracy: Option<f64>,
+    /// Where the weights came from.
+    pub source: Value,
+    /// The training data.
+    pub data: Option<DataRecord>,
+}
+
+impl ModelSpec {
+    /// The spec of a model folder this build writes.
+    pub fn new(facts: ModelFacts) -> Self {
+        let (kind, cfg) = (facts.kind, &facts.cfg);
+        let (mean, std) = kind.mean_std();
+        ModelSpec {
+            format: MODEL_FORMAT.into(),
+            format_version: MODEL_FORMAT_VERSION,
+            space: "nb201".into(),
+            arch: cfg.arch.to_string(),
+            task: kind.name().into(),
+            num_classes: cfg.num_classes,
+            in_channels: cfg.in_channels,
+            input_size: cfg.input_size,
+            channels: cfg.channels,
+            cells_per_stage: cfg.cells_per_stage,
+            normalization: Normalization {
+                mean: mean.to_vec(),
+                std: std.to_vec(),
+            },
+            class_names: class_names(kind),
+            weights: WEIGHTS_FILE.into(),
+            dtype: "f32".into(),
+            valid_accuracy: facts.valid_accuracy,
+            params: facts.params,
+            flops: cfg.flops(),
+            source: facts.source,
+            data: facts.data,
+            created_by: format!("autoagent {}", env!("CARGO_PKG_VERSION")),
+        }
+    }
+
+    /// Write it as `dir/model.json` (through a temporary file).
+    pub fn write(&self, dir: &Path) -> Result<()> {
+        let json_path = dir.join(SPEC_FILE);
+        let tmp = dir.join(".model.json.tmp");
+        std::fs::write(&tmp, serde_json::to_string_pretty(self)? + "\n").with_context(|| format!("cannot write {}", tmp.display()))?;
+        std::fs::rename(&tmp, &json_path).with_context(|| format!("cannot write {}", json_path.display()))
+    }
 }
 
 /// Normalisation constants of [`ModelSpec`].
@@ -219,7 +329,7 @@ pub fn cmd_export(args: ExportArgs) -> Result<()> {
             _ => "cifar10",
         };
         bail!(
-            "{} is a table-lookup run (task nb201:{table}): its trials were looked up in the NB201 table and have no trained weights to export; train the architecture first: autoagent train --arch '{arch}' --task {dataset} --out DIR",
+            "{} is a table-lookup run (task nb201:{table}): its trials were looked up in the NB201 table and have no trained weights to export; train the architecture first: autoagent train --arch '{arch}' --task {dataset} --out DIR (a model folder for predict --model DIR)",
             dir.display()
         );
     }
@@ -266,7 +376,7 @@ pub fn cmd_export(args: ExportArgs) -> Result<()> {
         .iter()
         .find(|a| a.ends_with(".safetensors"))
         .cloned()
-        .unwrap_or_else(|| format!("trials/{id:04}/best.safetensors"));
+        .unwrap_or_else(|| format!("trials/{id:04}/{TRIAL_WEIGHTS}"));
     let weights = dir.join(&weights_rel);
     if !weights.is_file() {
         bail!("trial {id} of {} has no weights ({} is missing)", dir.display(), weights.display());
@@ -317,63 +427,59 @@ pub fn cmd_export(args: ExportArgs) -> Result<()> {
         bail!("the exported network gives no finite logits for {} classes", cfg.num_classes);
     }
 
-    // The accuracy of these weights: the best epoch's validation accuracy (the weights are the
-    // best epoch's), else the trial's.
+    // The accuracy of these weights: a trial keeps its last epoch's, whose accuracy is the
+    // trial's (the number the run ranked it on); a trial of an earlier build kept its best
+    // epoch's (`best.safetensors`), whose accuracy is that epoch's.
     let metrics = store.metrics(id)?;
-    let best_epoch = metrics
-        .iter()
-        .filter(|m| m.name == "valid_acc")
-        .fold(None::<(usize, f64)>, |best, m| match best {
-            Some((_, v)) if v >= m.value => best,
-            _ => Some((m.epoch, m.value)),
+    let valid: Vec<(usize, f64)> = metrics.iter().filter(|m| m.name == "valid_acc").map(|m| (m.epoch, m.value)).collect();
+    let (epoch, valid_accuracy) = if weights_rel.ends_with(TRIAL_WEIGHTS) {
+        (valid.iter().map(|v| v.0).max(), record.trial.accuracy)
+    } else {
+        let best = valid.iter().fold(None::<(usize, f64)>, |best, &(e, v)| match best {
+            Some((_, b)) if b >= v => best,
+            _ => Some((e, v)),
         });
+        (best.map(|b| b.0), best.map(|b| b.1).or(record.trial.accuracy))
+    };
+    // The data the trial trained on, where it still is.
+    let data_root = match spec["data_dir"].as_str().or(config["args"]["data_dir"].as_str()) {
+        Some(d) => PathBuf::from(d),
+        None => data::data_root(None),
+    };
+    let data_record = DataRecord::read(kind, &data_root);
+    if data_record.is_none() {
+        crate::output::err_line(&format!(
+            "warning: the run's {kind} data is not under {} any more: model.json records no data fingerprint",
+            data_root.display()
+        ));
+    }
     let run_dir_abs = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.clone());
-    let (mean, std) = kind.mean_std();
-    let spec_out = ModelSpec {
-        format: MODEL_FORMAT.into(),
-        format_version: MODEL_FORMAT_VERSION,
-        space: "nb201".into(),
-        arch: record.trial.arch.to_string(),
-        task: kind.name().into(),
-        num_classes: cfg.num_classes,
-        in_channels: cfg.in_channels,
-        input_size: cfg.input_size,
-        channels: cfg.channels,
-        cells_per_stage: cfg.cells_per_stage,
-        normalization: Normalization {
-            mean: mean.to_vec(),
-            std: std.to_vec(),
-        },
-        class_names: class_names(kind),
-        weights: WEIGHTS_FILE.into(),
-        dtype: "f32".into(),
-        valid_accuracy: best_epoch.map(|(_, v)| v).or(record.trial.accuracy),
+    let spec_out = ModelSpec::new(ModelFacts {
+        kind,
+        cfg,
         params: model.param_count(),
-        flops: cfg.flops(),
+        valid_accuracy,
         source: json!({
             "run_dir": run_dir_abs.display().to_string(),
             "trial": id,
             "weights": weights_rel,
-            "epoch": best_epoch.map(|(e, _)| e),
+            "epoch": epoch,
             "trial_accuracy": record.trial.accuracy,
             "test_accuracy": record.trial.test_accuracy,
             "train": spec["train"],
         }),
-        created_by: format!("autoagent {}", env!("CARGO_PKG_VERSION")),
-    };
-    let json_path = out.join(SPEC_FILE);
-    let tmp = out.join(".model.json.tmp");
-    std::fs::write(&tmp, serde_json::to_string_pretty(&spec_out)? + "\n").with_context(|| format!("cannot write {}", tmp.display()))?;
-    std::fs::rename(&tmp, &json_path).with_context(|| format!("cannot write {}", json_path.display()))?;
+        data: data_record,
+    });
+    spec_out.write(out)?;
     let acc = spec_out.valid_accuracy.map(|a| format!("{a:.2} %")).unwrap_or_else(|| "unknown".into());
-    println!(
+    crate::output::out_line(&format!(
         "exported trial {id} of {} ({}, {}, validation accuracy {acc}, {} params) to {}",
         dir.display(),
         spec_out.arch,
         spec_out.task,
         spec_out.params,
         out.display()
-    );
+    ));
     Ok(())
 }
 
@@ -432,10 +538,10 @@ fn load_model(cfg: &Nb201Config, path: &Path, device: &Device) -> Result<Model> 
 #[derive(Args)]
 #[command(group(ArgGroup::new("input").required(true).args(["images", "split"])))]
 pub struct PredictArgs {
-    /// The model folder (model.json, model.safetensors) that `export` wrote.
+    /// The model folder (model.json, model.safetensors) that `export` or `train --out` wrote.
     #[arg(long)]
     model: PathBuf,
-    /// Classify every image file (png, jpg, bmp, pgm, ppm, ...) in this folder.
+    /// Classify this image file, or every image file (png, jpg, bmp, pgm, ppm, ...) in this folder.
     #[arg(long, conflicts_with_all = ["split", "task"])]
     images: Option<PathBuf>,
     /// Dataset to measure accuracy on (default: the model's; it must be the model's).
@@ -444,9 +550,13 @@ pub struct PredictArgs {
     /// Split of the dataset: test, train, or valid (the last 10 % of train, the run's hold-out).
     #[arg(long, value_parser = ["test", "train", "valid"])]
     split: Option<String>,
-    /// Data root or dataset folder (default: $AUTOAGENT_DATA, else the user cache directory).
+    /// Data root or dataset folder (default: the folder the model's data came from, as model.json
+    /// records it; else $AUTOAGENT_DATA, else the user cache directory).
     #[arg(long, requires = "split")]
     data_dir: Option<PathBuf>,
+    /// Measure on data whose fingerprint differs from the model's training data.
+    #[arg(long, requires = "split")]
+    force: bool,
     /// Never download: fail when the dataset is not present.
     #[arg(long, requires = "split")]
     no_download: bool,
@@ -491,9 +601,9 @@ pub fn load_model_dir(dir: &Path, device: &Device) -> Result<LoadedModel> {
             value["format"]
         );
     }
-    if value["format_version"] != MODEL_FORMAT_VERSION {
+    if value["format_version"] != MODEL_FORMAT_VERSION && value["format_version"] != MODEL_FORMAT_VERSION_NO_DATA {
         bail!(
-            "{} has format version {}; this build reads version {MODEL_FORMAT_VERSION}",
+            "{} has format version {}; this build reads versions {MODEL_FORMAT_VERSION_NO_DATA} and {MODEL_FORMAT_VERSION}",
             json_path.display(),
             value["format_version"]
         );
@@ -583,8 +693,13 @@ fn predict_dataset(m: &LoadedModel, split_name: &str, args: &PredictArgs, device
             bail!("the model was trained on {kind}, not {asked}: its classes are {kind}'s");
         }
     }
-    let root = data::data_root(args.data_dir.as_deref());
+    let root = match (&args.data_dir, &spec.data) {
+        (Some(d), _) => d.clone(),
+        (None, Some(rec)) if rec.dir.is_dir() => rec.dir.clone(),
+        (None, _) => data::data_root(None),
+    };
     let dataset = data::open(kind, &root, !args.no_download)?;
+    check_data(spec, &args.model, &root, &dataset, args.force)?;
     let mut split = match split_name {
         "train" => dataset.train,
         "test" => dataset.test,
@@ -610,7 +725,6 @@ fn predict_dataset(m: &LoadedModel, split_name: &str, args: &PredictArgs, device
     let correct: usize = ok_of.iter().sum();
     let accuracy = 100.0 * correct as f64 / split.n as f64;
     let pct = |ok: usize, n: usize| (n > 0).then(|| 100.0 * ok as f64 / n as f64);
-    let mut out = std::io::stdout().lock();
     if args.json {
         let per_class: Vec<Value> = (0..classes)
             .map(|c| json!({"class": c, "label": spec.label(c), "n": n_of[c], "correct": ok_of[c], "accuracy": pct(ok_of[c], n_of[c])}))
@@ -624,14 +738,45 @@ fn predict_dataset(m: &LoadedModel, split_name: &str, args: &PredictArgs, device
             "per_class": per_class,
             "predictions": preds.iter().map(|p| p.0).collect::<Vec<_>>(),
         });
-        writeln!(out, "{obj}")?;
-    } else {
-        writeln!(out, "accuracy {accuracy:.2} % ({correct}/{}) on the {kind} {split_name} split", split.n)?;
+        try_out_line(&obj.to_string())?;
+    } else if try_out_line(&format!("accuracy {accuracy:.2} % ({correct}/{}) on the {kind} {split_name} split", split.n))? {
         for c in 0..classes {
             if let Some(a) = pct(ok_of[c], n_of[c]) {
-                writeln!(out, "{c}\t{}\t{a:.2} %\t({}/{})", spec.label(c), ok_of[c], n_of[c])?;
+                if !try_out_line(&format!("{c}\t{}\t{a:.2} %\t({}/{})", spec.label(c), ok_of[c], n_of[c]))? {
+                    break;
+                }
             }
         }
+    }
+    Ok(())
+}
+
+/// The data is what the model was trained on (its fingerprint is the recorded one), unless
+/// `force`; a model that records none is measured with a note.
+fn check_data(spec: &ModelSpec, model: &Path, root: &Path, dataset: &Dataset, force: bool) -> Result<()> {
+    let Some(rec) = &spec.data else {
+        crate::output::err_line(&format!(
+            "note: {} records no fingerprint of its training data (format version {}): the data under {} is not checked",
+            model.join(SPEC_FILE).display(),
+            spec.format_version,
+            root.display()
+        ));
+        return Ok(());
+    };
+    let found = data::fingerprint(dataset);
+    if found != rec.fingerprint && !force {
+        bail!(
+            "{} holds other data than the model {} was trained on ({}: {} train / {} test images, {}; here: {} / {}, {}); pass --force to measure anyway",
+            root.display(),
+            model.display(),
+            rec.dir.display(),
+            rec.train_images,
+            rec.test_images,
+            rec.fingerprint,
+            dataset.train.n,
+            dataset.test.n,
+            found
+        );
     }
     Ok(())
 }
@@ -666,22 +811,28 @@ fn predict_images(m: &LoadedModel, folder: &Path, args: &PredictArgs, device: &D
         w: s,
     };
     let preds = predict_split(m, &split, args.batch_size, device)?;
-    let mut out = std::io::stdout().lock();
     for (path, &(class, p)) in files.iter().zip(&preds) {
         let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        if args.json {
-            writeln!(out, "{}", json!({"file": name, "class": class, "label": spec.label(class), "probability": p}))?;
+        let line = if args.json {
+            json!({"file": name, "class": class, "label": spec.label(class), "probability": p}).to_string()
         } else {
-            writeln!(out, "{name}\t{}\t{p:.4}", spec.label(class))?;
+            format!("{name}\t{}\t{p:.4}", spec.label(class))
+        };
+        if !try_out_line(&line)? {
+            break;
         }
     }
     Ok(())
 }
 
-/// The image files directly in `folder` (by extension), sorted by name.
+/// `path` itself when it is a file, else the image files directly in the folder `path` (by
+/// extension), sorted by name.
 fn image_files(folder: &Path) -> Result<Vec<PathBuf>> {
+    if folder.is_file() {
+        return Ok(vec![folder.to_path_buf()]);
+    }
     if !folder.is_dir() {
-        bail!("image folder {} does not exist", folder.display());
+        bail!("image file or folder {} does not exist", folder.display());
     }
     let mut files: Vec<PathBuf> = std::fs::read_dir(folder)
         .with_context(|| format!("cannot read {}", folder.display()))?

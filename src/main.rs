@@ -4,18 +4,17 @@
 mod agent_run;
 mod export;
 mod import;
+mod output;
 mod report;
 mod score;
+mod train_cmd;
 
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{bail, Context, Result};
-use autoagent_evaluator::data::{self, DatasetKind};
+use anyhow::{bail, Result};
 use autoagent_evaluator::nb201::Arch;
-use autoagent_evaluator::net::Nb201Config;
-use autoagent_evaluator::train::{self, TrainConfig};
 use clap::{Args, Parser, Subcommand};
 use rand::SeedableRng;
 
@@ -43,7 +42,7 @@ enum Command {
     /// Run one trial from a spec file (what `run` starts in a child process per training trial).
     Trial(TrialArgs),
     /// Train one architecture on an image dataset and report its test accuracy.
-    Train(TrainArgs),
+    Train(train_cmd::TrainArgs),
     /// Work with search spaces.
     Space {
         #[command(subcommand)]
@@ -75,14 +74,14 @@ enum Command {
 }
 
 #[derive(Args, Clone, Default, serde::Serialize, serde::Deserialize)]
-struct DataArgs {
+pub(crate) struct DataArgs {
     /// Data root (default: $AUTOAGENT_DATA, else the user cache directory). A folder that
     /// directly holds a dataset's files works too.
     #[arg(long)]
-    data_dir: Option<PathBuf>,
+    pub(crate) data_dir: Option<PathBuf>,
     /// Never download: fail when the dataset is not present.
     #[arg(long)]
-    no_download: bool,
+    pub(crate) no_download: bool,
 }
 
 #[derive(Args)]
@@ -145,54 +144,6 @@ fn cmd_trial(args: TrialArgs) -> Result<()> {
     Ok(())
 }
 
-#[derive(Args)]
-struct TrainArgs {
-    /// Dataset: cifar10, cifar100, mnist, fashion-mnist.
-    #[arg(long)]
-    task: String,
-    /// NB201 architecture string, e.g. '|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|skip_connect~0|nor_conv_3x3~1|nor_conv_3x3~2|'.
-    #[arg(long)]
-    arch: String,
-    /// Epochs.
-    #[arg(long, default_value_t = 200)]
-    epochs: usize,
-    /// Training batch size.
-    #[arg(long, default_value_t = 256)]
-    batch_size: usize,
-    /// Initial learning rate (cosine decay to 0).
-    #[arg(long, default_value_t = 0.1)]
-    lr: f64,
-    /// SGD momentum (Nesterov).
-    #[arg(long, default_value_t = 0.9)]
-    momentum: f64,
-    /// Weight decay.
-    #[arg(long, default_value_t = 5e-4)]
-    weight_decay: f64,
-    /// Disable augmentation (random crop with 4-pixel padding; horizontal flips on CIFAR).
-    #[arg(long)]
-    no_augment: bool,
-    /// Channels of the first stage.
-    #[arg(long, default_value_t = 16)]
-    channels: usize,
-    /// Cells per stage.
-    #[arg(long, default_value_t = 5)]
-    cells: usize,
-    /// Device: cpu or cuda:N.
-    #[arg(long, default_value = "cpu")]
-    device: String,
-    /// Seed of initialisation, shuffling and augmentation.
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
-    /// Directory for the best weights (best.safetensors) and the run summary (train.json).
-    #[arg(long)]
-    out: Option<PathBuf>,
-    /// Print one JSON object on stdout.
-    #[arg(long)]
-    json: bool,
-    #[command(flatten)]
-    data: DataArgs,
-}
-
 #[derive(Subcommand)]
 enum SpaceCommand {
     /// Print K architectures sampled uniformly, one per line.
@@ -238,7 +189,10 @@ fn main() -> ExitCode {
     // activation-sized buffers, and a purge makes every new one pay page faults and zeroing.
     // SAFETY: setting an option is thread-safe in mimalloc; no allocation invariants change.
     unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1) };
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return usage_error(e),
+    };
     init_logging(cli.verbose);
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
@@ -259,6 +213,32 @@ fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+/// A command line clap refused: `--help` and `--version` as clap prints them, anything else as
+/// one `error:` line (the first line of clap's message) and exit code 2.
+fn usage_error(e: clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    match e.kind() {
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => e.exit(),
+        _ => {
+            output::err_line(&format!("error: {}", first_line(&e.to_string())));
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// The first line of a clap message without its `error: `; a line ending in a colon takes the
+/// list below it (`the following required arguments were not provided: --task <TASK>`).
+fn first_line(text: &str) -> String {
+    let mut lines = text.lines().map(str::trim).skip_while(|l| l.is_empty());
+    let first = lines.next().unwrap_or("bad command line");
+    let mut line = first.strip_prefix("error: ").unwrap_or(first).to_string();
+    if line.ends_with(':') {
+        let items: Vec<&str> = lines.take_while(|l| !l.is_empty()).collect();
+        line = format!("{line} {}", items.join(", "));
+    }
+    line
 }
 
 /// Logs: human lines on stderr at `warn` (`-v` info, `-vv` debug, `-vvv` trace; `RUST_LOG`
@@ -298,7 +278,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Run(args) => agent_run::cmd_run(*args),
         Command::Resume(args) => agent_run::cmd_resume(args),
         Command::Trial(args) => cmd_trial(args),
-        Command::Train(args) => cmd_train(args),
+        Command::Train(args) => train_cmd::cmd_train(args),
         Command::Space {
             command: SpaceCommand::Sample { space, n, seed, unique },
         } => cmd_sample(&space, n, seed, unique),
@@ -347,67 +327,17 @@ fn cmd_sample(space: &str, n: usize, seed: u64, unique: bool) -> Result<()> {
     Ok(())
 }
 
-fn cmd_train(args: TrainArgs) -> Result<()> {
-    let kind =
-        DatasetKind::from_name(&args.task).with_context(|| format!("unknown task '{}' (available: cifar10, cifar100, mnist, fashion-mnist)", args.task))?;
-    let arch = Arch::parse(&args.arch)?;
-    let device = train::parse_device(&args.device)?;
-    let (c, h, _) = kind.image_shape();
-    let net_cfg = Nb201Config {
-        arch,
-        channels: args.channels,
-        cells_per_stage: args.cells,
-        num_classes: kind.num_classes(),
-        in_channels: c,
-        input_size: h,
-    };
-    net_cfg.validate()?;
-    let cfg = TrainConfig {
-        epochs: args.epochs,
-        batch_size: args.batch_size,
-        lr: args.lr,
-        momentum: args.momentum,
-        nesterov: true,
-        weight_decay: args.weight_decay,
-        augment: !args.no_augment,
-        // Mirror images are still natural images; mirrored digits and clothes labels are not.
-        hflip: matches!(kind, DatasetKind::Cifar10 | DatasetKind::Cifar100),
-        seed: args.seed,
-        ..TrainConfig::default()
-    };
-    cfg.validate()?;
-    let root = data::data_root(args.data.data_dir.as_deref());
-    let dataset = data::open(kind, &root, !args.data.no_download)?;
-    eprintln!(
-        "training {arch} on {} ({} train / {} test images) for {} epoch(s) on {}; {} params, {:.2} MFLOPs",
-        kind.name(),
-        dataset.train.n,
-        dataset.test.n,
-        cfg.epochs,
-        args.device,
-        net_cfg.param_count(),
-        net_cfg.flops() / 1e6
-    );
-    let epochs = cfg.epochs;
-    let report = train::train(&net_cfg, &cfg, &dataset, &device, args.out.as_deref(), &mut |e| {
-        eprintln!(
-            "epoch {:>3}/{epochs}  loss {:.4}  train {:6.2}%  test {:6.2}%  lr {:.5}  {:.1}s",
-            e.epoch, e.train_loss, e.train_acc, e.test_acc, e.lr, e.seconds
-        );
-    })?;
-    let mut json = serde_json::to_value(&report)?;
-    json["task"] = serde_json::Value::from(kind.name());
-    if let Some(dir) = &args.out {
-        let path = dir.join("train.json");
-        std::fs::write(&path, serde_json::to_string_pretty(&json)?).with_context(|| format!("cannot write {}", path.display()))?;
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_clap_error_is_one_line() {
+        let e = Cli::try_parse_from(["autoagent", "train", "--bogus"]).err().unwrap();
+        assert_eq!(first_line(&e.to_string()), "unexpected argument '--bogus' found");
+        let e = Cli::try_parse_from(["autoagent", "train", "--arch", "a"]).err().unwrap();
+        let line = first_line(&e.to_string());
+        assert!(line.starts_with("the following required arguments were not provided: --task <TASK>"), "{line}");
+        assert!(!line.contains('\n'));
     }
-    if args.json {
-        println!("{}", serde_json::to_string(&json)?);
-    } else {
-        eprintln!(
-            "test accuracy {:.2}% (best {:.2}% at epoch {}), {:.1}s on {}",
-            report.test_acc, report.best_test_acc, report.best_epoch, report.train_seconds, report.device
-        );
-    }
-    Ok(())
 }

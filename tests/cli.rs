@@ -91,8 +91,18 @@ fn bad_inputs_fail_with_one_line_and_exit_code_2() {
     let empty = tempfile::tempdir().unwrap();
     let o = run(&cifar_args(BEST, empty.path().to_str().unwrap(), &[]));
     assert_one_line_error(&o, "CIFAR-10 not found");
-    // A clap usage error (unknown flag) also exits with 2.
-    assert_eq!(run(&["train", "--bogus"]).status.code(), Some(2));
+    // Clap's usage errors are one line too (issue 15 item 17): a negative number reaches the
+    // check of its value, an unknown flag and a malformed number are named.
+    assert_one_line_error(&run(&cifar_args(BEST, data, &["--lr", "-1"])), "learning rate must be positive");
+    assert_one_line_error(&run(&cifar_args(BEST, data, &["--momentum", "-0.5"])), "momentum must be in [0, 1)");
+    assert_one_line_error(&run(&["train", "--bogus"]), "unexpected argument '--bogus'");
+    assert_one_line_error(&run(&cifar_args(BEST, data, &["--epochs", "abc"])), "invalid value 'abc' for '--epochs");
+    assert_one_line_error(&run(&cifar_args(BEST, data, &["--select", "best"])), "invalid value 'best' for '--select");
+    assert_one_line_error(&run(&["train", "--arch", BEST]), "--task <TASK>");
+    // --help and --version still print and succeed.
+    let help = run(&["train", "--help"]);
+    assert!(help.status.success() && String::from_utf8_lossy(&help.stdout).contains("--select"), "{}", stderr(&help));
+    assert!(run(&["--version"]).status.success());
 }
 
 #[test]
@@ -177,8 +187,8 @@ fn train_learns_on_real_cifar10_and_is_reproducible() {
         ..autoagent_evaluator::net::Nb201Config::new(autoagent_evaluator::nb201::Arch::parse(SMALL).unwrap())
     };
     assert_eq!(params as usize, cfg.param_count());
-    // Best weights as safetensors, with every variable of the network.
-    let weights = d1.path().join("best.safetensors");
+    // The kept weights as safetensors, with every variable of the network.
+    let weights = d1.path().join("model.safetensors");
     let tensors = candle_core::safetensors::load(&weights, &candle_core::Device::Cpu).unwrap();
     assert!(tensors.contains_key("classifier.weight") && tensors.contains_key("stem.bn.running_var"));
     let n: usize = tensors.iter().filter(|(k, _)| !k.contains("running")).map(|(_, t)| t.elem_count()).sum();
@@ -189,11 +199,85 @@ fn train_learns_on_real_cifar10_and_is_reproducible() {
     let (ha, hb) = (a["history"].as_array().unwrap(), b["history"].as_array().unwrap());
     assert_eq!(ha.len(), 2);
     for (x, y) in ha.iter().zip(hb) {
-        for key in ["train_loss", "train_acc", "test_acc", "lr"] {
+        for key in ["train_loss", "train_acc", "valid_acc", "lr"] {
             assert_eq!(x[key], y[key], "{key} differs between two runs with one seed");
         }
     }
-    assert_eq!(std::fs::read(&weights).unwrap(), std::fs::read(d2.path().join("best.safetensors")).unwrap());
+    assert_eq!(std::fs::read(&weights).unwrap(), std::fs::read(d2.path().join("model.safetensors")).unwrap());
+}
+
+/// A cell whose first epoch is the better one on validation with seed 0 (`mnist_train`'s
+/// network, batch 256, 2 epochs): the kept weights are not the last ones.
+const EARLY: &str = "|skip_connect~0|+|avg_pool_3x3~0|avg_pool_3x3~1|+|nor_conv_1x1~0|skip_connect~1|skip_connect~2|";
+
+fn mnist_train(arch: &str, extra: &[&str], env: &[(&str, &str)]) -> (serde_json::Value, String) {
+    let data = shared().join("mnist-mini");
+    let mut args = vec!["train", "--task", "mnist", "--arch", arch, "--data-dir", data.to_str().unwrap(), "--no-download"];
+    args.extend_from_slice(&["--channels", "4", "--cells", "1", "--json"]);
+    args.extend_from_slice(extra);
+    let mut cmd = autoagent(&args);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let o = cmd.output().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = String::from_utf8(o.stdout.clone()).unwrap();
+    assert_eq!(text.lines().count(), 1, "exactly one JSON object on stdout: {text}");
+    (serde_json::from_str(&text).unwrap(), stderr(&o))
+}
+
+fn predict_acc(model: &Path, split: &str) -> f64 {
+    let data = shared().join("mnist-mini");
+    let o = run(&["predict", "--json", "--split", split, "--model", model.to_str().unwrap(), "--data-dir", data.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    v["accuracy"].as_f64().unwrap()
+}
+
+/// Issue 15 items 2 and 17: `train` keeps the epoch that is best on a validation hold-out (the
+/// last 10 % of the training split, not trained on), never on test, and measures the kept
+/// weights on test once; `--select last` trains on everything and keeps the last epoch. Its
+/// `--out` folder is a model folder `predict` reads, and gives back both accuracies.
+#[test]
+fn train_selects_on_a_validation_hold_out_and_writes_a_model_folder() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("model");
+    let (v, err) = mnist_train(EARLY, &["--epochs", "2", "--seed", "0", "--out", out.to_str().unwrap()], &[("AUTOAGENT_PROGRESS_SECS", "0")]);
+    assert_eq!((&v["train_images"], &v["valid_images"], &v["test_images"]), (&1800.into(), &200.into(), &1000.into()), "{v}");
+    assert_eq!(v["select"], "valid");
+    assert_eq!((&v["config"]["channels"], &v["config"]["cells"]), (&4.into(), &1.into()), "{v}");
+    let history = v["history"].as_array().unwrap();
+    assert_eq!(history.len(), 2);
+    // No per-epoch test number: the test split is not looked at before the end.
+    assert!(history.iter().all(|e| e.get("test_acc").is_none() && e["valid_acc"].is_f64()), "{v}");
+    let valid: Vec<f64> = history.iter().map(|e| e["valid_acc"].as_f64().unwrap()).collect();
+    assert!(valid[0] > valid[1], "the fixture's first epoch is the better one: {valid:?}");
+    assert_eq!(v["selected_epoch"], 1, "{v}");
+    assert_eq!(v["valid_acc"].as_f64().unwrap(), valid[0]);
+    assert!(v.get("best_test_acc").is_none() && v.get("best_epoch").is_none(), "{v}");
+    // Progress within an epoch (every AUTOAGENT_PROGRESS_SECS), then per epoch, on stderr only.
+    assert!(err.contains("epoch 1/2  batch 1/8  loss "), "{err}");
+    assert!(err.contains("epoch   2/2  loss ") && err.contains("valid "), "{err}");
+    // The folder: predict reads it and measures the kept weights (epoch 1's, restored after
+    // epoch 2) again, on the hold-out and on the test split.
+    for f in ["model.json", "model.safetensors", "train.json"] {
+        assert!(out.join(f).is_file(), "{f}");
+    }
+    assert_eq!(predict_acc(&out, "valid"), v["valid_acc"].as_f64().unwrap());
+    assert_eq!(predict_acc(&out, "test"), v["test_acc"].as_f64().unwrap());
+    let spec: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("model.json")).unwrap()).unwrap();
+    assert_eq!(spec["valid_accuracy"], v["valid_acc"]);
+    assert_eq!((&spec["channels"], &spec["cells_per_stage"]), (&4.into(), &1.into()));
+    assert_eq!(spec["source"]["epoch"], v["selected_epoch"]);
+    // A folder that holds a model already is refused before any training.
+    let o = run(&["train", "--task", "mnist", "--arch", SMALL, "--out", out.to_str().unwrap()]);
+    assert_one_line_error(&o, "already holds a model");
+
+    // --select last: the whole training split, the last epoch, no validation number.
+    let (l, _) = mnist_train(SMALL, &["--epochs", "1", "--batch-size", "64", "--select", "last"], &[]);
+    assert_eq!((&l["train_images"], &l["valid_images"]), (&2000.into(), &0.into()), "{l}");
+    assert_eq!((&l["select"], &l["selected_epoch"], &l["valid_acc"]), (&"last".into(), &1.into(), &serde_json::Value::Null));
+    assert!(l["test_acc"].as_f64().unwrap() > 0.0, "{l}");
 }
 
 #[test]

@@ -32,8 +32,9 @@ fn mnist() -> PathBuf {
     shared().join("mnist-mini")
 }
 
-/// One MNIST search (two trials, one epoch each) and its best trial exported, shared by the
-/// tests of this file: `(run dir, model dir)`.
+/// One MNIST search (two trials, two epochs each: with this seed both trials' first epoch is
+/// better on validation than their last) and its best trial exported, shared by the tests of
+/// this file: `(run dir, model dir)`.
 fn fixture() -> &'static (PathBuf, PathBuf) {
     static FIXTURE: OnceLock<(PathBuf, PathBuf)> = OnceLock::new();
     FIXTURE.get_or_init(|| {
@@ -50,7 +51,7 @@ fn fixture() -> &'static (PathBuf, PathBuf) {
                 "--seed",
                 "5",
                 "--epochs",
-                "1",
+                "2",
                 "--budget",
                 "2trials",
                 "--json",
@@ -105,7 +106,7 @@ fn export_writes_the_best_trials_weights_and_a_documented_spec() {
         .unwrap();
     let spec = read_json(&model.join("model.json"));
     assert_eq!(spec["format"], "autoagent-model");
-    assert_eq!(spec["format_version"], 1);
+    assert_eq!(spec["format_version"], 2);
     assert_eq!(spec["space"], "nb201");
     assert_eq!(spec["arch"], best.trial.arch.to_string());
     assert_eq!(spec["task"], "mnist");
@@ -120,8 +121,18 @@ fn export_writes_the_best_trials_weights_and_a_documented_spec() {
     assert_eq!(spec["normalization"]["mean"].as_array().unwrap().len(), 1);
     assert_eq!(spec["class_names"][7], "7");
     assert_eq!(spec["weights"], "model.safetensors");
-    // One epoch: the weights are the trial's only epoch, so their accuracy is the trial's.
+    // Issue 15 item 13: the weights are the trial's last epoch, the one the run ranked it on, so
+    // their accuracy is the trial's, though another epoch was better on validation.
     assert_eq!(f(&spec["valid_accuracy"]), best.trial.accuracy.unwrap());
+    assert_eq!(spec["source"]["epoch"], 2);
+    let store = SqliteStore::open_read(&run.join("run.db")).unwrap();
+    let valid: Vec<f64> = store.metrics(best.trial.id).unwrap().iter().filter(|m| m.name == "valid_acc").map(|m| m.value).collect();
+    assert_eq!(valid.len(), 2);
+    assert!(valid[0] > valid[1], "the fixture shows a trial whose best epoch is not its last: {valid:?}");
+    // Issue 15 item 10: the data it was trained on, and its fingerprint.
+    assert_eq!(spec["data"]["dir"], std::fs::canonicalize(mnist()).unwrap().display().to_string());
+    assert!(spec["data"]["fingerprint"].as_str().unwrap().starts_with("sha256:"), "{spec}");
+    assert_eq!((&spec["data"]["train_images"], &spec["data"]["test_images"]), (&2000.into(), &1000.into()));
     let arch = Arch::parse(spec["arch"].as_str().unwrap()).unwrap();
     let net = Nb201Config {
         num_classes: 10,
@@ -132,8 +143,8 @@ fn export_writes_the_best_trials_weights_and_a_documented_spec() {
     assert_eq!(spec["params"], net.param_count());
     assert_eq!(spec["source"]["trial"], best.trial.id);
     assert_eq!(spec["source"]["run_dir"], std::fs::canonicalize(run).unwrap().display().to_string());
-    assert_eq!(spec["source"]["train"]["epochs"], 1);
-    let weights = format!("trials/{:04}/best.safetensors", best.trial.id);
+    assert_eq!(spec["source"]["train"]["epochs"], 2);
+    let weights = format!("trials/{:04}/weights.safetensors", best.trial.id);
     assert_eq!(spec["source"]["weights"], weights);
     assert_eq!(
         std::fs::read(model.join("model.safetensors")).unwrap(),
@@ -156,7 +167,7 @@ fn export_writes_the_best_trials_weights_and_a_documented_spec() {
     assert_eq!(spec["arch"], other.trial.arch.to_string());
     assert_eq!(
         std::fs::read(dir.join("model.safetensors")).unwrap(),
-        std::fs::read(run.join(format!("trials/{:04}/best.safetensors", other.trial.id))).unwrap()
+        std::fs::read(run.join(format!("trials/{:04}/weights.safetensors", other.trial.id))).unwrap()
     );
 
     // The validation hold-out of the run gives back the exported validation accuracy.
@@ -308,11 +319,11 @@ fn bad_models_images_and_data_are_one_line_errors() {
     std::fs::remove_file(no_spec.join("model.json")).unwrap();
     assert_one_line_error(&predict(&no_spec, &["--images", images_arg]), "holds no model.json");
     // Another format version.
-    let v2 = copy("v2");
-    let mut spec = read_json(&v2.join("model.json"));
-    spec["format_version"] = 2.into();
-    std::fs::write(v2.join("model.json"), spec.to_string()).unwrap();
-    assert_one_line_error(&predict(&v2, &["--images", images_arg]), "format version 2");
+    let v3 = copy("v3");
+    let mut spec = read_json(&v3.join("model.json"));
+    spec["format_version"] = 3.into();
+    std::fs::write(v3.join("model.json"), spec.to_string()).unwrap();
+    assert_one_line_error(&predict(&v3, &["--images", images_arg]), "format version 3");
     // Weights that do not build the network.
     let cut = copy("cut");
     let bytes = std::fs::read(cut.join("model.safetensors")).unwrap();
@@ -326,6 +337,10 @@ fn bad_models_images_and_data_are_one_line_errors() {
 
     // An empty folder, then one with an image that does not decode.
     assert_one_line_error(&predict(model, &["--images", images_arg]), "holds no image files");
+    assert_one_line_error(
+        &predict(model, &["--images", images.join("gone.png").to_str().unwrap()]),
+        "image file or folder",
+    );
     std::fs::write(images.join("broken.png"), b"this is not a png").unwrap();
     assert_one_line_error(&predict(model, &["--images", images_arg]), "cannot decode the image");
     // A dataset that is not there, and a task the model was not trained on.
@@ -335,6 +350,12 @@ fn bad_models_images_and_data_are_one_line_errors() {
         &predict(model, &["--split", "test", "--no-download", "--data-dir", empty.to_str().unwrap()]),
         "MNIST not found",
     );
+    // The Fashion-MNIST fixture has the MNIST file names: the data's fingerprint tells them apart.
+    let fashion = shared().join("fashion-mnist-mini");
+    let o = predict(model, &["--split", "test", "--data-dir", fashion.to_str().unwrap()]);
+    assert_one_line_error(&o, "holds other data than the model");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("fashion-mnist-mini") && err.contains("/mnist-mini") && err.contains("--force"), "{err}");
     assert_one_line_error(
         &predict(model, &["--split", "test", "--task", "cifar10", "--data-dir", mnist().to_str().unwrap()]),
         "trained on mnist, not cifar10",
@@ -391,4 +412,132 @@ fn export_of_a_table_lookup_run_says_it_has_no_weights() {
         "{err}"
     );
     assert!(!out.exists(), "nothing is written");
+}
+
+/// Issue 15 item 10: `predict --split` reads the data where the model's data came from (not
+/// `AUTOAGENT_DATA`), checks its fingerprint (`--force` measures other data anyway), and still
+/// reads a version-1 folder, with a note instead of the check.
+#[test]
+fn predict_reads_and_checks_the_models_data() {
+    let (run, model) = fixture();
+    let trials = SqliteStore::open_read(&run.join("run.db")).unwrap().trials().unwrap();
+    let trial = read_json(&model.join("model.json"))["source"]["trial"].as_u64().unwrap() as usize;
+    let accuracy = trials.iter().find(|r| r.trial.id == trial).unwrap().trial.accuracy.unwrap();
+    let elsewhere = tempfile::tempdir().unwrap();
+    let o = bin()
+        .env("AUTOAGENT_DATA", elsewhere.path())
+        .args(["predict", "--split", "valid", "--no-download", "--json", "--model"])
+        .arg(model)
+        .output()
+        .unwrap();
+    let v: Value = serde_json::from_str(&ok(&o)).unwrap();
+    assert_eq!(v["accuracy"].as_f64().unwrap(), accuracy, "{v}");
+
+    // Other data in the same format: refused (see bad_models_images_and_data_are_one_line_errors)
+    // unless --force.
+    let fashion = shared().join("fashion-mnist-mini");
+    let o = bin()
+        .args(["predict", "--split", "test", "--force", "--model"])
+        .arg(model)
+        .arg("--data-dir")
+        .arg(&fashion)
+        .output()
+        .unwrap();
+    assert!(ok(&o).starts_with("accuracy "));
+
+    // A version-1 folder (no data record): measured, with a note on stderr.
+    let tmp = tempfile::tempdir().unwrap();
+    let v1 = tmp.path().join("v1");
+    std::fs::create_dir(&v1).unwrap();
+    std::fs::copy(model.join("model.safetensors"), v1.join("model.safetensors")).unwrap();
+    let mut spec = read_json(&model.join("model.json"));
+    spec["format_version"] = 1.into();
+    spec.as_object_mut().unwrap().remove("data");
+    std::fs::write(v1.join("model.json"), spec.to_string()).unwrap();
+    let o = bin()
+        .args(["predict", "--split", "test", "--limit", "10", "--model"])
+        .arg(&v1)
+        .arg("--data-dir")
+        .arg(&fashion)
+        .output()
+        .unwrap();
+    assert!(ok(&o).starts_with("accuracy "));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.starts_with("note: ") && err.contains("format version 1") && err.lines().count() == 1, "{err}");
+}
+
+/// Issue 15 item 17: `predict --images FILE` classifies that file; a reader that closes stdout
+/// early (`| head -1`) ends the output, not the command with an error.
+#[test]
+fn predict_takes_one_image_file_and_stops_quietly_when_stdout_closes() {
+    let (_, model) = fixture();
+    let (images, _) = idx_test_images();
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("seven.png");
+    image::GrayImage::from_raw(28, 28, images[0].clone()).unwrap().save(&file).unwrap();
+    let out = ok(&bin().args(["predict", "--images"]).arg(&file).arg("--model").arg(model).output().unwrap());
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 1, "{out}");
+    assert!(lines[0].starts_with("seven.png\t"), "{out}");
+
+    // stdout closed before the first line: exit 0, nothing on stderr.
+    for args in [&["--split", "test", "--json"][..], &["--split", "test"][..]] {
+        let mut child = bin()
+            .arg("predict")
+            .args(args)
+            .arg("--model")
+            .arg(model)
+            .arg("--data-dir")
+            .arg(mnist())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        drop(child.stdout.take());
+        let o = child.wait_with_output().unwrap();
+        assert_eq!(o.status.code(), Some(0), "{args:?}: {}", String::from_utf8_lossy(&o.stderr));
+        assert!(o.stderr.is_empty(), "{args:?}: {}", String::from_utf8_lossy(&o.stderr));
+    }
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let dest = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &dest);
+        } else {
+            std::fs::copy(e.path(), dest).unwrap();
+        }
+    }
+}
+
+/// A trial of an earlier build kept its best epoch's weights as `best.safetensors`: exported,
+/// they carry that epoch's validation accuracy, not the trial's (issue 15 item 13).
+#[test]
+fn export_of_an_earlier_builds_trial_states_its_best_epochs_accuracy() {
+    let (run, _) = fixture();
+    let tmp = tempfile::tempdir().unwrap();
+    let old = tmp.path().join("old-run");
+    copy_dir(run, &old);
+    let db = rusqlite::Connection::open(old.join("run.db")).unwrap();
+    db.execute("UPDATE trials SET artefacts = replace(artefacts, 'weights.safetensors', 'best.safetensors')", [])
+        .unwrap();
+    drop(db);
+    let trials = SqliteStore::open_read(&old.join("run.db")).unwrap().trials().unwrap();
+    for r in &trials {
+        let dir = old.join(format!("trials/{:04}", r.trial.id));
+        std::fs::rename(dir.join("weights.safetensors"), dir.join("best.safetensors")).unwrap();
+    }
+    let out = tmp.path().join("model");
+    ok(&bin().arg("export").arg(&old).arg("--out").arg(&out).output().unwrap());
+    let spec = read_json(&out.join("model.json"));
+    let id = spec["source"]["trial"].as_u64().unwrap() as usize;
+    let store = SqliteStore::open_read(&old.join("run.db")).unwrap();
+    let valid: Vec<f64> = store.metrics(id).unwrap().iter().filter(|m| m.name == "valid_acc").map(|m| m.value).collect();
+    assert!(valid[0] > valid[1], "{valid:?}");
+    assert_eq!(spec["source"]["epoch"], 1);
+    assert_eq!(spec["valid_accuracy"].as_f64().unwrap(), valid[0]);
+    assert_eq!(spec["source"]["weights"], format!("trials/{id:04}/best.safetensors"));
 }

@@ -211,7 +211,7 @@ fn the_trial_command_reads_a_spec_and_prints_its_events() {
     let kinds: Vec<&str> = events.iter().map(|e| e["event"].as_str().unwrap()).collect();
     assert_eq!(kinds, ["started", "epoch", "finished"]);
     assert_eq!(events[2]["accuracy"], events[1]["valid_acc"]);
-    assert!(tmp.path().join("out/best.safetensors").is_file());
+    assert!(tmp.path().join("out/weights.safetensors").is_file());
 
     // Bad specs: one line, exit 2.
     let bad = |body: serde_json::Value, needle: &str| {

@@ -12,11 +12,11 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use autoagent_evaluator::data::{Dataset, DatasetKind, Split};
+use autoagent_evaluator::data::{Dataset, DatasetKind};
 use autoagent_evaluator::nb201::Arch;
 use autoagent_evaluator::net::Nb201Config;
 use autoagent_evaluator::table::Nb201Table;
-use autoagent_evaluator::train::{train, TrainConfig};
+use autoagent_evaluator::train::{train, Select, Splits, TrainConfig};
 use candle_core::Device;
 
 use crate::llm_strategy::TaskInfo;
@@ -225,19 +225,8 @@ impl Evaluator for TableEvaluator {
 
 /// The split a training task searches on: the training split minus its last 10 %, which is
 /// held out as the validation split the agent sees the accuracy of (the test split is never
-/// looked at during the search).
-pub fn search_split(data: &Dataset) -> Result<Dataset, String> {
-    let n = data.train.n;
-    if n < 20 {
-        return Err(format!("{} has only {n} training images", data.kind.name()));
-    }
-    let hold = (n / 10).max(1);
-    Ok(Dataset {
-        kind: data.kind,
-        train: split_off(&data.train, 0, n - hold),
-        test: split_off(&data.train, n - hold, n),
-    })
-}
+/// looked at during the search). It lives in the evaluator, which `autoagent train` selects with.
+pub use autoagent_evaluator::data::search_split;
 
 /// The NB201 network of `arch` for a dataset's images and classes.
 pub fn network(kind: DatasetKind, arch: &Arch) -> Nb201Config {
@@ -319,18 +308,6 @@ pub struct TrainEvaluator {
     cost: TrainingCost,
 }
 
-fn split_off(split: &Split, from: usize, to: usize) -> Split {
-    let per = split.c * split.h * split.w;
-    Split {
-        images: split.images[from * per..to * per].to_vec(),
-        labels: split.labels[from..to].to_vec(),
-        n: to - from,
-        c: split.c,
-        h: split.h,
-        w: split.w,
-    }
-}
-
 impl TrainEvaluator {
     /// Training on `data` with `config`; the last 10 % of the training split is held out.
     pub fn new(data: &Dataset, config: TrainConfig, device: Device) -> Result<Self, String> {
@@ -355,13 +332,14 @@ impl Evaluator for TrainEvaluator {
 
     fn evaluate(&mut self, arch: &Arch) -> Evaluation {
         let t = Instant::now();
-        let r = train(&network(self.data.kind, arch), &self.config, &self.data, &self.device, None, &mut |_| {});
+        let net = network(self.data.kind, arch);
+        let r = train(&net, &self.config, &Splits::search(&self.data), Select::Last, &self.device, None, &mut |_| {});
         let seconds = t.elapsed().as_secs_f64();
         match r {
             Ok(report) => {
                 self.cost.observe(arch, report.device_seconds);
                 Evaluation {
-                    accuracy: Some(report.test_acc),
+                    accuracy: report.valid_acc,
                     seconds: report.device_seconds,
                     ..Evaluation::default()
                 }

@@ -24,9 +24,10 @@
 //!
 //! `train` takes the fields of [`TrainConfig`] (NB201's protocol fills those left out). The
 //! trial trains on the task's training split minus its last 10 % and reports the accuracy on
-//! that held-out 10 % ([`crate::task::search_split`]). With `out`, the best weights are saved
-//! there (`best.safetensors`). With `watch_stdin`, the trial exits as soon as its stdin closes:
-//! the agent holds the other end, so a trial never outlives a killed agent.
+//! that held-out 10 % ([`crate::task::search_split`]). With `out`, the weights of the last epoch
+//! (whose accuracy is the trial's) are saved there (`weights.safetensors`). With `watch_stdin`,
+//! the trial exits as soon as its stdin closes: the agent holds the other end, so a trial never
+//! outlives a killed agent.
 //!
 //! A trial's directory holds [`TRIAL_FILES`]: the spec, the trial's stderr and its weights.
 //!
@@ -45,7 +46,7 @@ use std::time::{Duration, Instant};
 
 use autoagent_evaluator::data::{self, DatasetKind};
 use autoagent_evaluator::nb201::Arch;
-use autoagent_evaluator::train::{parse_device, train, TrainConfig};
+use autoagent_evaluator::train::{parse_device, train, Progress, Select, Splits, TrainConfig};
 use serde::{Deserialize, Serialize};
 
 use crate::llm_strategy::TaskInfo;
@@ -55,8 +56,12 @@ use crate::task::{network, search_split, training_info, Evaluation, Evaluator, T
 pub const SPEC_VERSION: u32 = 1;
 
 /// The files of a complete trial's directory, in the order of its artefacts: the spec, the
-/// trial's stderr (`stderr.log`, kept by the agent) and the best weights (written by the trial).
-pub const TRIAL_FILES: [&str; 3] = ["spec.json", "stderr.log", "best.safetensors"];
+/// trial's stderr (`stderr.log`, kept by the agent) and its weights (written by the trial).
+pub const TRIAL_FILES: [&str; 3] = ["spec.json", "stderr.log", WEIGHTS_FILE];
+
+/// A trial's weights: those of its last epoch, whose validation accuracy is the trial's. (Runs
+/// before this name kept the best epoch's weights as `best.safetensors`.)
+pub const WEIGHTS_FILE: &str = "weights.safetensors";
 
 /// The prefix of an event line on a trial's stdout.
 pub const EVENT_PREFIX: &str = "@autoagent-trial ";
@@ -209,20 +214,33 @@ pub fn run(spec: &TrialSpec, emit: &mut dyn FnMut(&TrialEvent)) -> Result<(), Tr
         std::fs::create_dir_all(out).map_err(|e| TrialError(format!("cannot create {}: {e}", out.display())))?;
     }
     emit(&TrialEvent::Started { pid: std::process::id() });
-    let report = train(&network(kind, &arch), &spec.train, &search, &device, spec.out.as_deref(), &mut |e| {
-        emit(&TrialEvent::Epoch {
-            epoch: e.epoch,
-            train_loss: e.train_loss,
-            train_acc: e.train_acc,
-            valid_acc: e.test_acc,
-            lr: e.lr,
-            seconds: e.seconds,
-        })
-    })
+    // The last epoch's weights are kept: their validation accuracy is the trial's, the number the
+    // run ranks it on (and `export` ships them with it).
+    let weights = spec.out.as_ref().map(|out| out.join(WEIGHTS_FILE));
+    let report = train(
+        &network(kind, &arch),
+        &spec.train,
+        &Splits::search(&search),
+        Select::Last,
+        &device,
+        weights.as_deref(),
+        &mut |p| {
+            if let Progress::Epoch(e) = p {
+                emit(&TrialEvent::Epoch {
+                    epoch: e.epoch,
+                    train_loss: e.train_loss,
+                    train_acc: e.train_acc,
+                    valid_acc: e.valid_acc.unwrap_or(f64::NAN),
+                    lr: e.lr,
+                    seconds: e.seconds,
+                })
+            }
+        },
+    )
     .map_err(|e| TrialError(e.to_string()))?;
     let artefacts: Vec<PathBuf> = report.weights.iter().cloned().collect();
     emit(&TrialEvent::Finished {
-        accuracy: report.test_acc,
+        accuracy: report.valid_acc.unwrap_or(f64::NAN),
         device_seconds: report.device_seconds,
         params: report.params,
         flops: report.flops,

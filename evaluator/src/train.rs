@@ -1,6 +1,7 @@
 //! Training a network on an image dataset: SGD with Nesterov momentum, weight decay, a cosine
-//! learning-rate schedule, random-crop and flip augmentation, per-channel normalisation, top-1
-//! accuracy on the test split, best weights saved as safetensors, device time metered.
+//! learning-rate schedule, random-crop and flip augmentation, per-channel normalisation; top-1
+//! accuracy on a validation split after every epoch, the weights of the best (or the last) epoch
+//! kept and saved as safetensors and measured once on the test split; device time metered.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -10,7 +11,7 @@ use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
-use crate::data::{Dataset, Split};
+use crate::data::{Dataset, DatasetKind, Split};
 use crate::error::{Error, Result};
 use crate::net::{argmax, Model, Nb201Config};
 
@@ -89,6 +90,84 @@ impl TrainConfig {
     }
 }
 
+/// Which epoch's weights a training run keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Select {
+    /// The epoch with the best accuracy on the validation split (the first among equals).
+    #[default]
+    Valid,
+    /// The last epoch.
+    Last,
+}
+
+impl Select {
+    /// `valid` or `last`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Select::Valid => "valid",
+            Select::Last => "last",
+        }
+    }
+}
+
+impl std::str::FromStr for Select {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "valid" => Ok(Select::Valid),
+            "last" => Ok(Select::Last),
+            other => Err(format!("unknown selection '{other}' (valid or last)")),
+        }
+    }
+}
+
+/// The splits of a training run.
+#[derive(Debug, Clone, Copy)]
+pub struct Splits<'a> {
+    /// The dataset the splits come from.
+    pub kind: DatasetKind,
+    /// Trained on.
+    pub train: &'a Split,
+    /// Measured after every epoch (the validation hold-out); [`Select::Valid`] keeps its best epoch.
+    pub valid: Option<&'a Split>,
+    /// Measured once, with the kept weights, after the training.
+    pub test: Option<&'a Split>,
+}
+
+impl<'a> Splits<'a> {
+    /// A search split ([`crate::data::search_split`]: the training part, the validation hold-out
+    /// as its `test`): trained on its `train`, validated on its hold-out, no test split.
+    pub fn search(data: &'a Dataset) -> Self {
+        Splits {
+            kind: data.kind,
+            train: &data.train,
+            valid: Some(&data.test),
+            test: None,
+        }
+    }
+}
+
+/// What a training run reports as it goes.
+#[derive(Debug, Clone, Copy)]
+pub enum Progress<'a> {
+    /// A training step ended: step `batch` of `batches` of epoch `epoch`; `loss` is the epoch's
+    /// mean training loss so far.
+    Batch {
+        /// 1-based epoch number.
+        epoch: usize,
+        /// 1-based step within the epoch.
+        batch: usize,
+        /// Steps per epoch.
+        batches: usize,
+        /// Mean training loss of the epoch so far.
+        loss: f64,
+    },
+    /// An epoch ended.
+    Epoch(&'a EpochReport),
+}
+
 /// What one epoch did.
 #[derive(Debug, Clone, Serialize)]
 pub struct EpochReport {
@@ -98,11 +177,11 @@ pub struct EpochReport {
     pub train_loss: f64,
     /// Training top-1 accuracy (%), on augmented batches.
     pub train_acc: f64,
-    /// Test top-1 accuracy (%).
-    pub test_acc: f64,
+    /// Top-1 accuracy (%) on the validation split, when there is one.
+    pub valid_acc: Option<f64>,
     /// Learning rate at the end of the epoch.
     pub lr: f64,
-    /// Wall seconds of the epoch (training and evaluation).
+    /// Wall seconds of the epoch (training and validation).
     pub seconds: f64,
 }
 
@@ -124,15 +203,24 @@ pub struct TrainReport {
     pub device_seconds: f64,
     /// Device the run used.
     pub device: String,
-    /// Test top-1 accuracy (%) after the last epoch.
-    pub test_acc: f64,
-    /// Best test accuracy (%) over the epochs, and its epoch.
-    pub best_test_acc: f64,
-    /// Epoch of the best test accuracy.
-    pub best_epoch: usize,
+    /// How the kept weights were chosen.
+    pub select: Select,
+    /// Images trained on.
+    pub train_images: usize,
+    /// Images of the validation split (0 without one).
+    pub valid_images: usize,
+    /// Images of the test split (0 without one).
+    pub test_images: usize,
+    /// The epoch whose weights were kept.
+    pub selected_epoch: usize,
+    /// Validation accuracy (%) of the kept weights, without a validation split `None`.
+    pub valid_acc: Option<f64>,
+    /// Test accuracy (%) of the kept weights, measured once after the training; without a test
+    /// split `None`.
+    pub test_acc: Option<f64>,
     /// Training images per second (training steps only).
     pub train_images_per_s: f64,
-    /// The weights of the best epoch, when an output directory was given.
+    /// The file the kept weights were saved to, when one was given.
     pub weights: Option<PathBuf>,
     /// Per-epoch history.
     pub history: Vec<EpochReport>,
@@ -273,40 +361,60 @@ pub fn evaluate(model: &Model, split: &Split, batcher: &Batcher, batch_size: usi
     Ok(100.0 * correct as f64 / split.n.max(1) as f64)
 }
 
-/// Train a freshly initialised network of shape `net_cfg` on `data` and evaluate it after every
-/// epoch. With `out_dir`, the best epoch's weights go to `out_dir/best.safetensors` (written to a
-/// temporary name and renamed, so a crash never leaves a half-written file under that name).
-/// `on_epoch` sees each epoch's report as it finishes.
+/// Check that `splits` suit the network and the selection.
+fn check_splits(net_cfg: &Nb201Config, splits: &Splits, select: Select) -> Result<()> {
+    let (c, h, w) = splits.kind.image_shape();
+    let name = splits.kind.name();
+    if (c, h, w) != (net_cfg.in_channels, net_cfg.input_size, net_cfg.input_size) {
+        return Err(Error::Config(format!(
+            "network expects {}x{}x{} inputs, dataset {name} has {c}x{h}x{w}",
+            net_cfg.in_channels, net_cfg.input_size, net_cfg.input_size,
+        )));
+    }
+    let empty = |s: Option<&Split>| s.is_some_and(|s| s.n == 0);
+    if splits.train.n == 0 || empty(splits.valid) || empty(splits.test) {
+        return Err(Error::Config(format!("dataset {name} has an empty split")));
+    }
+    if select == Select::Valid && splits.valid.is_none() {
+        return Err(Error::Config("selecting the best epoch on validation needs a validation split".into()));
+    }
+    Ok(())
+}
+
+/// Save `model` to `path` (written to a temporary name and renamed, so a crash never leaves a
+/// half-written file under that name).
+fn save_weights(model: &Model, path: &Path) -> Result<()> {
+    let io = |p: &Path| {
+        let p = p.display().to_string();
+        move |e| Error::Io { path: p, source: e }
+    };
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(io(dir))?;
+    }
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let tmp = path.with_file_name(format!(".{name}.tmp"));
+    model.save(&tmp)?;
+    std::fs::rename(&tmp, path).map_err(io(path))
+}
+
+/// Train a freshly initialised network of shape `net_cfg` on `splits.train`, measure it on
+/// `splits.valid` after every epoch, keep the weights of the epoch `select` chooses (the best on
+/// validation, or the last), then measure those once on `splits.test`. With `weights`, the kept
+/// weights are saved to that file. `progress` sees every step and every epoch as it ends.
 pub fn train(
     net_cfg: &Nb201Config,
     cfg: &TrainConfig,
-    data: &Dataset,
+    splits: &Splits,
+    select: Select,
     device: &Device,
-    out_dir: Option<&Path>,
-    on_epoch: &mut dyn FnMut(&EpochReport),
+    weights: Option<&Path>,
+    progress: &mut dyn FnMut(Progress),
 ) -> Result<TrainReport> {
     cfg.validate()?;
-    let (c, h, w) = data.kind.image_shape();
-    if (c, h, w) != (net_cfg.in_channels, net_cfg.input_size, net_cfg.input_size) {
-        return Err(Error::Config(format!(
-            "network expects {}x{}x{} inputs, dataset {} has {c}x{h}x{w}",
-            net_cfg.in_channels,
-            net_cfg.input_size,
-            net_cfg.input_size,
-            data.kind.name()
-        )));
-    }
-    if data.train.n == 0 || data.test.n == 0 {
-        return Err(Error::Config(format!("dataset {} has an empty split", data.kind.name())));
-    }
-    if let Some(dir) = out_dir {
-        std::fs::create_dir_all(dir).map_err(|e| Error::Io {
-            path: dir.display().to_string(),
-            source: e,
-        })?;
-    }
-    let model = Model::new(net_cfg, DType::F32, device, cfg.seed)?;
-    let (mean, std) = data.kind.mean_std();
+    check_splits(net_cfg, splits, select)?;
+    let train_split = splits.train;
+    let mut model = Model::new(net_cfg, DType::F32, device, cfg.seed)?;
+    let (mean, std) = splits.kind.mean_std();
     let batcher = Batcher::new(mean, std);
     let mut opt = Sgd::new(
         model.trainable().into_iter().map(|(_, v)| v).collect(),
@@ -314,24 +422,24 @@ pub fn train(
         cfg.nesterov,
         cfg.weight_decay,
     );
-    let steps_per_epoch = data.train.n.div_ceil(cfg.batch_size);
+    let steps_per_epoch = train_split.n.div_ceil(cfg.batch_size);
     let total_steps = steps_per_epoch * cfg.epochs;
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(cfg.seed ^ 0x5eed_da7a);
-    let mut history = Vec::new();
-    let (mut best_acc, mut best_epoch) = (f64::NEG_INFINITY, 0);
-    let mut weights = None;
+    let mut history: Vec<EpochReport> = Vec::new();
+    // The best epoch on validation so far: its number, accuracy and weights.
+    let mut best: Option<(usize, f64, Snapshot)> = None;
     let mut step = 0usize;
     let mut train_secs = 0.0;
     let started = Instant::now();
     for epoch in 1..=cfg.epochs {
         let t0 = Instant::now();
-        let mut order: Vec<usize> = (0..data.train.n).collect();
+        let mut order: Vec<usize> = (0..train_split.n).collect();
         order.shuffle(&mut rng);
         let (mut loss_sum, mut correct, mut seen) = (0.0, 0usize, 0usize);
         let mut lr = cfg.lr;
-        for chunk in order.chunks(cfg.batch_size) {
+        for (b, chunk) in order.chunks(cfg.batch_size).enumerate() {
             let aug = cfg.augment.then_some((cfg.crop_padding, cfg.hflip, &mut rng));
-            let (xs, ys) = batcher.batch(&data.train, chunk, aug, device)?;
+            let (xs, ys) = batcher.batch(train_split, chunk, aug, device)?;
             lr = cfg.lr_at(step, total_steps);
             let (logits, loss) = crate::kernels::in_pool(|| -> Result<(Tensor, Tensor)> {
                 let logits = model.net.forward_t(&xs, true)?;
@@ -350,34 +458,48 @@ pub fn train(
             let pred = argmax(&logits)?;
             correct += pred.iter().zip(ys.to_vec1::<u32>()?).filter(|(p, y)| **p == *y).count();
             seen += chunk.len();
+            progress(Progress::Batch {
+                epoch,
+                batch: b + 1,
+                batches: steps_per_epoch,
+                loss: loss_sum / seen as f64,
+            });
         }
         train_secs += t0.elapsed().as_secs_f64();
-        let test_acc = evaluate(&model, &data.test, &batcher, cfg.eval_batch_size, device)?;
+        let valid_acc = match splits.valid {
+            Some(v) => Some(evaluate(&model, v, &batcher, cfg.eval_batch_size, device)?),
+            None => None,
+        };
         let report = EpochReport {
             epoch,
             train_loss: loss_sum / seen as f64,
             train_acc: 100.0 * correct as f64 / seen as f64,
-            test_acc,
+            valid_acc,
             lr,
             seconds: t0.elapsed().as_secs_f64(),
         };
-        on_epoch(&report);
-        if test_acc > best_acc {
-            best_acc = test_acc;
-            best_epoch = epoch;
-            if let Some(dir) = out_dir {
-                let tmp = dir.join(".best.safetensors.tmp");
-                let path = dir.join("best.safetensors");
-                model.save(&tmp)?;
-                std::fs::rename(&tmp, &path).map_err(|e| Error::Io {
-                    path: path.display().to_string(),
-                    source: e,
-                })?;
-                weights = Some(path);
+        progress(Progress::Epoch(&report));
+        if let (Select::Valid, Some(acc)) = (select, valid_acc) {
+            if best.as_ref().is_none_or(|(_, b, _)| acc > *b) {
+                best = Some((epoch, acc, Snapshot::of(&model)?));
             }
         }
         history.push(report);
     }
+    let (selected_epoch, valid_acc) = match best {
+        Some((epoch, acc, snapshot)) => {
+            snapshot.restore(&mut model)?;
+            (epoch, Some(acc))
+        }
+        None => (cfg.epochs, history.last().and_then(|r| r.valid_acc)),
+    };
+    if let Some(path) = weights {
+        save_weights(&model, path)?;
+    }
+    let test_acc = match splits.test {
+        Some(t) => Some(evaluate(&model, t, &batcher, cfg.eval_batch_size, device)?),
+        None => None,
+    };
     let elapsed = started.elapsed().as_secs_f64();
     Ok(TrainReport {
         arch: net_cfg.arch.to_string(),
@@ -387,14 +509,39 @@ pub fn train(
         train_seconds: elapsed,
         device_seconds: elapsed,
         device: device_name(device),
-        test_acc: history.last().map(|r| r.test_acc).unwrap_or(0.0),
-        best_test_acc: best_acc,
-        best_epoch,
-        train_images_per_s: (data.train.n * cfg.epochs) as f64 / train_secs.max(1e-9),
-        weights,
+        select,
+        train_images: train_split.n,
+        valid_images: splits.valid.map_or(0, |s| s.n),
+        test_images: splits.test.map_or(0, |s| s.n),
+        selected_epoch,
+        valid_acc,
+        test_acc,
+        train_images_per_s: (train_split.n * cfg.epochs) as f64 / train_secs.max(1e-9),
+        weights: weights.map(Path::to_path_buf),
         history,
         config: cfg.clone(),
     })
+}
+
+/// A copy of every variable of a model (weights and BatchNorm running statistics).
+struct Snapshot(Vec<(String, Tensor)>);
+
+impl Snapshot {
+    fn of(model: &Model) -> Result<Self> {
+        let data = model.varmap.data().lock().expect("varmap lock");
+        let vars = data.iter().map(|(n, v)| Ok((n.clone(), v.as_tensor().copy()?))).collect::<Result<_>>()?;
+        Ok(Snapshot(vars))
+    }
+
+    fn restore(self, model: &mut Model) -> Result<()> {
+        let data = model.varmap.data().lock().expect("varmap lock");
+        for (name, t) in self.0 {
+            if let Some(v) = data.get(&name) {
+                v.set(&t)?;
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Parse `cpu` or `cuda:N` (also `cuda` for `cuda:0`).

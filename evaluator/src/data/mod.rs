@@ -12,6 +12,8 @@
 
 mod cifar;
 mod download;
+mod fingerprint;
+mod holdout;
 mod idx;
 
 use std::fmt;
@@ -19,6 +21,8 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 pub use download::{fetch, sources, Checksum, Source, SourceFormat, MIRROR_ENV};
+pub use fingerprint::fingerprint;
+pub use holdout::{search_split, split_off};
 
 /// Environment variable naming the data root when no explicit directory is given.
 pub const DATA_ENV: &str = "AUTOAGENT_DATA";
