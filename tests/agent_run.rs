@@ -274,10 +274,43 @@ fn bad_inputs_fail_with_one_line() {
     assert_one_line_error(&run(&["--llm", "local", "--model-path", "/nonexistent.gguf"]), "nonexistent.gguf");
     assert_one_line_error(&run(&["--fidelity", "200", "--task", "nb201:cifar100"]), "no 200-epoch validation accuracy");
     assert_one_line_error(&run(&["--proxies", "synflow,bogus"]), "unknown proxy `bogus`");
+    // Issue 15 item 5: a time on a table task limited nothing (4,865 trials in "10s").
+    assert_one_line_error(&run(&["--budget", "10s"]), "does not limit a table task");
+    assert_one_line_error(&run(&["--wall-limit", "3trials"]), "--wall-limit");
     let port = llama_server::free_port();
     let url = format!("http://127.0.0.1:{port}/v1");
     assert_one_line_error(
         &run(&["--llm", "openai", "--model", "m", "--base-url", &url, "--budget", "2trials", "--no-proxies"]),
         "unreachable",
     );
+}
+
+#[test]
+fn a_wall_clock_limit_stops_a_run_on_the_clock() {
+    // Issue 15 item 15: device time is not the clock; --wall-limit is.
+    let dir = tempfile::tempdir().unwrap();
+    let args = ["--budget", "1000000trials", "--wall-limit", "2s", "--no-proxies", "--strategy", "random", "--k", "16", "--top-k", "16", "--json"];
+    let started = std::time::Instant::now();
+    let s = summary(&run_cmd(dir.path(), &args).output().unwrap());
+    assert!(started.elapsed().as_secs_f64() < 30.0);
+    assert!(s["stopped"].as_str().unwrap().contains("wall-clock limit"), "{s}");
+    let trials = s["trials"].as_u64().unwrap();
+    assert!(trials > 0 && trials < 1_000_000, "{trials}");
+}
+
+#[test]
+fn a_training_run_that_affords_no_trial_says_so_and_fails() {
+    // Issue 15 item 6: a run that evaluated nothing exited 0.
+    let dir = tempfile::tempdir().unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_autoagent"))
+        .args(["run", "--task", "mnist", "--budget", "1s", "--no-proxies", "--no-download", "--data-dir"])
+        .arg(shared().join("mnist-mini"))
+        .arg("--out")
+        .arg(dir.path().join("run"))
+        .env_remove("AUTOAGENT_DATA")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "{err}");
+    assert!(err.lines().last().unwrap().starts_with("error: the run evaluated no trial"), "{err}");
 }

@@ -967,7 +967,8 @@ pub async fn run_loop(
             history.trials.push(trial);
             evaluated += 1;
         }
-        if evaluated == 0 {
+        // (Past the wall-clock limit the top of the loop says so.)
+        if evaluated == 0 && !wall_left().is_some_and(|w| w <= 0.0) {
             stopped = "the budget left does not afford the next evaluation".to_string();
             break;
         }
@@ -1108,7 +1109,7 @@ mod tests {
         let mut strategy = RandomSearch::new(5);
         let mut budget = Budget::new(limit);
         let options = LoopOptions {
-            k: 4,
+            k: 8,
             top_k: 2,
             max_empty_rounds: 3,
             seed: 5,
