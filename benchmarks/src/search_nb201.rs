@@ -69,7 +69,8 @@ pub struct SearchBenchArgs {
     /// Evaluated architectures per run of the llm strategy (default: --trials).
     #[arg(long)]
     pub llm_trials: Option<usize>,
-    /// Report the picked architecture after these many evaluations (each at most --trials).
+    /// Report the picked architecture after these many evaluations (those past --trials are
+    /// left out; with none left, after --trials).
     #[arg(long, value_delimiter = ',', default_value = "10,25,50,100")]
     pub checkpoints: Vec<usize>,
     /// Candidates proposed per round when ranking.
@@ -292,8 +293,18 @@ pub fn run(args: &SearchBenchArgs) -> Result<()> {
     let mut checkpoints = args.checkpoints.clone();
     checkpoints.sort_unstable();
     checkpoints.dedup();
-    if checkpoints.is_empty() || checkpoints[0] == 0 || *checkpoints.last().unwrap() > args.trials {
-        bail!("--checkpoints must be between 1 and --trials ({})", args.trials);
+    if checkpoints.first() == Some(&0) {
+        bail!("--checkpoints must be at least 1");
+    }
+    // Checkpoints past --trials (the default's 25, 50, 100 with --trials 10) are dropped; the
+    // run's end is the checkpoint when none is left.
+    let past: Vec<String> = checkpoints.iter().filter(|&&n| n > args.trials).map(usize::to_string).collect();
+    if !past.is_empty() {
+        eprintln!("note: checkpoints {} are past --trials {} and left out", past.join(", "), args.trials);
+    }
+    checkpoints.retain(|&n| n <= args.trials);
+    if checkpoints.is_empty() {
+        checkpoints.push(args.trials);
     }
     let rankings: Vec<bool> = match args.ranking.as_str() {
         "both" => vec![true, false],
