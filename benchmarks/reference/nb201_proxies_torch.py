@@ -397,7 +397,7 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     g = p.add_mutually_exclusive_group(required=True)
-    g.add_argument("--archs", help="';'-separated NB201 arch strings")
+    g.add_argument("--archs", help="';'-separated NB201 arch strings, each optionally INDEX=ARCH")
     g.add_argument("--indices", help="comma-separated arch_index values of nb201.csv")
     g.add_argument("--naslib-check", type=int, metavar="K",
                    help="score K archs sampled from nb201_zc.csv (cifar10) and print Spearman rho per proxy")
@@ -431,7 +431,9 @@ def main():
             table = {int(r["arch_index"]): r["arch_str"] for r in csv.DictReader(f)}
         todo = [(table[int(i)], int(i)) for i in args.indices.split(",") if i.strip()]
     else:
-        todo = [(a.strip(), None) for a in args.archs.split(";") if a.strip()]
+        # "ARCH" or "INDEX=ARCH" (the Rust benchmark passes its reference archs so)
+        todo = [(a.split("=", 1)[-1].strip(), int(a.split("=", 1)[0]) if "=" in a else None)
+                for a in args.archs.split(";") if a.strip()]
     for arch, index in todo:
         print(json.dumps(run_arch(arch, index, proxies, x, y, args)), flush=True)
 

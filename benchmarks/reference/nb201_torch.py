@@ -193,6 +193,7 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--csv", default=next((c for c in CSV_CANDIDATES if os.path.exists(c)), CSV_CANDIDATES[0]))
     p.add_argument("--archs", default="6111", help="comma-separated arch indices of nb201.csv")
+    p.add_argument("--arch-strings", help="';'-separated INDEX=ARCH pairs (instead of reading --csv)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--train-batch", type=int, default=256)
@@ -207,12 +208,17 @@ def main():
     random.seed(args.seed); np.random.seed(args.seed); torch.manual_seed(args.seed)
     torch.set_num_threads(args.threads)
     torch.set_num_interop_threads(args.threads)
-    rows = load_csv(args.csv)
-    if args.check_params:
-        sys.exit(0 if check_params(rows, args.check_params, args.seed) else 1)
+    if args.arch_strings:
+        pairs = [p.split("=", 1) for p in args.arch_strings.split(";")]
+        archs = [(int(i), a) for i, a in pairs]
+    else:
+        rows = load_csv(args.csv)
+        if args.check_params:
+            sys.exit(0 if check_params(rows, args.check_params, args.seed) else 1)
+        archs = [(i, rows[i]["arch_str"]) for i in map(int, args.archs.split(","))]
 
     mm = matmul_gflops()
-    results = [bench_arch(i, rows[i]["arch_str"], args) for i in map(int, args.archs.split(","))]
+    results = [bench_arch(i, a, args) for i, a in archs]
     if args.json:
         print(json.dumps({"threads": args.threads, "torch_version": torch.__version__, "batch": args.batch,
                           "train_batch": args.train_batch, "matmul_gflops": mm, "archs": results}))

@@ -32,3 +32,62 @@ pub(crate) fn run_reference(cmd: &mut std::process::Command, python: &std::path:
     }
     Ok(out.stdout)
 }
+
+/// The PyTorch reference scripts built into the binary (`benchmarks/reference/`).
+const REFERENCE_SCRIPTS: [(&str, &str); 2] = [
+    ("nb201_torch.py", include_str!("../reference/nb201_torch.py")),
+    ("nb201_proxies_torch.py", include_str!("../reference/nb201_proxies_torch.py")),
+];
+
+/// A PyTorch reference script: the file `given`, or the copy built into the binary, written with
+/// its sibling into a temporary folder removed on drop, so the benchmarks run from any directory.
+pub(crate) struct ReferenceScript {
+    path: std::path::PathBuf,
+    temporary: Option<std::path::PathBuf>,
+}
+
+impl ReferenceScript {
+    pub(crate) fn new(given: Option<&std::path::Path>, name: &str) -> anyhow::Result<Self> {
+        use anyhow::Context;
+        if let Some(p) = given {
+            anyhow::ensure!(p.is_file(), "no reference script at {}", p.display());
+            return Ok(ReferenceScript {
+                path: p.to_path_buf(),
+                temporary: None,
+            });
+        }
+        let dir = std::env::temp_dir().join(format!("autoagent-reference-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        for (file, text) in REFERENCE_SCRIPTS {
+            std::fs::write(dir.join(file), text).with_context(|| format!("cannot write {}", dir.join(file).display()))?;
+        }
+        Ok(ReferenceScript {
+            path: dir.join(name),
+            temporary: Some(dir),
+        })
+    }
+
+    pub(crate) fn path(&self) -> &std::path::Path {
+        &self.path
+    }
+}
+
+impl Drop for ReferenceScript {
+    fn drop(&mut self) {
+        if let Some(dir) = &self.temporary {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_built_in_reference_scripts_are_written_side_by_side_and_removed() {
+        let script = super::ReferenceScript::new(None, "nb201_proxies_torch.py").unwrap();
+        let dir = script.path().parent().unwrap().to_path_buf();
+        assert!(script.path().is_file() && dir.join("nb201_torch.py").is_file());
+        drop(script);
+        assert!(!dir.exists());
+    }
+}

@@ -51,9 +51,9 @@ pub struct ProxiesSpeedArgs {
     /// Python interpreter with torch installed; runs the PyTorch reference side by side.
     #[arg(long)]
     pub torch: Option<PathBuf>,
-    /// The reference script.
-    #[arg(long, default_value = "benchmarks/reference/nb201_proxies_torch.py")]
-    pub torch_script: PathBuf,
+    /// The reference script (default: `benchmarks/reference/nb201_proxies_torch.py` as built into the binary).
+    #[arg(long)]
+    pub torch_script: Option<PathBuf>,
     /// Write the markdown table here (with the command that produced it).
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -100,10 +100,11 @@ struct TorchLine {
 }
 
 fn run_torch(python: &PathBuf, args: &ProxiesSpeedArgs, names: &[&str], data_dir: &std::path::Path) -> Result<Vec<TorchLine>> {
-    let list: Vec<String> = args.archs.iter().map(|i| i.to_string()).collect();
+    let list = crate::train_speed::arch_strings(&args.archs);
     let mut cmd = Command::new(python);
-    cmd.arg(&args.torch_script)
-        .args(["--indices", &list.join(",")])
+    let script = crate::ReferenceScript::new(args.torch_script.as_deref(), "nb201_proxies_torch.py")?;
+    cmd.arg(script.path())
+        .args(["--archs", &list])
         .args(["--proxies", &names.join(",")])
         .args(["--threads", &args.threads.to_string()])
         .args(["--batch-size", &args.batch_size.to_string()])

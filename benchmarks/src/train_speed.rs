@@ -67,9 +67,9 @@ pub struct TrainSpeedArgs {
     /// Python interpreter with torch installed; runs the PyTorch reference side by side.
     #[arg(long)]
     pub torch: Option<PathBuf>,
-    /// The reference script.
-    #[arg(long, default_value = "benchmarks/reference/nb201_torch.py")]
-    pub torch_script: PathBuf,
+    /// The reference script (default: `benchmarks/reference/nb201_torch.py` as built into the binary).
+    #[arg(long)]
+    pub torch_script: Option<PathBuf>,
     /// Write the markdown table here (with the command that produced it).
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -253,8 +253,10 @@ struct TorchReport {
 fn run_torch(python: &PathBuf, args: &TrainSpeedArgs, indices: &[usize]) -> Result<TorchReport> {
     let list: Vec<String> = indices.iter().map(|i| i.to_string()).collect();
     let mut cmd = Command::new(python);
-    cmd.arg(&args.torch_script)
+    let script = crate::ReferenceScript::new(args.torch_script.as_deref(), "nb201_torch.py")?;
+    cmd.arg(script.path())
         .args(["--archs", &list.join(",")])
+        .args(["--arch-strings", &arch_strings(indices)])
         .args(["--threads", &args.threads.to_string()])
         .args(["--batch", &args.batch.to_string()])
         .args(["--train-batch", &args.train_batch.to_string()])
@@ -264,6 +266,12 @@ fn run_torch(python: &PathBuf, args: &TrainSpeedArgs, indices: &[usize]) -> Resu
         .arg("--json");
     let stdout = crate::run_reference(&mut cmd, python)?;
     serde_json::from_slice(&stdout).context("the PyTorch reference printed no valid JSON")
+}
+
+/// `INDEX=ARCH;…` of reference archs, so the script needs no NB201 table of its own.
+pub(crate) fn arch_strings(indices: &[usize]) -> String {
+    let pairs = indices.iter().filter_map(|i| DEFAULT_ARCHS.iter().find(|a| a.0 == *i)).map(|(i, a, _)| format!("{i}={a}"));
+    pairs.collect::<Vec<_>>().join(";")
 }
 
 /// Run the benchmark and print (and optionally write) the table.
