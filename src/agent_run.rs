@@ -262,7 +262,7 @@ impl Progress {
                     (100.0 - used).max(0.0)
                 ));
             }
-            None => eprintln!("{line}"),
+            None => errln!("{line}"),
         }
     }
 
@@ -498,11 +498,11 @@ pub(crate) fn cmd_run(mut args: RunArgs) -> Result<()> {
     let dir = run_dir_path(&args)?;
     let prepared = prepare(&args, backend, &dir)?;
     if let Some(note) = &args.images_substituted {
-        eprintln!("warning: {note}");
+        errln!("warning: {note}");
     }
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create the run directory {}", dir.display()))?;
     if prepared.backend.is_none() && args.strategy.is_none() {
-        eprintln!("no LLM configured (--llm none): searching with regularized evolution");
+        errln!("no LLM configured (--llm none): searching with regularized evolution");
     }
     let config = config_json(&args, &prepared)?;
     std::fs::write(dir.join("config.json"), &config).with_context(|| format!("cannot write {}", dir.join("config.json").display()))?;
@@ -539,7 +539,7 @@ pub(crate) fn cmd_resume(args: ResumeArgs) -> Result<()> {
     run_args.wall_limit = args.wall_limit.clone();
     wall_limit(&run_args)?;
     if resumed.status.as_deref() == Some("finished") && args.budget.is_none() {
-        eprintln!(
+        errln!(
             "{} has finished ({} trials): nothing to resume (pass --budget to extend it)",
             dir.display(),
             resumed.finished
@@ -560,7 +560,7 @@ pub(crate) fn cmd_resume(args: ResumeArgs) -> Result<()> {
     let config = config_json(&run_args, &prepared)?;
     recorder.meta("config", &config)?;
     if !args.json {
-        eprintln!(
+        errln!(
             "resuming {}: {} finished trials, {} proposals and {} LLM exchanges restored; {} interrupted trial(s) evaluated again; \
              {:.1} device-s of work lost to kills counted in the budget",
             dir.display(),
@@ -596,10 +596,10 @@ fn report(s: &Summary, dir: &Path, json: bool) -> Result<()> {
     if json {
         let mut v = serde_json::to_value(s)?;
         v["run_dir"] = dir.display().to_string().into();
-        println!("{v}");
+        outln!("{v}");
         return Ok(());
     }
-    println!(
+    outln!(
         "run {} ({}): {} trials in {} rounds, {}",
         dir.display(),
         s.strategy,
@@ -608,7 +608,7 @@ fn report(s: &Summary, dir: &Path, json: bool) -> Result<()> {
         s.stopped
     );
     if let Some(b) = &s.best {
-        println!(
+        outln!(
             "best: {}  validation {:.2}{}",
             b.arch,
             b.accuracy.unwrap_or(f64::NAN),
@@ -620,7 +620,7 @@ fn report(s: &Summary, dir: &Path, json: bool) -> Result<()> {
     } else {
         String::new()
     };
-    println!(
+    outln!(
         "budget {}: {:.1} % used, {:.1} device-s (proxies {:.1} s{lost}), overrun {:.1} s",
         s.budget,
         s.budget_used * 100.0,
@@ -629,14 +629,14 @@ fn report(s: &Summary, dir: &Path, json: bool) -> Result<()> {
         s.overrun_seconds
     );
     if s.fallback > 0 {
-        println!(
+        outln!(
             "{} candidates were added by the loop (mutations of the best) because rounds held too few new ones",
             s.fallback
         );
     }
     if s.llm.exchanges > 0 {
         let total = s.llm.valid_proposals + s.llm.invalid_proposals;
-        println!(
+        outln!(
             "LLM: {} exchanges, {} + {} tokens, ${:.4}, {:.1} s; {}/{} proposals valid",
             s.llm.exchanges, s.llm.prompt_tokens, s.llm.completion_tokens, s.llm.cost_usd, s.llm.seconds, s.llm.valid_proposals, total
         );

@@ -43,7 +43,7 @@ fn import_nats(args: &NatsArgs) -> Result<()> {
     let table = nats::read_archive_with_progress(&args.from, &progress)?;
     bar.finish_and_clear();
     table.write_csv(&args.out)?;
-    eprintln!(
+    errln!(
         "imported {} architectures ({} isomorphism classes) from {} into {}",
         table.len(),
         table.num_iso_groups(),

@@ -1,10 +1,11 @@
 //! `autoagent`: the command-line entry point. Parses arguments, dispatches to the library crates
 //! and turns every error into one line on stderr and exit code 2.
 
+#[macro_use]
+mod output;
 mod agent_run;
 mod export;
 mod import;
-mod output;
 mod report;
 mod score;
 mod train_cmd;

@@ -3,6 +3,20 @@
 
 use std::io::Write;
 
+/// `println!` that stops quietly at a closed stdout ([`out_line`]); evaluates to false then.
+macro_rules! outln {
+    ($($t:tt)*) => {
+        $crate::output::out_line(&format!($($t)*))
+    };
+}
+
+/// `eprintln!` that never panics ([`err_line`]): progress and notes never end a command.
+macro_rules! errln {
+    ($($t:tt)*) => {
+        $crate::output::err_line(&format!($($t)*))
+    };
+}
+
 /// Whether `err` says stdout's reader is gone (a broken pipe).
 pub fn stdout_closed(err: &std::io::Error) -> bool {
     err.kind() == std::io::ErrorKind::BrokenPipe
@@ -24,6 +38,12 @@ pub fn try_out_line(s: &str) -> std::io::Result<bool> {
 /// stops printing and ends normally).
 pub fn out_line(s: &str) -> bool {
     try_out_line(s).unwrap_or(false)
+}
+
+/// Print `s` as it is on stdout; false when stdout is closed or unwritable.
+pub fn out_text(s: &str) -> bool {
+    let mut out = std::io::stdout().lock();
+    out.write_all(s.as_bytes()).and_then(|_| out.flush()).is_ok()
 }
 
 /// Print `s` and a newline on stderr; a closed or unwritable stderr is ignored (progress and

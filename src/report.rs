@@ -1083,12 +1083,14 @@ pub(crate) fn cmd_report(args: ReportArgs) -> Result<()> {
     let out = args.out.clone().unwrap_or_else(|| args.run_dir.join("report"));
     let report = build(&args.run_dir, &out, &run)?;
     match args.format.as_str() {
-        "json" => println!("{}", serde_json::to_string(&json_report(&report))?),
+        "json" => {
+            outln!("{}", serde_json::to_string(&json_report(&report))?);
+        }
         "html" => {
             let page = html(&report);
             let path = out.join("report.html");
             std::fs::write(&path, &page).with_context(|| format!("cannot write {}", path.display()))?;
-            print!("{page}");
+            crate::output::out_text(&page);
         }
         _ => {
             // The copy in the report directory links the plots beside it; stdout's links are the
@@ -1096,7 +1098,7 @@ pub(crate) fn cmd_report(args: ReportArgs) -> Result<()> {
             let saved = markdown(&report, &|p| p.path.file_name().map_or_else(String::new, |n| n.to_string_lossy().into_owned()));
             let path = out.join("report.md");
             std::fs::write(&path, saved).with_context(|| format!("cannot write {}", path.display()))?;
-            print!("{}", markdown(&report, &|p| p.path.display().to_string()));
+            crate::output::out_text(&markdown(&report, &|p| p.path.display().to_string()));
         }
     }
     Ok(())
@@ -1170,7 +1172,7 @@ pub(crate) fn cmd_ls(args: LsArgs) -> Result<()> {
         .collect();
     runs.sort();
     if runs.is_empty() {
-        eprintln!("no runs in {} (a run directory holds run.db)", dir.display());
+        errln!("no runs in {} (a run directory holds run.db)", dir.display());
         return Ok(());
     }
     let listed: Vec<Listed> = runs.iter().map(|p| list_one(p)).collect();
@@ -1216,6 +1218,6 @@ pub(crate) fn cmd_ls(args: LsArgs) -> Result<()> {
             let _ = writeln!(out, "{}", line(r));
         }
     }
-    print!("{out}");
+    crate::output::out_text(&out);
     Ok(())
 }

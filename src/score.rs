@@ -142,8 +142,8 @@ pub(crate) fn cmd_score(args: ScoreArgs) -> Result<()> {
             for (name, s) in names.iter().zip(row) {
                 match (&s.value, &s.error) {
                     (Some(_), _) => {}
-                    (None, Some(e)) => bar.suspend(|| eprintln!("warning: {name} of {arch} failed: {e}; reported as null")),
-                    (None, None) => bar.suspend(|| eprintln!("warning: {name} of {arch} is not finite; reported as null")),
+                    (None, Some(e)) => bar.suspend(|| errln!("warning: {name} of {arch} failed: {e}; reported as null")),
+                    (None, None) => bar.suspend(|| errln!("warning: {name} of {arch} is not finite; reported as null")),
                 }
                 if !s.computed {
                     cached.push(serde_json::Value::from(*name));

@@ -314,3 +314,19 @@ fn a_training_run_that_affords_no_trial_says_so_and_fails() {
     assert!(!o.status.success(), "{err}");
     assert!(err.lines().last().unwrap().starts_with("error: the run evaluated no trial"), "{err}");
 }
+
+#[test]
+fn a_closed_output_pipe_does_not_interrupt_a_run() {
+    // Issue 15 item 17: `run … 2>&1 | head -1` killed the run at its next line of output.
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = run_cmd(dir.path(), &["--budget", "4trials", "--k", "4"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    drop(child.stderr.take());
+    assert!(child.wait().unwrap().success());
+    let s: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.path().join("run/summary.json")).unwrap()).unwrap();
+    assert_eq!(s["trials"], 4);
+}
