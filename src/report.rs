@@ -51,9 +51,12 @@ pub(crate) struct LsArgs {
     /// Directory whose run directories to list.
     #[arg(default_value = "runs")]
     dir: PathBuf,
+    /// One JSON document: a list with an object per run.
+    #[arg(long, conflicts_with = "json_lines")]
+    json: bool,
     /// One JSON object per run, one per line.
     #[arg(long)]
-    json: bool,
+    json_lines: bool,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1065,7 +1068,8 @@ fn json_report(r: &Report) -> Value {
         "task": r.task,
         "strategy": r.strategy,
         "llm_backend": r.llm_backend,
-        "seed": r.seed,
+        // A number, as the run's --seed (older records may hold something else: kept as text).
+        "seed": r.seed.as_deref().map(|t| t.parse::<u64>().map_or_else(|_| Value::from(t), Value::from)),
         "version": r.version,
         "trials": r.trials_total,
         "complete": r.complete,
@@ -1173,11 +1177,16 @@ pub(crate) fn cmd_ls(args: LsArgs) -> Result<()> {
     runs.sort();
     if runs.is_empty() {
         errln!("no runs in {} (a run directory holds run.db)", dir.display());
+        if args.json {
+            outln!("[]");
+        }
         return Ok(());
     }
     let listed: Vec<Listed> = runs.iter().map(|p| list_one(p)).collect();
     let mut out = String::new();
     if args.json {
+        let _ = writeln!(out, "{}", serde_json::to_string_pretty(&listed)?);
+    } else if args.json_lines {
         for l in &listed {
             let _ = writeln!(out, "{}", serde_json::to_string(l)?);
         }

@@ -150,22 +150,52 @@ pub(crate) fn cmd_score(args: ScoreArgs) -> Result<()> {
                 }
                 json.insert((*name).into(), s.value.map_or(serde_json::Value::Null, serde_json::Value::from));
                 ms.insert((*name).into(), serde_json::Value::from((s.ms * 1000.0).round() / 1000.0));
-                cols.push(s.value.map_or("null".to_string(), |v| format!("{v:.6}")));
+                cols.push(s.value.map_or("null".to_string(), fmt_score));
             }
             json.insert("ms".into(), ms.into());
             if args.cache.is_some() {
                 json.insert("cached".into(), cached.into());
             }
-            bar.suspend(|| -> std::io::Result<()> {
+            let written = bar.suspend(|| -> std::io::Result<()> {
                 if args.json {
-                    writeln!(out, "{}", serde_json::Value::Object(json))
+                    writeln!(out, "{}", serde_json::Value::Object(json))?;
                 } else {
-                    writeln!(out, "{}\t{arch}", cols.join("\t"))
+                    writeln!(out, "{}\t{arch}", cols.join("\t"))?;
                 }
-            })?;
+                out.flush()
+            });
+            match written {
+                // A closed stdout (`| head -1`) is the end of the output.
+                Err(e) if crate::output::stdout_closed(&e) => {
+                    bar.finish_and_clear();
+                    return Ok(());
+                }
+                other => other?,
+            }
             bar.inc(1);
         }
     }
     bar.finish_and_clear();
     Ok(())
+}
+
+/// A score for the table: six decimals, or scientific notation for magnitudes a fixed point
+/// shows badly (synflow reaches 1e49).
+fn fmt_score(v: f64) -> String {
+    if v != 0.0 && !(1e-3..1e6).contains(&v.abs()) {
+        format!("{v:.6e}")
+    } else {
+        format!("{v:.6}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn large_and_tiny_scores_are_printed_in_scientific_notation() {
+        assert_eq!(super::fmt_score(2.2317950278482128e49), "2.231795e49");
+        assert_eq!(super::fmt_score(-3.5e-7), "-3.500000e-7");
+        assert_eq!(super::fmt_score(788.125), "788.125000");
+        assert_eq!(super::fmt_score(0.0), "0.000000");
+    }
 }

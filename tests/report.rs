@@ -214,7 +214,7 @@ fn report_json_matches_the_run_store() {
     assert_eq!(j["status"], "finished");
     assert_eq!(j["strategy"], "evolution");
     assert_eq!(j["task"], "nb201:cifar10");
-    assert_eq!(j["seed"], "0");
+    assert_eq!(j["seed"], 0, "a number (issue 15 item 17)");
     // The leaderboard: the store's ten best by validation accuracy (ties: the earlier trial).
     stored.sort_by(|a, b| b.accuracy.partial_cmp(&a.accuracy).unwrap().then(a.id.cmp(&b.id)));
     let board = j["leaderboard"].as_array().unwrap();
@@ -333,8 +333,12 @@ fn ls_shows_finished_interrupted_and_running_runs() {
     expect(lines[2], "b-killed", "interrupted", 30, &plain_best);
     expect(lines[3], "c-live", "running", 6, &ranked_best);
 
+    // --json: one document, a list (issue 15 item 17); --json-lines: an object per line.
     let json = stdout(&autoagent(&["ls", "--json"], &[&runs_dir]));
-    let objs: Vec<serde_json::Value> = json.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let objs: Vec<serde_json::Value> = serde_json::from_str(&json).unwrap();
+    let lines_json = stdout(&autoagent(&["ls", "--json-lines"], &[&runs_dir]));
+    let per_line: Vec<serde_json::Value> = lines_json.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(per_line, objs);
     assert_eq!(
         objs.iter().map(|o| o["status"].as_str().unwrap()).collect::<Vec<_>>(),
         ["finished", "interrupted", "running"]
@@ -345,7 +349,7 @@ fn ls_shows_finished_interrupted_and_running_runs() {
 
     // Once the writer is gone, the live run reads as interrupted.
     drop(live);
-    let json = stdout(&autoagent(&["ls", "--json"], &[&runs_dir]));
+    let json = stdout(&autoagent(&["ls", "--json-lines"], &[&runs_dir]));
     assert!(json.lines().nth(2).unwrap().contains("\"status\":\"interrupted\""), "{json}");
 
     // The killed run's report is recomputed from its trials.
