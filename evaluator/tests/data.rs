@@ -283,6 +283,12 @@ fn locate_accepts_direct_and_cache_layouts() {
     assert_eq!(locate(DatasetKind::Cifar10, &cifar), Some(cifar.clone()));
     assert_eq!(locate(DatasetKind::Mnist, &cifar), None);
     assert_eq!(locate(DatasetKind::Cifar10, &fixture("mnist-mini")), None);
+    // The shared data root (AUTOAGENT_DATA=…/shared/data) finds the `<name>-mini` fixtures
+    // (issue 15 item 17), and a full dataset beside one is preferred.
+    let shared = cifar.parent().unwrap().to_path_buf();
+    assert_eq!(locate(DatasetKind::Cifar10, &shared), Some(cifar.clone()));
+    assert_eq!(locate(DatasetKind::Mnist, &shared), Some(fixture("mnist-mini")));
+    assert_eq!(locate(DatasetKind::FashionMnist, &shared), locate(DatasetKind::FashionMnist, &shared.join("fashion-mnist")));
 
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path();

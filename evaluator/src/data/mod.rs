@@ -306,8 +306,9 @@ pub fn data_root(explicit: Option<&Path>) -> PathBuf {
 /// Find the dataset's files. `dir` is the resolved root. Accepts both (a) `dir` itself holding the
 /// files (so `--data-dir /work/shared/data/cifar10-mini` works) and (b) the cache layout
 /// `dir/<name>/...` as written by the downloader; the archive folder (`cifar-10-batches-bin`,
-/// `cifar-100-binary`) may sit directly in `dir` or in `dir/<name>`. Returns the directory that
-/// holds the files.
+/// `cifar-100-binary`) may sit directly in `dir` or in `dir/<name>`. Last, the small fixture
+/// layout `dir/<name>-mini` (the project's `shared/data`) when nothing else is there. Returns the
+/// directory that holds the files.
 pub fn locate(kind: DatasetKind, dir: &Path) -> Option<PathBuf> {
     let mut candidates = vec![dir.to_path_buf()];
     let named = dir.join(kind.name());
@@ -316,6 +317,7 @@ pub fn locate(kind: DatasetKind, dir: &Path) -> Option<PathBuf> {
         candidates.push(named.join(folder));
     }
     candidates.push(named);
+    candidates.push(dir.join(format!("{}-mini", kind.name())));
     candidates.into_iter().find(|c| has_files(kind, c))
 }
 
