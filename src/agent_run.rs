@@ -196,7 +196,15 @@ fn backend(args: &RunArgs) -> Result<Option<Arc<dyn LlmBackend>>> {
         model_path: args.model_path.clone(),
         base_url: args.base_url.clone(),
     };
-    Ok(build_backend(&config, &parse_device(&args.device)?)?)
+    let live = build_backend(&config, &parse_device(&args.device)?)?;
+    // A local model's call takes tens of seconds on CPU: say it is still going (not with --json).
+    Ok(live.map(|b| -> Arc<dyn LlmBackend> {
+        if args.json {
+            return b;
+        }
+        let say: autoagent_agent::llm::progress::Say = Arc::new(|s: &str| errln!("{s}"));
+        Arc::new(autoagent_agent::llm::progress::Announced::new(b, std::time::Duration::from_secs(10), say))
+    }))
 }
 
 /// The run directory (created once the run's parts are ready).

@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 pub mod config;
 pub mod local;
 pub mod openai;
+pub mod progress;
 pub mod replay;
 pub mod scripted;
 
