@@ -80,6 +80,8 @@ struct Run {
     scores_ms: f64,
     /// Proxy seconds of each round (index = round), when the run recorded them.
     round_proxy_seconds: Option<Vec<f64>>,
+    /// Device seconds of work lost to kills, as the run database records them as they are spent.
+    lost_seconds: f64,
 }
 
 fn lock_path(db: &Path) -> PathBuf {
@@ -164,6 +166,7 @@ fn load(dir: &Path) -> Result<Run> {
         scores,
         scores_ms,
         round_proxy_seconds,
+        lost_seconds: autoagent_agent::runner::Spent::read(dir).ok().flatten().map_or(0.0, |s| s.lost_seconds),
     })
 }
 
@@ -317,7 +320,8 @@ fn budget_use(run: &Run) -> BudgetUse {
         Some(r) => r.iter().fold(0.0, |a, b| a + b),
         None => run.scores_ms / 1000.0,
     };
-    let device_seconds = run.trials.iter().fold(0.0, |a, r| a + r.trial.seconds) + proxy_seconds;
+    // A live or killed run: its trials, its proxy rounds and the work kills lost (issue 15 item 8).
+    let device_seconds = run.trials.iter().fold(0.0, |a, r| a + r.trial.seconds) + proxy_seconds + run.lost_seconds;
     let used = limit.map(|l| match l {
         Limit::Trials(n) => trials as f64 / n as f64,
         Limit::Seconds(s) => device_seconds / s,
