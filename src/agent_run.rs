@@ -14,7 +14,8 @@ use autoagent_agent::prompts::Prompts;
 use autoagent_agent::ranker::{Ranker, RankerConfig};
 use autoagent_agent::runner::{run_loop, LoopOptions, Recorder, Spent, Summary};
 use autoagent_agent::strategy::{Evolution, LocalSearch, RandomSearch, Strategy};
-use autoagent_agent::task::{nb201_proxy_images, search_split, Evaluator, Nb201Dataset, TableEvaluator};
+use autoagent_agent::task::{nb201_proxy_images, network, search_split, Evaluator, Nb201Dataset, TableEvaluator, CALIBRATION_ARCH};
+use autoagent_evaluator::nb201::Arch;
 use autoagent_agent::trial::{ProcessEvaluator, TrialSpec, SPEC_VERSION};
 use autoagent_evaluator::data::{self, DatasetKind};
 use autoagent_evaluator::table::Nb201Table;
@@ -283,6 +284,8 @@ impl Progress {
 
 /// What a run is made of, built from its arguments.
 struct Prepared {
+    /// Seconds per training image of the calibration cell (training tasks).
+    calibration: Option<f64>,
     evaluator: Box<dyn Evaluator>,
     strategy: Box<dyn Strategy>,
     strategy_name: String,
@@ -290,7 +293,26 @@ struct Prepared {
     backend: Option<Arc<dyn LlmBackend>>,
 }
 
-fn prepare(args: &RunArgs, backend: Option<Arc<dyn LlmBackend>>, dir: &Path) -> Result<Prepared> {
+/// Time a few training steps of the calibration cell ([`CALIBRATION_ARCH`]) on the run's device
+/// and images: seconds per training image, the first estimate of every trial's cost.
+fn calibrate(kind: DatasetKind, config: &TrainConfig, images: &data::Split, device: &candle_core::Device, quiet: bool) -> Result<f64> {
+    let arch = Arch::parse(CALIBRATION_ARCH)?;
+    let secs = autoagent_evaluator::calibrate::seconds_per_image(&network(kind, &arch), config, kind, images, device, 3)?;
+    if !quiet {
+        errln!(
+            "calibration: NB201's median cell trains at {:.0} images/s here (one epoch of {} images ~{:.0} s)",
+            1.0 / secs,
+            images.n,
+            secs * images.n as f64
+        );
+    }
+    Ok(secs)
+}
+
+/// Build a run's parts. `calibration` is the speed the run measured before (a resume), else it
+/// is measured now; [`Prepared::calibration`] holds it either way, for the run database.
+fn prepare(args: &RunArgs, backend: Option<Arc<dyn LlmBackend>>, dir: &Path, calibration: Option<f64>) -> Result<Prepared> {
+    let mut measured = None;
     if args.k == 0 || args.top_k == 0 {
         bail!("--k and --top-k must be at least 1");
     }
@@ -323,8 +345,9 @@ fn prepare(args: &RunArgs, backend: Option<Arc<dyn LlmBackend>>, dir: &Path) -> 
         })?;
         // The data is checked (and downloaded) here; each trial reads it in its own process.
         let data = data::open(kind, &root, !args.data.no_download)?;
-        let images = search_split(&data).map_err(anyhow::Error::msg)?.train.n;
+        let search = search_split(&data).map_err(anyhow::Error::msg)?;
         drop(data);
+        let images = search.train.n;
         let config = TrainConfig {
             epochs: args.epochs,
             seed: args.seed,
@@ -332,6 +355,10 @@ fn prepare(args: &RunArgs, backend: Option<Arc<dyn LlmBackend>>, dir: &Path) -> 
             ..TrainConfig::default()
         };
         config.validate()?;
+        let seconds_per_image = match calibration {
+            Some(recorded) => recorded,
+            None => calibrate(kind, &config, &search.train, &device, args.json)?,
+        };
         let spec = TrialSpec {
             version: SPEC_VERSION,
             trial: 0,
@@ -345,7 +372,10 @@ fn prepare(args: &RunArgs, backend: Option<Arc<dyn LlmBackend>>, dir: &Path) -> 
             watch_stdin: true,
         };
         let exe = std::env::current_exe().context("cannot find the autoagent executable to run trials with")?;
-        (Box::new(ProcessEvaluator::new(exe, dir.to_path_buf(), spec, images)?), kind)
+        let mut evaluator = ProcessEvaluator::new(exe, dir.to_path_buf(), spec, images)?;
+        evaluator.calibrate(&Arch::parse(CALIBRATION_ARCH)?, seconds_per_image);
+        measured = Some(seconds_per_image);
+        (Box::new(evaluator), kind)
     };
 
     // The strategy.
@@ -398,6 +428,7 @@ fn prepare(args: &RunArgs, backend: Option<Arc<dyn LlmBackend>>, dir: &Path) -> 
         })?)
     };
     Ok(Prepared {
+        calibration: measured,
         evaluator,
         strategy,
         strategy_name,
@@ -504,7 +535,7 @@ pub(crate) fn cmd_run(mut args: RunArgs) -> Result<()> {
     resolve_images(&mut args);
     let backend = backend(&args)?;
     let dir = run_dir_path(&args)?;
-    let prepared = prepare(&args, backend, &dir)?;
+    let prepared = prepare(&args, backend, &dir, None)?;
     if let Some(note) = &args.images_substituted {
         errln!("warning: {note}");
     }
@@ -518,6 +549,9 @@ pub(crate) fn cmd_run(mut args: RunArgs) -> Result<()> {
     let mut recorder = Recorder::create(&dir)?;
     recorder.meta("config", &config)?;
     recorder.meta("seed", &args.seed.to_string())?;
+    if let Some(c) = prepared.calibration {
+        recorder.meta("calibration", &c.to_string())?;
+    }
     recorder.meta("version", env!("CARGO_PKG_VERSION"))?;
     recorder.meta("status", "running")?;
     execute(&args, &dir, prepared, recorder)
@@ -564,7 +598,8 @@ pub(crate) fn cmd_resume(args: ResumeArgs) -> Result<()> {
     };
     open_log(&run_args, dir)?;
     tracing::info!(run = %dir.display(), finished = resumed.finished, lost = resumed.lost, exchanges = resumed.exchanges.len(), "resuming");
-    let prepared = prepare(&run_args, backend, dir)?;
+    let recorded = recorder.get_meta("calibration")?.and_then(|v| v.parse::<f64>().ok());
+    let prepared = prepare(&run_args, backend, dir, recorded)?;
     let config = config_json(&run_args, &prepared)?;
     recorder.meta("config", &config)?;
     if !args.json {

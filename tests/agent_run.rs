@@ -330,3 +330,27 @@ fn a_closed_output_pipe_does_not_interrupt_a_run() {
     let s: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.path().join("run/summary.json")).unwrap()).unwrap();
     assert_eq!(s["trials"], 4);
 }
+
+#[test]
+fn a_time_budget_on_a_training_task_trains_from_a_measured_first_estimate() {
+    // Issue 16 item 1 (first part): the first estimate of a trial was ~1e9 s, so a time budget
+    // trained nothing. Now a few real steps are timed first and recorded in run.db.
+    let dir = tempfile::tempdir().unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_autoagent"))
+        .args(["run", "--task", "cifar10", "--budget", "40s", "--k", "4", "--json", "--no-download", "--data-dir"])
+        .arg(shared().join("cifar10-mini"))
+        .arg("--proxy-cache")
+        .arg(dir.path().join("proxy-cache.jsonl"))
+        .arg("--out")
+        .arg(dir.path().join("run"))
+        .env_remove("AUTOAGENT_DATA")
+        .env("RAYON_NUM_THREADS", "2")
+        .output()
+        .unwrap();
+    let s = summary(&o);
+    assert!(s["trials"].as_u64().unwrap() >= 1, "{s}");
+    assert!(s["overrun_seconds"].as_f64().unwrap() <= 0.05 * 40.0, "{s}");
+    let db = autoagent_agent::store::sqlite::SqliteStore::open_read(&dir.path().join("run/run.db")).unwrap();
+    let calibration: f64 = autoagent_agent::store::Store::meta(&db, "calibration").unwrap().unwrap().parse().unwrap();
+    assert!(calibration > 0.0 && calibration < 1.0, "{calibration} s per image");
+}

@@ -1002,6 +1002,19 @@ mod tests {
     use crate::strategy::RandomSearch;
     use crate::task::Evaluation;
 
+    /// Loop options of the tests: `k` candidates a round, the best 2 evaluated.
+    fn test_options(k: usize, seed: u64) -> LoopOptions {
+        LoopOptions {
+            k,
+            top_k: 2,
+            max_empty_rounds: 3,
+            seed,
+            trial_timeout: None,
+            explore: 0,
+            wall_limit: None,
+        }
+    }
+
     /// Evaluations that cost `actual` device seconds each and are announced at `estimate`.
     struct Costed {
         actual: f64,
@@ -1034,15 +1047,7 @@ mod tests {
         let mut strategy = RandomSearch::new(3);
         let mut evaluator = Costed { actual, estimate };
         let mut budget = Budget::new(limit);
-        let options = LoopOptions {
-            k: 4,
-            top_k: 2,
-            max_empty_rounds: 3,
-            seed: 3,
-            trial_timeout: None,
-            explore: 0,
-            wall_limit: None,
-        };
+        let options = test_options(4, 3);
         let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
         let (history, summary) = rt
             .block_on(run_loop(
@@ -1108,15 +1113,7 @@ mod tests {
     fn run_priced(recorder: &mut Recorder, limit: Limit, all_dear: bool) -> (History, Summary) {
         let mut strategy = RandomSearch::new(5);
         let mut budget = Budget::new(limit);
-        let options = LoopOptions {
-            k: 8,
-            top_k: 2,
-            max_empty_rounds: 3,
-            seed: 5,
-            trial_timeout: None,
-            explore: 0,
-            wall_limit: None,
-        };
+        let options = test_options(8, 5);
         let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
         rt.block_on(run_loop(&mut strategy, &mut Priced { all_dear }, None, &mut budget, &options, recorder, |_, _| {}))
             .unwrap()
@@ -1143,15 +1140,7 @@ mod tests {
         let mut evaluator = Costed { actual: 10.0, estimate: 10.0 };
         let mut budget = Budget::new(limit);
         budget.spend(0, recorder.lost_seconds());
-        let options = LoopOptions {
-            k: 4,
-            top_k: 2,
-            max_empty_rounds: 3,
-            seed: 3,
-            trial_timeout: None,
-            explore: 0,
-            wall_limit: None,
-        };
+        let options = test_options(4, 3);
         let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
         rt.block_on(run_loop(&mut strategy, &mut evaluator, None, &mut budget, &options, recorder, |_, _| {}))
             .map(|(_, s)| s)

@@ -289,6 +289,16 @@ impl TrainingCost {
         self.work(arch) * self.rate.unwrap_or(1.0)
     }
 
+    /// Set the speed from a measurement: `arch` trained at `seconds_per_image` here
+    /// ([`autoagent_evaluator::calibrate::seconds_per_image`]); the other networks' estimates
+    /// scale from it with their FLOPs as the reference speed does.
+    pub fn calibrate(&mut self, arch: &Arch, seconds_per_image: f64) {
+        let reference = self.work(arch) / (self.images * self.epochs).max(1) as f64;
+        if reference > 0.0 && seconds_per_image > 0.0 && seconds_per_image.is_finite() {
+            self.rate = Some(seconds_per_image / reference);
+        }
+    }
+
     /// Learn from a finished trial of `arch` that took `seconds`.
     pub fn observe(&mut self, arch: &Arch, seconds: f64) {
         let work = self.work(arch);
@@ -298,6 +308,10 @@ impl TrainingCost {
         }
     }
 }
+
+/// The cell a run times its first training steps with ([`TrainingCost::calibrate`]): NB201's
+/// median-size cell (9631 of the table, 0.34 M parameters on CIFAR-10).
+pub const CALIBRATION_ARCH: &str = "|nor_conv_3x3~0|+|avg_pool_3x3~0|skip_connect~1|+|skip_connect~0|skip_connect~1|nor_conv_1x1~2|";
 
 /// Real training, in this process (see [`crate::trial::ProcessEvaluator`] for trials in child
 /// processes, which `autoagent run` uses).
@@ -364,6 +378,12 @@ mod tests {
         let mid = Arch::parse("|nor_conv_3x3~0|+|nor_conv_1x1~0|skip_connect~1|+|avg_pool_3x3~0|nor_conv_3x3~1|none~2|").unwrap();
         let secs = cost.estimate(&mid);
         assert!((30.0..1000.0).contains(&secs), "{secs}");
+        // Calibrated: the calibration cell's estimate is its measured time; others scale.
+        let mut calibrated = TrainingCost::new(DatasetKind::Cifar10, 45_000, 1);
+        let cal = Arch::parse(CALIBRATION_ARCH).unwrap();
+        calibrated.calibrate(&cal, 0.01);
+        assert!((calibrated.estimate(&cal) - 450.0).abs() < 1e-6);
+        assert!((calibrated.estimate(&mid) / cost.estimate(&mid) - calibrated.estimate(&cal) / cost.estimate(&cal)).abs() < 1e-9);
         // Measured twice as slow: later estimates follow.
         let mut learned = TrainingCost::new(DatasetKind::Cifar10, 45_000, 1);
         learned.observe(&mid, 2.0 * secs);

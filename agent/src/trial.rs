@@ -285,6 +285,11 @@ impl ProcessEvaluator {
         })
     }
 
+    /// Set the first estimates from a measurement ([`TrainingCost::calibrate`]).
+    pub fn calibrate(&mut self, arch: &Arch, seconds_per_image: f64) {
+        self.cost.calibrate(arch, seconds_per_image);
+    }
+
     fn relative(&self, p: &Path) -> String {
         p.strip_prefix(&self.run_dir).unwrap_or(p).display().to_string()
     }

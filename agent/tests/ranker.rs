@@ -14,8 +14,12 @@ fn images() -> PathBuf {
 }
 
 fn ranker(cache: PathBuf, parallel: bool) -> Ranker {
+    ranker_of("synflow,naswot,jacob_cov", cache, parallel)
+}
+
+fn ranker_of(proxies: &str, cache: PathBuf, parallel: bool) -> Ranker {
     Ranker::build(&RankerConfig {
-        proxies: "synflow,naswot,jacob_cov",
+        proxies,
         images: DatasetKind::Cifar10,
         data_root: &images(),
         download: false,
@@ -70,19 +74,7 @@ fn one_proxy_ranks_a_cell_without_a_finite_score_last() {
     // Issue 15 item 1: with one ranking proxy, a NaN score sorted above every number, so a cell
     // whose output ignores its input was evaluated first.
     let dir = tempfile::tempdir().unwrap();
-    let mut ranker = Ranker::build(&RankerConfig {
-        proxies: "jacob_cov",
-        images: DatasetKind::Cifar10,
-        data_root: &images(),
-        download: false,
-        search_split: false,
-        batch_size: 16,
-        seed: 0,
-        cache: Some(dir.path().join("c.jsonl")),
-        device: &candle_core::Device::Cpu,
-        parallel: false,
-    })
-    .unwrap();
+    let mut ranker = ranker_of("jacob_cov", dir.path().join("c.jsonl"), false);
     let dead = Arch::parse("|none~0|+|none~0|none~1|+|none~0|none~1|none~2|").unwrap();
     let live = Arch::parse("|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|skip_connect~0|nor_conv_3x3~1|nor_conv_3x3~2|").unwrap();
     let (scored, _) = ranker.score(&[dead, live]).unwrap();

@@ -14,6 +14,7 @@
 #[macro_use]
 mod unroll;
 
+pub mod calibrate;
 pub mod data;
 mod dgemm;
 pub mod error;

@@ -397,6 +397,31 @@ fn save_weights(model: &Model, path: &Path) -> Result<()> {
     std::fs::rename(&tmp, path).map_err(io(path))
 }
 
+/// One SGD step on the images `chunk` of `split` (augmented with `aug`): the batch's mean loss
+/// and how many of its images the network classified right before the update.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn sgd_step<R: Rng>(
+    model: &Model,
+    opt: &mut Sgd,
+    batcher: &Batcher,
+    split: &Split,
+    chunk: &[usize],
+    aug: Option<(usize, bool, &mut R)>,
+    lr: f64,
+    device: &Device,
+) -> Result<(f64, usize)> {
+    let (xs, ys) = batcher.batch(split, chunk, aug, device)?;
+    let (logits, loss) = crate::kernels::in_pool(|| -> Result<(Tensor, Tensor)> {
+        let logits = model.net.forward_t(&xs, true)?;
+        let loss = candle_nn::loss::cross_entropy(&logits, &ys)?;
+        opt.step(&loss, lr)?;
+        Ok((logits, loss))
+    })?;
+    let pred = argmax(&logits)?;
+    let right = pred.iter().zip(ys.to_vec1::<u32>()?).filter(|(p, y)| **p == *y).count();
+    Ok((loss.to_scalar::<f32>()? as f64, right))
+}
+
 /// Train a freshly initialised network of shape `net_cfg` on `splits.train`, measure it on
 /// `splits.valid` after every epoch, keep the weights of the epoch `select` chooses (the best on
 /// validation, or the last), then measure those once on `splits.test`. With `weights`, the kept
@@ -439,24 +464,16 @@ pub fn train(
         let mut lr = cfg.lr;
         for (b, chunk) in order.chunks(cfg.batch_size).enumerate() {
             let aug = cfg.augment.then_some((cfg.crop_padding, cfg.hflip, &mut rng));
-            let (xs, ys) = batcher.batch(train_split, chunk, aug, device)?;
             lr = cfg.lr_at(step, total_steps);
-            let (logits, loss) = crate::kernels::in_pool(|| -> Result<(Tensor, Tensor)> {
-                let logits = model.net.forward_t(&xs, true)?;
-                let loss = candle_nn::loss::cross_entropy(&logits, &ys)?;
-                opt.step(&loss, lr)?;
-                Ok((logits, loss))
-            })?;
+            let (l, right) = sgd_step(&model, &mut opt, &batcher, train_split, chunk, aug, lr, device)?;
             step += 1;
-            let l = loss.to_scalar::<f32>()? as f64;
             if !l.is_finite() {
                 return Err(Error::Config(format!(
                     "training diverged: loss is {l} at epoch {epoch}; lower the learning rate"
                 )));
             }
             loss_sum += l * chunk.len() as f64;
-            let pred = argmax(&logits)?;
-            correct += pred.iter().zip(ys.to_vec1::<u32>()?).filter(|(p, y)| **p == *y).count();
+            correct += right;
             seen += chunk.len();
             progress(Progress::Batch {
                 epoch,
