@@ -14,8 +14,7 @@ use autoagent_agent::prompts::Prompts;
 use autoagent_agent::ranker::{Ranker, RankerConfig};
 use autoagent_agent::runner::{run_loop, LoopOptions, Recorder, Spent, Summary};
 use autoagent_agent::strategy::{Evolution, LocalSearch, RandomSearch, Strategy};
-use autoagent_agent::task::{nb201_proxy_images, network, search_split, Evaluator, Nb201Dataset, TableEvaluator, CALIBRATION_ARCH};
-use autoagent_evaluator::nb201::Arch;
+use autoagent_agent::task::{calibration_arch, nb201_proxy_images, network, search_split, Evaluator, Nb201Dataset, TableEvaluator};
 use autoagent_agent::trial::{ProcessEvaluator, TrialSpec, SPEC_VERSION};
 use autoagent_evaluator::data::{self, DatasetKind};
 use autoagent_evaluator::table::Nb201Table;
@@ -293,11 +292,10 @@ struct Prepared {
     backend: Option<Arc<dyn LlmBackend>>,
 }
 
-/// Time a few training steps of the calibration cell ([`CALIBRATION_ARCH`]) on the run's device
+/// Time a few training steps of the calibration cell ([`calibration_arch`]) on the run's device
 /// and images: seconds per training image, the first estimate of every trial's cost.
 fn calibrate(kind: DatasetKind, config: &TrainConfig, images: &data::Split, device: &candle_core::Device, quiet: bool) -> Result<f64> {
-    let arch = Arch::parse(CALIBRATION_ARCH)?;
-    let secs = autoagent_evaluator::calibrate::seconds_per_image(&network(kind, &arch), config, kind, images, device, 3)?;
+    let secs = autoagent_evaluator::calibrate::seconds_per_image(&network(kind, &calibration_arch()), config, kind, images, device, 3)?;
     if !quiet {
         errln!(
             "calibration: NB201's median cell trains at {:.0} images/s here (one epoch of {} images ~{:.0} s)",
@@ -373,7 +371,7 @@ fn prepare(args: &RunArgs, backend: Option<Arc<dyn LlmBackend>>, dir: &Path, cal
         };
         let exe = std::env::current_exe().context("cannot find the autoagent executable to run trials with")?;
         let mut evaluator = ProcessEvaluator::new(exe, dir.to_path_buf(), spec, images)?;
-        evaluator.calibrate(&Arch::parse(CALIBRATION_ARCH)?, seconds_per_image);
+        evaluator.calibrate(seconds_per_image);
         measured = Some(seconds_per_image);
         (Box::new(evaluator), kind)
     };

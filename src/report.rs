@@ -166,7 +166,7 @@ fn load(dir: &Path) -> Result<Run> {
         scores,
         scores_ms,
         round_proxy_seconds,
-        lost_seconds: autoagent_agent::runner::Spent::read(dir).ok().flatten().map_or(0.0, |s| s.lost_seconds),
+        lost_seconds: autoagent_agent::runner::Spent::of(&store).map_or(0.0, |s| s.lost_seconds),
     })
 }
 

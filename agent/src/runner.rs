@@ -286,7 +286,8 @@ impl Spent {
         Ok(Some(Spent::of(&SqliteStore::open_read(&db)?)?))
     }
 
-    fn of(store: &SqliteStore) -> Result<Self, RunError> {
+    /// What `store` records as spent.
+    pub fn of(store: &SqliteStore) -> Result<Self, RunError> {
         let finished: Vec<Trial> = store.trials()?.into_iter().map(|r| r.trial).filter(|t| t.state.is_finished()).collect();
         let rounds = recorded_round_seconds(store)?;
         let proxy_seconds = rounds.iter().fold(0.0, |a, b| a + b);
@@ -765,12 +766,13 @@ pub async fn run_loop(
     let stopped;
     let started = Instant::now();
     let wall_left = || options.wall_limit.map(|w| w - started.elapsed().as_secs_f64());
+    let wall_spent = || wall_left().is_some_and(|w| w <= 0.0);
     loop {
         if budget.exhausted() {
             stopped = "budget spent".to_string();
             break;
         }
-        if wall_left().is_some_and(|w| w <= 0.0) {
+        if wall_spent() {
             stopped = format!("the wall-clock limit ({:.0} s) was reached", options.wall_limit.unwrap_or(0.0));
             break;
         }
@@ -895,7 +897,7 @@ pub async fn run_loop(
         let round = rounds - 1;
         let mut evaluated = 0;
         for (pos, &i) in order.iter().enumerate() {
-            if evaluated == options.top_k || budget.exhausted() || wall_left().is_some_and(|w| w <= 0.0) {
+            if evaluated == options.top_k || budget.exhausted() || wall_spent() {
                 break;
             }
             let arch = fresh[i].arch;
@@ -968,7 +970,7 @@ pub async fn run_loop(
             evaluated += 1;
         }
         // (Past the wall-clock limit the top of the loop says so.)
-        if evaluated == 0 && !wall_left().is_some_and(|w| w <= 0.0) {
+        if evaluated == 0 && !wall_spent() {
             stopped = "the budget left does not afford the next evaluation".to_string();
             break;
         }

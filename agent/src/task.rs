@@ -279,8 +279,12 @@ impl TrainingCost {
     /// `bench train-speed` of three NB201 cells on two CPU cores (`benchmarks/results/train-speed.md`:
     /// 610, 389 and 198 images/s at 7.8, 47 and 153 MFLOPs).
     fn work(&self, arch: &Arch) -> f64 {
-        let per_image = 1.4e-3 + 24e-12 * network(self.kind, arch).flops();
-        per_image * (self.images * self.epochs) as f64
+        self.reference_per_image(arch) * (self.images * self.epochs) as f64
+    }
+
+    /// Seconds per training image of `arch` at the reference speed (see [`TrainingCost::work`]).
+    fn reference_per_image(&self, arch: &Arch) -> f64 {
+        1.4e-3 + 24e-12 * network(self.kind, arch).flops()
     }
 
     /// The estimated device seconds of training `arch`: the reference speed until a trial has
@@ -289,11 +293,11 @@ impl TrainingCost {
         self.work(arch) * self.rate.unwrap_or(1.0)
     }
 
-    /// Set the speed from a measurement: `arch` trained at `seconds_per_image` here
-    /// ([`autoagent_evaluator::calibrate::seconds_per_image`]); the other networks' estimates
-    /// scale from it with their FLOPs as the reference speed does.
-    pub fn calibrate(&mut self, arch: &Arch, seconds_per_image: f64) {
-        let reference = self.work(arch) / (self.images * self.epochs).max(1) as f64;
+    /// Set the speed from a measurement: the calibration cell ([`calibration_arch`]) trained at
+    /// `seconds_per_image` here ([`autoagent_evaluator::calibrate::seconds_per_image`]); the
+    /// other networks' estimates scale from it with their FLOPs as the reference speed does.
+    pub fn calibrate(&mut self, seconds_per_image: f64) {
+        let reference = self.reference_per_image(&calibration_arch());
         if reference > 0.0 && seconds_per_image > 0.0 && seconds_per_image.is_finite() {
             self.rate = Some(seconds_per_image / reference);
         }
@@ -311,7 +315,9 @@ impl TrainingCost {
 
 /// The cell a run times its first training steps with ([`TrainingCost::calibrate`]): NB201's
 /// median-size cell (9631 of the table, 0.34 M parameters on CIFAR-10).
-pub const CALIBRATION_ARCH: &str = "|nor_conv_3x3~0|+|avg_pool_3x3~0|skip_connect~1|+|skip_connect~0|skip_connect~1|nor_conv_1x1~2|";
+pub fn calibration_arch() -> Arch {
+    Arch::parse("|nor_conv_3x3~0|+|avg_pool_3x3~0|skip_connect~1|+|skip_connect~0|skip_connect~1|nor_conv_1x1~2|").expect("a valid NB201 cell")
+}
 
 /// Real training, in this process (see [`crate::trial::ProcessEvaluator`] for trials in child
 /// processes, which `autoagent run` uses).
@@ -380,8 +386,8 @@ mod tests {
         assert!((30.0..1000.0).contains(&secs), "{secs}");
         // Calibrated: the calibration cell's estimate is its measured time; others scale.
         let mut calibrated = TrainingCost::new(DatasetKind::Cifar10, 45_000, 1);
-        let cal = Arch::parse(CALIBRATION_ARCH).unwrap();
-        calibrated.calibrate(&cal, 0.01);
+        let cal = calibration_arch();
+        calibrated.calibrate(0.01);
         assert!((calibrated.estimate(&cal) - 450.0).abs() < 1e-6);
         assert!((calibrated.estimate(&mid) / cost.estimate(&mid) - calibrated.estimate(&cal) / cost.estimate(&cal)).abs() < 1e-9);
         // Measured twice as slow: later estimates follow.

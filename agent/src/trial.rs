@@ -286,8 +286,8 @@ impl ProcessEvaluator {
     }
 
     /// Set the first estimates from a measurement ([`TrainingCost::calibrate`]).
-    pub fn calibrate(&mut self, arch: &Arch, seconds_per_image: f64) {
-        self.cost.calibrate(arch, seconds_per_image);
+    pub fn calibrate(&mut self, seconds_per_image: f64) {
+        self.cost.calibrate(seconds_per_image);
     }
 
     fn relative(&self, p: &Path) -> String {
