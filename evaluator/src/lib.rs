@@ -15,6 +15,7 @@
 mod unroll;
 
 pub mod calibrate;
+pub mod checkpoint;
 pub mod data;
 mod dgemm;
 pub mod error;

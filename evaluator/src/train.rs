@@ -194,8 +194,10 @@ pub struct TrainReport {
     pub params: usize,
     /// Forward FLOPs per image (NB201 convention).
     pub flops: f64,
-    /// Epochs run.
+    /// Epochs trained in all (those of a checkpoint it continued included).
     pub epochs: usize,
+    /// Epochs done before this run (by the checkpoint it continued; 0 for a fresh run).
+    pub start_epoch: usize,
     /// Wall seconds spent training and evaluating.
     pub train_seconds: f64,
     /// Device seconds metered (the device was busy with this run for this long; CPU counts as
@@ -319,6 +321,28 @@ impl Sgd {
         }
     }
 
+    /// The momentum buffer of every variable, in the order of [`Sgd::new`] (`None` before its
+    /// first step).
+    pub fn buffers(&self) -> Vec<Option<Tensor>> {
+        self.vars.iter().map(|(_, b)| b.clone()).collect()
+    }
+
+    /// Set the momentum buffers (as [`Sgd::buffers`] gave them).
+    pub fn set_buffers(&mut self, buffers: Vec<Option<Tensor>>) -> Result<()> {
+        if buffers.len() != self.vars.len() {
+            return Err(Error::Config(format!("{} momentum buffers for {} variables", buffers.len(), self.vars.len())));
+        }
+        for ((var, slot), b) in self.vars.iter_mut().zip(buffers) {
+            if let Some(b) = &b {
+                if b.shape() != var.shape() {
+                    return Err(Error::Config(format!("a momentum buffer of shape {:?} for a variable of shape {:?}", b.shape(), var.shape())));
+                }
+            }
+            *slot = b;
+        }
+        Ok(())
+    }
+
     /// One step with learning rate `lr`, from the gradients of `loss`.
     pub fn step(&mut self, loss: &Tensor, lr: f64) -> Result<()> {
         let grads = loss.backward()?;
@@ -422,6 +446,18 @@ pub(crate) fn sgd_step<R: Rng>(
     Ok((loss.to_scalar::<f32>()? as f64, right))
 }
 
+/// Where a training run starts from and what it leaves besides its report.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TrainFiles<'a> {
+    /// Save the kept weights here.
+    pub weights: Option<&'a Path>,
+    /// Continue from this checkpoint ([`crate::checkpoint`]): its epochs are done, the run
+    /// trains the rest up to `epochs`.
+    pub resume: Option<&'a Path>,
+    /// Save a checkpoint of the last epoch here (weights, momentum, epochs done).
+    pub checkpoint: Option<&'a Path>,
+}
+
 /// Train a freshly initialised network of shape `net_cfg` on `splits.train`, measure it on
 /// `splits.valid` after every epoch, keep the weights of the epoch `select` chooses (the best on
 /// validation, or the last), then measure those once on `splits.test`. With `weights`, the kept
@@ -435,38 +471,163 @@ pub fn train(
     weights: Option<&Path>,
     progress: &mut dyn FnMut(Progress),
 ) -> Result<TrainReport> {
+    let files = TrainFiles { weights, ..TrainFiles::default() };
+    train_with(net_cfg, cfg, splits, select, device, &files, progress)
+}
+
+/// [`train`], possibly continued from a checkpoint and leaving one (see [`TrainFiles`]).
+///
+/// The learning rate follows a cosine from `cfg.lr` to 0 over the epochs this call trains: a
+/// run continued from epoch `e` to `cfg.epochs` anneals again from `cfg.lr` (a warm restart, as
+/// SGDR does), so every stretch of training ends annealed and its validation accuracy is that
+/// of a finished training, which is what a scheduler compares candidates on.
+pub fn train_with(
+    net_cfg: &Nb201Config,
+    cfg: &TrainConfig,
+    splits: &Splits,
+    select: Select,
+    device: &Device,
+    files: &TrainFiles,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<TrainReport> {
     cfg.validate()?;
     check_splits(net_cfg, splits, select)?;
-    let train_split = splits.train;
-    let mut model = Model::new(net_cfg, DType::F32, device, cfg.seed)?;
-    let (mean, std) = splits.kind.mean_std();
-    let batcher = Batcher::new(mean, std);
-    let mut opt = Sgd::new(
-        model.trainable().into_iter().map(|(_, v)| v).collect(),
-        cfg.momentum,
-        cfg.nesterov,
-        cfg.weight_decay,
-    );
-    let steps_per_epoch = train_split.n.div_ceil(cfg.batch_size);
-    let total_steps = steps_per_epoch * cfg.epochs;
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(cfg.seed ^ 0x5eed_da7a);
+    let started = Instant::now();
+    let mut t = Trainer::new(net_cfg, cfg, splits, device, files.resume)?;
+    if t.done >= cfg.epochs {
+        return Err(Error::Config(format!(
+            "the checkpoint has {} epochs done, the training asks for {} in all",
+            t.done, cfg.epochs
+        )));
+    }
+    let start_epoch = t.done;
     let mut history: Vec<EpochReport> = Vec::new();
     // The best epoch on validation so far: its number, accuracy and weights.
     let mut best: Option<(usize, f64, Snapshot)> = None;
-    let mut step = 0usize;
     let mut train_secs = 0.0;
-    let started = Instant::now();
-    for epoch in 1..=cfg.epochs {
+    for epoch in start_epoch + 1..=cfg.epochs {
         let t0 = Instant::now();
-        let mut order: Vec<usize> = (0..train_split.n).collect();
-        order.shuffle(&mut rng);
+        let (train_loss, train_acc, lr) = t.epoch(epoch, progress)?;
+        train_secs += t0.elapsed().as_secs_f64();
+        let valid_acc = match splits.valid {
+            Some(v) => Some(evaluate(&t.model, v, &t.batcher, cfg.eval_batch_size, device)?),
+            None => None,
+        };
+        let report = EpochReport {
+            epoch,
+            train_loss,
+            train_acc,
+            valid_acc,
+            lr,
+            seconds: t0.elapsed().as_secs_f64(),
+        };
+        progress(Progress::Epoch(&report));
+        if let (Select::Valid, Some(acc)) = (select, valid_acc) {
+            if best.as_ref().is_none_or(|(_, b, _)| acc > *b) {
+                best = Some((epoch, acc, Snapshot::of(&t.model)?));
+            }
+        }
+        history.push(report);
+    }
+    if let Some(path) = files.checkpoint {
+        crate::checkpoint::save(&t.model, &t.opt, cfg.epochs, path)?;
+    }
+    let (selected_epoch, valid_acc) = match best {
+        Some((epoch, acc, snapshot)) => {
+            snapshot.restore(&mut t.model)?;
+            (epoch, Some(acc))
+        }
+        None => (cfg.epochs, history.last().and_then(|r| r.valid_acc)),
+    };
+    if let Some(path) = files.weights {
+        save_weights(&t.model, path)?;
+    }
+    let test_acc = match splits.test {
+        Some(s) => Some(evaluate(&t.model, s, &t.batcher, cfg.eval_batch_size, device)?),
+        None => None,
+    };
+    let elapsed = started.elapsed().as_secs_f64();
+    Ok(TrainReport {
+        arch: net_cfg.arch.to_string(),
+        params: t.model.param_count(),
+        flops: net_cfg.flops(),
+        epochs: cfg.epochs,
+        start_epoch,
+        train_seconds: elapsed,
+        device_seconds: elapsed,
+        device: device_name(device),
+        select,
+        train_images: splits.train.n,
+        valid_images: splits.valid.map_or(0, |s| s.n),
+        test_images: splits.test.map_or(0, |s| s.n),
+        selected_epoch,
+        valid_acc,
+        test_acc,
+        train_images_per_s: (splits.train.n * (cfg.epochs - start_epoch)) as f64 / train_secs.max(1e-9),
+        weights: files.weights.map(Path::to_path_buf),
+        history,
+        config: cfg.clone(),
+    })
+}
+
+/// The state of a training run between epochs.
+struct Trainer<'a> {
+    model: Model,
+    opt: Sgd,
+    batcher: Batcher,
+    rng: rand_chacha::ChaCha8Rng,
+    cfg: &'a TrainConfig,
+    train: &'a Split,
+    device: &'a Device,
+    /// Epochs done before this run (from a checkpoint).
+    done: usize,
+    /// Steps taken in this run.
+    step: usize,
+}
+
+impl<'a> Trainer<'a> {
+    fn new(net_cfg: &Nb201Config, cfg: &'a TrainConfig, splits: &Splits<'a>, device: &'a Device, resume: Option<&Path>) -> Result<Self> {
+        let mut model = Model::new(net_cfg, DType::F32, device, cfg.seed)?;
+        let (mean, std) = splits.kind.mean_std();
+        let mut opt = Sgd::new(
+            model.trainable().into_iter().map(|(_, v)| v).collect(),
+            cfg.momentum,
+            cfg.nesterov,
+            cfg.weight_decay,
+        );
+        let done = match resume {
+            Some(path) => crate::checkpoint::load(&mut model, &mut opt, path, device)?,
+            None => 0,
+        };
+        // A continued run draws other shuffles and crops than the epochs it continues.
+        let rng = rand_chacha::ChaCha8Rng::seed_from_u64(cfg.seed ^ 0x5eed_da7a ^ (done as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+        Ok(Trainer {
+            model,
+            opt,
+            batcher: Batcher::new(mean, std),
+            rng,
+            cfg,
+            train: splits.train,
+            device,
+            done,
+            step: 0,
+        })
+    }
+
+    /// Train epoch `epoch`: its mean loss, training accuracy (%) and last learning rate.
+    fn epoch(&mut self, epoch: usize, progress: &mut dyn FnMut(Progress)) -> Result<(f64, f64, f64)> {
+        let cfg = self.cfg;
+        let steps_per_epoch = self.train.n.div_ceil(cfg.batch_size);
+        let total_steps = steps_per_epoch * (cfg.epochs - self.done);
+        let mut order: Vec<usize> = (0..self.train.n).collect();
+        order.shuffle(&mut self.rng);
         let (mut loss_sum, mut correct, mut seen) = (0.0, 0usize, 0usize);
         let mut lr = cfg.lr;
         for (b, chunk) in order.chunks(cfg.batch_size).enumerate() {
-            let aug = cfg.augment.then_some((cfg.crop_padding, cfg.hflip, &mut rng));
-            lr = cfg.lr_at(step, total_steps);
-            let (l, right) = sgd_step(&model, &mut opt, &batcher, train_split, chunk, aug, lr, device)?;
-            step += 1;
+            let aug = cfg.augment.then_some((cfg.crop_padding, cfg.hflip, &mut self.rng));
+            lr = cfg.lr_at(self.step, total_steps);
+            let (l, right) = sgd_step(&self.model, &mut self.opt, &self.batcher, self.train, chunk, aug, lr, self.device)?;
+            self.step += 1;
             if !l.is_finite() {
                 return Err(Error::Config(format!(
                     "training diverged: loss is {l} at epoch {epoch}; lower the learning rate"
@@ -482,62 +643,8 @@ pub fn train(
                 loss: loss_sum / seen as f64,
             });
         }
-        train_secs += t0.elapsed().as_secs_f64();
-        let valid_acc = match splits.valid {
-            Some(v) => Some(evaluate(&model, v, &batcher, cfg.eval_batch_size, device)?),
-            None => None,
-        };
-        let report = EpochReport {
-            epoch,
-            train_loss: loss_sum / seen as f64,
-            train_acc: 100.0 * correct as f64 / seen as f64,
-            valid_acc,
-            lr,
-            seconds: t0.elapsed().as_secs_f64(),
-        };
-        progress(Progress::Epoch(&report));
-        if let (Select::Valid, Some(acc)) = (select, valid_acc) {
-            if best.as_ref().is_none_or(|(_, b, _)| acc > *b) {
-                best = Some((epoch, acc, Snapshot::of(&model)?));
-            }
-        }
-        history.push(report);
+        Ok((loss_sum / seen as f64, 100.0 * correct as f64 / seen as f64, lr))
     }
-    let (selected_epoch, valid_acc) = match best {
-        Some((epoch, acc, snapshot)) => {
-            snapshot.restore(&mut model)?;
-            (epoch, Some(acc))
-        }
-        None => (cfg.epochs, history.last().and_then(|r| r.valid_acc)),
-    };
-    if let Some(path) = weights {
-        save_weights(&model, path)?;
-    }
-    let test_acc = match splits.test {
-        Some(t) => Some(evaluate(&model, t, &batcher, cfg.eval_batch_size, device)?),
-        None => None,
-    };
-    let elapsed = started.elapsed().as_secs_f64();
-    Ok(TrainReport {
-        arch: net_cfg.arch.to_string(),
-        params: model.param_count(),
-        flops: net_cfg.flops(),
-        epochs: cfg.epochs,
-        train_seconds: elapsed,
-        device_seconds: elapsed,
-        device: device_name(device),
-        select,
-        train_images: train_split.n,
-        valid_images: splits.valid.map_or(0, |s| s.n),
-        test_images: splits.test.map_or(0, |s| s.n),
-        selected_epoch,
-        valid_acc,
-        test_acc,
-        train_images_per_s: (train_split.n * cfg.epochs) as f64 / train_secs.max(1e-9),
-        weights: weights.map(Path::to_path_buf),
-        history,
-        config: cfg.clone(),
-    })
 }
 
 /// A copy of every variable of a model (weights and BatchNorm running statistics).
