@@ -70,9 +70,9 @@ class ResBlock(nn.Module):
 
 
 class NB201Net(nn.Module):
-    def __init__(self, arch, c=16, n=5, num_classes=10):
+    def __init__(self, arch, c=16, n=5, num_classes=10, in_channels=3):
         super().__init__()
-        layers = [nn.Conv2d(3, c, 3, padding=1, bias=False), nn.BatchNorm2d(c)]
+        layers = [nn.Conv2d(in_channels, c, 3, padding=1, bias=False), nn.BatchNorm2d(c)]
         for stage, width in enumerate([c, 2 * c, 4 * c]):
             if stage > 0:
                 layers.append(ResBlock(width // 2, width))
