@@ -128,6 +128,7 @@ fn validation_errors_name_the_parameter() {
         Error::OutOfRange { .. }
     ));
     vision_space().validate(&cutout.with("cutout_length", Value::Int(8))).unwrap();
+    assert_eq!(vision_space().without_inactive(&stray.with("dropout", Value::Float(0.1))), base);
 }
 
 #[test]
