@@ -4,10 +4,13 @@
 //! [`llm_strategy`]: the LLM) behind one ask/tell trait, LLM backends ([`llm`]), proxy ranking
 //! of each round's candidates ([`ranker`]), tasks ([`task`]: NAS-Bench-201 table lookups or real
 //! training; [`trial`]: trials in child processes), budgets ([`budget`]), prompt templates ([`prompts`]) and the run store ([`store`]).
+//! [`configspace`]: search spaces as data (typed parameters with conditions, configurations,
+//! sample/mutate/crossover/neighbours/encode, narrowing, prompt table and reply schema).
 
 #![warn(missing_docs)]
 
 pub mod budget;
+pub mod configspace;
 pub mod history;
 pub mod llm;
 pub mod llm_strategy;
