@@ -4,16 +4,21 @@
 //! [`llm_strategy`]: the LLM) behind one ask/tell trait, LLM backends ([`llm`]), proxy ranking
 //! of each round's candidates ([`ranker`]), tasks ([`task`]: NAS-Bench-201 table lookups or real
 //! training; [`trial`]: trials in child processes), budgets ([`budget`]), prompt templates ([`prompts`]) and the run store ([`store`]).
+//! Run directories are read back as reports and listings ([`report`]), and a trained trial is
+//! exported as a model folder and predicts with it ([`export`]).
 
 #![warn(missing_docs)]
 
 pub mod budget;
+pub mod error_context;
+pub mod export;
 pub mod history;
 pub mod llm;
 pub mod llm_strategy;
 pub mod logs;
 pub mod prompts;
 pub mod ranker;
+pub mod report;
 pub mod runner;
 pub mod space;
 pub mod store;
