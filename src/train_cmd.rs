@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use autoagent_agent::export::{DataRecord, ModelFacts, ModelSpec, SPEC_FILE, WEIGHTS_FILE};
 use autoagent_evaluator::data::{self, DatasetKind};
 use autoagent_evaluator::nb201::Arch;
 use autoagent_evaluator::net::Nb201Config;
@@ -14,7 +15,6 @@ use autoagent_evaluator::train::{self, EpochReport, Progress, Select, Splits, Tr
 use clap::Args;
 use serde_json::{json, Value};
 
-use crate::export::{DataRecord, ModelFacts, ModelSpec, SPEC_FILE, WEIGHTS_FILE};
 use crate::output::{err_line, out_line};
 use crate::DataArgs;
 
@@ -202,7 +202,7 @@ fn write_model_folder(dir: &Path, kind: DatasetKind, cfg: Nb201Config, report: &
         }),
         data: Some(DataRecord::of(dataset, &data_dir)),
     });
-    spec.write(dir)
+    Ok(spec.write(dir)?)
 }
 
 /// The last line of a training run.

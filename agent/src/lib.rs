@@ -6,18 +6,25 @@
 //! training; [`trial`]: trials in child processes), budgets ([`budget`]), prompt templates ([`prompts`]) and the run store ([`store`]).
 //! [`configspace`]: search spaces as data (typed parameters with conditions, configurations,
 //! sample/mutate/crossover/neighbours/encode, narrowing, prompt table and reply schema).
+//! [`scheduler`]: multi-fidelity scheduling (successive halving, Hyperband, ASHA).
+//! Run directories are read back as reports and listings ([`report`]), and a trained trial is
+//! exported as a model folder and predicts with it ([`export`]).
 
 #![warn(missing_docs)]
 
 pub mod budget;
 pub mod configspace;
+pub mod error_context;
+pub mod export;
 pub mod history;
 pub mod llm;
 pub mod llm_strategy;
 pub mod logs;
 pub mod prompts;
 pub mod ranker;
+pub mod report;
 pub mod runner;
+pub mod scheduler;
 pub mod space;
 pub mod store;
 pub mod strategy;

@@ -1,0 +1,125 @@
+//! The report's tables, as (header, rows): Markdown and HTML render the same ones.
+
+use super::format::{fmt_num, fmt_opt, fmt_rho, fmt_share, states_in_order};
+use super::Report;
+
+/// A table of the report as (header, rows).
+pub(crate) type Table = (Vec<String>, Vec<Vec<String>>);
+
+fn header(cells: &[&str]) -> Vec<String> {
+    cells.iter().map(|c| c.to_string()).collect()
+}
+
+pub(crate) fn overview(r: &Report) -> Table {
+    let mut rows = vec![
+        vec!["status".into(), r.status.clone()],
+        vec!["task".into(), r.task.clone()],
+        vec!["strategy".into(), r.strategy.clone()],
+        vec!["LLM".into(), r.llm_backend.clone().unwrap_or_else(|| "none".into())],
+        vec!["seed".into(), r.seed.clone().unwrap_or_else(|| "—".into())],
+        vec!["version".into(), r.version.clone().unwrap_or_else(|| "—".into())],
+        vec!["trials".into(), format!("{} ({} complete)", r.trials_total, r.complete)],
+    ];
+    if let Some(s) = &r.stopped {
+        rows.push(vec!["stopped".into(), s.clone()]);
+    }
+    (vec!["".into(), "".into()], rows)
+}
+
+pub(crate) fn leaderboard(r: &Report) -> Table {
+    let mut head = header(&["rank", "trial", "arch", "valid acc (%)", "test acc (%)", "params (M)", "FLOPs (M)"]);
+    head.extend(r.proxy_names.iter().cloned());
+    head.push("device s".into());
+    let rows = r
+        .leaderboard
+        .iter()
+        .map(|row| {
+            let mut v = vec![
+                row.rank.to_string(),
+                row.trial.to_string(),
+                row.arch.clone(),
+                format!("{:.2}", row.accuracy),
+                fmt_opt(row.test_accuracy, 2),
+                format!("{:.3}", row.params_m),
+                format!("{:.2}", row.flops_m),
+            ];
+            v.extend(
+                r.proxy_names
+                    .iter()
+                    .map(|p| row.proxies.get(p).copied().flatten().map_or_else(|| "—".into(), |x| fmt_num(x, 4))),
+            );
+            v.push(format!("{:.1}", row.seconds));
+            v
+        })
+        .collect();
+    (head, rows)
+}
+
+pub(crate) fn budget(r: &Report) -> Table {
+    let b = &r.budget;
+    let row = vec![
+        b.limit.clone(),
+        b.used.map_or_else(|| "—".into(), |u| format!("{:.1} %", u * 100.0)),
+        b.trials.to_string(),
+        b.rounds.to_string(),
+        format!("{:.1}", b.device_seconds),
+        format!("{:.1}", b.proxy_seconds),
+        fmt_opt(b.overrun_seconds, 1),
+    ];
+    (header(&["limit", "used", "trials", "rounds", "device s", "proxy s", "overrun s"]), vec![row])
+}
+
+pub(crate) fn llm(r: &Report) -> Table {
+    let u = &r.llm;
+    let row = vec![
+        u.exchanges.to_string(),
+        u.prompt_tokens.to_string(),
+        u.completion_tokens.to_string(),
+        format!("{:.4}", u.cost_usd),
+        format!("{:.1}", u.seconds),
+        fmt_share(u),
+    ];
+    let head = header(&["exchanges", "prompt tokens", "completion tokens", "cost (USD)", "seconds", "valid proposals"]);
+    (head, vec![row])
+}
+
+pub(crate) fn states(r: &Report) -> Table {
+    let s = states_in_order(&r.states);
+    (s.iter().map(|(k, _)| k.clone()).collect(), vec![s.iter().map(|(_, n)| n.to_string()).collect()])
+}
+
+pub(crate) fn proxies(r: &Report) -> Table {
+    let rows = r
+        .proxies
+        .iter()
+        .map(|p| vec![p.name.clone(), fmt_rho(p.rho), p.n.to_string(), if p.log_x { "log" } else { "linear" }.into()])
+        .collect();
+    (header(&["proxy", "Spearman ρ", "n", "x axis"]), rows)
+}
+
+/// The heading of the leaderboard section.
+pub(crate) fn leaderboard_heading(r: &Report) -> String {
+    if r.leaderboard.is_empty() {
+        return "Leaderboard".into();
+    }
+    format!(
+        "Leaderboard (top {} of {} complete trials by validation accuracy)",
+        r.leaderboard.len(),
+        r.complete
+    )
+}
+
+/// The heading of the budget section.
+pub(crate) fn budget_heading(r: &Report) -> String {
+    let note = if r.budget.from_summary {
+        ""
+    } else {
+        " (recomputed from the trials: the run has no summary)"
+    };
+    format!("Budget{note}")
+}
+
+/// The heading of the LLM section.
+pub(crate) fn llm_heading(r: &Report) -> String {
+    format!("LLM usage{}", if r.llm.from_summary { "" } else { " (recomputed from the exchanges)" })
+}
