@@ -13,6 +13,7 @@ use autoagent_agent::llm_strategy::{LlmOptions, LlmStrategy};
 use autoagent_agent::prompts::Prompts;
 use autoagent_agent::ranker::{Ranker, RankerConfig};
 use autoagent_agent::runner::{run_loop, LoopOptions, Recorder, Spent, Summary};
+use autoagent_agent::scheduler::{geometric_ladder, Scheduler, SchedulerKind};
 use autoagent_agent::strategy::{Evolution, LocalSearch, RandomSearch, Strategy};
 use autoagent_agent::task::{calibration_arch, nb201_proxy_images, network, search_split, Evaluator, Nb201Dataset, TableEvaluator};
 use autoagent_agent::trial::{ProcessEvaluator, TrialSpec, SPEC_VERSION};
@@ -122,9 +123,30 @@ pub(crate) struct RunArgs {
     /// when it would exceed what is left of a time budget.
     #[arg(long)]
     trial_timeout: Option<f64>,
-    /// Training epochs per trial on training tasks.
+    /// Multi-fidelity scheduler: none (every trial trains --max-epochs), sha, hyperband or asha
+    /// (default: asha on training tasks; none on nb201 tasks, whose rungs are the table's 12 and
+    /// 200 epochs).
+    #[arg(long)]
+    #[serde(default = "scheduler_of_older_runs")]
+    scheduler: Option<String>,
+    /// Epochs of a trial's first rung on training tasks.
     #[arg(long, default_value_t = 1)]
-    epochs: usize,
+    #[serde(default = "one")]
+    min_epochs: usize,
+    /// Epochs of a fully trained trial on training tasks, the top rung (also --epochs).
+    #[arg(long, alias = "epochs", default_value_t = 27)]
+    #[serde(alias = "epochs")]
+    max_epochs: usize,
+    /// Reduction factor of the scheduler: the best 1/eta of a rung go on, rungs grow eta-fold.
+    #[arg(long, default_value_t = 3)]
+    #[serde(default = "three")]
+    eta: usize,
+    /// Share of a time budget held back from the start for the final model: the best
+    /// configuration retrained for --max-epochs on the training split with its validation
+    /// hold-out, measured once on the test split (training tasks; 0: no final model).
+    #[arg(long, default_value_t = 0.25)]
+    #[serde(default)]
+    final_fraction: f64,
     /// Regularized evolution's population and tournament sizes (local search starts from
     /// `--population` random cells).
     #[arg(long, default_value_t = 10)]
@@ -154,6 +176,19 @@ pub(crate) struct RunArgs {
 
 fn yes() -> bool {
     true
+}
+
+fn one() -> usize {
+    1
+}
+
+fn three() -> usize {
+    3
+}
+
+/// Runs recorded before schedulers trained every trial for the same epochs.
+fn scheduler_of_older_runs() -> Option<String> {
+    Some("none".into())
 }
 
 fn default_log_cap() -> f64 {
@@ -258,7 +293,7 @@ impl Progress {
             (None, state) => state.name().to_string(),
         };
         let used = (budget.used_fraction() * 100.0).min(999.0);
-        let line = format!("trial {:>3}  {}  acc {}  budget {:.0} %", t.id, t.arch, acc, used);
+        let line = format!("trial {:>3}  {}  {:>3} ep  acc {}  budget {:.0} %", t.id, t.arch, t.epochs, acc, used);
         match &self.bar {
             Some(bar) => {
                 bar.println(line);
@@ -285,6 +320,9 @@ impl Progress {
 struct Prepared {
     /// Seconds per training image of the calibration cell (training tasks).
     calibration: Option<f64>,
+    /// How the budget will be spent (training tasks), recorded in the run database.
+    plan: Option<serde_json::Value>,
+    scheduler: Scheduler,
     evaluator: Box<dyn Evaluator>,
     strategy: Box<dyn Strategy>,
     strategy_name: String,
@@ -307,6 +345,67 @@ fn calibrate(kind: DatasetKind, config: &TrainConfig, images: &data::Split, devi
     Ok(secs)
 }
 
+/// The run's scheduler and its rungs: on nb201 tasks the table's 12 and 200 epochs (or
+/// `--fidelity` alone without a scheduler), else from `--min-epochs` to `--max-epochs`, growing
+/// `--eta`-fold.
+fn scheduler(args: &RunArgs) -> Result<Scheduler> {
+    let table = args.task.starts_with("nb201:");
+    let kind = match &args.scheduler {
+        Some(s) => s.parse::<SchedulerKind>().map_err(anyhow::Error::msg)?,
+        None if table => SchedulerKind::None,
+        None => SchedulerKind::Asha,
+    };
+    if args.max_epochs == 0 {
+        bail!("--max-epochs must be at least 1");
+    }
+    let ladder = match (table, kind) {
+        (true, SchedulerKind::None) => vec![args.fidelity],
+        (true, _) => vec![12, 200],
+        (false, _) => geometric_ladder(args.min_epochs, args.max_epochs, args.eta).map_err(anyhow::Error::msg)?,
+    };
+    Scheduler::new(kind, ladder, args.eta).map_err(anyhow::Error::msg)
+}
+
+/// Say how a time budget will be spent on a training task, before anything is (and refuse a
+/// budget that cannot pay for one lowest-rung trial): `seconds_per_image` is the calibration
+/// cell's speed, `images` the training images.
+fn plan(args: &RunArgs, scheduler: &Scheduler, seconds_per_image: f64, images: usize) -> Result<serde_json::Value> {
+    let epoch = seconds_per_image * images as f64;
+    let ladder = scheduler.ladder();
+    let first = epoch * ladder[0] as f64;
+    let limit: Limit = args.budget.parse().map_err(anyhow::Error::msg)?;
+    if let Limit::Seconds(b) = limit {
+        if b < first {
+            bail!(
+                "the budget ({}) is too small for one {}-epoch trial: a median NB201 cell takes ~{first:.0} device-s here; give at least --budget {}s",
+                args.budget,
+                ladder[0],
+                first.ceil() as u64 + 1
+            );
+        }
+    }
+    let rungs: Vec<String> = ladder.iter().map(|e| e.to_string()).collect();
+    let lowest = match limit {
+        Limit::Seconds(b) => format!("; the budget pays for ~{:.0} median {}-epoch trials", b / first, ladder[0]),
+        Limit::Trials(n) => format!("; {n} trials"),
+    };
+    if !args.json {
+        errln!(
+            "plan: scheduler {} over rungs of {} epochs (eta {}); a median cell's epoch ~{epoch:.1} s here{lowest}",
+            scheduler.kind().name(),
+            rungs.join(", "),
+            scheduler.eta()
+        );
+    }
+    Ok(serde_json::json!({
+        "scheduler": scheduler.kind().name(),
+        "rungs": ladder,
+        "eta": scheduler.eta(),
+        "epoch_seconds": epoch,
+        "budget": args.budget,
+    }))
+}
+
 /// Build a run's parts. `calibration` is the speed the run measured before (a resume), else it
 /// is measured now; [`Prepared::calibration`] holds it either way, for the run database.
 fn prepare(args: &RunArgs, backend: Option<Arc<dyn LlmBackend>>, dir: &Path, calibration: Option<f64>) -> Result<Prepared> {
@@ -317,12 +416,17 @@ fn prepare(args: &RunArgs, backend: Option<Arc<dyn LlmBackend>>, dir: &Path, cal
     if !(args.log_cap_mb.is_finite() && args.log_cap_mb > 0.0) {
         bail!("--log-cap-mb must be a positive number");
     }
+    if !(0.0..1.0).contains(&args.final_fraction) {
+        bail!("--final-fraction must be in [0, 1), got {}", args.final_fraction);
+    }
     if args.trial_timeout.is_some_and(|t| !(t.is_finite() && t > 0.0)) {
         bail!("--trial-timeout must be a positive number of seconds");
     }
     let device = parse_device(&args.device)?;
     let root = data::data_root(args.data.data_dir.as_deref());
     let prompts = Arc::new(Prompts::load(args.prompts.as_deref())?);
+    let scheduler = scheduler(args)?;
+    let mut plan_json = None;
 
     // The task.
     let (evaluator, image_kind): (Box<dyn Evaluator>, DatasetKind) = if let Some(ds) = args.task.strip_prefix("nb201:") {
@@ -331,7 +435,7 @@ fn prepare(args: &RunArgs, backend: Option<Arc<dyn LlmBackend>>, dir: &Path, cal
         let name = args.images.as_deref().unwrap_or("cifar10");
         let images = DatasetKind::from_name(name).with_context(|| format!("unknown image dataset '{name}'"))?;
         (
-            Box::new(TableEvaluator::new(table, dataset, args.fidelity).map_err(anyhow::Error::msg)?),
+            Box::new(TableEvaluator::new(table, dataset, scheduler.ladder()).map_err(anyhow::Error::msg)?),
             images,
         )
     } else {
@@ -344,10 +448,11 @@ fn prepare(args: &RunArgs, backend: Option<Arc<dyn LlmBackend>>, dir: &Path, cal
         // The data is checked (and downloaded) here; each trial reads it in its own process.
         let data = data::open(kind, &root, !args.data.no_download)?;
         let search = search_split(&data).map_err(anyhow::Error::msg)?;
+        let all_images = data.train.n;
         drop(data);
         let images = search.train.n;
         let config = TrainConfig {
-            epochs: args.epochs,
+            epochs: args.max_epochs,
             seed: args.seed,
             hflip: matches!(kind, DatasetKind::Cifar10 | DatasetKind::Cifar100),
             ..TrainConfig::default()
@@ -357,6 +462,7 @@ fn prepare(args: &RunArgs, backend: Option<Arc<dyn LlmBackend>>, dir: &Path, cal
             Some(recorded) => recorded,
             None => calibrate(kind, &config, &search.train, &device, args.json)?,
         };
+        plan_json = Some(plan(args, &scheduler, seconds_per_image, images)?);
         let spec = TrialSpec {
             version: SPEC_VERSION,
             trial: 0,
@@ -367,11 +473,16 @@ fn prepare(args: &RunArgs, backend: Option<Arc<dyn LlmBackend>>, dir: &Path, cal
             train: config,
             device: args.device.clone(),
             out: None,
+            resume: None,
+            checkpoint: None,
+            final_model: false,
             watch_stdin: true,
         };
         let exe = std::env::current_exe().context("cannot find the autoagent executable to run trials with")?;
         let mut evaluator = ProcessEvaluator::new(exe, dir.to_path_buf(), spec, images)?;
         evaluator.calibrate(seconds_per_image);
+        evaluator.set_epochs(scheduler.ladder()[0], args.max_epochs);
+        evaluator.set_final_images(all_images);
         measured = Some(seconds_per_image);
         (Box::new(evaluator), kind)
     };
@@ -427,6 +538,8 @@ fn prepare(args: &RunArgs, backend: Option<Arc<dyn LlmBackend>>, dir: &Path, cal
     };
     Ok(Prepared {
         calibration: measured,
+        plan: plan_json,
+        scheduler,
         evaluator,
         strategy,
         strategy_name,
@@ -466,6 +579,9 @@ fn execute(args: &RunArgs, dir: &Path, mut prepared: Prepared, mut recorder: Rec
         trial_timeout: args.trial_timeout,
         explore: args.explore,
         wall_limit: wall_limit(args)?,
+        scheduler: prepared.scheduler.clone(),
+        final_epochs: (!args.task.starts_with("nb201:") && args.final_fraction > 0.0).then_some(args.max_epochs),
+        final_fraction: args.final_fraction,
     };
     let mut progress = Progress::new(args.json);
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
@@ -531,6 +647,9 @@ fn resolve_images(args: &mut RunArgs) {
 pub(crate) fn cmd_run(mut args: RunArgs) -> Result<()> {
     check_budget_unit(&args)?;
     resolve_images(&mut args);
+    // The scheduler is recorded by name, so a resume uses the same whatever the defaults become.
+    let kind = scheduler(&args)?.kind();
+    args.scheduler = Some(kind.name().to_string());
     let backend = backend(&args)?;
     let dir = run_dir_path(&args)?;
     let prepared = prepare(&args, backend, &dir, None)?;
@@ -549,6 +668,9 @@ pub(crate) fn cmd_run(mut args: RunArgs) -> Result<()> {
     recorder.meta("seed", &args.seed.to_string())?;
     if let Some(c) = prepared.calibration {
         recorder.meta("calibration", &c.to_string())?;
+    }
+    if let Some(p) = &prepared.plan {
+        recorder.meta("plan", &p.to_string())?;
     }
     recorder.meta("version", env!("CARGO_PKG_VERSION"))?;
     recorder.meta("status", "running")?;
@@ -650,11 +772,22 @@ fn report(s: &Summary, dir: &Path, json: bool) -> Result<()> {
     );
     if let Some(b) = &s.best {
         outln!(
-            "best: {}  validation {:.2}{}",
+            "best: {}  {} epochs  validation {:.2}{}",
             b.arch,
+            b.epochs,
             b.accuracy.unwrap_or(f64::NAN),
             b.test_accuracy.map(|t| format!("  test {t:.2}")).unwrap_or_default()
         );
+    }
+    if let Some(f) = &s.final_model {
+        let line = match (f.is_complete(), f.test_accuracy) {
+            (true, Some(t)) => format!(
+                "final model: trial {}'s configuration retrained for {} epochs on the training split with its validation hold-out: test {t:.2} ({:.1} s)",
+                f.trial, f.epochs, f.seconds
+            ),
+            _ => format!("final model: {} ({})", f.state, f.reason.as_deref().unwrap_or("no reason recorded")),
+        };
+        outln!("{line}");
     }
     let lost = if s.lost_seconds > 0.0 {
         format!(", lost to kills {:.1} s", s.lost_seconds)

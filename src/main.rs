@@ -136,8 +136,9 @@ fn cmd_trial(args: TrialArgs) -> Result<()> {
                 seconds,
                 ..
             } => eprintln!(
-                "epoch {epoch}/{}  loss {train_loss:.4}  valid acc {valid_acc:.2} %  {seconds:.1} s",
-                spec.train.epochs
+                "epoch {epoch}/{}  loss {train_loss:.4}  valid acc {}  {seconds:.1} s",
+                spec.train.epochs,
+                valid_acc.map_or("-".to_string(), |v| format!("{v:.2} %"))
             ),
             _ => {}
         }

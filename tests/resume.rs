@@ -80,15 +80,18 @@ fn outcome(dir: &Path) -> (Vec<String>, Vec<String>, serde_json::Value) {
         .iter()
         .map(|r| {
             let t = &r.trial;
+            let rungs: Vec<String> = t.rungs.iter().map(|r| format!("{}:{}:{:?}:{}", r.job, r.epochs, r.accuracy, r.state.name())).collect();
             format!(
-                "{} {} {} {:?} {:?} {:?} {}",
+                "{} {} {} {:?} {:?} {:?} {} {} [{}]",
                 t.id,
                 t.round,
                 t.arch,
                 t.origin,
                 t.accuracy,
                 t.test_accuracy,
-                t.state.name()
+                t.state.name(),
+                t.epochs,
+                rungs.join(" ")
             )
         })
         .collect();
@@ -103,6 +106,9 @@ fn outcome(dir: &Path) -> (Vec<String>, Vec<String>, serde_json::Value) {
         summary.as_object_mut().unwrap().remove(k);
     }
     summary["best"].as_object_mut().unwrap().remove("seconds");
+    if let Some(f) = summary["final_model"].as_object_mut() {
+        f.remove("seconds");
+    }
     (trials, proposals, summary)
 }
 
@@ -273,6 +279,73 @@ fn a_kill_during_training_re_runs_the_interrupted_trial_and_ends_like_a_clean_ru
     assert!((1.2..30.0).contains(&lost), "{s}");
     let trial_seconds: f64 = store(&run).trials().unwrap().iter().map(|r| r.trial.seconds).sum();
     assert!((s["device_seconds"].as_f64().unwrap() - (trial_seconds + lost)).abs() < 1e-6, "{s}");
+}
+
+/// A training run with ASHA over rungs of 1 and 3 epochs: of 4 new trials, the best of the
+/// first 3 is promoted (continued from its 1-epoch checkpoint to 3 epochs).
+fn asha_run(out: &Path) -> Command {
+    let mut c = bin();
+    c.args([
+        "run",
+        "--task",
+        "mnist",
+        "--scheduler",
+        "asha",
+        "--min-epochs",
+        "1",
+        "--max-epochs",
+        "3",
+        "--no-proxies",
+        "--budget",
+        "4trials",
+        "--seed",
+        "3",
+        "--data-dir",
+    ])
+    .arg(shared().join("mnist-mini"))
+    .arg("--out")
+    .arg(out)
+    .arg("--json");
+    c
+}
+
+/// The trial being promoted (running past its first rung), if any.
+fn promoting_trial(dir: &Path) -> Option<usize> {
+    let s = SqliteStore::open_read(&dir.join("run.db")).ok()?;
+    s.trials().ok()?.into_iter().find(|r| r.trial.state == TrialState::Running && !r.trial.rungs.is_empty()).map(|r| r.trial.id)
+}
+
+#[test]
+fn a_kill_during_a_promotion_resumes_from_the_checkpoint_and_ends_with_the_same_rungs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let clean = tmp.path().join("clean");
+    finish(asha_run(&clean));
+    let (trials, proposals, summary) = outcome(&clean);
+    assert_eq!(trials.len(), 4);
+    let promoted: Vec<_> = store(&clean).trials().unwrap().into_iter().filter(|r| r.trial.rungs.len() == 2).collect();
+    assert_eq!(promoted.len(), 1, "{trials:?}");
+    let p = &promoted[0].trial;
+    assert_eq!((p.rungs[0].epochs, p.rungs[1].epochs, p.epochs), (1, 3, 3));
+    assert_eq!(p.rungs[1].job, 3, "promoted right after the third trial: {trials:?}");
+    // The promoted trial continued: its weights and its last checkpoint are there, the 1-epoch
+    // checkpoint went once the 3-epoch rung was recorded.
+    let dir = clean.join("trials").join(format!("{:04}", p.id));
+    assert!(dir.join("checkpoint-e3.safetensors").is_file() && !dir.join("checkpoint-e1.safetensors").exists());
+    let metrics = store(&clean).metrics(p.id).unwrap();
+    let epochs: std::collections::BTreeSet<usize> = metrics.iter().map(|m| m.epoch).collect();
+    assert_eq!(epochs.into_iter().collect::<Vec<_>>(), vec![1, 2, 3], "epochs 2 and 3 continue epoch 1");
+
+    let run = tmp.path().join("killed");
+    let mut child = spawn_quiet(asha_run(&run));
+    assert!(wait_for(180, || promoting_trial(&run).is_some()), "no promotion started");
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(kill9(&mut child), "the run finished before the kill");
+    let o = resume(&run).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let (t2, p2, s2) = outcome(&run);
+    assert_eq!(t2, trials);
+    assert_eq!(p2, proposals);
+    assert_eq!(s2, summary);
 }
 
 /// Files of a run directory that a refused command must leave as they were.

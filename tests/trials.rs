@@ -21,7 +21,9 @@ fn bin() -> Command {
 
 fn mnist_run(out: &Path, extra: &[&str]) -> Command {
     let mut c = bin();
-    c.args(["run", "--task", "mnist", "--no-proxies", "--seed", "5", "--data-dir"])
+    // Every trial trains its --epochs (no scheduler, no final model): these tests are about
+    // trials' processes.
+    c.args(["run", "--task", "mnist", "--no-proxies", "--scheduler", "none", "--final-fraction", "0", "--seed", "5", "--data-dir"])
         .arg(shared().join("mnist-mini"))
         .arg("--out")
         .arg(out)

@@ -68,6 +68,9 @@ pub struct Budget {
     /// The largest amount by which a step's actual cost exceeded the budget left when it started
     /// (seconds; 0 when no step overran).
     pub overrun_seconds: f64,
+    /// Device seconds of a time budget held back from the search (for the final model) until
+    /// [`Budget::release`].
+    pub reserved: f64,
 }
 
 impl Budget {
@@ -78,13 +81,31 @@ impl Budget {
             seconds: 0.0,
             trials: 0,
             overrun_seconds: 0.0,
+            reserved: 0.0,
         }
+    }
+
+    /// Hold back `fraction` of a time budget (a trial budget holds back nothing).
+    pub fn reserve(&mut self, fraction: f64) {
+        if let Limit::Seconds(limit) = self.limit {
+            self.reserved = limit * fraction.clamp(0.0, 1.0);
+        }
+    }
+
+    /// Give the reserve back (the search is over).
+    pub fn release(&mut self) {
+        self.reserved = 0.0;
+    }
+
+    /// The limit the steps are held to now: a time limit less the reserve.
+    fn available(&self, limit: f64) -> f64 {
+        limit - self.reserved
     }
 
     /// Whether a step of `trials` evaluations costing an estimated `seconds` fits in what is left.
     pub fn affords(&self, trials: usize, seconds: f64) -> bool {
         match self.limit {
-            Limit::Seconds(limit) => self.seconds + seconds <= limit,
+            Limit::Seconds(limit) => self.seconds + seconds <= self.available(limit),
             Limit::Trials(limit) => self.trials + trials <= limit,
         }
     }
@@ -100,7 +121,7 @@ impl Budget {
     /// Device seconds left of a time budget (`None` for a trial budget).
     pub fn seconds_left(&self) -> Option<f64> {
         match self.limit {
-            Limit::Seconds(limit) => Some((limit - self.seconds).max(0.0)),
+            Limit::Seconds(limit) => Some((self.available(limit) - self.seconds).max(0.0)),
             Limit::Trials(_) => None,
         }
     }
@@ -108,6 +129,7 @@ impl Budget {
     /// Book a finished step.
     pub fn spend(&mut self, trials: usize, seconds: f64) {
         if let Limit::Seconds(limit) = self.limit {
+            // Measured against the whole limit: a step that runs into the reserve is no overrun.
             let over = self.seconds + seconds - limit;
             if over > self.overrun_seconds {
                 self.overrun_seconds = over;
@@ -128,7 +150,7 @@ impl Budget {
     /// Whether nothing more can be spent.
     pub fn exhausted(&self) -> bool {
         match self.limit {
-            Limit::Seconds(limit) => self.seconds >= limit,
+            Limit::Seconds(limit) => self.seconds >= self.available(limit),
             Limit::Trials(limit) => self.trials >= limit,
         }
     }

@@ -16,6 +16,7 @@ pub mod budget;
 pub mod configspace;
 pub mod error_context;
 pub mod export;
+pub mod final_model;
 pub mod history;
 pub mod llm;
 pub mod llm_strategy;

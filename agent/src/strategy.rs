@@ -228,17 +228,9 @@ mod tests {
 
     fn trial(arch: Arch, acc: f64) -> Trial {
         Trial {
-            id: 0,
-            round: 0,
-            arch,
-            origin: Origin::Random,
-            proxies: Default::default(),
-            rank_score: None,
             accuracy: Some(acc),
-            test_accuracy: None,
-            seconds: 0.0,
             state: TrialState::Complete,
-            error: None,
+            ..Trial::new(0, 0, arch, Origin::Random)
         }
     }
 

@@ -10,14 +10,11 @@
 //!   agent sees the accuracy of); the test split is not looked at during the search.
 
 use std::sync::Arc;
-use std::time::Instant;
 
-use autoagent_evaluator::data::{Dataset, DatasetKind};
+use autoagent_evaluator::data::DatasetKind;
 use autoagent_evaluator::nb201::Arch;
 use autoagent_evaluator::net::Nb201Config;
 use autoagent_evaluator::table::Nb201Table;
-use autoagent_evaluator::train::{train, Select, Splits, TrainConfig};
-use candle_core::Device;
 
 use crate::llm_strategy::TaskInfo;
 
@@ -42,19 +39,70 @@ pub struct Evaluation {
     pub stderr_tail: Option<String>,
 }
 
+/// How far an evaluation trains: from the epochs a trial's checkpoint has done (`from`, 0 for
+/// a new trial) to `to` epochs in all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fidelity {
+    /// Epochs already done (the trial continues from its checkpoint of that many).
+    pub from: usize,
+    /// Epochs in all at the end.
+    pub to: usize,
+}
+
+impl Fidelity {
+    /// A new trial of `epochs` epochs.
+    pub fn new(epochs: usize) -> Self {
+        Fidelity { from: 0, to: epochs }
+    }
+
+    /// Epochs this evaluation trains.
+    pub fn added(&self) -> usize {
+        self.to.saturating_sub(self.from)
+    }
+}
+
 /// Evaluates candidates.
 pub trait Evaluator: Send {
     /// What the prompt says about the task.
     fn info(&self) -> TaskInfo;
-    /// The estimated device seconds of evaluating `arch` (for the budget's planning).
-    fn estimate_seconds(&self, arch: &Arch) -> f64;
-    /// Evaluate `arch`.
-    fn evaluate(&mut self, arch: &Arch) -> Evaluation;
-    /// Evaluate `arch` as trial number `trial`, stopping it (pruned) once it has run for
-    /// `limit` when given. The default ignores the limit.
-    fn evaluate_trial(&mut self, arch: &Arch, trial: usize, limit: Option<TrialLimit>) -> Evaluation {
+    /// The estimated device seconds of evaluating `arch` at `fidelity` (for the budget's
+    /// planning).
+    fn estimate_seconds(&self, arch: &Arch, fidelity: Fidelity) -> f64;
+    /// Evaluate `arch` at `fidelity`.
+    fn evaluate(&mut self, arch: &Arch, fidelity: Fidelity) -> Evaluation;
+    /// Evaluate `arch` as trial number `trial` at `fidelity` (continuing the trial's checkpoint
+    /// when `fidelity.from > 0`), stopping it (pruned) once it has run for `limit` when given.
+    /// The default ignores the trial and the limit.
+    fn evaluate_trial(&mut self, arch: &Arch, trial: usize, fidelity: Fidelity, limit: Option<TrialLimit>) -> Evaluation {
         let _ = (trial, limit);
-        self.evaluate(arch)
+        self.evaluate(arch, fidelity)
+    }
+    /// Trial `trial` was continued past its checkpoint of `epochs` and that is recorded: the
+    /// checkpoint may go. The default keeps nothing.
+    fn release(&mut self, trial: usize, epochs: usize) {
+        let _ = (trial, epochs);
+    }
+    /// The estimated device seconds of training the final model of `arch` for `epochs` (`None`:
+    /// the task has no final training, as a table lookup has not).
+    fn estimate_final_seconds(&self, arch: &Arch, epochs: usize) -> Option<f64> {
+        let _ = (arch, epochs);
+        None
+    }
+    /// Train the final model of `arch` for `epochs` on the whole training split and measure it
+    /// once on the test split, stopped at `limit` (`None` without final training).
+    fn train_final(&mut self, arch: &Arch, epochs: usize, limit: Option<TrialLimit>) -> Option<Evaluation> {
+        let _ = (arch, epochs, limit);
+        None
+    }
+}
+
+impl Evaluation {
+    /// An evaluation that failed before it ran, for `error`.
+    pub fn failed(error: String) -> Self {
+        Evaluation {
+            error: Some(error),
+            ..Evaluation::default()
+        }
     }
 }
 
@@ -148,42 +196,50 @@ pub fn nb201_proxy_images(dataset: Nb201Dataset, root: &std::path::Path) -> (Dat
     }
 }
 
-/// Table lookup.
+/// Table lookup: the validation accuracy after 12 or 200 epochs (the two fidelities the table
+/// has), the 200-epoch test accuracy for the report.
 pub struct TableEvaluator {
     table: Arc<Nb201Table>,
     dataset: Nb201Dataset,
-    valid: String,
     test: String,
-    fidelity: usize,
+    fidelities: Vec<usize>,
 }
 
 impl TableEvaluator {
-    /// Lookups of `dataset` at `fidelity` epochs (12 or 200).
-    pub fn new(table: Arc<Nb201Table>, dataset: Nb201Dataset, fidelity: usize) -> Result<Self, String> {
-        let p = dataset.prefix();
-        let valid = match fidelity {
-            12 => format!("{p}_valid_acc_12ep"),
-            200 => format!("{p}_valid_acc"),
-            other => return Err(format!("fidelity {other} is not in the table (use 12 or 200)")),
-        };
-        let test = format!("{p}_test_acc");
-        for col in [&valid, &test] {
-            if !table.columns().iter().any(|c| c == col) {
-                return Err(format!("the NB201 table has no column '{col}'"));
-            }
-        }
-        if (0..table.len()).any(|i| matches!(table.value(i, &valid), Ok(None))) {
-            return Err(format!(
-                "the NB201 table has no {fidelity}-epoch validation accuracy for {p} (column '{valid}' is empty; use --fidelity 12)"
-            ));
-        }
-        Ok(TableEvaluator {
+    /// Lookups of `dataset` at each of `fidelities` (12 or 200 epochs).
+    pub fn new(table: Arc<Nb201Table>, dataset: Nb201Dataset, fidelities: &[usize]) -> Result<Self, String> {
+        let test = format!("{}_test_acc", dataset.prefix());
+        let e = TableEvaluator {
             table,
             dataset,
-            valid,
             test,
-            fidelity,
-        })
+            fidelities: fidelities.to_vec(),
+        };
+        if !e.table.columns().iter().any(|c| *c == e.test) {
+            return Err(format!("the NB201 table has no column '{}'", e.test));
+        }
+        for &f in fidelities {
+            let valid = e.valid_column(f)?;
+            if !e.table.columns().iter().any(|c| *c == valid) {
+                return Err(format!("the NB201 table has no column '{valid}'"));
+            }
+            if (0..e.table.len()).any(|i| matches!(e.table.value(i, &valid), Ok(None))) {
+                return Err(format!(
+                    "the NB201 table has no {f}-epoch validation accuracy for {} (column '{valid}' is empty; use --fidelity 12)",
+                    e.dataset.prefix()
+                ));
+            }
+        }
+        Ok(e)
+    }
+
+    fn valid_column(&self, fidelity: usize) -> Result<String, String> {
+        let p = self.dataset.prefix();
+        match fidelity {
+            12 => Ok(format!("{p}_valid_acc_12ep")),
+            200 => Ok(format!("{p}_valid_acc")),
+            other => Err(format!("fidelity {other} is not in the table (use 12 or 200)")),
+        }
     }
 }
 
@@ -194,25 +250,35 @@ impl Evaluator for TableEvaluator {
             Nb201Dataset::Cifar100 => "CIFAR-100",
             Nb201Dataset::ImageNet16 => "ImageNet16-120",
         };
+        let epochs: Vec<String> = self.fidelities.iter().map(|f| f.to_string()).collect();
         TaskInfo {
             description: format!("image classification on {name} with a network built from one NAS-Bench-201 cell"),
-            metric: format!("validation accuracy after {} epochs", self.fidelity),
+            metric: format!("validation accuracy after {} epochs", epochs.join(" or ")),
         }
     }
 
-    fn estimate_seconds(&self, _arch: &Arch) -> f64 {
+    fn estimate_seconds(&self, _arch: &Arch, _fidelity: Fidelity) -> f64 {
         0.0
     }
 
-    fn evaluate(&mut self, arch: &Arch) -> Evaluation {
-        let v = self.table.value_of(arch, &self.valid);
+    fn evaluate(&mut self, arch: &Arch, fidelity: Fidelity) -> Evaluation {
+        let valid = match self.valid_column(fidelity.to) {
+            Ok(v) => v,
+            Err(e) => {
+                return Evaluation {
+                    error: Some(e),
+                    ..Evaluation::default()
+                }
+            }
+        };
+        let v = self.table.value_of(arch, &valid);
         let t = self.table.value_of(arch, &self.test);
         match (v, t) {
             (Ok(v), Ok(t)) => Evaluation {
                 accuracy: v,
                 test_accuracy: t,
                 seconds: 0.0,
-                error: v.is_none().then(|| format!("the table has no '{}' for {arch}", self.valid)),
+                error: v.is_none().then(|| format!("the table has no '{valid}' for {arch}")),
                 ..Evaluation::default()
             },
             (Err(e), _) | (_, Err(e)) => Evaluation {
@@ -239,47 +305,48 @@ pub fn network(kind: DatasetKind, arch: &Arch) -> Nb201Config {
     }
 }
 
-/// What a training task tells the LLM.
-pub fn training_info(kind: DatasetKind, epochs: usize) -> TaskInfo {
+/// What a training task tells the LLM: trials train from `min_epochs` to `max_epochs` epochs
+/// (the same when every trial trains as long).
+pub fn training_info(kind: DatasetKind, min_epochs: usize, max_epochs: usize) -> TaskInfo {
     let name = match kind {
         DatasetKind::Cifar10 => "CIFAR-10",
         DatasetKind::Cifar100 => "CIFAR-100",
         DatasetKind::Mnist => "MNIST",
         DatasetKind::FashionMnist => "Fashion-MNIST",
     };
+    let epochs = if min_epochs == max_epochs {
+        format!("for {max_epochs} epoch(s)")
+    } else {
+        format!("for {min_epochs} epoch(s) first, the most promising up to {max_epochs}")
+    };
     TaskInfo {
-        description: format!("image classification on {name}, training each NAS-Bench-201 network for {epochs} epoch(s)"),
+        description: format!("image classification on {name}, training each NAS-Bench-201 network {epochs}"),
         metric: "validation accuracy".into(),
     }
 }
 
 /// Device-time estimates of training trials, learnt from the finished ones: device seconds per
-/// forward GFLOP per training image, the slowest rate seen (so plans err on the safe side).
+/// forward GFLOP per training image and epoch, the slowest rate seen (so plans err on the safe
+/// side).
 #[derive(Debug, Clone)]
 pub struct TrainingCost {
     kind: DatasetKind,
     images: usize,
-    epochs: usize,
     rate: Option<f64>,
 }
 
 impl TrainingCost {
-    /// Trials of `epochs` epochs over `images` training images of `kind`.
-    pub fn new(kind: DatasetKind, images: usize, epochs: usize) -> Self {
-        TrainingCost {
-            kind,
-            images,
-            epochs,
-            rate: None,
-        }
+    /// Trials over `images` training images of `kind`.
+    pub fn new(kind: DatasetKind, images: usize) -> Self {
+        TrainingCost { kind, images, rate: None }
     }
 
     /// Seconds of training `arch` at the reference speed: per image and epoch 1.4 ms plus
     /// 24 ms per GFLOP of the forward pass (NB201's count, multiply-accumulates), fitted to
     /// `bench train-speed` of three NB201 cells on two CPU cores (`benchmarks/results/train-speed.md`:
     /// 610, 389 and 198 images/s at 7.8, 47 and 153 MFLOPs).
-    fn work(&self, arch: &Arch) -> f64 {
-        self.reference_per_image(arch) * (self.images * self.epochs) as f64
+    fn work(&self, arch: &Arch, epochs: usize) -> f64 {
+        self.reference_per_image(arch) * (self.images * epochs) as f64
     }
 
     /// Seconds per training image of `arch` at the reference speed (see [`TrainingCost::work`]).
@@ -287,10 +354,11 @@ impl TrainingCost {
         1.4e-3 + 24e-12 * network(self.kind, arch).flops()
     }
 
-    /// The estimated device seconds of training `arch`: the reference speed until a trial has
-    /// run, then scaled by the slowest ratio of measured to reference time seen so far.
-    pub fn estimate(&self, arch: &Arch) -> f64 {
-        self.work(arch) * self.rate.unwrap_or(1.0)
+    /// The estimated device seconds of training `arch` for `epochs` epochs: the reference speed
+    /// until a trial has run, then scaled by the slowest ratio of measured to reference time
+    /// seen so far.
+    pub fn estimate(&self, arch: &Arch, epochs: usize) -> f64 {
+        self.work(arch, epochs) * self.rate.unwrap_or(1.0)
     }
 
     /// Set the speed from a measurement: the calibration cell ([`calibration_arch`]) trained at
@@ -303,9 +371,14 @@ impl TrainingCost {
         }
     }
 
-    /// Learn from a finished trial of `arch` that took `seconds`.
-    pub fn observe(&mut self, arch: &Arch, seconds: f64) {
-        let work = self.work(arch);
+    /// The training images a trial trains on.
+    pub fn images(&self) -> usize {
+        self.images
+    }
+
+    /// Learn from a finished trial of `arch` that trained `epochs` epochs in `seconds`.
+    pub fn observe(&mut self, arch: &Arch, epochs: usize, seconds: f64) {
+        let work = self.work(arch, epochs);
         if work > 0.0 && seconds > 0.0 {
             let rate = seconds / work;
             self.rate = Some(self.rate.map_or(rate, |r| r.max(rate)));
@@ -319,60 +392,6 @@ pub fn calibration_arch() -> Arch {
     Arch::parse("|nor_conv_3x3~0|+|avg_pool_3x3~0|skip_connect~1|+|skip_connect~0|skip_connect~1|nor_conv_1x1~2|").expect("a valid NB201 cell")
 }
 
-/// Real training, in this process (see [`crate::trial::ProcessEvaluator`] for trials in child
-/// processes, which `autoagent run` uses).
-pub struct TrainEvaluator {
-    data: Dataset,
-    config: TrainConfig,
-    device: Device,
-    cost: TrainingCost,
-}
-
-impl TrainEvaluator {
-    /// Training on `data` with `config`; the last 10 % of the training split is held out.
-    pub fn new(data: &Dataset, config: TrainConfig, device: Device) -> Result<Self, String> {
-        let search = search_split(data)?;
-        Ok(TrainEvaluator {
-            cost: TrainingCost::new(data.kind, search.train.n, config.epochs),
-            data: search,
-            config,
-            device,
-        })
-    }
-}
-
-impl Evaluator for TrainEvaluator {
-    fn info(&self) -> TaskInfo {
-        training_info(self.data.kind, self.config.epochs)
-    }
-
-    fn estimate_seconds(&self, arch: &Arch) -> f64 {
-        self.cost.estimate(arch)
-    }
-
-    fn evaluate(&mut self, arch: &Arch) -> Evaluation {
-        let t = Instant::now();
-        let net = network(self.data.kind, arch);
-        let r = train(&net, &self.config, &Splits::search(&self.data), Select::Last, &self.device, None, &mut |_| {});
-        let seconds = t.elapsed().as_secs_f64();
-        match r {
-            Ok(report) => {
-                self.cost.observe(arch, report.device_seconds);
-                Evaluation {
-                    accuracy: report.valid_acc,
-                    seconds: report.device_seconds,
-                    ..Evaluation::default()
-                }
-            }
-            Err(e) => Evaluation {
-                seconds,
-                error: Some(e.to_string()),
-                ..Evaluation::default()
-            },
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -380,19 +399,19 @@ mod tests {
     #[test]
     fn the_first_training_estimate_is_in_seconds_not_a_million_times_more() {
         // Issue 15 item 6 / 16 item 1: the FLOP count was read as MFLOPs (~1.2e9 s for a trial).
-        let cost = TrainingCost::new(DatasetKind::Cifar10, 45_000, 1);
+        let cost = TrainingCost::new(DatasetKind::Cifar10, 45_000);
         let mid = Arch::parse("|nor_conv_3x3~0|+|nor_conv_1x1~0|skip_connect~1|+|avg_pool_3x3~0|nor_conv_3x3~1|none~2|").unwrap();
-        let secs = cost.estimate(&mid);
+        let secs = cost.estimate(&mid, 1);
         assert!((30.0..1000.0).contains(&secs), "{secs}");
         // Calibrated: the calibration cell's estimate is its measured time; others scale.
-        let mut calibrated = TrainingCost::new(DatasetKind::Cifar10, 45_000, 1);
+        let mut calibrated = TrainingCost::new(DatasetKind::Cifar10, 45_000);
         let cal = calibration_arch();
         calibrated.calibrate(0.01);
-        assert!((calibrated.estimate(&cal) - 450.0).abs() < 1e-6);
-        assert!((calibrated.estimate(&mid) / cost.estimate(&mid) - calibrated.estimate(&cal) / cost.estimate(&cal)).abs() < 1e-9);
+        assert!((calibrated.estimate(&cal, 1) - 450.0).abs() < 1e-6);
+        assert!((calibrated.estimate(&mid, 1) / cost.estimate(&mid, 1) - calibrated.estimate(&cal, 1) / cost.estimate(&cal, 1)).abs() < 1e-9);
         // Measured twice as slow: later estimates follow.
-        let mut learned = TrainingCost::new(DatasetKind::Cifar10, 45_000, 1);
-        learned.observe(&mid, 2.0 * secs);
-        assert!((learned.estimate(&mid) / secs - 2.0).abs() < 1e-9);
+        let mut learned = TrainingCost::new(DatasetKind::Cifar10, 45_000);
+        learned.observe(&mid, 1, 2.0 * secs);
+        assert!((learned.estimate(&mid, 1) / secs - 2.0).abs() < 1e-9);
     }
 }

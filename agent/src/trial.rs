@@ -18,18 +18,24 @@
 //!   "train": { "epochs": 1, "seed": 0, "hflip": true },
 //!   "device": "cpu",
 //!   "out": "runs/run-1/trials/0003",
+//!   "resume": "runs/run-1/trials/0003/checkpoint-e1.safetensors",
+//!   "checkpoint": "runs/run-1/trials/0003/checkpoint-e3.safetensors",
 //!   "watch_stdin": true
 //! }
 //! ```
 //!
-//! `train` takes the fields of [`TrainConfig`] (NB201's protocol fills those left out). The
-//! trial trains on the task's training split minus its last 10 % and reports the accuracy on
-//! that held-out 10 % ([`crate::task::search_split`]). With `out`, the weights of the last epoch
-//! (whose accuracy is the trial's) are saved there (`weights.safetensors`). With `watch_stdin`,
-//! the trial exits as soon as its stdin closes: the agent holds the other end, so a trial never
-//! outlives a killed agent.
+//! `train` takes the fields of [`TrainConfig`] (NB201's protocol fills those left out); its
+//! `epochs` is the number of epochs in all at the end. The trial trains on the task's training
+//! split minus its last 10 % and reports the accuracy on that held-out 10 %
+//! ([`crate::task::search_split`]). With `out`, the weights of the last epoch (whose accuracy is
+//! the trial's) are saved there (`weights.safetensors`). With `resume`, training continues from
+//! that checkpoint (a trial promoted to a longer training); with `checkpoint`, one is saved
+//! there at the end (named after its epochs by the agent, checkpoint-eN.safetensors). With
+//! `watch_stdin`, the trial exits as soon as its stdin closes: the agent holds the other end, so
+//! a trial never outlives a killed agent.
 //!
-//! A trial's directory holds [`TRIAL_FILES`]: the spec, the trial's stderr and its weights.
+//! A trial's directory holds [`TRIAL_FILES`]: the spec of its last rung, the trial's stderr
+//! (every rung's, one after the other) and its weights; and the checkpoint of its last rung.
 //!
 //! # The channel
 //!
@@ -46,11 +52,11 @@ use std::time::{Duration, Instant};
 
 use autoagent_evaluator::data::{self, DatasetKind};
 use autoagent_evaluator::nb201::Arch;
-use autoagent_evaluator::train::{parse_device, train, Progress, Select, Splits, TrainConfig};
+use autoagent_evaluator::train::{parse_device, train_with, Progress, Select, Splits, TrainConfig, TrainFiles};
 use serde::{Deserialize, Serialize};
 
 use crate::llm_strategy::TaskInfo;
-use crate::task::{network, search_split, training_info, Evaluation, Evaluator, TrainingCost, TrialLimit};
+use crate::task::{network, search_split, training_info, Evaluation, Evaluator, Fidelity, TrainingCost, TrialLimit};
 
 /// The spec format this build writes and reads.
 pub const SPEC_VERSION: u32 = 1;
@@ -116,9 +122,19 @@ pub struct TrialSpec {
     /// Device: cpu or cuda:N (the agent sets `CUDA_VISIBLE_DEVICES` and passes `cuda:0`).
     #[serde(default = "cpu")]
     pub device: String,
-    /// Directory for the best weights.
+    /// Directory for the weights.
     #[serde(default)]
     pub out: Option<PathBuf>,
+    /// Continue from this checkpoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resume: Option<PathBuf>,
+    /// Save a checkpoint here at the end.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkpoint: Option<PathBuf>,
+    /// The run's final model: train on the whole training split (the validation hold-out
+    /// included) and measure the test split once.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub final_model: bool,
     /// Exit when stdin closes (the agent died).
     #[serde(default)]
     pub watch_stdin: bool,
@@ -145,8 +161,8 @@ pub enum TrialEvent {
         train_loss: f64,
         /// Training accuracy (%).
         train_acc: f64,
-        /// Accuracy on the held-out validation split (%).
-        valid_acc: f64,
+        /// Accuracy on the held-out validation split (%; none for a final model).
+        valid_acc: Option<f64>,
         /// Learning rate at the end of the epoch.
         lr: f64,
         /// Seconds the epoch took.
@@ -154,8 +170,12 @@ pub enum TrialEvent {
     },
     /// The trial finished.
     Finished {
-        /// Validation accuracy after the last epoch (%).
-        accuracy: f64,
+        /// Validation accuracy after the last epoch (%; `null` for a final model, which has no
+        /// validation split).
+        accuracy: Option<f64>,
+        /// Test accuracy (%), measured once (final models only).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        test_accuracy: Option<f64>,
         /// Device seconds metered.
         device_seconds: f64,
         /// Trainable parameters.
@@ -217,20 +237,35 @@ pub fn run(spec: &TrialSpec, emit: &mut dyn FnMut(&TrialEvent)) -> Result<(), Tr
     // The last epoch's weights are kept: their validation accuracy is the trial's, the number the
     // run ranks it on (and `export` ships them with it).
     let weights = spec.out.as_ref().map(|out| out.join(WEIGHTS_FILE));
-    let report = train(
+    let files = TrainFiles {
+        weights: weights.as_deref(),
+        resume: spec.resume.as_deref(),
+        checkpoint: spec.checkpoint.as_deref(),
+    };
+    // A final model trains on the whole training split and is measured on the test split.
+    let splits = match spec.final_model {
+        true => Splits {
+            kind,
+            train: &data.train,
+            valid: None,
+            test: Some(&data.test),
+        },
+        false => Splits::search(&search),
+    };
+    let report = train_with(
         &network(kind, &arch),
         &spec.train,
-        &Splits::search(&search),
+        &splits,
         Select::Last,
         &device,
-        weights.as_deref(),
+        &files,
         &mut |p| {
             if let Progress::Epoch(e) = p {
                 emit(&TrialEvent::Epoch {
                     epoch: e.epoch,
                     train_loss: e.train_loss,
                     train_acc: e.train_acc,
-                    valid_acc: e.valid_acc.unwrap_or(f64::NAN),
+                    valid_acc: e.valid_acc,
                     lr: e.lr,
                     seconds: e.seconds,
                 })
@@ -238,9 +273,10 @@ pub fn run(spec: &TrialSpec, emit: &mut dyn FnMut(&TrialEvent)) -> Result<(), Tr
         },
     )
     .map_err(|e| TrialError(e.to_string()))?;
-    let artefacts: Vec<PathBuf> = report.weights.iter().cloned().collect();
+    let artefacts: Vec<PathBuf> = report.weights.iter().chain(&spec.checkpoint).cloned().collect();
     emit(&TrialEvent::Finished {
-        accuracy: report.valid_acc.unwrap_or(f64::NAN),
+        accuracy: report.valid_acc,
+        test_accuracy: report.test_acc,
         device_seconds: report.device_seconds,
         params: report.params,
         flops: report.flops,
@@ -257,12 +293,16 @@ pub struct ProcessEvaluator {
     kind: DatasetKind,
     cost: TrainingCost,
     visible_device: Option<String>,
+    /// The fewest and most epochs a trial trains (for the prompt).
+    epochs: (usize, usize),
+    /// Images of the whole training split (a final model's).
+    final_images: usize,
 }
 
 impl ProcessEvaluator {
-    /// Trials of `base` (its `arch`, `trial` and `out` are set per trial) run by the executable
-    /// `exe` (the `autoagent` binary), recorded under `run_dir/trials/`. `images` is the size of
-    /// the search's training split (for the time estimates).
+    /// Trials of `base` (its `arch`, `trial`, `out`, epochs and checkpoints are set per trial)
+    /// run by the executable `exe` (the `autoagent` binary), recorded under `run_dir/trials/`.
+    /// `images` is the size of the search's training split (for the time estimates).
     pub fn new(exe: PathBuf, run_dir: PathBuf, mut base: TrialSpec, images: usize) -> Result<Self, TrialError> {
         let kind = DatasetKind::from_name(&base.task).ok_or_else(|| TrialError(format!("unknown task '{}'", base.task)))?;
         // A trial on GPU N sees only that GPU, as its device 0.
@@ -279,10 +319,46 @@ impl ProcessEvaluator {
             exe,
             run_dir,
             kind,
-            cost: TrainingCost::new(kind, images, base.train.epochs),
+            cost: TrainingCost::new(kind, images),
+            epochs: (base.train.epochs, base.train.epochs),
+            final_images: images,
             base,
             visible_device,
         })
+    }
+
+    /// The size of the whole training split (validation hold-out included), which a final model
+    /// trains on.
+    pub fn set_final_images(&mut self, images: usize) {
+        self.final_images = images;
+    }
+
+    /// Say that trials train from `min` to `max` epochs (the prompt tells the LLM).
+    pub fn set_epochs(&mut self, min: usize, max: usize) {
+        self.epochs = (min, max);
+    }
+
+    fn dir(&self, trial: usize) -> PathBuf {
+        self.run_dir.join("trials").join(format!("{trial:04}"))
+    }
+
+    fn checkpoint(&self, trial: usize, epochs: usize) -> PathBuf {
+        self.dir(trial).join(format!("checkpoint-e{epochs}.safetensors"))
+    }
+
+    /// A trial's directory, ready for the evaluation of `fidelity`: a new trial's is cleared (a
+    /// trial interrupted by a killed agent left its files), a promoted trial's must hold its
+    /// checkpoint.
+    fn prepare_dir(&self, trial: usize, fidelity: Fidelity) -> Result<PathBuf, String> {
+        let dir = self.dir(trial);
+        if fidelity.from == 0 && dir.exists() {
+            std::fs::remove_dir_all(&dir).map_err(|e| format!("cannot clear {}: {e}", dir.display()))?;
+        }
+        if fidelity.from > 0 && !self.checkpoint(trial, fidelity.from).is_file() {
+            return Err(format!("cannot continue trial {trial}: no checkpoint {}", self.checkpoint(trial, fidelity.from).display()));
+        }
+        std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        Ok(dir)
     }
 
     /// Set the first estimates from a measurement ([`TrainingCost::calibrate`]).
@@ -343,45 +419,76 @@ fn describe_exit(status: std::process::ExitStatus) -> String {
 
 impl Evaluator for ProcessEvaluator {
     fn info(&self) -> TaskInfo {
-        training_info(self.kind, self.base.train.epochs)
+        training_info(self.kind, self.epochs.0, self.epochs.1)
     }
 
-    fn estimate_seconds(&self, arch: &Arch) -> f64 {
-        self.cost.estimate(arch)
+    fn estimate_seconds(&self, arch: &Arch, fidelity: Fidelity) -> f64 {
+        self.cost.estimate(arch, fidelity.added())
     }
 
-    fn evaluate(&mut self, arch: &Arch) -> Evaluation {
-        self.evaluate_trial(arch, 0, None)
+    fn evaluate(&mut self, arch: &Arch, fidelity: Fidelity) -> Evaluation {
+        self.evaluate_trial(arch, 0, fidelity, None)
     }
 
-    fn evaluate_trial(&mut self, arch: &Arch, trial: usize, limit: Option<TrialLimit>) -> Evaluation {
-        let dir = self.run_dir.join("trials").join(format!("{trial:04}"));
-        let failed = |error: String| Evaluation {
-            error: Some(error),
-            ..Evaluation::default()
+    fn release(&mut self, trial: usize, epochs: usize) {
+        let _ = std::fs::remove_file(self.checkpoint(trial, epochs));
+    }
+
+    fn evaluate_trial(&mut self, arch: &Arch, trial: usize, fidelity: Fidelity, limit: Option<TrialLimit>) -> Evaluation {
+        let dir = match self.prepare_dir(trial, fidelity) {
+            Ok(d) => d,
+            Err(e) => return Evaluation::failed(e),
         };
-        // A trial interrupted by a killed agent left its files: start it afresh.
-        if dir.exists() {
-            if let Err(e) = std::fs::remove_dir_all(&dir) {
-                return failed(format!("cannot clear {}: {e}", dir.display()));
-            }
-        }
-        if let Err(e) = std::fs::create_dir_all(&dir) {
-            return failed(format!("cannot create {}: {e}", dir.display()));
-        }
-        let spec = TrialSpec {
+        let mut spec = TrialSpec {
             trial,
             arch: arch.to_string(),
             out: Some(dir.clone()),
+            resume: (fidelity.from > 0).then(|| self.checkpoint(trial, fidelity.from)),
+            checkpoint: Some(self.checkpoint(trial, fidelity.to)),
             ..self.base.clone()
         };
+        spec.train.epochs = fidelity.to;
+        let eval = self.run_process(&spec, &dir, limit);
+        if eval.error.is_none() && !eval.pruned {
+            self.cost.observe(arch, fidelity.added(), eval.seconds);
+        }
+        eval
+    }
+
+    fn estimate_final_seconds(&self, arch: &Arch, epochs: usize) -> Option<f64> {
+        let search = self.cost.estimate(arch, epochs);
+        Some(search * self.final_images as f64 / self.cost.images().max(1) as f64)
+    }
+
+    fn train_final(&mut self, arch: &Arch, epochs: usize, limit: Option<TrialLimit>) -> Option<Evaluation> {
+        let dir = self.run_dir.join(crate::final_model::FINAL_DIR);
+        if let Err(e) = std::fs::remove_dir_all(&dir).or_else(|e| if dir.exists() { Err(e) } else { Ok(()) }).and_then(|_| std::fs::create_dir_all(&dir)) {
+            return Some(Evaluation::failed(format!("cannot prepare {}: {e}", dir.display())));
+        }
+        let mut spec = TrialSpec {
+            arch: arch.to_string(),
+            out: Some(dir.clone()),
+            final_model: true,
+            ..self.base.clone()
+        };
+        spec.train.epochs = epochs;
+        Some(self.run_process(&spec, &dir, limit))
+    }
+}
+
+impl ProcessEvaluator {
+    /// Run `spec` as a child process in `dir` (its spec and stderr files go there), stopped at
+    /// `limit`.
+    fn run_process(&mut self, spec: &TrialSpec, dir: &Path, limit: Option<TrialLimit>) -> Evaluation {
+        let failed = Evaluation::failed;
         let spec_path = dir.join("spec.json");
         let stderr_path = dir.join("stderr.log");
-        let mut stderr_file =
-            match std::fs::write(&spec_path, serde_json::to_string_pretty(&spec).expect("specs serialise")).and_then(|_| std::fs::File::create(&stderr_path)) {
-                Ok(f) => f,
-                Err(e) => return failed(format!("cannot write the trial's files in {}: {e}", dir.display())),
-            };
+        // A promotion's stderr follows the earlier rungs' in the same file.
+        let open_stderr = || std::fs::OpenOptions::new().create(true).append(true).truncate(false).open(&stderr_path);
+        let mut stderr_file = match std::fs::write(&spec_path, serde_json::to_string_pretty(spec).expect("specs serialise")).and_then(|_| open_stderr()) {
+            Ok(f) => f,
+            Err(e) => return failed(format!("cannot write the trial's files in {}: {e}", dir.display())),
+        };
         let mut command = Command::new(&self.exe);
         command
             .arg("trial")
@@ -417,6 +524,7 @@ impl Evaluator for ProcessEvaluator {
         });
         let deadline = limit.map(|l| started + Duration::from_secs_f64(l.seconds.max(0.0)));
         let mut events = Vec::new();
+        let mut result = false;
         let mut finished_at = None;
         let mut pruned = false;
         loop {
@@ -462,17 +570,21 @@ impl Evaluator for ProcessEvaluator {
                     lr,
                     ..
                 } => {
-                    for (name, v) in [("train_loss", train_loss), ("train_acc", train_acc), ("valid_acc", valid_acc), ("lr", lr)] {
-                        eval.metrics.push((*epoch, name.to_string(), *v));
+                    let valid = valid_acc.map(|v| ("valid_acc", v));
+                    for (name, v) in [("train_loss", *train_loss), ("train_acc", *train_acc), ("lr", *lr)].into_iter().chain(valid) {
+                        eval.metrics.push((*epoch, name.to_string(), v));
                     }
                 }
                 TrialEvent::Finished {
                     accuracy,
+                    test_accuracy,
                     device_seconds,
                     artefacts,
                     ..
                 } => {
-                    eval.accuracy = Some(*accuracy);
+                    result = true;
+                    eval.accuracy = *accuracy;
+                    eval.test_accuracy = *test_accuracy;
                     eval.seconds = *device_seconds;
                     eval.artefacts.extend(artefacts.iter().map(|p| self.relative(p)));
                 }
@@ -481,11 +593,8 @@ impl Evaluator for ProcessEvaluator {
         }
         // A trial that reported its result is kept, even when the deadline passed while it
         // exited (the result may have come in just before the kill).
-        let finished = eval.accuracy.is_some();
         match status {
-            _ if finished => {
-                self.cost.observe(arch, eval.seconds);
-            }
+            _ if result => {}
             _ if pruned => {
                 eval.pruned = true;
                 eval.error = limit.map(|l| l.reason(wall));
@@ -538,7 +647,8 @@ mod tests {
     fn fake_trial(dir: &Path, exit_after: f64) -> PathBuf {
         use std::os::unix::fs::PermissionsExt;
         let finished = TrialEvent::Finished {
-            accuracy: 87.5,
+            accuracy: Some(87.5),
+            test_accuracy: None,
             device_seconds: 0.25,
             params: 1,
             flops: 1.0,
@@ -561,6 +671,9 @@ mod tests {
             train: TrainConfig::default(),
             device: "cpu".into(),
             out: None,
+            resume: None,
+            checkpoint: None,
+            final_model: false,
             watch_stdin: true,
         };
         ProcessEvaluator::new(exe, run_dir.to_path_buf(), base, 1000).unwrap()
@@ -573,7 +686,7 @@ mod tests {
         let mut e = evaluator(fake_trial(tmp.path(), 1.5), tmp.path());
         let arch = Arch::sample(&mut <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(9));
         let limit = TrialLimit { seconds: 0.5, timeout: true };
-        let eval = e.evaluate_trial(&arch, 0, Some(limit));
+        let eval = e.evaluate_trial(&arch, 0, Fidelity::new(1), Some(limit));
         assert!(!eval.pruned, "{:?}", eval.error);
         assert_eq!((eval.accuracy, eval.seconds, eval.error), (Some(87.5), 0.25, None));
     }

@@ -45,6 +45,9 @@ fn trial(id: usize, arch: &str, accuracy: Option<f64>, proxies: &[(&str, Option<
         seconds: 1.0,
         state: if accuracy.is_some() { TrialState::Complete } else { TrialState::Failed },
         error: accuracy.is_none().then(|| "out of memory".to_string()),
+        epochs: 0,
+        rungs: Vec::new(),
+        bracket: None,
     }
 }
 

@@ -35,6 +35,9 @@ fn trial(id: usize, arch: &str, state: TrialState) -> TrialRecord {
             seconds: 12.5,
             state,
             error: (state == TrialState::Failed).then(|| "out of memory".to_string()),
+            epochs: 0,
+            rungs: Vec::new(),
+            bracket: None,
         },
         artefacts: if state == TrialState::Complete {
             vec![format!("trials/{id}/best.safetensors")]

@@ -28,6 +28,7 @@ use autoagent_agent::llm_strategy::{LlmOptions, LlmStrategy};
 use autoagent_agent::prompts::Prompts;
 use autoagent_agent::ranker::{Ranker, RankerConfig};
 use autoagent_agent::runner::{run_loop, LoopOptions, Recorder, Summary};
+use autoagent_agent::scheduler::{Scheduler, SchedulerKind};
 use autoagent_agent::strategy::{Evolution, LocalSearch, RandomSearch, Strategy};
 use autoagent_agent::task::{Evaluator, Nb201Dataset, TableEvaluator};
 use autoagent_evaluator::data::{self, DatasetKind};
@@ -341,7 +342,7 @@ pub fn run(args: &SearchBenchArgs) -> Result<()> {
 
     let table = Arc::new(Nb201Table::load_or_default(args.truth.as_deref())?.0);
     // Validates the columns (and the fidelity) before any run starts.
-    TableEvaluator::new(table.clone(), dataset, args.fidelity).map_err(anyhow::Error::msg)?;
+    TableEvaluator::new(table.clone(), dataset, &[args.fidelity]).map_err(anyhow::Error::msg)?;
 
     let mut ranker = if rankings.contains(&true) {
         let kind = DatasetKind::from_name(&args.images).with_context(|| format!("unknown image dataset '{}'", args.images))?;
@@ -411,7 +412,7 @@ pub fn run(args: &SearchBenchArgs) -> Result<()> {
                             "evolution" => Box::new(Evolution::new(seed, args.population, args.tournament)),
                             "local" => Box::new(LocalSearch::new(seed, args.population)),
                             _ => {
-                                let evaluator = TableEvaluator::new(table.clone(), dataset, args.fidelity).map_err(anyhow::Error::msg)?;
+                                let evaluator = TableEvaluator::new(table.clone(), dataset, &[args.fidelity]).map_err(anyhow::Error::msg)?;
                                 let options = LlmOptions {
                                     temperature: args.temperature,
                                     seed,
@@ -429,7 +430,7 @@ pub fn run(args: &SearchBenchArgs) -> Result<()> {
                                 ))
                             }
                         };
-                        let evaluator = TableEvaluator::new(table.clone(), dataset, args.fidelity).map_err(anyhow::Error::msg)?;
+                        let evaluator = TableEvaluator::new(table.clone(), dataset, &[args.fidelity]).map_err(anyhow::Error::msg)?;
                         one_run(&rt, strategy, evaluator, if ranked { ranker.as_mut() } else { None }, &key, dir.as_deref())?
                     }
                 };
@@ -566,6 +567,9 @@ fn one_run(
         trial_timeout: None,
         explore: key.explore,
         wall_limit: None,
+        scheduler: Scheduler::new(SchedulerKind::None, vec![key.fidelity], 3).map_err(anyhow::Error::msg)?,
+        final_epochs: None,
+        final_fraction: 0.0,
     };
     let started = Instant::now();
     let (history, summary) = rt.block_on(run_loop(
@@ -744,6 +748,9 @@ mod tests {
             seconds: 0.0,
             state: if acc.is_some() { TrialState::Complete } else { TrialState::Failed },
             error: None,
+            epochs: 12,
+            rungs: Vec::new(),
+            bracket: None,
         }
     }
 

@@ -11,6 +11,7 @@ use super::spec::{DataRecord, ModelFacts, ModelSpec, WEIGHTS_FILE};
 use super::weights::{load_model, skeleton_of};
 use super::{invalid, ExportError};
 use crate::error_context::Context;
+use crate::final_model::FinalModel;
 use crate::store::sqlite::SqliteStore;
 use crate::store::{Store, TrialRecord, TrialState};
 use crate::trial::WEIGHTS_FILE as TRIAL_WEIGHTS;
@@ -38,15 +39,22 @@ pub struct Exported {
     pub out: PathBuf,
     /// Its `model.json`.
     pub spec: ModelSpec,
+    /// Whether it is the run's final model (the best configuration retrained).
+    pub final_model: bool,
+    /// Its test accuracy (%), where the run measured it.
+    pub test_accuracy: Option<f64>,
 }
 
 impl Exported {
     /// The line that says what was exported where.
     pub fn summary(&self) -> String {
         let s = &self.spec;
-        let acc = s.valid_accuracy.map(|a| format!("{a:.2} %")).unwrap_or_else(|| "unknown".into());
+        let (what, acc) = match (self.final_model, self.test_accuracy) {
+            (true, Some(t)) => ("the final model (retrained) of trial", format!("test accuracy {t:.2} %")),
+            _ => ("trial", format!("validation accuracy {}", s.valid_accuracy.map(|a| format!("{a:.2} %")).unwrap_or_else(|| "unknown".into()))),
+        };
         format!(
-            "exported trial {} of {} ({}, {}, validation accuracy {acc}, {} params) to {}",
+            "exported {what} {} of {} ({}, {}, {acc}, {} params) to {}",
             self.trial,
             self.run_dir.display(),
             s.arch,
@@ -114,18 +122,39 @@ fn choose_trial<'a>(dir: &Path, trials: &'a [TrialRecord], n: Option<usize>) -> 
     Ok(r)
 }
 
-/// The complete trial with the best validation accuracy (the lowest number among equals).
+/// The complete trial trained longest (a scheduler's incumbent), then with the best validation
+/// accuracy (the lowest number among equals).
 fn best_trial(trials: &[TrialRecord]) -> Option<&TrialRecord> {
     trials
         .iter()
         .filter(|r| r.trial.state == TrialState::Complete && r.trial.accuracy.is_some())
         .max_by(|a, b| {
             a.trial
-                .accuracy
-                .partial_cmp(&b.trial.accuracy)
-                .unwrap_or(std::cmp::Ordering::Equal)
+                .epochs
+                .cmp(&b.trial.epochs)
+                .then(a.trial.accuracy.partial_cmp(&b.trial.accuracy).unwrap_or(std::cmp::Ordering::Equal))
                 .then(b.trial.id.cmp(&a.trial.id))
         })
+}
+
+/// The run's final model when it was trained ([`crate::final_model`]): the record of its
+/// source trial with the final model's files, and the final model.
+fn final_record(store: &SqliteStore, trials: &[TrialRecord]) -> Result<Option<(TrialRecord, FinalModel)>, ExportError> {
+    let Some(text) = store.meta("final_model")? else {
+        return Ok(None);
+    };
+    let f: FinalModel = serde_json::from_str(&text).with_context(|| "the run's final model record is not readable".to_string())?;
+    if !f.is_complete() {
+        return Ok(None);
+    }
+    let Some(source) = trials.iter().find(|r| r.trial.id == f.trial) else {
+        return Ok(None);
+    };
+    let record = TrialRecord {
+        artefacts: f.artefacts.clone(),
+        ..source.clone()
+    };
+    Ok(Some((record, f)))
 }
 
 /// The trial's spec (task, training configuration), `null` when it kept none.
@@ -251,7 +280,15 @@ pub fn export_trial(opts: &ExportOptions, warn: &mut dyn FnMut(&str)) -> Result<
     let (store, config, trials) = open_run(dir)?;
     let run_task = config["args"]["task"].as_str().map(str::to_string);
     refuse_table_run(dir, run_task.as_deref(), &trials)?;
-    let record = choose_trial(dir, &trials, opts.trial)?;
+    // The best model of a run is its final model when it has one.
+    let final_model = match opts.trial {
+        None => final_record(&store, &trials)?,
+        Some(_) => None,
+    };
+    let record = match &final_model {
+        Some((r, _)) => r,
+        None => choose_trial(dir, &trials, opts.trial)?,
+    };
     let id = record.trial.id;
     let spec = trial_spec(dir, record)?;
     let Some(task) = run_task.or_else(|| spec["task"].as_str().map(str::to_string)) else {
@@ -264,7 +301,12 @@ pub fn export_trial(opts: &ExportOptions, warn: &mut dyn FnMut(&str)) -> Result<
     let cfg = network_of(record, kind, &weights)?;
     prepare_out(&opts.out, opts.force)?;
     let model = copy_weights(&weights, &opts.out, &cfg)?;
-    let (epoch, valid_accuracy) = accuracy_of(&store, record, &weights_rel)?;
+    let (epoch, valid_accuracy) = match &final_model {
+        // Trained on the validation hold-out too: no validation accuracy.
+        Some((_, f)) => (Some(f.epochs), None),
+        None => accuracy_of(&store, record, &weights_rel)?,
+    };
+    let test_accuracy = final_model.as_ref().map_or(record.trial.test_accuracy, |(_, f)| f.test_accuracy);
     let data_record = trial_data(kind, &spec, &config, warn);
     let run_dir_abs = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.clone());
     let spec_out = ModelSpec::new(ModelFacts {
@@ -278,13 +320,16 @@ pub fn export_trial(opts: &ExportOptions, warn: &mut dyn FnMut(&str)) -> Result<
             "weights": weights_rel,
             "epoch": epoch,
             "trial_accuracy": record.trial.accuracy,
-            "test_accuracy": record.trial.test_accuracy,
+            "test_accuracy": test_accuracy,
+            "final_model": final_model.is_some(),
             "train": spec["train"],
         }),
         data: data_record,
     });
     spec_out.write(&opts.out)?;
     Ok(Exported {
+        final_model: final_model.is_some(),
+        test_accuracy,
         trial: id,
         run_dir: dir.clone(),
         out: opts.out.clone(),

@@ -23,7 +23,7 @@ use crate::llm::Exchange;
 pub use crate::history::TrialState;
 
 /// The schema version this build writes (`PRAGMA user_version` of the SQLite store).
-pub const SCHEMA_VERSION: u32 = 2;
+pub const SCHEMA_VERSION: u32 = 3;
 
 /// A trial as stored: the loop's [`Trial`] plus what the executor adds.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -40,6 +40,10 @@ pub const MIGRATIONS: &[&str] = &[
      CREATE TABLE metrics (
          trial INTEGER NOT NULL REFERENCES trials(id), epoch INTEGER NOT NULL, name TEXT NOT NULL, value REAL NOT NULL,
          PRIMARY KEY (trial, epoch, name));",
+    // 3: multi-fidelity: a trial's rungs (JSON), its bracket and the epochs of its last rung.
+    "ALTER TABLE trials ADD COLUMN rungs TEXT NOT NULL DEFAULT '[]';
+     ALTER TABLE trials ADD COLUMN bracket INTEGER;
+     ALTER TABLE trials ADD COLUMN epochs INTEGER NOT NULL DEFAULT 0;",
 ];
 
 /// How long a statement waits for another process's transaction before reporting a lock.
@@ -320,12 +324,14 @@ impl Store for SqliteStore {
     fn put_trial(&mut self, record: &TrialRecord) -> Result<(), StoreError> {
         let t = &record.trial;
         self.exec(
-            "INSERT INTO trials (id, round, arch, origin, state, proxies, rank_score, accuracy, test_accuracy, seconds, error, artefacts, stderr_tail)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)
+            "INSERT INTO trials (id, round, arch, origin, state, proxies, rank_score, accuracy, test_accuracy, seconds, error, artefacts, stderr_tail,
+                 rungs, bracket, epochs)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)
              ON CONFLICT (id) DO UPDATE SET round = excluded.round, arch = excluded.arch, origin = excluded.origin,
                  state = excluded.state, proxies = excluded.proxies, rank_score = excluded.rank_score,
                  accuracy = excluded.accuracy, test_accuracy = excluded.test_accuracy, seconds = excluded.seconds,
-                 error = excluded.error, artefacts = excluded.artefacts, stderr_tail = excluded.stderr_tail",
+                 error = excluded.error, artefacts = excluded.artefacts, stderr_tail = excluded.stderr_tail,
+                 rungs = excluded.rungs, bracket = excluded.bracket, epochs = excluded.epochs",
             params![
                 t.id as i64,
                 t.round as i64,
@@ -340,69 +346,67 @@ impl Store for SqliteStore {
                 t.error,
                 encode(&record.artefacts),
                 record.stderr_tail,
+                encode(&t.rungs),
+                t.bracket.map(|b| b as i64),
+                t.epochs as i64,
             ],
         )
         .map(|_| ())
     }
 
     fn trials(&self) -> Result<Vec<TrialRecord>, StoreError> {
-        type Raw = (
-            i64,
-            i64,
-            String,
-            String,
-            String,
-            String,
-            Option<f64>,
-            Option<f64>,
-            Option<f64>,
-            f64,
-            Option<String>,
-            String,
-            Option<String>,
-        );
-        let raw: Vec<Raw> = self.rows(
-            "SELECT id, round, arch, origin, state, proxies, rank_score, accuracy, test_accuracy, seconds, error, artefacts, stderr_tail
+        type Raw = (i64, i64, String, String, String, String, Option<f64>, Option<f64>, Option<f64>, f64, Option<String>, String, Option<String>);
+        type Fidelity = (String, Option<i64>, i64);
+        let raw: Vec<(Raw, Fidelity)> = self.rows(
+            "SELECT id, round, arch, origin, state, proxies, rank_score, accuracy, test_accuracy, seconds, error, artefacts, stderr_tail,
+                 rungs, bracket, epochs
              FROM trials ORDER BY id",
             [],
             |r| {
                 Ok((
-                    r.get(0)?,
-                    r.get(1)?,
-                    r.get(2)?,
-                    r.get(3)?,
-                    r.get(4)?,
-                    r.get(5)?,
-                    r.get(6)?,
-                    r.get(7)?,
-                    r.get(8)?,
-                    r.get(9)?,
-                    r.get(10)?,
-                    r.get(11)?,
-                    r.get(12)?,
+                    (
+                        r.get(0)?,
+                        r.get(1)?,
+                        r.get(2)?,
+                        r.get(3)?,
+                        r.get(4)?,
+                        r.get(5)?,
+                        r.get(6)?,
+                        r.get(7)?,
+                        r.get(8)?,
+                        r.get(9)?,
+                        r.get(10)?,
+                        r.get(11)?,
+                        r.get(12)?,
+                    ),
+                    (r.get(13)?, r.get(14)?, r.get(15)?),
                 ))
             },
         )?;
         raw.into_iter()
             .map(
-                |(id, round, arch, origin, state, proxies, rank_score, accuracy, test_accuracy, seconds, error, artefacts, stderr_tail)| {
+                |((id, round, arch, origin, state, proxies, rank_score, accuracy, test_accuracy, seconds, error, artefacts, stderr_tail), (rungs, bracket, epochs))| {
+                    let trial = Trial {
+                        id: id as usize,
+                        round: round as usize,
+                        arch: parse_arch(&arch)?,
+                        origin: decode("trials.origin", &origin)?,
+                        proxies: decode("trials.proxies", &proxies)?,
+                        rank_score,
+                        accuracy,
+                        test_accuracy,
+                        seconds,
+                        state: TrialState::from_name(&state).ok_or_else(|| StoreError::Decode {
+                            what: "trials.state".into(),
+                            reason: format!("unknown state '{state}'"),
+                        })?,
+                        error,
+                        epochs: epochs as usize,
+                        rungs: decode("trials.rungs", &rungs)?,
+                        bracket: bracket.map(|b| b as usize),
+                    };
                     Ok(TrialRecord {
-                        trial: Trial {
-                            id: id as usize,
-                            round: round as usize,
-                            arch: parse_arch(&arch)?,
-                            origin: decode("trials.origin", &origin)?,
-                            proxies: decode("trials.proxies", &proxies)?,
-                            rank_score,
-                            accuracy,
-                            test_accuracy,
-                            seconds,
-                            state: TrialState::from_name(&state).ok_or_else(|| StoreError::Decode {
-                                what: "trials.state".into(),
-                                reason: format!("unknown state '{state}'"),
-                            })?,
-                            error,
-                        },
+                        trial,
                         artefacts: decode("trials.artefacts", &artefacts)?,
                         stderr_tail,
                     })
@@ -513,6 +517,7 @@ mod tests {
                 seconds: pair[1].abs(),
                 state: TrialState::Complete,
                 error: None,
+                ..Trial::new(id, 0, arch, Origin::Random)
             };
             store
                 .put_trial(&TrialRecord {

@@ -26,13 +26,12 @@ use serde::Serialize;
 use crate::budget::{Budget, Limit};
 use autoagent_evaluator::nb201::Arch;
 
-use crate::history::{History, Origin, Proposal, Trial, TrialState};
+use crate::history::{History, Proposal, Trial, TrialState};
 use crate::llm::Exchange;
-use crate::ranker::Ranker;
+use crate::scheduler::Scheduler;
 use crate::store::sqlite::SqliteStore;
 use crate::store::Store;
-use crate::strategy::Strategy;
-use crate::task::Evaluator;
+use replay::PriorJob;
 
 /// Options of the loop.
 #[derive(Debug, Clone, Serialize)]
@@ -54,6 +53,13 @@ pub struct LoopOptions {
     /// Wall-clock seconds this invocation may run (`--wall-limit`): no round or trial starts
     /// past it, and a trial is stopped (pruned) when it would run past it.
     pub wall_limit: Option<f64>,
+    /// Which trials go on to a higher fidelity, and the fidelities.
+    pub scheduler: Scheduler,
+    /// Epochs of the final model, the best configuration retrained on the whole training split
+    /// once the search ends (`None`: no final model).
+    pub final_epochs: Option<usize>,
+    /// The share of a time budget held back for the final model from the start.
+    pub final_fraction: f64,
 }
 
 /// Errors that end a run.
@@ -86,7 +92,7 @@ pub enum RunError {
 /// only their outcome).
 ///
 /// A resumed run ([`Recorder::resume`]) replays the loop from its seed: the records the run
-/// already holds are served back ([`Recorder::prior_trial`], [`Recorder::prior_round_seconds`])
+/// already holds are served back (`Recorder::prior_job`, [`Recorder::prior_round_seconds`])
 /// and not written twice, so a finished trial, proxy score or LLM reply is never lost or repeated.
 pub struct Recorder {
     files: Option<Files>,
@@ -99,8 +105,14 @@ struct Prior {
     proposals: usize,
     failed: usize,
     exchanges: usize,
-    /// Finished trials by id (complete, failed or pruned).
-    finished: std::collections::BTreeMap<usize, Trial>,
+    /// Trials with at least one finished rung, as those rungs leave them, by id.
+    trials: std::collections::BTreeMap<usize, Trial>,
+    /// The recorded jobs by number: (trial id, index of the rung).
+    jobs: std::collections::BTreeMap<usize, (usize, usize)>,
+    /// Candidates of each recorded round.
+    round_sizes: Vec<usize>,
+    /// The final model, when it was recorded.
+    final_model: Option<crate::final_model::FinalModel>,
     /// Rounds whose proxy seconds were recorded (their values stay in `Files::round_seconds`).
     rounds: usize,
     /// Device seconds of work lost to kills (see [`Meter`]).
@@ -241,19 +253,33 @@ fn recorded_round_seconds(store: &SqliteStore) -> Result<Vec<f64>, RunError> {
     }
 }
 
-/// The seconds of the `spending:*` entries (`pending`) whose step has no record: the trial is not
-/// finished (`finished` says which are), the round's proxy seconds are not among the `rounds`
+/// The seconds of the `spending:*` entries (`pending`) whose step has no record: the trial's rung
+/// is not finished (`rungs(n)` says how many rungs of trial `n` are; a key `trial:N:R` is rung R
+/// of trial N, `trial:N` its first), the round's proxy seconds are not among the `rounds`
 /// recorded. That work was lost to a kill.
-fn unrecorded_seconds(pending: &[(String, String)], finished: impl Fn(usize) -> bool, rounds: usize) -> f64 {
+fn unrecorded_seconds(pending: &[(String, String)], rungs: impl Fn(usize) -> usize, rounds: usize) -> f64 {
+    let unrecorded_rung = |step: &str| {
+        let (n, r) = step.split_once(':').unwrap_or((step, "0"));
+        match (n.parse::<usize>(), r.parse::<usize>()) {
+            (Ok(n), Ok(r)) => rungs(n) <= r,
+            _ => true,
+        }
+    };
     pending
         .iter()
         .filter(|(key, _)| match key.strip_prefix(SPENDING).and_then(|s| s.split_once(':')) {
-            Some(("trial", n)) => n.parse().map_or(true, |n| !finished(n)),
+            Some(("trial", step)) => unrecorded_rung(step),
             Some(("round", r)) => r.parse::<usize>().map_or(true, |r| r >= rounds),
             _ => true,
         })
         .map(|(_, v)| v.parse::<f64>().unwrap_or(0.0))
         .fold(0.0, |a, b| a + b)
+}
+
+/// The stored trials that have a finished rung, as their finished rungs leave them (a trial
+/// killed during a promotion stands at its last finished rung).
+fn settled_trials(store: &SqliteStore) -> Result<Vec<Trial>, RunError> {
+    Ok(store.trials()?.into_iter().filter_map(|r| r.trial.settled()).collect())
 }
 
 fn recorded_lost_seconds(store: &SqliteStore) -> Result<f64, RunError> {
@@ -288,12 +314,14 @@ impl Spent {
 
     /// What `store` records as spent.
     pub fn of(store: &SqliteStore) -> Result<Self, RunError> {
-        let finished: Vec<Trial> = store.trials()?.into_iter().map(|r| r.trial).filter(|t| t.state.is_finished()).collect();
+        let finished = settled_trials(store)?;
         let rounds = recorded_round_seconds(store)?;
         let proxy_seconds = rounds.iter().fold(0.0, |a, b| a + b);
         let pending = store.meta_prefixed(SPENDING)?;
-        let lost_seconds = recorded_lost_seconds(store)? + unrecorded_seconds(&pending, |n| finished.iter().any(|t| t.id == n), rounds.len());
+        let rungs = |n: usize| finished.iter().find(|t| t.id == n).map_or(0, |t| t.rungs.len());
+        let lost_seconds = recorded_lost_seconds(store)? + unrecorded_seconds(&pending, rungs, rounds.len());
         let trial_seconds = finished.iter().fold(0.0, |a, t| a + t.seconds);
+        let trial_seconds = trial_seconds + recorded_final(store)?.map_or(0.0, |f| f.seconds);
         Ok(Spent {
             trials: finished.len(),
             seconds: trial_seconds + proxy_seconds + lost_seconds,
@@ -328,6 +356,34 @@ impl Spent {
             )),
         }
     }
+}
+
+/// The final model recorded in the run database.
+fn recorded_final(store: &SqliteStore) -> Result<Option<crate::final_model::FinalModel>, RunError> {
+    match store.meta(FINAL_KEY)? {
+        Some(text) => Ok(Some(serde_json::from_str(&text).map_err(|e| {
+            RunError::Store(crate::store::StoreError::Decode {
+                what: format!("meta {FINAL_KEY}"),
+                reason: e.to_string(),
+            })
+        })?)),
+        None => Ok(None),
+    }
+}
+
+/// The metadata key of the final model.
+const FINAL_KEY: &str = "final_model";
+
+/// The number of proposals of each round.
+fn round_sizes(proposals: &[crate::store::ProposalRecord]) -> Vec<usize> {
+    let mut sizes = Vec::new();
+    for p in proposals {
+        if sizes.len() <= p.round {
+            sizes.resize(p.round + 1, 0);
+        }
+        sizes[p.round] += 1;
+    }
+    sizes
 }
 
 fn open_append(path: &Path) -> Result<File, RunError> {
@@ -394,15 +450,14 @@ impl Recorder {
         }
         let round_seconds = recorded_round_seconds(&store)?;
         let rounds = round_seconds.len();
-        let finished: std::collections::BTreeMap<usize, Trial> = trials
-            .into_iter()
-            .filter(|r| r.trial.state.is_finished())
-            .map(|r| (r.trial.id, r.trial))
-            .collect();
+        let final_model = recorded_final(&store)?;
+        let finished: std::collections::BTreeMap<usize, Trial> = trials.into_iter().filter_map(|r| r.trial.settled()).map(|t| (t.id, t)).collect();
+        let jobs = finished.values().flat_map(|t| t.rungs.iter().enumerate().map(|(i, r)| (r.job, (t.id, i)))).collect();
         // What the killed run was spending on steps that have no record is lost work: booked
         // once, in one transaction with the removal of its entries.
         let pending = store.meta_prefixed(SPENDING)?;
-        let lost_seconds = recorded_lost_seconds(&store)? + unrecorded_seconds(&pending, |n| finished.contains_key(&n), rounds);
+        let rungs = |n: usize| finished.get(&n).map_or(0, |t| t.rungs.len());
+        let lost_seconds = recorded_lost_seconds(&store)? + unrecorded_seconds(&pending, rungs, rounds);
         if !pending.is_empty() {
             let keys: Vec<String> = pending.into_iter().map(|(k, _)| k).collect();
             store.replace_meta(&keys, "lost_seconds", &lost_seconds.to_string())?;
@@ -433,7 +488,10 @@ impl Recorder {
                 proposals: proposals.len(),
                 failed: failed.len(),
                 exchanges: exchanges.len(),
-                finished,
+                trials: finished,
+                jobs,
+                round_sizes: round_sizes(&proposals),
+                final_model,
                 rounds,
                 lost_seconds,
             },
@@ -465,15 +523,42 @@ impl Recorder {
         }
     }
 
-    /// The finished trial `id` of the run before it was resumed.
-    pub fn prior_trial(&self, id: usize) -> Option<&Trial> {
-        self.prior.finished.get(&id)
+    /// The job number `job` of the run before it was resumed.
+    pub(crate) fn prior_job(&self, job: usize) -> Option<PriorJob> {
+        let &(id, rung) = self.prior.jobs.get(&job)?;
+        let trial = self.prior.trials.get(&id)?.after_rungs(rung + 1);
+        Some(PriorJob { trial, rung })
     }
 
     /// Device seconds of work lost to kills before the run was resumed (trial attempts and proxy
     /// rounds that never finished): a resumed run's budget starts from them.
     pub fn lost_seconds(&self) -> f64 {
         self.prior.lost_seconds
+    }
+
+    /// The final model recorded before the run was resumed.
+    pub(crate) fn prior_final(&self) -> Option<crate::final_model::FinalModel> {
+        self.prior.final_model.clone()
+    }
+
+    /// The final model's training starts (metered).
+    fn final_started(&mut self) {
+        if let Some(f) = self.files.as_mut() {
+            f.meter.start(FINAL_KEY.to_string());
+        }
+    }
+
+    /// Record the final model.
+    fn final_model(&mut self, m: &crate::final_model::FinalModel) -> Result<(), RunError> {
+        if let Some(f) = self.files.as_mut() {
+            f.store.set_meta(FINAL_KEY, &serde_json::to_string(m).expect("records serialise"))?;
+        }
+        self.step_ended()
+    }
+
+    /// The number of candidates of `round` before the run was resumed.
+    pub(crate) fn prior_round_size(&self, round: usize) -> Option<usize> {
+        self.prior.round_sizes.get(round).copied()
     }
 
     /// The device seconds the proxies took in `round` before the run was resumed.
@@ -496,10 +581,10 @@ impl Recorder {
             .map_err(|source| RunError::Io { path, source })
     }
 
-    /// A trial is about to be evaluated: stored as running, so a run killed now knows to
-    /// evaluate it again.
-    fn trial_started(&mut self, t: &Trial) -> Result<(), RunError> {
-        if self.prior.finished.contains_key(&t.id) {
+    /// Trial `t` is about to be evaluated as job `job` (a new trial or its next rung): stored
+    /// as running, so a run killed now knows to evaluate it again.
+    fn trial_started(&mut self, t: &Trial, job: usize) -> Result<(), RunError> {
+        if self.prior.jobs.contains_key(&job) {
             return Ok(());
         }
         if let Some(f) = self.files.as_mut() {
@@ -511,7 +596,7 @@ impl Recorder {
                 artefacts: Vec::new(),
                 stderr_tail: None,
             })?;
-            f.meter.start(format!("trial:{}", t.id));
+            f.meter.start(format!("trial:{}:{}", t.id, t.rungs.len()));
         }
         Ok(())
     }
@@ -533,8 +618,9 @@ impl Recorder {
         }
     }
 
-    fn trial(&mut self, t: &Trial, eval: Option<&crate::task::Evaluation>) -> Result<(), RunError> {
-        if self.prior.finished.contains_key(&t.id) {
+    /// Job `job` of trial `t` ended (its rung is the trial's last).
+    fn trial(&mut self, t: &Trial, eval: Option<&crate::task::Evaluation>, job: usize) -> Result<(), RunError> {
+        if self.prior.jobs.contains_key(&job) {
             return Ok(());
         }
         if let Some(f) = self.files.as_mut() {
@@ -624,7 +710,7 @@ impl Recorder {
         };
         let spent = Spent::of(&files.store)?;
         let history = History {
-            trials: files.store.trials()?.into_iter().map(|r| r.trial).filter(|t| t.state.is_finished()).collect(),
+            trials: settled_trials(&files.store)?,
             ..History::default()
         };
         s.trials = spent.trials;
@@ -712,289 +798,15 @@ pub struct Summary {
     pub llm: LlmUsage,
     /// Why the loop stopped.
     pub stopped: String,
+    /// The final model (the best configuration retrained), when the task has one.
+    #[serde(default)]
+    pub final_model: Option<crate::final_model::FinalModel>,
 }
 
-/// What a resumed run does with the next candidate of a round, given the record's trial of the
-/// same number ([`Recorder::prior_trial`]).
-enum Replay {
-    /// Not recorded: evaluate it if it fits.
-    New,
-    /// Recorded: serve the record back (it fitted then, whatever the estimate says now).
-    Recorded(Trial),
-    /// The record evaluated a later candidate of this round: this one did not fit then.
-    Skip,
-    /// The record's next trial belongs to a later round: this round's evaluations are done.
-    EndRound,
-}
+mod replay;
+mod stages;
 
-fn replay(prior: Option<&Trial>, round: usize, arch: &Arch, later: &[Arch], evaluated: usize) -> Result<Replay, RunError> {
-    let Some(prior) = prior else {
-        return Ok(Replay::New);
-    };
-    let same = |a: &Arch| a.canonical() == prior.arch.canonical();
-    if prior.round == round && same(arch) {
-        return Ok(Replay::Recorded(prior.clone()));
-    }
-    if prior.round == round && later.iter().any(same) {
-        return Ok(Replay::Skip);
-    }
-    if prior.round > round && evaluated > 0 {
-        return Ok(Replay::EndRound);
-    }
-    Err(RunError::Stuck(format!(
-        "the resumed run diverged from its record at trial {}: it chose {} in round {round} where the record has {} in round {} \
-         (was the run's code, proxy cache or table changed?)",
-        prior.id, arch, prior.arch, prior.round
-    )))
-}
-
-/// Run the loop until the budget is spent.
-pub async fn run_loop(
-    strategy: &mut dyn Strategy,
-    evaluator: &mut dyn Evaluator,
-    mut ranker: Option<&mut Ranker>,
-    budget: &mut Budget,
-    options: &LoopOptions,
-    recorder: &mut Recorder,
-    mut on_trial: impl FnMut(&Trial, &Budget),
-) -> Result<(History, Summary), RunError> {
-    let mut history = History::default();
-    let mut usage = LlmUsage::default();
-    let (mut rounds, mut duplicates, mut proxy_seconds, mut empty, mut fallback) = (0usize, 0usize, 0.0f64, 0usize, 0usize);
-    let mut explored = 0usize;
-    let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(options.seed ^ 0x5eed_f411);
-    let stopped;
-    let started = Instant::now();
-    let wall_left = || options.wall_limit.map(|w| w - started.elapsed().as_secs_f64());
-    let wall_spent = || wall_left().is_some_and(|w| w <= 0.0);
-    loop {
-        if budget.exhausted() {
-            stopped = "budget spent".to_string();
-            break;
-        }
-        if wall_spent() {
-            stopped = format!("the wall-clock limit ({:.0} s) was reached", options.wall_limit.unwrap_or(0.0));
-            break;
-        }
-        let asked = strategy.ask(&history, options.k).await;
-        let asked = match asked {
-            Ok(a) => a,
-            Err(e) => return Err(e.into()),
-        };
-        for ex in &asked.exchanges {
-            tracing::info!(
-                exchange = ex.index,
-                kind = %ex.kind,
-                prompt_tokens = ex.response.as_ref().map(|r| r.usage.prompt_tokens),
-                completion_tokens = ex.response.as_ref().map(|r| r.usage.completion_tokens),
-                seconds = ex.response.as_ref().map(|r| r.latency.as_secs_f64()),
-                error = ex.error.as_deref(),
-                "llm exchange"
-            );
-            recorder.exchange(ex)?;
-            usage.exchanges += 1;
-            if let Some(r) = &ex.response {
-                usage.prompt_tokens += r.usage.prompt_tokens;
-                usage.completion_tokens += r.usage.completion_tokens;
-                usage.cost_usd += r.cost_usd;
-                usage.seconds += r.latency.as_secs_f64();
-            }
-        }
-        let from_llm = !asked.exchanges.is_empty();
-        if from_llm {
-            usage.valid_proposals += asked.proposals.len();
-            usage.invalid_proposals += asked.failed.len();
-        }
-        for f in &asked.failed {
-            recorder.failed(f)?;
-            history.failed.push(f.clone());
-        }
-        // Deduplicate by canonical form, against the history and within the round.
-        let mut seen: Vec<String> = Vec::new();
-        let mut fresh = Vec::new();
-        for p in asked.proposals {
-            let c = p.arch.canonical();
-            if history.seen(&p.arch) || seen.contains(&c) {
-                duplicates += 1;
-                continue;
-            }
-            seen.push(c);
-            fresh.push(p);
-        }
-        // A strategy that keeps proposing what was already evaluated (a small LLM can) must not
-        // stall the run: top the round up with mutations of the best trial, or random cells.
-        // With ranking, `explore` more candidates join the round the same way, so the proxies
-        // choose among the strategy's proposals and cells near the best (a small LLM's proposals
-        // are near copies of one another).
-        let wanted = options.top_k.max(fresh.len()) + if ranker.is_some() { options.explore } else { 0 };
-        let before = fresh.len();
-        let mut tries = 0;
-        while fresh.len() < wanted && tries < 100 + options.explore * 10 {
-            tries += 1;
-            let p = match history.best(1).first() {
-                Some(best) => Proposal {
-                    arch: best.arch.mutate(&mut rng),
-                    origin: Origin::Mutation { parent: best.arch.to_string() },
-                },
-                None => Proposal {
-                    arch: Arch::sample(&mut rng),
-                    origin: Origin::Random,
-                },
-            };
-            let c = p.arch.canonical();
-            if history.seen(&p.arch) || seen.contains(&c) {
-                continue;
-            }
-            seen.push(c);
-            fresh.push(p);
-        }
-        let added = fresh.len() - before;
-        let topped_up = added.min(options.top_k.saturating_sub(before));
-        fallback += topped_up;
-        explored += added - topped_up;
-        if fresh.is_empty() {
-            empty += 1;
-            if empty >= options.max_empty_rounds {
-                stopped = format!("no new candidate in {empty} rounds in a row");
-                break;
-            }
-            continue;
-        }
-        empty = 0;
-        // Plan the round before spending: ranking the candidates and at least one evaluation
-        // must fit in what is left.
-        let archs: Vec<_> = fresh.iter().map(|p| p.arch).collect();
-        let cheapest = archs.iter().map(|a| evaluator.estimate_seconds(a)).fold(f64::INFINITY, f64::min);
-        let ranking = ranker.as_deref().map_or(0.0, |r| r.estimate_seconds(&archs));
-        let replaying = recorder.prior_round_seconds(rounds).is_some() || recorder.prior_trial(history.trials.len()).is_some();
-        if !replaying && !budget.affords(1, ranking + cheapest) {
-            stopped = format!("the budget left does not afford the next round (ranking ~{ranking:.1} s and an evaluation ~{cheapest:.1} s)");
-            break;
-        }
-        rounds += 1;
-        tracing::info!(round = rounds - 1, candidates = fresh.len(), duplicates, fallback, "round");
-        for p in &fresh {
-            recorder.proposal(rounds - 1, p)?;
-        }
-        // Rank.
-        let scored = match ranker.as_deref_mut() {
-            Some(r) => {
-                recorder.round_started(rounds - 1);
-                let (s, secs) = r.score(&archs)?;
-                // A resumed run's earlier rounds cost what they cost the first time (their scores
-                // now come from the cache).
-                let secs = recorder.prior_round_seconds(rounds - 1).unwrap_or(secs);
-                recorder.proxy_scores(rounds - 1, &archs, &s, secs)?;
-                tracing::info!(round = rounds - 1, candidates = archs.len(), seconds = secs, "ranked");
-                proxy_seconds += secs;
-                budget.spend(0, secs);
-                Some(s)
-            }
-            None => None,
-        };
-        let order = scored.as_deref().map_or_else(|| (0..fresh.len()).collect(), crate::ranker::evaluation_order);
-        // Evaluate the best-ranked candidates the budget affords, skipping those that do not fit.
-        let round = rounds - 1;
-        let mut evaluated = 0;
-        for (pos, &i) in order.iter().enumerate() {
-            if evaluated == options.top_k || budget.exhausted() || wall_spent() {
-                break;
-            }
-            let arch = fresh[i].arch;
-            let later: Vec<Arch> = order[pos + 1..].iter().map(|&j| fresh[j].arch).collect();
-            let prior = match replay(recorder.prior_trial(history.trials.len()), round, &arch, &later, evaluated)? {
-                Replay::EndRound => break,
-                Replay::Skip => continue,
-                Replay::Recorded(t) => Some(t),
-                Replay::New if !budget.affords(1, evaluator.estimate_seconds(&arch)) => continue,
-                Replay::New => None,
-            };
-            let mut trial = Trial {
-                id: history.trials.len(),
-                round,
-                arch,
-                origin: fresh[i].origin.clone(),
-                proxies: scored.as_ref().map(|s| s[i].proxies.clone()).unwrap_or_default(),
-                rank_score: scored.as_ref().map(|s| s[i].rank_score),
-                accuracy: None,
-                test_accuracy: None,
-                seconds: 0.0,
-                state: TrialState::Running,
-                error: None,
-            };
-            let mut extras = None;
-            match prior {
-                // Resumed: the run evaluated this trial before it stopped.
-                Some(prior) => trial = prior,
-                None => {
-                    recorder.trial_started(&trial)?;
-                    // The trial's share: what is left of a time budget, and the per-trial limit.
-                    let timeout = match (options.trial_timeout, wall_left()) {
-                        (Some(t), Some(w)) => Some(t.min(w)),
-                        (t, w) => t.or(w),
-                    };
-                    let share = crate::task::TrialLimit::of(budget.seconds_left(), timeout);
-                    let eval = evaluator.evaluate_trial(&arch, trial.id, share);
-                    trial.accuracy = eval.accuracy;
-                    trial.test_accuracy = eval.test_accuracy;
-                    trial.seconds = eval.seconds;
-                    trial.state = if eval.pruned {
-                        TrialState::Pruned
-                    } else if eval.error.is_some() {
-                        TrialState::Failed
-                    } else {
-                        TrialState::Complete
-                    };
-                    trial.error = eval.error.clone();
-                    extras = Some(eval);
-                }
-            }
-            budget.spend(1, trial.seconds);
-            tracing::info!(
-                trial = trial.id,
-                arch = %trial.arch,
-                state = trial.state.name(),
-                accuracy = trial.accuracy,
-                seconds = trial.seconds,
-                restored = extras.is_none(),
-                budget_used = budget.used_fraction(),
-                "trial"
-            );
-            if let Some(e) = &trial.error {
-                tracing::warn!(trial = trial.id, "trial {} {}: {e}", trial.id, trial.state.name());
-            }
-            recorder.trial(&trial, extras.as_ref())?;
-            strategy.tell(&trial);
-            on_trial(&trial, budget);
-            history.trials.push(trial);
-            evaluated += 1;
-        }
-        // (Past the wall-clock limit the top of the loop says so.)
-        if evaluated == 0 && !wall_spent() {
-            stopped = "the budget left does not afford the next evaluation".to_string();
-            break;
-        }
-    }
-    let summary = Summary {
-        strategy: strategy.name().to_string(),
-        trials: history.trials.len(),
-        rounds,
-        best: history.best(1).first().map(|t| (*t).clone()),
-        budget: budget.limit.to_string(),
-        budget_used: budget.used_fraction(),
-        device_seconds: budget.seconds,
-        overrun_seconds: budget.overrun_seconds,
-        proxy_seconds,
-        lost_seconds: 0.0,
-        duplicates,
-        fallback,
-        explored,
-        llm: usage,
-        stopped,
-    };
-    let summary = recorder.finish(summary, budget)?;
-    Ok((history, summary))
-}
+pub use stages::run_loop;
 
 #[cfg(test)]
 mod tests {
@@ -1002,7 +814,9 @@ mod tests {
     use crate::budget::Limit;
     use crate::llm_strategy::TaskInfo;
     use crate::strategy::RandomSearch;
-    use crate::task::Evaluation;
+    use crate::history::Origin;
+    use crate::scheduler::SchedulerKind;
+    use crate::task::{Evaluation, Evaluator, Fidelity};
 
     /// Loop options of the tests: `k` candidates a round, the best 2 evaluated.
     fn test_options(k: usize, seed: u64) -> LoopOptions {
@@ -1014,6 +828,9 @@ mod tests {
             trial_timeout: None,
             explore: 0,
             wall_limit: None,
+            scheduler: Scheduler::new(SchedulerKind::None, vec![1], 3).unwrap(),
+            final_epochs: None,
+            final_fraction: 0.0,
         }
     }
 
@@ -1031,11 +848,11 @@ mod tests {
             }
         }
 
-        fn estimate_seconds(&self, _arch: &Arch) -> f64 {
+        fn estimate_seconds(&self, _arch: &Arch, _fidelity: Fidelity) -> f64 {
             self.estimate
         }
 
-        fn evaluate(&mut self, arch: &Arch) -> Evaluation {
+        fn evaluate(&mut self, arch: &Arch, _fidelity: Fidelity) -> Evaluation {
             Evaluation {
                 accuracy: Some(arch.ops.iter().filter(|o| o.name() == "nor_conv_3x3").count() as f64),
                 test_accuracy: None,
@@ -1096,7 +913,7 @@ mod tests {
             Costed { actual: 0.0, estimate: 0.0 }.info()
         }
 
-        fn estimate_seconds(&self, arch: &Arch) -> f64 {
+        fn estimate_seconds(&self, arch: &Arch, _fidelity: Fidelity) -> f64 {
             if self.all_dear || arch.ordinal() % 2 == 1 {
                 1e9
             } else {
@@ -1104,10 +921,10 @@ mod tests {
             }
         }
 
-        fn evaluate(&mut self, arch: &Arch) -> Evaluation {
+        fn evaluate(&mut self, arch: &Arch, fidelity: Fidelity) -> Evaluation {
             Evaluation {
-                seconds: self.estimate_seconds(arch),
-                ..Costed { actual: 0.0, estimate: 0.0 }.evaluate(arch)
+                seconds: self.estimate_seconds(arch, fidelity),
+                ..Costed { actual: 0.0, estimate: 0.0 }.evaluate(arch, fidelity)
             }
         }
     }
@@ -1180,19 +997,10 @@ mod tests {
             // A trial attempt killed after 0.6 s (the recorder is dropped without its record).
             let mut r = Recorder::create(tmp.path()).unwrap();
             let t = Trial {
-                id: 0,
-                round: 0,
-                arch,
-                origin: Origin::Random,
-                proxies: Default::default(),
-                rank_score: None,
-                accuracy: None,
-                test_accuracy: None,
-                seconds: 0.0,
                 state: TrialState::Running,
-                error: None,
+                ..Trial::new(0, 0, arch, Origin::Random)
             };
-            r.trial_started(&t).unwrap();
+            r.trial_started(&t, 0).unwrap();
             std::thread::sleep(Duration::from_millis(600));
         }
         let trial = metered(tmp.path());

@@ -1,0 +1,528 @@
+//! The loop, stage by stage: ask the strategy ([`Loop::ask`]), keep the new candidates
+//! ([`Loop::fresh`]), size the round to what the budget affords ([`Loop::round_size`]), rank
+//! ([`Loop::rank`]), then evaluate the best-ranked candidates that fit, each preceded by the
+//! promotions the scheduler has due ([`Loop::evaluate_round`], [`Loop::promote_due`]). With a
+//! trial budget, the promotions still due once it is spent are run at the end ([`Loop::drain`]).
+
+use std::time::Instant;
+
+use autoagent_evaluator::nb201::Arch;
+
+use super::replay::{self, Replay};
+use super::{LlmUsage, LoopOptions, Recorder, RunError, Summary};
+use crate::budget::{Budget, Limit};
+use crate::final_model::FinalModel;
+use crate::history::{History, Origin, Proposal, Rung, Trial, TrialState};
+use crate::ranker::{Ranker, Scored};
+use crate::scheduler::Promotion;
+use crate::strategy::{Asked, Strategy};
+use crate::task::{Evaluation, Evaluator, Fidelity, TrialLimit};
+
+/// What the loop counts for the summary.
+#[derive(Debug, Default)]
+struct Counts {
+    rounds: usize,
+    duplicates: usize,
+    proxy_seconds: f64,
+    empty: usize,
+    fallback: usize,
+    explored: usize,
+}
+
+/// The loop's parts and state.
+struct Loop<'a> {
+    strategy: &'a mut dyn Strategy,
+    evaluator: &'a mut dyn Evaluator,
+    ranker: Option<&'a mut Ranker>,
+    budget: &'a mut Budget,
+    options: &'a LoopOptions,
+    recorder: &'a mut Recorder,
+    on_trial: &'a mut dyn FnMut(&Trial, &Budget),
+    history: History,
+    usage: LlmUsage,
+    counts: Counts,
+    rng: rand_chacha::ChaCha8Rng,
+    started: Instant,
+    /// Evaluations done (new trials and promotions): the number of the next.
+    jobs: usize,
+}
+
+/// Run the loop until the budget is spent.
+pub async fn run_loop(
+    strategy: &mut dyn Strategy,
+    evaluator: &mut dyn Evaluator,
+    ranker: Option<&mut Ranker>,
+    budget: &mut Budget,
+    options: &LoopOptions,
+    recorder: &mut Recorder,
+    mut on_trial: impl FnMut(&Trial, &Budget),
+) -> Result<(History, Summary), RunError> {
+    let mut l = Loop {
+        strategy,
+        evaluator,
+        ranker,
+        budget,
+        options,
+        recorder,
+        on_trial: &mut on_trial,
+        history: History::default(),
+        usage: LlmUsage::default(),
+        counts: Counts::default(),
+        rng: <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(options.seed ^ 0x5eed_f411),
+        started: Instant::now(),
+        jobs: 0,
+    };
+    if options.final_epochs.is_some() {
+        l.budget.reserve(options.final_fraction);
+    }
+    let stopped = l.rounds().await?;
+    l.drain()?;
+    l.budget.release();
+    let final_model = l.final_model()?;
+    l.finish(stopped, final_model)
+}
+
+impl Loop<'_> {
+    fn wall_left(&self) -> Option<f64> {
+        self.options.wall_limit.map(|w| w - self.started.elapsed().as_secs_f64())
+    }
+
+    fn wall_spent(&self) -> bool {
+        self.wall_left().is_some_and(|w| w <= 0.0)
+    }
+
+    /// Rounds until the budget, the wall clock or the candidates run out; why it stopped.
+    async fn rounds(&mut self) -> Result<String, RunError> {
+        loop {
+            if self.budget.exhausted() {
+                return Ok("budget spent".to_string());
+            }
+            if self.wall_spent() {
+                return Ok(format!("the wall-clock limit ({:.0} s) was reached", self.options.wall_limit.unwrap_or(0.0)));
+            }
+            let asked = self.strategy.ask(&self.history, self.options.k).await?;
+            let fresh = self.fresh(asked)?;
+            if fresh.is_empty() {
+                self.counts.empty += 1;
+                if self.counts.empty >= self.options.max_empty_rounds {
+                    return Ok(format!("no new candidate in {} rounds in a row", self.counts.empty));
+                }
+                continue;
+            }
+            self.counts.empty = 0;
+            let mut fresh = fresh;
+            let mut archs: Vec<Arch> = fresh.iter().map(|p| p.arch).collect();
+            let size = match self.round_size(&archs) {
+                Ok(n) => n,
+                Err(why) => return Ok(why),
+            };
+            fresh.truncate(size);
+            archs.truncate(size);
+            self.counts.rounds += 1;
+            let round = self.counts.rounds - 1;
+            tracing::info!(round, candidates = fresh.len(), duplicates = self.counts.duplicates, fallback = self.counts.fallback, "round");
+            for p in &fresh {
+                self.recorder.proposal(round, p)?;
+            }
+            let scored = self.rank(round, &archs)?;
+            if let Some(why) = self.evaluate_round(round, &fresh, scored.as_deref())? {
+                return Ok(why);
+            }
+        }
+    }
+
+    /// Record what the strategy answered (LLM exchanges, rejected proposals).
+    fn record_asked(&mut self, asked: &Asked) -> Result<(), RunError> {
+        for ex in &asked.exchanges {
+            tracing::info!(
+                exchange = ex.index,
+                kind = %ex.kind,
+                prompt_tokens = ex.response.as_ref().map(|r| r.usage.prompt_tokens),
+                completion_tokens = ex.response.as_ref().map(|r| r.usage.completion_tokens),
+                seconds = ex.response.as_ref().map(|r| r.latency.as_secs_f64()),
+                error = ex.error.as_deref(),
+                "llm exchange"
+            );
+            self.recorder.exchange(ex)?;
+            self.usage.exchanges += 1;
+            if let Some(r) = &ex.response {
+                self.usage.prompt_tokens += r.usage.prompt_tokens;
+                self.usage.completion_tokens += r.usage.completion_tokens;
+                self.usage.cost_usd += r.cost_usd;
+                self.usage.seconds += r.latency.as_secs_f64();
+            }
+        }
+        if !asked.exchanges.is_empty() {
+            self.usage.valid_proposals += asked.proposals.len();
+            self.usage.invalid_proposals += asked.failed.len();
+        }
+        for f in &asked.failed {
+            self.recorder.failed(f)?;
+            self.history.failed.push(f.clone());
+        }
+        Ok(())
+    }
+
+    /// The round's new candidates: the strategy's, less those isomorphic to an evaluated one or
+    /// to an earlier one of the round, topped up (see [`Loop::top_up`]).
+    fn fresh(&mut self, asked: Asked) -> Result<Vec<Proposal>, RunError> {
+        self.record_asked(&asked)?;
+        let mut seen: Vec<String> = Vec::new();
+        let mut fresh = Vec::new();
+        for p in asked.proposals {
+            let c = p.arch.canonical();
+            if self.history.seen(&p.arch) || seen.contains(&c) {
+                self.counts.duplicates += 1;
+                continue;
+            }
+            seen.push(c);
+            fresh.push(p);
+        }
+        self.top_up(&mut fresh, seen);
+        Ok(fresh)
+    }
+
+    /// A strategy that keeps proposing what was already evaluated (a small LLM can) must not
+    /// stall the run: top the round up with mutations of the best trial, or random cells. With
+    /// ranking, `explore` more candidates join the round the same way, so the proxies choose
+    /// among the strategy's proposals and cells near the best (a small LLM's proposals are near
+    /// copies of one another).
+    fn top_up(&mut self, fresh: &mut Vec<Proposal>, mut seen: Vec<String>) {
+        let options = self.options;
+        let wanted = options.top_k.max(fresh.len()) + if self.ranker.is_some() { options.explore } else { 0 };
+        let before = fresh.len();
+        let mut tries = 0;
+        while fresh.len() < wanted && tries < 100 + options.explore * 10 {
+            tries += 1;
+            let p = match self.history.best(1).first() {
+                Some(best) => Proposal {
+                    arch: best.arch.mutate(&mut self.rng),
+                    origin: Origin::Mutation { parent: best.arch.to_string() },
+                },
+                None => Proposal {
+                    arch: Arch::sample(&mut self.rng),
+                    origin: Origin::Random,
+                },
+            };
+            let c = p.arch.canonical();
+            if self.history.seen(&p.arch) || seen.contains(&c) {
+                continue;
+            }
+            seen.push(c);
+            fresh.push(p);
+        }
+        let added = fresh.len() - before;
+        let topped_up = added.min(options.top_k.saturating_sub(before));
+        self.counts.fallback += topped_up;
+        self.counts.explored += added - topped_up;
+    }
+
+    /// The fidelity a new trial starts at now.
+    fn new_fidelity(&self) -> (Fidelity, Option<usize>) {
+        let start = self.options.scheduler.next_new(&self.history.trials);
+        (Fidelity::new(self.options.scheduler.ladder()[start.level]), start.bracket)
+    }
+
+    /// How many of the round's candidates it ranks and chooses among: all of them when the
+    /// budget affords ranking them and the cheapest evaluation; else the most that fit (ranking
+    /// costs more with each), down to a single candidate evaluated unranked; `Err(why)` when not
+    /// even that fits. A resumed run's recorded rounds keep their size.
+    fn round_size(&self, archs: &[Arch]) -> Result<usize, String> {
+        if let Some(n) = self.recorder.prior_round_size(self.counts.rounds) {
+            return Ok(n.min(archs.len()));
+        }
+        let (fidelity, _) = self.new_fidelity();
+        let estimates: Vec<f64> = archs.iter().map(|a| self.evaluator.estimate_seconds(a, fidelity)).collect();
+        let cheapest = |n: usize| estimates[..n].iter().copied().fold(f64::INFINITY, f64::min);
+        let ranking = |n: usize| match (&self.ranker, n) {
+            (Some(r), 2..) => r.estimate_seconds(&archs[..n]),
+            _ => 0.0,
+        };
+        if let Some(n) = (1..=archs.len()).rev().find(|&n| self.budget.affords(1, ranking(n) + cheapest(n))) {
+            return Ok(n);
+        }
+        Err(format!(
+            "the budget left does not afford the next round (ranking ~{:.1} s and an evaluation ~{:.1} s)",
+            ranking(archs.len()),
+            cheapest(archs.len())
+        ))
+    }
+
+    /// The proxy scores of the round's candidates (none without a ranker).
+    fn rank(&mut self, round: usize, archs: &[Arch]) -> Result<Option<Vec<Scored>>, RunError> {
+        let Some(r) = self.ranker.as_deref_mut() else {
+            return Ok(None);
+        };
+        if archs.len() < 2 {
+            // One candidate (all the budget left affords) is evaluated unranked.
+            self.recorder.proxy_scores(round, &[], &[], 0.0)?;
+            return Ok(None);
+        }
+        self.recorder.round_started(round);
+        let (s, secs) = r.score(archs)?;
+        // A resumed run's earlier rounds cost what they cost the first time (their scores now
+        // come from the cache).
+        let secs = self.recorder.prior_round_seconds(round).unwrap_or(secs);
+        self.recorder.proxy_scores(round, archs, &s, secs)?;
+        tracing::info!(round, candidates = archs.len(), seconds = secs, "ranked");
+        self.counts.proxy_seconds += secs;
+        self.budget.spend(0, secs);
+        Ok(Some(s))
+    }
+
+    /// Evaluate the best-ranked candidates the budget affords, skipping those that do not fit,
+    /// each after the promotions due; `Some(why)` when nothing could be evaluated.
+    fn evaluate_round(&mut self, round: usize, fresh: &[Proposal], scored: Option<&[Scored]>) -> Result<Option<String>, RunError> {
+        let order = scored.map_or_else(|| (0..fresh.len()).collect(), crate::ranker::evaluation_order);
+        let (mut evaluated, mut promoted) = (0, 0);
+        for (pos, &i) in order.iter().enumerate() {
+            if evaluated == self.options.top_k || self.budget.exhausted() || self.wall_spent() {
+                break;
+            }
+            promoted += self.promote_due(round)?;
+            if self.budget.exhausted() || self.wall_spent() {
+                break;
+            }
+            let arch = fresh[i].arch;
+            let later: Vec<Arch> = order[pos + 1..].iter().map(|&j| fresh[j].arch).collect();
+            let (fidelity, bracket) = self.new_fidelity();
+            let id = self.history.trials.len();
+            let prior = match replay::new_candidate(self.recorder.prior_job(self.jobs).as_ref(), id, round, &arch, &later, evaluated)? {
+                Replay::EndRound => break,
+                Replay::Skip => continue,
+                Replay::Recorded(t) => Some(t),
+                Replay::New if !self.budget.affords(1, self.evaluator.estimate_seconds(&arch, fidelity)) => continue,
+                Replay::New => None,
+            };
+            let trial = Trial {
+                proxies: scored.map(|s| s[i].proxies.clone()).unwrap_or_default(),
+                rank_score: scored.map(|s| s[i].rank_score),
+                bracket,
+                ..Trial::new(id, round, arch, fresh[i].origin.clone())
+            };
+            self.run_new(trial, fidelity, prior)?;
+            evaluated += 1;
+        }
+        // (Past the wall-clock limit the top of the loop says so.)
+        if evaluated + promoted == 0 && !self.wall_spent() {
+            return Ok(Some("the budget left does not afford the next evaluation".to_string()));
+        }
+        Ok(None)
+    }
+
+    /// Run the promotions the scheduler has due, in its order, that fit (or that the record
+    /// ran); how many.
+    fn promote_due(&mut self, round: usize) -> Result<usize, RunError> {
+        let mut done = 0;
+        let options = self.options;
+        while !self.wall_spent() {
+            let due = options.scheduler.promotions(&self.history.trials);
+            let ladder = options.scheduler.ladder();
+            let pick = match self.recorder.prior_job(self.jobs) {
+                Some(prior) => replay::promotion(&prior, &due, &self.history.trials, ladder, round)?.map(|(p, r)| (p, Some(r))),
+                None => due.into_iter().find(|p| self.affords_promotion(p)).map(|p| (p, None)),
+            };
+            let Some((p, recorded)) = pick else {
+                break;
+            };
+            self.run_promotion(p, round, recorded)?;
+            done += 1;
+        }
+        Ok(done)
+    }
+
+    fn promotion_fidelity(&self, p: &Promotion) -> Fidelity {
+        let from = self.history.trials[p.trial].rungs.last().map_or(0, |r| r.epochs);
+        Fidelity {
+            from,
+            to: self.options.scheduler.ladder()[p.level],
+        }
+    }
+
+    fn affords_promotion(&self, p: &Promotion) -> bool {
+        let t = &self.history.trials[p.trial];
+        let secs = self.evaluator.estimate_seconds(&t.arch, self.promotion_fidelity(p));
+        match self.budget.limit {
+            Limit::Seconds(_) => self.budget.affords(0, secs),
+            Limit::Trials(_) => true,
+        }
+    }
+
+    /// Evaluate trial `t` (live) at `fidelity` as the next job of `round`.
+    fn evaluate(&mut self, t: &Trial, fidelity: Fidelity, round: usize) -> Result<(Rung, Evaluation), RunError> {
+        self.recorder.trial_started(t, self.jobs)?;
+        // The trial's share: what is left of a time budget, and the per-trial limit.
+        let timeout = match (self.options.trial_timeout, self.wall_left()) {
+            (Some(t), Some(w)) => Some(t.min(w)),
+            (t, w) => t.or(w),
+        };
+        let share = TrialLimit::of(self.budget.seconds_left(), timeout);
+        let eval = self.evaluator.evaluate_trial(&t.arch, t.id, fidelity, share);
+        let state = if eval.pruned {
+            TrialState::Pruned
+        } else if eval.error.is_some() {
+            TrialState::Failed
+        } else {
+            TrialState::Complete
+        };
+        let rung = Rung {
+            epochs: fidelity.to,
+            accuracy: eval.accuracy,
+            test_accuracy: eval.test_accuracy,
+            seconds: eval.seconds,
+            state,
+            error: eval.error.clone(),
+            job: self.jobs,
+            round,
+        };
+        Ok((rung, eval))
+    }
+
+    /// Evaluate a new trial (or serve back its record, `prior`) and tell the strategy.
+    fn run_new(&mut self, mut trial: Trial, fidelity: Fidelity, prior: Option<Trial>) -> Result<(), RunError> {
+        let eval = match prior {
+            Some(p) => {
+                trial = p;
+                None
+            }
+            None => {
+                let (rung, eval) = self.evaluate(&trial, fidelity, trial.round)?;
+                trial.push_rung(rung);
+                Some(eval)
+            }
+        };
+        self.budget.spend(1, trial.seconds);
+        self.finished(&trial, eval.as_ref())?;
+        self.strategy.tell(&trial);
+        self.history.trials.push(trial);
+        Ok(())
+    }
+
+    /// Continue trial `p.trial` to its next rung (or serve back the record's rung).
+    fn run_promotion(&mut self, p: Promotion, round: usize, recorded: Option<Rung>) -> Result<(), RunError> {
+        let mut trial = self.history.trials[p.trial].clone();
+        let fidelity = self.promotion_fidelity(&p);
+        let eval = match recorded {
+            Some(rung) => {
+                trial.push_rung(rung);
+                None
+            }
+            None => {
+                let (rung, eval) = self.evaluate(&trial, fidelity, round)?;
+                trial.push_rung(rung);
+                Some(eval)
+            }
+        };
+        let rung = trial.rungs.last().expect("just pushed").clone();
+        self.budget.spend(0, rung.seconds);
+        self.finished(&trial, eval.as_ref())?;
+        if rung.state == TrialState::Complete {
+            self.evaluator.release(trial.id, fidelity.from);
+        }
+        self.history.trials[p.trial] = trial;
+        Ok(())
+    }
+
+    /// A job ended: log, record, report.
+    fn finished(&mut self, trial: &Trial, eval: Option<&Evaluation>) -> Result<(), RunError> {
+        tracing::info!(
+            trial = trial.id,
+            arch = %trial.arch,
+            epochs = trial.rungs.last().map(|r| r.epochs),
+            state = trial.rungs.last().map_or(trial.state.name(), |r| r.state.name()),
+            accuracy = trial.accuracy,
+            seconds = trial.seconds,
+            restored = eval.is_none(),
+            budget_used = self.budget.used_fraction(),
+            "trial"
+        );
+        if let Some(e) = trial.rungs.last().and_then(|r| r.error.as_ref()) {
+            tracing::warn!(trial = trial.id, "trial {} {}: {e}", trial.id, trial.rungs.last().map_or("", |r| r.state.name()));
+        }
+        self.recorder.trial(trial, eval, self.jobs)?;
+        self.jobs += 1;
+        (self.on_trial)(trial, self.budget);
+        Ok(())
+    }
+
+    /// With a trial budget spent, the promotions still due (they add no trial).
+    fn drain(&mut self) -> Result<(), RunError> {
+        if matches!(self.budget.limit, Limit::Trials(_)) && self.budget.exhausted() {
+            let round = self.counts.rounds.saturating_sub(1);
+            self.promote_due(round)?;
+        }
+        Ok(())
+    }
+
+    /// Retrain the best configuration at full fidelity on the whole training split (or serve
+    /// back the record of it, or say why not).
+    fn final_model(&mut self) -> Result<Option<FinalModel>, RunError> {
+        let Some(max_epochs) = self.options.final_epochs else {
+            return Ok(None);
+        };
+        if let Some(recorded) = self.recorder.prior_final() {
+            return Ok(Some(recorded));
+        }
+        let Some(best) = self.history.best(1).first().map(|t| (*t).clone()) else {
+            return Ok(None);
+        };
+        let estimate = |e: usize| self.evaluator.estimate_final_seconds(&best.arch, e);
+        if estimate(max_epochs).is_none() {
+            return Ok(None);
+        }
+        let left = self.budget.seconds_left();
+        let f = match crate::final_model::epochs(&best, max_epochs, left, |e| estimate(e).unwrap_or(f64::INFINITY)) {
+            Err(why) => FinalModel::skipped(&best, why),
+            Ok(epochs) => self.train_final(&best, epochs)?,
+        };
+        tracing::info!(trial = f.trial, epochs = f.epochs, state = %f.state, test_accuracy = f.test_accuracy, seconds = f.seconds, "final model");
+        self.recorder.final_model(&f)?;
+        Ok(Some(f))
+    }
+
+    fn train_final(&mut self, best: &Trial, epochs: usize) -> Result<FinalModel, RunError> {
+        self.recorder.final_started();
+        let share = TrialLimit::of(self.budget.seconds_left(), self.wall_left());
+        let eval = self.evaluator.train_final(&best.arch, epochs, share).unwrap_or_else(|| Evaluation::failed("no final training".into()));
+        self.budget.spend(0, eval.seconds);
+        let state = if eval.pruned {
+            TrialState::Pruned
+        } else if eval.error.is_some() {
+            TrialState::Failed
+        } else {
+            TrialState::Complete
+        };
+        Ok(FinalModel {
+            epochs,
+            test_accuracy: eval.test_accuracy,
+            seconds: eval.seconds,
+            state: state.name().into(),
+            reason: eval.error.clone(),
+            artefacts: eval.artefacts.clone(),
+            ..FinalModel::skipped(best, String::new())
+        })
+    }
+
+    fn finish(self, stopped: String, final_model: Option<FinalModel>) -> Result<(History, Summary), RunError> {
+        let summary = Summary {
+            strategy: self.strategy.name().to_string(),
+            trials: self.history.trials.len(),
+            rounds: self.counts.rounds,
+            best: self.history.best(1).first().map(|t| (*t).clone()),
+            budget: self.budget.limit.to_string(),
+            budget_used: self.budget.used_fraction(),
+            device_seconds: self.budget.seconds,
+            overrun_seconds: self.budget.overrun_seconds,
+            proxy_seconds: self.counts.proxy_seconds,
+            lost_seconds: 0.0,
+            duplicates: self.counts.duplicates,
+            fallback: self.counts.fallback,
+            explored: self.counts.explored,
+            llm: self.usage,
+            stopped,
+            final_model,
+        };
+        let summary = self.recorder.finish(summary, self.budget)?;
+        Ok((self.history, summary))
+    }
+}
