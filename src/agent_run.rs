@@ -332,17 +332,8 @@ struct Prepared {
 
 /// Time a few training steps of the calibration cell ([`calibration_arch`]) on the run's device
 /// and images: seconds per training image, the first estimate of every trial's cost.
-fn calibrate(kind: DatasetKind, config: &TrainConfig, images: &data::Split, device: &candle_core::Device, quiet: bool) -> Result<f64> {
-    let secs = autoagent_evaluator::calibrate::seconds_per_image(&network(kind, &calibration_arch()), config, kind, images, device, 3)?;
-    if !quiet {
-        errln!(
-            "calibration: NB201's median cell trains at {:.0} images/s here (one epoch of {} images ~{:.0} s)",
-            1.0 / secs,
-            images.n,
-            secs * images.n as f64
-        );
-    }
-    Ok(secs)
+fn calibrate(kind: DatasetKind, config: &TrainConfig, images: &data::Split, device: &candle_core::Device) -> Result<f64> {
+    Ok(autoagent_evaluator::calibrate::seconds_per_image(&network(kind, &calibration_arch()), config, kind, images, device, 3)?)
 }
 
 /// The run's scheduler and its rungs: on nb201 tasks the table's 12 and 200 epochs (or
@@ -358,10 +349,11 @@ fn scheduler(args: &RunArgs) -> Result<Scheduler> {
     if args.max_epochs == 0 {
         bail!("--max-epochs must be at least 1");
     }
+    let epochs = geometric_ladder(args.min_epochs, args.max_epochs, args.eta).map_err(anyhow::Error::msg)?;
     let ladder = match (table, kind) {
         (true, SchedulerKind::None) => vec![args.fidelity],
         (true, _) => vec![12, 200],
-        (false, _) => geometric_ladder(args.min_epochs, args.max_epochs, args.eta).map_err(anyhow::Error::msg)?,
+        (false, _) => epochs,
     };
     Scheduler::new(kind, ladder, args.eta).map_err(anyhow::Error::msg)
 }
@@ -390,6 +382,10 @@ fn plan(args: &RunArgs, scheduler: &Scheduler, seconds_per_image: f64, images: u
         Limit::Trials(n) => format!("; {n} trials"),
     };
     if !args.json {
+        errln!(
+            "calibration: NB201's median cell trains at {:.0} images/s here (one epoch of {images} images ~{epoch:.0} s)",
+            1.0 / seconds_per_image
+        );
         errln!(
             "plan: scheduler {} over rungs of {} epochs (eta {}); a median cell's epoch ~{epoch:.1} s here{lowest}",
             scheduler.kind().name(),
@@ -460,7 +456,7 @@ fn prepare(args: &RunArgs, backend: Option<Arc<dyn LlmBackend>>, dir: &Path, cal
         config.validate()?;
         let seconds_per_image = match calibration {
             Some(recorded) => recorded,
-            None => calibrate(kind, &config, &search.train, &device, args.json)?,
+            None => calibrate(kind, &config, &search.train, &device)?,
         };
         plan_json = Some(plan(args, &scheduler, seconds_per_image, images)?);
         let spec = TrialSpec {

@@ -181,6 +181,8 @@ enum BenchCommand {
     Proxies(autoagent_benchmarks::proxies_nb201::ProxiesBenchArgs),
     /// Test accuracy each search strategy picks after n evaluations, with and without proxy ranking, next to the published numbers.
     Search(Box<autoagent_benchmarks::search_nb201::SearchBenchArgs>),
+    /// The final test accuracy a wall-clock budget buys: autoagent's scheduler, fixed-epoch trials, and Optuna (TPE + Hyperband) with PyTorch.
+    Budget(autoagent_benchmarks::budget::BudgetBenchArgs),
 }
 
 /// mimalloc's `mi_option_purge_delay` (index 15 of `mi_option_t` in mimalloc v2's header).
@@ -299,6 +301,9 @@ fn run(cli: Cli) -> Result<()> {
         Command::Bench {
             command: BenchCommand::Search(args),
         } => autoagent_benchmarks::search_nb201::run(&args),
+        Command::Bench {
+            command: BenchCommand::Budget(args),
+        } => autoagent_benchmarks::budget::run(&args),
         Command::Import { command } => import::run(command),
         Command::Report(args) => report::cmd_report(args),
         Command::Ls(args) => report::cmd_ls(args),

@@ -277,6 +277,12 @@ fn bad_inputs_fail_with_one_line() {
     // Issue 15 item 5: a time on a table task limited nothing (4,865 trials in "10s").
     assert_one_line_error(&run(&["--budget", "10s"]), "does not limit a table task");
     assert_one_line_error(&run(&["--wall-limit", "3trials"]), "--wall-limit");
+    // Issue 16: the scheduler and its rungs.
+    assert_one_line_error(&run(&["--scheduler", "pbt"]), "unknown scheduler 'pbt' (available: none, sha, hyperband, asha)");
+    assert_one_line_error(&run(&["--min-epochs", "9", "--max-epochs", "3"]), "--max-epochs (3) is below --min-epochs (9)");
+    assert_one_line_error(&run(&["--max-epochs", "0"]), "--max-epochs must be at least 1");
+    assert_one_line_error(&run(&["--eta", "1"]), "--eta must be at least 2");
+    assert_one_line_error(&run(&["--final-fraction", "1.5"]), "--final-fraction must be in [0, 1)");
     let port = llama_server::free_port();
     let url = format!("http://127.0.0.1:{port}/v1");
     assert_one_line_error(
@@ -299,8 +305,9 @@ fn a_wall_clock_limit_stops_a_run_on_the_clock() {
 }
 
 #[test]
-fn a_training_run_that_affords_no_trial_says_so_and_fails() {
-    // Issue 15 item 6: a run that evaluated nothing exited 0.
+fn a_training_run_that_affords_no_trial_says_so_before_it_starts() {
+    // Issue 15 item 6: a run that evaluated nothing exited 0. Issue 16: a budget too small for
+    // one lowest-rung trial is refused before anything is written, with the estimate.
     let dir = tempfile::tempdir().unwrap();
     let o = Command::new(env!("CARGO_BIN_EXE_autoagent"))
         .args(["run", "--task", "mnist", "--budget", "1s", "--no-proxies", "--no-download", "--data-dir"])
@@ -310,9 +317,8 @@ fn a_training_run_that_affords_no_trial_says_so_and_fails() {
         .env_remove("AUTOAGENT_DATA")
         .output()
         .unwrap();
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert!(!o.status.success(), "{err}");
-    assert!(err.lines().last().unwrap().starts_with("error: the run evaluated no trial"), "{err}");
+    assert_one_line_error(&o, "the budget (1s) is too small for one 1-epoch trial: a median NB201 cell takes ~");
+    assert!(!dir.path().join("run").exists(), "nothing is written");
 }
 
 #[test]

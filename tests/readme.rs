@@ -16,6 +16,7 @@ const COMMANDS: &[&str] = &[
     "bench proxies-speed",
     "bench proxies",
     "bench search",
+    "bench budget",
     "import nats",
     "report",
     "ls",

@@ -106,6 +106,9 @@ fn outcome(dir: &Path) -> (Vec<String>, Vec<String>, serde_json::Value) {
         summary.as_object_mut().unwrap().remove(k);
     }
     summary["best"].as_object_mut().unwrap().remove("seconds");
+    for r in summary["best"]["rungs"].as_array_mut().into_iter().flatten() {
+        r.as_object_mut().unwrap().remove("seconds");
+    }
     if let Some(f) = summary["final_model"].as_object_mut() {
         f.remove("seconds");
     }

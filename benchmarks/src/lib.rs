@@ -9,8 +9,11 @@
 //! - [`proxies_nb201`]: rank correlations of the proxies with NAS-Bench-201 accuracies, next to
 //!   the published ones;
 //! - [`search_nb201`]: the test accuracy each search strategy picks after n evaluations, with
-//!   and without proxy ranking, next to the published ones.
+//!   and without proxy ranking, next to the published ones;
+//! - [`budget`]: the final test accuracy a wall-clock budget buys, autoagent's scheduler against
+//!   fixed-epoch trials and Optuna (TPE + Hyperband) driving PyTorch.
 
+pub mod budget;
 pub mod proxies_nb201;
 pub mod proxies_speed;
 pub mod search_nb201;
@@ -34,9 +37,10 @@ pub(crate) fn run_reference(cmd: &mut std::process::Command, python: &std::path:
 }
 
 /// The PyTorch reference scripts built into the binary (`benchmarks/reference/`).
-const REFERENCE_SCRIPTS: [(&str, &str); 2] = [
+const REFERENCE_SCRIPTS: [(&str, &str); 3] = [
     ("nb201_torch.py", include_str!("../reference/nb201_torch.py")),
     ("nb201_proxies_torch.py", include_str!("../reference/nb201_proxies_torch.py")),
+    ("budget_optuna.py", include_str!("../reference/budget_optuna.py")),
 ];
 
 /// A PyTorch reference script: the file `given`, or the copy built into the binary, written with

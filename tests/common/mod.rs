@@ -13,6 +13,7 @@ pub fn shared() -> PathBuf {
 
 /// A failed command: exit code 2 and exactly one line on stderr, starting with `error:` and
 /// containing `needle`.
+#[allow(dead_code)] // used by some of the test binaries that include this module
 pub fn assert_one_line_error(o: &Output, needle: &str) {
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(2), "stderr: {err}");

@@ -965,6 +965,88 @@ mod tests {
             .map(|(_, s)| s)
     }
 
+    /// Evaluations whose accuracy grows with the cell's 3x3 convolutions and the epochs, costing
+    /// their added epochs in seconds; every (trial, fidelity) asked is kept.
+    #[derive(Default)]
+    struct Epochal {
+        asked: Vec<(usize, Fidelity)>,
+    }
+
+    impl Evaluator for Epochal {
+        fn info(&self) -> TaskInfo {
+            Costed { actual: 0.0, estimate: 0.0 }.info()
+        }
+
+        fn estimate_seconds(&self, _arch: &Arch, fidelity: Fidelity) -> f64 {
+            fidelity.added() as f64
+        }
+
+        fn evaluate(&mut self, arch: &Arch, fidelity: Fidelity) -> Evaluation {
+            let convs = Costed { actual: 0.0, estimate: 0.0 }.evaluate(arch, fidelity).accuracy.unwrap();
+            Evaluation {
+                accuracy: Some(10.0 * convs + fidelity.to as f64),
+                seconds: fidelity.added() as f64,
+                ..Evaluation::default()
+            }
+        }
+
+        fn evaluate_trial(&mut self, arch: &Arch, trial: usize, fidelity: Fidelity, _limit: Option<crate::task::TrialLimit>) -> Evaluation {
+            self.asked.push((trial, fidelity));
+            self.evaluate(arch, fidelity)
+        }
+    }
+
+    fn run_asha(recorder: &mut Recorder, limit: Limit) -> (History, Vec<(usize, Fidelity)>) {
+        let mut strategy = RandomSearch::new(7);
+        let mut evaluator = Epochal::default();
+        let mut budget = Budget::new(limit);
+        let options = LoopOptions {
+            scheduler: Scheduler::new(SchedulerKind::Asha, vec![1, 3, 9], 3).unwrap(),
+            ..test_options(4, 7)
+        };
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let (history, _) = rt.block_on(run_loop(&mut strategy, &mut evaluator, None, &mut budget, &options, recorder, |_, _| {})).unwrap();
+        (history, evaluator.asked)
+    }
+
+    /// Each trial's rungs: (job, epochs, accuracy).
+    fn rungs(h: &History) -> Vec<Vec<(usize, usize, Option<f64>)>> {
+        h.trials.iter().map(|t| t.rungs.iter().map(|r| (r.job, r.epochs, r.accuracy)).collect()).collect()
+    }
+
+    #[test]
+    fn asha_in_the_loop_promotes_continues_from_checkpoints_and_a_resume_replays_every_rung() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (h, asked) = run_asha(&mut Recorder::create(tmp.path()).unwrap(), Limit::Trials(9));
+        // 9 new trials at 1 epoch. A trial goes on to 3 epochs whenever it is in the top third of
+        // those that finished 1 epoch so far (ASHA: 4 did, trial 0 early on, when fewer had
+        // finished), to 9 when in the top third of those at 3 (the last ones once the trial
+        // budget is spent: promotions add no trial).
+        assert_eq!(h.trials.len(), 9);
+        let depth = |n: usize| h.trials.iter().filter(|t| t.rungs.len() == n).count();
+        assert_eq!((depth(1), depth(2), depth(3)), (5, 3, 1), "{:?}", rungs(&h));
+        // A promotion continues from the epochs its trial had done.
+        for (trial, f) in &asked {
+            let t = &h.trials[*trial];
+            let i = t.rungs.iter().position(|r| r.epochs == f.to).unwrap();
+            assert_eq!(f.from, if i == 0 { 0 } else { t.rungs[i - 1].epochs });
+        }
+        assert_eq!(asked.len(), 14);
+        // Jobs are numbered in the order they ran, new trials and promotions alike.
+        let mut jobs: Vec<usize> = h.trials.iter().flat_map(|t| t.rungs.iter().map(|r| r.job)).collect();
+        jobs.sort();
+        assert_eq!(jobs, (0..14).collect::<Vec<_>>());
+        // The incumbent is the trial trained longest.
+        assert_eq!(h.best(1)[0].epochs, 9);
+        // Resumed with a larger budget: every recorded rung is served back (nothing evaluated
+        // again) and the run goes on as a run with that budget from the start does.
+        let (mut r, _) = Recorder::resume(tmp.path()).unwrap();
+        let (again, asked_again) = run_asha(&mut r, Limit::Trials(15));
+        let (clean, _) = run_asha(&mut Recorder::discard(), Limit::Trials(15));
+        assert_eq!(rungs(&again), rungs(&clean));
+        assert!(asked_again.iter().all(|(t, f)| *t >= 9 || f.from > 0 && !asked.contains(&(*t, *f))), "{asked_again:?}");
+    }
+
     #[test]
     fn the_summary_is_rebuilt_from_the_run_database() {
         let tmp = tempfile::tempdir().unwrap();

@@ -18,6 +18,12 @@ use crate::scheduler::Promotion;
 use crate::strategy::{Asked, Strategy};
 use crate::task::{Evaluation, Evaluator, Fidelity, TrialLimit};
 
+/// How much more than its estimate the final model's training is planned for.
+const FINAL_MARGIN: f64 = 1.1;
+
+/// The share of a time budget the final model may overrun it by, rather than be stopped.
+const OVERRUN_ALLOWED: f64 = 0.05;
+
 /// What the loop counts for the summary.
 #[derive(Debug, Default)]
 struct Counts {
@@ -112,6 +118,7 @@ impl Loop<'_> {
             self.counts.empty = 0;
             let mut fresh = fresh;
             let mut archs: Vec<Arch> = fresh.iter().map(|p| p.arch).collect();
+            self.reserve_for_final();
             let size = match self.round_size(&archs) {
                 Ok(n) => n,
                 Err(why) => return Ok(why),
@@ -217,6 +224,26 @@ impl Loop<'_> {
         self.counts.explored += added - topped_up;
     }
 
+    /// Keep enough of a time budget for the final model: the reserve is the larger of
+    /// `--final-fraction` and the planned retraining of the incumbent at the epochs it was
+    /// searched at (so that promoting the best trials never leaves too little to retrain the
+    /// best).
+    fn reserve_for_final(&mut self) {
+        let (Some(_), Limit::Seconds(limit)) = (self.options.final_epochs, self.budget.limit) else {
+            return;
+        };
+        let need = self.history.best(1).first().map_or(0.0, |b| self.final_need(&b.arch, b.epochs));
+        self.budget.reserved = (limit * self.options.final_fraction).max(need).min(limit);
+    }
+
+    /// The planned seconds of retraining `arch` for `epochs` as the final model.
+    fn final_need(&self, arch: &Arch, epochs: usize) -> f64 {
+        if self.options.final_epochs.is_none() {
+            return 0.0;
+        }
+        self.evaluator.estimate_final_seconds(arch, epochs.max(1)).map_or(0.0, |s| FINAL_MARGIN * s)
+    }
+
     /// The fidelity a new trial starts at now.
     fn new_fidelity(&self) -> (Fidelity, Option<usize>) {
         let start = self.options.scheduler.next_new(&self.history.trials);
@@ -280,6 +307,7 @@ impl Loop<'_> {
                 break;
             }
             promoted += self.promote_due(round)?;
+            self.reserve_for_final();
             if self.budget.exhausted() || self.wall_spent() {
                 break;
             }
@@ -316,6 +344,7 @@ impl Loop<'_> {
         let mut done = 0;
         let options = self.options;
         while !self.wall_spent() {
+            self.reserve_for_final();
             let due = options.scheduler.promotions(&self.history.trials);
             let ladder = options.scheduler.ladder();
             let pick = match self.recorder.prior_job(self.jobs) {
@@ -339,11 +368,15 @@ impl Loop<'_> {
         }
     }
 
+    /// Whether the budget affords promotion `p`, and then retraining the promoted trial as the
+    /// final model at its new epochs should it become the best.
     fn affords_promotion(&self, p: &Promotion) -> bool {
         let t = &self.history.trials[p.trial];
-        let secs = self.evaluator.estimate_seconds(&t.arch, self.promotion_fidelity(p));
+        let fidelity = self.promotion_fidelity(p);
+        let secs = self.evaluator.estimate_seconds(&t.arch, fidelity);
+        let more_reserve = (self.final_need(&t.arch, fidelity.to) - self.budget.reserved).max(0.0);
         match self.budget.limit {
-            Limit::Seconds(_) => self.budget.affords(0, secs),
+            Limit::Seconds(_) => self.budget.affords(0, secs + more_reserve),
             Limit::Trials(_) => true,
         }
     }
@@ -471,7 +504,10 @@ impl Loop<'_> {
             return Ok(None);
         }
         let left = self.budget.seconds_left();
-        let f = match crate::final_model::epochs(&best, max_epochs, left, |e| estimate(e).unwrap_or(f64::INFINITY)) {
+        // Planned with a tenth to spare: the estimate comes from the search's trials, which
+        // trained on fewer images and did not measure the test split.
+        let planned = |e: usize| FINAL_MARGIN * estimate(e).unwrap_or(f64::INFINITY);
+        let f = match crate::final_model::epochs(&best, max_epochs, left, planned) {
             Err(why) => FinalModel::skipped(&best, why),
             Ok(epochs) => self.train_final(&best, epochs)?,
         };
@@ -482,7 +518,13 @@ impl Loop<'_> {
 
     fn train_final(&mut self, best: &Trial, epochs: usize) -> Result<FinalModel, RunError> {
         self.recorder.final_started();
-        let share = TrialLimit::of(self.budget.seconds_left(), self.wall_left());
+        // It may overrun the budget by what the budget allows (5 %) rather than be lost at
+        // the last second.
+        let tolerated = match self.budget.limit {
+            Limit::Seconds(limit) => self.budget.seconds_left().map(|l| l + OVERRUN_ALLOWED * limit),
+            Limit::Trials(_) => None,
+        };
+        let share = TrialLimit::of(tolerated, self.wall_left());
         let eval = self.evaluator.train_final(&best.arch, epochs, share).unwrap_or_else(|| Evaluation::failed("no final training".into()));
         self.budget.spend(0, eval.seconds);
         let state = if eval.pruned {
