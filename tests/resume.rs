@@ -230,26 +230,19 @@ fn running_trial(dir: &Path) -> Option<usize> {
     s.trials().ok()?.into_iter().find(|r| r.trial.state == TrialState::Running).map(|r| r.trial.id)
 }
 
-fn train_run(out: &Path) -> Command {
+/// A training run on the MNIST fixture without proxies, seed 3, into `out`, with `extra`.
+fn mnist_training(out: &Path, extra: &[&str]) -> Command {
     let mut c = bin();
-    c.args([
-        "run",
-        "--task",
-        "mnist",
-        "--epochs",
-        "1",
-        "--no-proxies",
-        "--budget",
-        "3trials",
-        "--seed",
-        "3",
-        "--data-dir",
-    ])
-    .arg(shared().join("mnist-mini"))
-    .arg("--out")
-    .arg(out)
-    .arg("--json");
+    c.args(["run", "--task", "mnist", "--no-proxies", "--seed", "3", "--json", "--data-dir"])
+        .arg(shared().join("mnist-mini"))
+        .arg("--out")
+        .arg(out)
+        .args(extra);
     c
+}
+
+fn train_run(out: &Path) -> Command {
+    mnist_training(out, &["--epochs", "1", "--budget", "3trials"])
 }
 
 #[test]
@@ -287,29 +280,7 @@ fn a_kill_during_training_re_runs_the_interrupted_trial_and_ends_like_a_clean_ru
 /// A training run with ASHA over rungs of 1 and 3 epochs: of 4 new trials, the best of the
 /// first 3 is promoted (continued from its 1-epoch checkpoint to 3 epochs).
 fn asha_run(out: &Path) -> Command {
-    let mut c = bin();
-    c.args([
-        "run",
-        "--task",
-        "mnist",
-        "--scheduler",
-        "asha",
-        "--min-epochs",
-        "1",
-        "--max-epochs",
-        "3",
-        "--no-proxies",
-        "--budget",
-        "4trials",
-        "--seed",
-        "3",
-        "--data-dir",
-    ])
-    .arg(shared().join("mnist-mini"))
-    .arg("--out")
-    .arg(out)
-    .arg("--json");
-    c
+    mnist_training(out, &["--scheduler", "asha", "--min-epochs", "1", "--max-epochs", "3", "--budget", "4trials"])
 }
 
 /// The trial being promoted (running past its first rung), if any.

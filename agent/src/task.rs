@@ -83,9 +83,10 @@ pub trait Evaluator: Send {
         let _ = (trial, epochs);
     }
     /// The estimated device seconds of training the final model of `arch` for `epochs` (`None`:
-    /// the task has no final training, as a table lookup has not).
-    fn estimate_final_seconds(&self, arch: &Arch, epochs: usize) -> Option<f64> {
-        let _ = (arch, epochs);
+    /// the task has no final training, as a table lookup has not); `epoch_seconds` is what an
+    /// epoch of `arch` took in the search, when it was trained there.
+    fn estimate_final_seconds(&self, arch: &Arch, epochs: usize, epoch_seconds: Option<f64>) -> Option<f64> {
+        let _ = (arch, epochs, epoch_seconds);
         None
     }
     /// Train the final model of `arch` for `epochs` on the whole training split and measure it
@@ -97,6 +98,18 @@ pub trait Evaluator: Send {
 }
 
 impl Evaluation {
+    /// Its outcome: pruned (stopped at its limit), failed, or complete.
+    pub fn state(&self) -> crate::history::TrialState {
+        use crate::history::TrialState;
+        if self.pruned {
+            TrialState::Pruned
+        } else if self.error.is_some() {
+            TrialState::Failed
+        } else {
+            TrialState::Complete
+        }
+    }
+
     /// An evaluation that failed before it ran, for `error`.
     pub fn failed(error: String) -> Self {
         Evaluation {

@@ -455,8 +455,13 @@ impl Evaluator for ProcessEvaluator {
         eval
     }
 
-    fn estimate_final_seconds(&self, arch: &Arch, epochs: usize) -> Option<f64> {
-        let search = self.cost.estimate(arch, epochs);
+    fn estimate_final_seconds(&self, arch: &Arch, epochs: usize, epoch_seconds: Option<f64>) -> Option<f64> {
+        // The search's own measurement of this network beats the cost model's, which errs on
+        // the safe side for every network alike.
+        let search = match epoch_seconds {
+            Some(s) if s > 0.0 => s * epochs as f64,
+            _ => self.cost.estimate(arch, epochs),
+        };
         Some(search * self.final_images as f64 / self.cost.images().max(1) as f64)
     }
 

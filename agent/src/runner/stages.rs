@@ -232,16 +232,27 @@ impl Loop<'_> {
         let (Some(_), Limit::Seconds(limit)) = (self.options.final_epochs, self.budget.limit) else {
             return;
         };
-        let need = self.history.best(1).first().map_or(0.0, |b| self.final_need(&b.arch, b.epochs));
+        let need = self.history.best(1).first().map_or(0.0, |b| self.final_need(b, b.epochs));
         self.budget.reserved = (limit * self.options.final_fraction).max(need).min(limit);
     }
 
-    /// The planned seconds of retraining `arch` for `epochs` as the final model.
-    fn final_need(&self, arch: &Arch, epochs: usize) -> f64 {
+    /// The planned seconds of retraining trial `t`'s configuration for `epochs` as the final
+    /// model.
+    fn final_need(&self, t: &Trial, epochs: usize) -> f64 {
         if self.options.final_epochs.is_none() {
             return 0.0;
         }
-        self.evaluator.estimate_final_seconds(arch, epochs.max(1)).map_or(0.0, |s| FINAL_MARGIN * s)
+        self.final_estimate(t, epochs).map_or(0.0, |s| FINAL_MARGIN * s)
+    }
+
+    /// The estimated seconds of retraining trial `t`'s configuration for `epochs`, from what
+    /// its epochs took in the search.
+    fn final_estimate(&self, t: &Trial, epochs: usize) -> Option<f64> {
+        let complete: Vec<&Rung> = t.rungs.iter().filter(|r| r.state == TrialState::Complete).collect();
+        let trained = complete.last().map_or(0, |r| r.epochs);
+        let seconds: f64 = complete.iter().map(|r| r.seconds).sum();
+        let measured = (trained > 0).then(|| seconds / trained as f64);
+        self.evaluator.estimate_final_seconds(&t.arch, epochs.max(1), measured)
     }
 
     /// The fidelity a new trial starts at now.
@@ -374,7 +385,7 @@ impl Loop<'_> {
         let t = &self.history.trials[p.trial];
         let fidelity = self.promotion_fidelity(p);
         let secs = self.evaluator.estimate_seconds(&t.arch, fidelity);
-        let more_reserve = (self.final_need(&t.arch, fidelity.to) - self.budget.reserved).max(0.0);
+        let more_reserve = (self.final_need(t, fidelity.to) - self.budget.reserved).max(0.0);
         match self.budget.limit {
             Limit::Seconds(_) => self.budget.affords(0, secs + more_reserve),
             Limit::Trials(_) => true,
@@ -391,13 +402,7 @@ impl Loop<'_> {
         };
         let share = TrialLimit::of(self.budget.seconds_left(), timeout);
         let eval = self.evaluator.evaluate_trial(&t.arch, t.id, fidelity, share);
-        let state = if eval.pruned {
-            TrialState::Pruned
-        } else if eval.error.is_some() {
-            TrialState::Failed
-        } else {
-            TrialState::Complete
-        };
+        let state = eval.state();
         let rung = Rung {
             epochs: fidelity.to,
             accuracy: eval.accuracy,
@@ -499,7 +504,7 @@ impl Loop<'_> {
         let Some(best) = self.history.best(1).first().map(|t| (*t).clone()) else {
             return Ok(None);
         };
-        let estimate = |e: usize| self.evaluator.estimate_final_seconds(&best.arch, e);
+        let estimate = |e: usize| self.final_estimate(&best, e);
         if estimate(max_epochs).is_none() {
             return Ok(None);
         }
@@ -527,13 +532,7 @@ impl Loop<'_> {
         let share = TrialLimit::of(tolerated, self.wall_left());
         let eval = self.evaluator.train_final(&best.arch, epochs, share).unwrap_or_else(|| Evaluation::failed("no final training".into()));
         self.budget.spend(0, eval.seconds);
-        let state = if eval.pruned {
-            TrialState::Pruned
-        } else if eval.error.is_some() {
-            TrialState::Failed
-        } else {
-            TrialState::Complete
-        };
+        let state = eval.state();
         Ok(FinalModel {
             epochs,
             test_accuracy: eval.test_accuracy,
