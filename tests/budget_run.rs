@@ -63,6 +63,16 @@ fn a_time_budget_trains_promotes_retrains_the_best_and_exports_it_within_the_bud
     let o = Command::new(env!("CARGO_BIN_EXE_autoagent")).args(["predict", "--split", "test", "--json", "--model"]).arg(&model).output().unwrap();
     let p: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(p["accuracy"].as_f64().unwrap(), test);
+    // And the report names it.
+    let o = Command::new(env!("CARGO_BIN_EXE_autoagent"))
+        .arg("report")
+        .arg(dir.path().join("run"))
+        .args(["--format", "json", "--out"])
+        .arg(dir.path().join("report"))
+        .output()
+        .unwrap();
+    let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(r["final_model"]["test_accuracy"].as_f64(), Some(test));
 }
 
 #[test]

@@ -152,15 +152,16 @@ fn report_md_has_the_leaderboard_plots_and_proxy_correlations() {
     // The leaderboard's first row is the summary's best.
     let best = &s["best"];
     let first = format!(
-        "| 1 | {} | {} | {:.2} | {:.2} |",
+        "| 1 | {} | {} | {} | {:.2} | {:.2} |",
         best["id"],
         md_arch(best["arch"].as_str().unwrap()),
+        best["epochs"],
         best["accuracy"].as_f64().unwrap(),
         best["test_accuracy"].as_f64().unwrap()
     );
     assert!(md.contains(&first), "no '{first}' in:\n{md}");
     assert!(
-        md.contains("| rank | trial | arch | valid acc (%) | test acc (%) | params (M) | FLOPs (M) | jacob_cov | naswot | synflow | device s |"),
+        md.contains("| rank | trial | arch | epochs | valid acc (%) | test acc (%) | params (M) | FLOPs (M) | jacob_cov | naswot | synflow | device s |"),
         "{md}"
     );
     assert!(md.contains("| 6 trials | 100.0 % | 6 | 3 |"), "{md}");

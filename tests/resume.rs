@@ -274,7 +274,8 @@ fn a_kill_during_training_re_runs_the_interrupted_trial_and_ends_like_a_clean_ru
     let lost = s["lost_seconds"].as_f64().unwrap();
     assert!((1.2..30.0).contains(&lost), "{s}");
     let trial_seconds: f64 = store(&run).trials().unwrap().iter().map(|r| r.trial.seconds).sum();
-    assert!((s["device_seconds"].as_f64().unwrap() - (trial_seconds + lost)).abs() < 1e-6, "{s}");
+    let final_seconds = s["final_model"]["seconds"].as_f64().unwrap();
+    assert!((s["device_seconds"].as_f64().unwrap() - (trial_seconds + final_seconds + lost)).abs() < 1e-6, "{s}");
 }
 
 /// A training run with ASHA over rungs of 1 and 3 epochs: of 4 new trials, the best of the

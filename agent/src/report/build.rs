@@ -128,6 +128,7 @@ fn leaderboard(task: &str, best: &[&TrialRecord], proxies_of: &ProxiesOf) -> Vec
                 trial: r.trial.id,
                 arch: r.trial.arch.to_string(),
                 origin: origin_name(&r.trial.origin),
+                epochs: r.trial.epochs,
                 accuracy: r.trial.accuracy.unwrap_or(f64::NAN),
                 test_accuracy: r.trial.test_accuracy,
                 params_m: net.param_count() as f64 / 1e6,
@@ -193,5 +194,6 @@ pub(crate) fn build(run_dir: &Path, out: &Path, run: &Run) -> Result<Report, Rep
         states,
         proxies: drawn.proxies,
         plots: drawn.plots,
+        final_model: run.summary.as_ref().and_then(|s| s.final_model.clone()),
     })
 }

@@ -27,6 +27,10 @@ pub(crate) fn body(d: &mut impl Doc, r: &Report) {
     } else {
         d.table(&tables::leaderboard(r));
     }
+    if let Some(f) = &r.final_model {
+        d.heading(2, "Final model");
+        d.para(&tables::final_model(f));
+    }
     d.heading(2, &tables::budget_heading(r));
     d.table(&tables::budget(r));
     d.heading(2, &tables::llm_heading(r));

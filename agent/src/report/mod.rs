@@ -110,6 +110,8 @@ struct Row {
     trial: usize,
     arch: String,
     origin: String,
+    /// Epochs of its last rung.
+    epochs: usize,
     accuracy: f64,
     test_accuracy: Option<f64>,
     params_m: f64,
@@ -187,6 +189,8 @@ struct Report {
     states: BTreeMap<String, usize>,
     proxies: Vec<ProxyStat>,
     plots: Vec<Plot>,
+    /// The run's final model (the best configuration retrained), when it has one.
+    final_model: Option<crate::final_model::FinalModel>,
 }
 
 impl Report {
@@ -208,6 +212,7 @@ impl Report {
             "budget": self.budget,
             "llm": self.llm,
             "proxies": self.proxies,
+            "final_model": self.final_model,
             "plots": self.plots.iter().map(|p| (p.key.clone(), Value::from(p.path.display().to_string()))).collect::<serde_json::Map<_, _>>(),
         })
     }

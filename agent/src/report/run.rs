@@ -156,14 +156,15 @@ pub(crate) fn net_for(task: &str, arch: Arch) -> Nb201Config {
     }
 }
 
-/// Completed trials with an accuracy, best first (ties: the earlier trial).
+/// Completed trials with an accuracy, best first: those trained longest first (as the run
+/// ranks them), then by accuracy (ties: the earlier trial).
 pub(crate) fn ranked(trials: &[TrialRecord]) -> Vec<&TrialRecord> {
     let mut v: Vec<&TrialRecord> = trials.iter().filter(|r| r.trial.accuracy.is_some()).collect();
     v.sort_by(|a, b| {
         b.trial
-            .accuracy
-            .partial_cmp(&a.trial.accuracy)
-            .unwrap_or(std::cmp::Ordering::Equal)
+            .epochs
+            .cmp(&a.trial.epochs)
+            .then(b.trial.accuracy.partial_cmp(&a.trial.accuracy).unwrap_or(std::cmp::Ordering::Equal))
             .then(a.trial.id.cmp(&b.trial.id))
     });
     v

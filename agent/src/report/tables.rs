@@ -27,7 +27,7 @@ pub(crate) fn overview(r: &Report) -> Table {
 }
 
 pub(crate) fn leaderboard(r: &Report) -> Table {
-    let mut head = header(&["rank", "trial", "arch", "valid acc (%)", "test acc (%)", "params (M)", "FLOPs (M)"]);
+    let mut head = header(&["rank", "trial", "arch", "epochs", "valid acc (%)", "test acc (%)", "params (M)", "FLOPs (M)"]);
     head.extend(r.proxy_names.iter().cloned());
     head.push("device s".into());
     let rows = r
@@ -38,6 +38,7 @@ pub(crate) fn leaderboard(r: &Report) -> Table {
                 row.rank.to_string(),
                 row.trial.to_string(),
                 row.arch.clone(),
+                row.epochs.to_string(),
                 format!("{:.2}", row.accuracy),
                 fmt_opt(row.test_accuracy, 2),
                 format!("{:.3}", row.params_m),
@@ -53,6 +54,27 @@ pub(crate) fn leaderboard(r: &Report) -> Table {
         })
         .collect();
     (head, rows)
+}
+
+/// The final model, in a sentence.
+pub(crate) fn final_model(f: &crate::final_model::FinalModel) -> String {
+    match (f.is_complete(), f.test_accuracy) {
+        (true, Some(t)) => format!(
+            "Trial {}'s configuration ({}), searched at {} epochs ({} % validation accuracy), retrained for {} epochs on the \
+             training split with its validation hold-out: {t:.2} % test accuracy, measured once ({:.1} device-s). `export --best` gives this model.",
+            f.trial,
+            f.arch,
+            f.search_epochs,
+            f.search_accuracy.map_or("—".into(), |a| format!("{a:.2}")),
+            f.epochs,
+            f.seconds
+        ),
+        _ => format!(
+            "Not trained ({}): {}. `export --best` gives the best searched trial.",
+            f.state,
+            f.reason.as_deref().unwrap_or("no reason recorded")
+        ),
+    }
 }
 
 pub(crate) fn budget(r: &Report) -> Table {
