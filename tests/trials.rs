@@ -60,15 +60,17 @@ fn trials_run_in_child_processes_and_report_metrics_per_epoch() {
         assert!(m.iter().any(|m| m.name == "train_loss" && m.value.is_finite() && m.value > 0.0));
         // The spec, the stderr log and the best weights are the trial's artefacts, and all its
         // directory holds (what `agent/src/trial.rs` documents).
+        // With the checkpoint of its last rung (2 epochs), which a promotion would continue.
         let dir = format!("trials/{:04}", r.trial.id);
-        let documented = autoagent_agent::trial::TRIAL_FILES.map(|f| format!("{dir}/{f}"));
+        let mut documented: Vec<String> = autoagent_agent::trial::TRIAL_FILES.map(|f| format!("{dir}/{f}")).to_vec();
+        documented.push(format!("{dir}/checkpoint-e2.safetensors"));
         assert_eq!(r.artefacts, documented);
         for a in &r.artefacts {
             assert!(run.join(a).is_file(), "{a}");
         }
         let mut held: Vec<String> = std::fs::read_dir(run.join(&dir)).unwrap().map(|e| format!("{dir}/{}", e.unwrap().file_name().to_string_lossy())).collect();
         held.sort();
-        let mut want = documented.to_vec();
+        let mut want = documented.clone();
         want.sort();
         assert_eq!(held, want);
         let spec: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run.join(&r.artefacts[0])).unwrap()).unwrap();
