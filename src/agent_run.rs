@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use autoagent_agent::budget::{Budget, Limit};
+use autoagent_agent::configspace::{cell_space, vision_space, Config, Space};
 use autoagent_agent::history::Trial;
 use autoagent_agent::llm::config::{build_backend, LlmConfig};
 use autoagent_agent::llm::replay::Replay;
@@ -15,7 +16,7 @@ use autoagent_agent::ranker::{Ranker, RankerConfig};
 use autoagent_agent::runner::{run_loop, LoopOptions, Recorder, Spent, Summary};
 use autoagent_agent::scheduler::{geometric_ladder, Scheduler, SchedulerKind};
 use autoagent_agent::strategy::{Evolution, LocalSearch, RandomSearch, Strategy};
-use autoagent_agent::task::{calibration_arch, nb201_proxy_images, network, search_split, Evaluator, Nb201Dataset, TableEvaluator};
+use autoagent_agent::task::{calibration_config, nb201_proxy_images, network, search_split, Evaluator, Nb201Dataset, TableEvaluator};
 use autoagent_agent::trial::{ProcessEvaluator, TrialSpec, SPEC_VERSION};
 use autoagent_evaluator::data::{self, DatasetKind};
 use autoagent_evaluator::table::Nb201Table;
@@ -147,6 +148,13 @@ pub(crate) struct RunArgs {
     #[arg(long, default_value_t = 0.25)]
     #[serde(default)]
     final_fraction: f64,
+    /// Narrow the task's search space: `name=values` clauses separated by `;`, values a
+    /// `low:high` range or choices separated by `,` (`width=16,32; lr=0.01:0.1; augment=crop_flip`).
+    /// Training tasks search the cell, width, depth, lr, weight_decay, batch, augment,
+    /// cutout_length and label_smoothing (see the README's table).
+    #[arg(long)]
+    #[serde(default)]
+    space: Option<String>,
     /// Regularized evolution's population and tournament sizes (local search starts from
     /// `--population` random cells).
     #[arg(long, default_value_t = 10)]
@@ -293,7 +301,7 @@ impl Progress {
             (None, state) => state.name().to_string(),
         };
         let used = (budget.used_fraction() * 100.0).min(999.0);
-        let line = format!("trial {:>3}  {}  {:>3} ep  acc {}  budget {:.0} %", t.id, t.arch, t.epochs, acc, used);
+        let line = format!("trial {:>3}  {}  {:>3} ep  acc {}  budget {:.0} %", t.id, t.config.line(), t.epochs, acc, used);
         match &self.bar {
             Some(bar) => {
                 bar.println(line);
@@ -330,10 +338,25 @@ struct Prepared {
     backend: Option<Arc<dyn LlmBackend>>,
 }
 
-/// Time a few training steps of the calibration cell ([`calibration_arch`]) on the run's device
-/// and images: seconds per training image, the first estimate of every trial's cost.
+/// Time a few training steps of the calibration network ([`calibration_config`]) on the run's
+/// device and images: seconds per training image, the first estimate of every trial's cost.
 fn calibrate(kind: DatasetKind, config: &TrainConfig, images: &data::Split, device: &candle_core::Device) -> Result<f64> {
-    Ok(autoagent_evaluator::calibrate::seconds_per_image(&network(kind, &calibration_arch()), config, kind, images, device, 3)?)
+    Ok(autoagent_evaluator::calibrate::seconds_per_image(
+        &network(kind, &calibration_config()),
+        config,
+        kind,
+        images,
+        device,
+        3,
+    )?)
+}
+
+/// The task's search space (`default`), narrowed by `--space` when given.
+fn search_space(default: Space, narrowing: Option<&str>) -> Result<Space> {
+    match narrowing {
+        Some(spec) => default.narrow(spec).map_err(|e| anyhow::anyhow!("--space: {e}")),
+        None => Ok(default),
+    }
 }
 
 /// The run's scheduler and its rungs: on nb201 tasks the table's 12 and 200 epochs (or
@@ -418,6 +441,8 @@ fn prepare(args: &RunArgs, backend: Option<Arc<dyn LlmBackend>>, dir: &Path, cal
     if args.trial_timeout.is_some_and(|t| !(t.is_finite() && t > 0.0)) {
         bail!("--trial-timeout must be a positive number of seconds");
     }
+    let table_task = args.task.starts_with("nb201:");
+    let space = search_space(if table_task { cell_space() } else { vision_space() }, args.space.as_deref())?;
     let device = parse_device(&args.device)?;
     let root = data::data_root(args.data.data_dir.as_deref());
     let prompts = Arc::new(Prompts::load(args.prompts.as_deref())?);
@@ -430,10 +455,9 @@ fn prepare(args: &RunArgs, backend: Option<Arc<dyn LlmBackend>>, dir: &Path, cal
         let table = Arc::new(Nb201Table::load_or_default(args.truth.as_deref())?.0);
         let name = args.images.as_deref().unwrap_or("cifar10");
         let images = DatasetKind::from_name(name).with_context(|| format!("unknown image dataset '{name}'"))?;
-        (
-            Box::new(TableEvaluator::new(table, dataset, scheduler.ladder()).map_err(anyhow::Error::msg)?),
-            images,
-        )
+        let mut evaluator = TableEvaluator::new(table, dataset, scheduler.ladder()).map_err(anyhow::Error::msg)?;
+        evaluator.set_space(space.clone());
+        (Box::new(evaluator), images)
     } else {
         let kind = DatasetKind::from_name(&args.task).with_context(|| {
             format!(
@@ -463,7 +487,7 @@ fn prepare(args: &RunArgs, backend: Option<Arc<dyn LlmBackend>>, dir: &Path, cal
             version: SPEC_VERSION,
             trial: 0,
             task: kind.name().to_string(),
-            arch: String::new(),
+            config: Config::new(),
             data_dir: Some(std::path::absolute(&root).unwrap_or(root.clone())),
             download: false,
             train: config,
@@ -476,6 +500,7 @@ fn prepare(args: &RunArgs, backend: Option<Arc<dyn LlmBackend>>, dir: &Path, cal
         };
         let exe = std::env::current_exe().context("cannot find the autoagent executable to run trials with")?;
         let mut evaluator = ProcessEvaluator::new(exe, dir.to_path_buf(), spec, images)?;
+        evaluator.set_space(space.clone());
         evaluator.calibrate(seconds_per_image);
         evaluator.set_epochs(scheduler.ladder()[0], args.max_epochs);
         evaluator.set_final_images(all_images);
@@ -483,19 +508,19 @@ fn prepare(args: &RunArgs, backend: Option<Arc<dyn LlmBackend>>, dir: &Path, cal
         (Box::new(evaluator), kind)
     };
 
-    // The strategy.
+    // The strategy, over the task's space.
     let strategy_name = args
         .strategy
         .clone()
         .unwrap_or_else(|| if backend.is_some() { "llm" } else { "evolution" }.to_string());
     let strategy: Box<dyn Strategy> = match strategy_name.as_str() {
-        "random" => Box::new(RandomSearch::new(args.seed)),
-        "local" => Box::new(LocalSearch::new(args.seed, args.population)),
+        "random" => Box::new(RandomSearch::new(space, args.seed)),
+        "local" => Box::new(LocalSearch::new(space, args.seed, args.population)),
         "evolution" => {
             if args.population == 0 || args.tournament == 0 {
                 bail!("--population and --tournament must be at least 1");
             }
-            Box::new(Evolution::new(args.seed, args.population, args.tournament))
+            Box::new(Evolution::new(space, args.seed, args.population, args.tournament))
         }
         "llm" => {
             let Some(b) = backend.clone() else {
@@ -509,7 +534,7 @@ fn prepare(args: &RunArgs, backend: Option<Arc<dyn LlmBackend>>, dir: &Path, cal
                 show_recent: args.history,
                 ..LlmOptions::default()
             };
-            Box::new(LlmStrategy::new(b, prompts.clone(), evaluator.info(), options, 0))
+            Box::new(LlmStrategy::new(b, prompts.clone(), evaluator.info(), space, options, 0))
         }
         other => bail!("unknown strategy '{other}' (available: random, evolution, local, llm)"),
     };
@@ -769,7 +794,7 @@ fn report(s: &Summary, dir: &Path, json: bool) -> Result<()> {
     if let Some(b) = &s.best {
         outln!(
             "best: {}  {} epochs  validation {:.2}{}",
-            b.arch,
+            b.config.line(),
             b.epochs,
             b.accuracy.unwrap_or(f64::NAN),
             b.test_accuracy.map(|t| format!("  test {t:.2}")).unwrap_or_default()
@@ -808,7 +833,13 @@ fn report(s: &Summary, dir: &Path, json: bool) -> Result<()> {
         let total = s.llm.valid_proposals + s.llm.invalid_proposals;
         outln!(
             "LLM: {} exchanges, {} + {} tokens, ${:.4}, {:.1} s; {}/{} proposals valid",
-            s.llm.exchanges, s.llm.prompt_tokens, s.llm.completion_tokens, s.llm.cost_usd, s.llm.seconds, s.llm.valid_proposals, total
+            s.llm.exchanges,
+            s.llm.prompt_tokens,
+            s.llm.completion_tokens,
+            s.llm.cost_usd,
+            s.llm.seconds,
+            s.llm.valid_proposals,
+            total
         );
     }
     Ok(())

@@ -129,7 +129,10 @@ pub(crate) fn cmd_score(args: ScoreArgs) -> Result<()> {
         writeln!(out, "{}\tarch", names.join("\t"))?;
     }
     for chunk in archs.chunks(if args.parallel { CHUNK } else { 1 }) {
-        let candidates: Vec<Nb201Candidate> = chunk.iter().map(|arch| Nb201Candidate::new(network(kind, arch))).collect();
+        let candidates: Vec<Nb201Candidate> = chunk
+            .iter()
+            .map(|arch| Nb201Candidate::new(network(kind, &autoagent_agent::task::cell_config(*arch))))
+            .collect();
         let refs: Vec<&dyn Candidate> = candidates.iter().map(|c| c as &dyn Candidate).collect();
         let grid = cache.score_grid(&proxy_refs, &refs, &batch, &batch_id, args.seed, args.parallel)?;
         cache.flush()?;

@@ -78,7 +78,7 @@ fn evolution_with_proxy_ranking_records_every_trial() {
         let proposals = db.proposals().unwrap();
         assert!(proposals.len() >= 6, "{}", proposals.len());
         for t in &trials {
-            assert!(proposals.iter().any(|p| p.proposal.arch.to_string() == t["arch"].as_str().unwrap()));
+            assert!(proposals.iter().any(|p| p.proposal.config.line() == t["config"]["cell"].as_str().unwrap()));
         }
         assert_eq!(db.meta("status").unwrap().as_deref(), Some("finished"));
         assert_eq!(db.meta("seed").unwrap().as_deref(), Some("0"));
@@ -88,7 +88,7 @@ fn evolution_with_proxy_ranking_records_every_trial() {
     // The accuracies are the table's 12-epoch validation accuracy; the test accuracy its 200-epoch one.
     let (valid, test) = (table_column("cifar10_valid_acc_12ep"), table_column("cifar10_test_acc"));
     for t in &trials {
-        let arch = t["arch"].as_str().unwrap();
+        let arch = t["config"]["cell"].as_str().unwrap();
         assert!((t["accuracy"].as_f64().unwrap() - valid[arch]).abs() < 1e-9);
         assert!((t["test_accuracy"].as_f64().unwrap() - test[arch]).abs() < 1e-9);
         assert!(t["proxies"]["synflow"].is_number() || t["proxies"]["synflow"].is_null());
@@ -283,6 +283,13 @@ fn bad_inputs_fail_with_one_line() {
     assert_one_line_error(&run(&["--max-epochs", "0"]), "--max-epochs must be at least 1");
     assert_one_line_error(&run(&["--eta", "1"]), "--eta must be at least 2");
     assert_one_line_error(&run(&["--final-fraction", "1.5"]), "--final-fraction must be in [0, 1)");
+    // Issue 16 item 3: a narrowing of the space that is empty, inverted or unknown.
+    let training = |space: &str| run(&["--task", "cifar10", "--no-download", "--budget", "1m", "--space", space]);
+    assert_one_line_error(&training("lr=0.2:0.01"), "--space: parameter 'lr'");
+    assert_one_line_error(&training("lr=1:2"), "--space: parameter 'lr'");
+    assert_one_line_error(&training("width=12"), "--space: parameter 'width'");
+    assert_one_line_error(&training("colour=red"), "--space: unknown parameter 'colour'");
+    assert_one_line_error(&run(&["--space", "width=16"]), "--space: unknown parameter 'width'");
     let port = llama_server::free_port();
     let url = format!("http://127.0.0.1:{port}/v1");
     assert_one_line_error(
@@ -295,7 +302,20 @@ fn bad_inputs_fail_with_one_line() {
 fn a_wall_clock_limit_stops_a_run_on_the_clock() {
     // Issue 15 item 15: device time is not the clock; --wall-limit is.
     let dir = tempfile::tempdir().unwrap();
-    let args = ["--budget", "1000000trials", "--wall-limit", "2s", "--no-proxies", "--strategy", "random", "--k", "16", "--top-k", "16", "--json"];
+    let args = [
+        "--budget",
+        "1000000trials",
+        "--wall-limit",
+        "2s",
+        "--no-proxies",
+        "--strategy",
+        "random",
+        "--k",
+        "16",
+        "--top-k",
+        "16",
+        "--json",
+    ];
     let started = std::time::Instant::now();
     let s = summary(&run_cmd(dir.path(), &args).output().unwrap());
     assert!(started.elapsed().as_secs_f64() < 30.0);
@@ -343,7 +363,10 @@ fn a_time_budget_on_a_training_task_trains_from_a_measured_first_estimate() {
     // trained nothing. Now a few real steps are timed first and recorded in run.db.
     let dir = tempfile::tempdir().unwrap();
     let o = Command::new(env!("CARGO_BIN_EXE_autoagent"))
-        .args(["run", "--task", "cifar10", "--budget", "40s", "--k", "4", "--json", "--no-download", "--data-dir"])
+        .args(["run", "--task", "cifar10", "--budget", "40s", "--k", "4", "--json", "--no-download"])
+        // Small networks only, so that 30 s of search (a quarter is the final model's) always
+        // affords one.
+        .args(["--space", "width=8,16; depth=1:3", "--data-dir"])
         .arg(shared().join("cifar10-mini"))
         .arg("--proxy-cache")
         .arg(dir.path().join("proxy-cache.jsonl"))
@@ -359,4 +382,10 @@ fn a_time_budget_on_a_training_task_trains_from_a_measured_first_estimate() {
     let db = autoagent_agent::store::sqlite::SqliteStore::open_read(&dir.path().join("run/run.db")).unwrap();
     let calibration: f64 = autoagent_agent::store::Store::meta(&db, "calibration").unwrap().unwrap().parse().unwrap();
     assert!(calibration > 0.0 && calibration < 1.0, "{calibration} s per image");
+    // Every trial is a configuration of the narrowed space.
+    for r in autoagent_agent::store::Store::trials(&db).unwrap() {
+        let c = &r.trial.config;
+        assert!(matches!(c.int("width"), Some(8 | 16)) && (1..=3).contains(&c.int("depth").unwrap()), "{c}");
+        assert!(c.float("lr").is_some() && c.str("augment").is_some(), "{c}");
+    }
 }

@@ -43,7 +43,12 @@ fn picked(run: &Path, n: usize, valid: &HashMap<String, f64>, test: &HashMap<Str
     let archs: Vec<String> = text
         .lines()
         .take(n)
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["arch"].as_str().unwrap().to_string())
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["config"]["cell"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
         .collect();
     assert_eq!(archs.len(), n);
     let mut best: Option<&String> = None;
@@ -161,6 +166,75 @@ fn ranked_search_scores_candidates_with_the_proxies() {
     assert!(cached.lines().count() >= 12, "{cached}");
 }
 
+/// Issue 16 item 2: `--schedulers` adds the comparison at equal training epochs; ASHA really
+/// promotes on the table's 12- and 200-epoch rungs, and no run spends more than its budget.
+#[test]
+fn schedulers_are_compared_at_equal_training_epochs() {
+    let dir = tempfile::tempdir().unwrap();
+    let args = [
+        "--strategies",
+        "random",
+        "--ranking",
+        "off",
+        "--trials",
+        "10",
+        "--seeds",
+        "2",
+        "--schedulers",
+        "none12,asha",
+        "--epoch-budget",
+        "5",
+    ];
+    let o = bench(dir.path(), &args).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let md = String::from_utf8(o.stdout).unwrap();
+    assert!(md.contains("## Schedulers at equal training cost"), "{md}");
+    assert!(md.contains("| random | none12 |") && md.contains("| random | asha |"), "{md}");
+
+    let mut with_json = args.to_vec();
+    with_json.push("--json");
+    let r = json(&bench(dir.path(), &with_json).output().unwrap());
+    let s = &r["schedulers"];
+    assert_eq!(s["budget_epochs"], 1000);
+    let rows = s["rows"].as_array().unwrap();
+    assert_eq!(rows.iter().map(|r| r["scheduler"].as_str().unwrap()).collect::<Vec<_>>(), ["none12", "asha"]);
+    for row in rows {
+        let runs = row["runs"].as_array().unwrap();
+        assert_eq!(runs.len(), 2);
+        for run in runs {
+            let (trials, full, spent) = (
+                run["trials"].as_u64().unwrap(),
+                run["full_trainings"].as_u64().unwrap(),
+                run["epochs_spent"].as_u64().unwrap(),
+            );
+            // Within the budget, and not far below it (the next job would not fit).
+            assert!(spent <= 1000 && spent > 1000 - 200, "{run}");
+            match row["scheduler"].as_str().unwrap() {
+                "none12" => assert_eq!((trials, full, spent), (83, 0, 996), "{run}"),
+                _ => {
+                    assert!(full >= 2, "asha promoted: {run}");
+                    assert_eq!(spent, 12 * trials + 188 * full, "{run}");
+                }
+            }
+        }
+        // After the whole budget every run has an incumbent.
+        let last = row["at"].as_array().unwrap().last().unwrap();
+        assert_eq!(last[0], 1.0);
+        assert_eq!(last[1]["per_seed"].as_array().unwrap().len(), 2);
+        // And one that could still be trained on to 200 epochs within it.
+        assert_eq!(row["trained"]["per_seed"].as_array().unwrap().len(), 2);
+    }
+    // none12's incumbent after its whole budget is the run's best 12-epoch cell, as in the
+    // main table's pick after 83 evaluations, which uses the same seeds and strategy.
+    let none12 = &rows[0]["at"][3][1]["per_seed"];
+    let mut more = args.to_vec();
+    more[5] = "83";
+    more.extend(["--checkpoints", "83", "--json"]);
+    let plain = json(&bench(dir.path(), &more).output().unwrap());
+    assert_eq!(plain["rows"][0]["at"][0][0], 83);
+    assert_eq!(plain["rows"][0]["at"][0][1]["per_seed"], *none12);
+}
+
 #[test]
 fn bad_inputs_fail_with_one_line() {
     let dir = tempfile::tempdir().unwrap();
@@ -172,6 +246,8 @@ fn bad_inputs_fail_with_one_line() {
     assert_one_line_error(&run(&["--dataset", "svhn"]), "unknown NB201 dataset 'svhn'");
     assert_one_line_error(&run(&["--suite", "nb101"]), "unknown suite 'nb101'");
     assert_one_line_error(&run(&["--top-k", "5", "--k", "4"]), "cannot exceed --k");
+    assert_one_line_error(&run(&["--schedulers", "pbt"]), "unknown scheduler 'pbt'");
+    assert_one_line_error(&run(&["--schedulers", "asha", "--epoch-budget", "0"]), "--epoch-budget must be at least 1");
     let o = Command::new(env!("CARGO_BIN_EXE_autoagent"))
         .args(["bench", "search", "--truth", "/nonexistent/nb201.csv"])
         .output()

@@ -39,14 +39,31 @@ fn a_time_budget_trains_promotes_retrains_the_best_and_exports_it_within_the_bud
     // the final model; the budget is used (at least 90 %) and not overrun by more than 5 %.
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let dir = tempfile::tempdir().unwrap();
-    let args = ["--task", "mnist", "--budget", "180s", "--max-epochs", "9", "--k", "6", "--json"];
+    // Small networks (any cell and recipe), so that a 3-minute budget holds enough trials to
+    // promote some.
+    let args = [
+        "--task",
+        "mnist",
+        "--budget",
+        "180s",
+        "--max-epochs",
+        "9",
+        "--k",
+        "6",
+        "--space",
+        "width=8,16; depth=1:3",
+        "--json",
+    ];
     let s = summary(&training_run(dir.path(), "mnist-mini", &args).output().unwrap());
     let used = s["budget_used"].as_f64().unwrap();
     assert!(used >= 0.9 && s["overrun_seconds"].as_f64().unwrap() <= 0.05 * 180.0, "{s}");
     let db = autoagent_agent::store::sqlite::SqliteStore::open_read(&dir.path().join("run/run.db")).unwrap();
     let trials = autoagent_agent::store::Store::trials(&db).unwrap();
     assert!(trials.len() >= 3, "{s}");
-    assert!(trials.iter().any(|r| r.trial.rungs.len() >= 2 && r.trial.rungs[1].epochs == 3), "a trial was promoted to 3 epochs: {s}");
+    assert!(
+        trials.iter().any(|r| r.trial.rungs.len() >= 2 && r.trial.rungs[1].epochs == 3),
+        "a trial was promoted to 3 epochs: {s}"
+    );
     let plan: serde_json::Value = serde_json::from_str(&autoagent_agent::store::Store::meta(&db, "plan").unwrap().unwrap()).unwrap();
     assert_eq!(plan["rungs"], serde_json::json!([1, 3, 9]));
     // The final model: the best configuration retrained on train + valid, measured on test.
@@ -59,9 +76,24 @@ fn a_time_budget_trains_promotes_retrains_the_best_and_exports_it_within_the_bud
     assert!((0.0..=100.0).contains(&test), "{s}");
     // `export --best` gives that model, and `predict` measures the same accuracy with it.
     let model = dir.path().join("model");
-    let o = Command::new(env!("CARGO_BIN_EXE_autoagent")).arg("export").arg(dir.path().join("run")).arg("--best").arg("--out").arg(&model).output().unwrap();
-    assert!(o.status.success() && String::from_utf8_lossy(&o.stdout).starts_with("exported the final model"), "{}", String::from_utf8_lossy(&o.stderr));
-    let o = Command::new(env!("CARGO_BIN_EXE_autoagent")).args(["predict", "--split", "test", "--json", "--model"]).arg(&model).output().unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_autoagent"))
+        .arg("export")
+        .arg(dir.path().join("run"))
+        .arg("--best")
+        .arg("--out")
+        .arg(&model)
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success() && String::from_utf8_lossy(&o.stdout).starts_with("exported the final model"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let o = Command::new(env!("CARGO_BIN_EXE_autoagent"))
+        .args(["predict", "--split", "test", "--json", "--model"])
+        .arg(&model)
+        .output()
+        .unwrap();
     let p: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(p["accuracy"].as_f64().unwrap(), test);
     // And the report names it.

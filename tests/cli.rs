@@ -101,7 +101,11 @@ fn bad_inputs_fail_with_one_line_and_exit_code_2() {
     assert_one_line_error(&run(&["train", "--arch", BEST]), "--task <TASK>");
     // --help and --version still print and succeed.
     let help = run(&["train", "--help"]);
-    assert!(help.status.success() && String::from_utf8_lossy(&help.stdout).contains("--select"), "{}", stderr(&help));
+    assert!(
+        help.status.success() && String::from_utf8_lossy(&help.stdout).contains("--select"),
+        "{}",
+        stderr(&help)
+    );
     assert!(run(&["--version"]).status.success());
 }
 
@@ -212,7 +216,16 @@ const EARLY: &str = "|skip_connect~0|+|avg_pool_3x3~0|avg_pool_3x3~1|+|nor_conv_
 
 fn mnist_train(arch: &str, extra: &[&str], env: &[(&str, &str)]) -> (serde_json::Value, String) {
     let data = shared().join("mnist-mini");
-    let mut args = vec!["train", "--task", "mnist", "--arch", arch, "--data-dir", data.to_str().unwrap(), "--no-download"];
+    let mut args = vec![
+        "train",
+        "--task",
+        "mnist",
+        "--arch",
+        arch,
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--no-download",
+    ];
     args.extend_from_slice(&["--channels", "4", "--cells", "1", "--json"]);
     args.extend_from_slice(extra);
     let mut cmd = autoagent(&args);
@@ -228,7 +241,16 @@ fn mnist_train(arch: &str, extra: &[&str], env: &[(&str, &str)]) -> (serde_json:
 
 fn predict_acc(model: &Path, split: &str) -> f64 {
     let data = shared().join("mnist-mini");
-    let o = run(&["predict", "--json", "--split", split, "--model", model.to_str().unwrap(), "--data-dir", data.to_str().unwrap()]);
+    let o = run(&[
+        "predict",
+        "--json",
+        "--split",
+        split,
+        "--model",
+        model.to_str().unwrap(),
+        "--data-dir",
+        data.to_str().unwrap(),
+    ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     v["accuracy"].as_f64().unwrap()
@@ -242,8 +264,16 @@ fn predict_acc(model: &Path, split: &str) -> f64 {
 fn train_selects_on_a_validation_hold_out_and_writes_a_model_folder() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("model");
-    let (v, err) = mnist_train(EARLY, &["--epochs", "2", "--seed", "0", "--out", out.to_str().unwrap()], &[("AUTOAGENT_PROGRESS_SECS", "0")]);
-    assert_eq!((&v["train_images"], &v["valid_images"], &v["test_images"]), (&1800.into(), &200.into(), &1000.into()), "{v}");
+    let (v, err) = mnist_train(
+        EARLY,
+        &["--epochs", "2", "--seed", "0", "--out", out.to_str().unwrap()],
+        &[("AUTOAGENT_PROGRESS_SECS", "0")],
+    );
+    assert_eq!(
+        (&v["train_images"], &v["valid_images"], &v["test_images"]),
+        (&1800.into(), &200.into(), &1000.into()),
+        "{v}"
+    );
     assert_eq!(v["select"], "valid");
     assert_eq!((&v["config"]["channels"], &v["config"]["cells"]), (&4.into(), &1.into()), "{v}");
     let history = v["history"].as_array().unwrap();
@@ -276,7 +306,10 @@ fn train_selects_on_a_validation_hold_out_and_writes_a_model_folder() {
     // --select last: the whole training split, the last epoch, no validation number.
     let (l, _) = mnist_train(SMALL, &["--epochs", "1", "--batch-size", "64", "--select", "last"], &[]);
     assert_eq!((&l["train_images"], &l["valid_images"]), (&2000.into(), &0.into()), "{l}");
-    assert_eq!((&l["select"], &l["selected_epoch"], &l["valid_acc"]), (&"last".into(), &1.into(), &serde_json::Value::Null));
+    assert_eq!(
+        (&l["select"], &l["selected_epoch"], &l["valid_acc"]),
+        (&"last".into(), &1.into(), &serde_json::Value::Null)
+    );
     assert!(l["test_acc"].as_f64().unwrap() > 0.0, "{l}");
 }
 

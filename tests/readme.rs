@@ -66,7 +66,10 @@ fn uses(readme: &str, command: &str) -> Vec<String> {
             let rest = &joined[i + needle.len()..];
             let end = rest.find(['`', '\n', '|']).unwrap_or(rest.len());
             // A longer command that starts with this one (`bench proxies-speed` for `bench proxies`) is another command.
-            if COMMANDS.iter().any(|c| c.len() > command.len() && c.starts_with(command) && joined[i + prefix.len()..].starts_with(c)) {
+            if COMMANDS
+                .iter()
+                .any(|c| c.len() > command.len() && c.starts_with(command) && joined[i + prefix.len()..].starts_with(c))
+            {
                 continue;
             }
             out.push(rest[..end].to_string());

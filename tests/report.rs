@@ -154,14 +154,16 @@ fn report_md_has_the_leaderboard_plots_and_proxy_correlations() {
     let first = format!(
         "| 1 | {} | {} | {} | {:.2} | {:.2} |",
         best["id"],
-        md_arch(best["arch"].as_str().unwrap()),
+        md_arch(best["config"]["cell"].as_str().unwrap()),
         best["epochs"],
         best["accuracy"].as_f64().unwrap(),
         best["test_accuracy"].as_f64().unwrap()
     );
     assert!(md.contains(&first), "no '{first}' in:\n{md}");
     assert!(
-        md.contains("| rank | trial | arch | epochs | valid acc (%) | test acc (%) | params (M) | FLOPs (M) | jacob_cov | naswot | synflow | device s |"),
+        md.contains(
+            "| rank | trial | configuration | epochs | valid acc (%) | test acc (%) | params (M) | FLOPs (M) | jacob_cov | naswot | synflow | device s |"
+        ),
         "{md}"
     );
     assert!(md.contains("| 6 trials | 100.0 % | 6 | 3 |"), "{md}");
@@ -233,14 +235,15 @@ fn report_json_matches_the_run_store() {
     for (i, (row, t)) in board.iter().zip(&stored).enumerate() {
         assert_eq!(row["rank"], i + 1);
         assert_eq!(row["trial"], t.id);
-        assert_eq!(row["arch"], t.arch.to_string());
+        assert_eq!(row["arch"], t.config.line());
+        assert_eq!(row["config"], t.config.line());
         assert_eq!(row["accuracy"].as_f64(), t.accuracy);
         assert_eq!(row["test_accuracy"].as_f64(), t.test_accuracy);
-        let (params, flops) = table[&t.arch.to_string()];
+        let (params, flops) = table[&t.config.line()];
         assert!((row["params_m"].as_f64().unwrap() - params).abs() < 1e-6, "{row}");
         assert!((row["flops_m"].as_f64().unwrap() - flops).abs() < 1e-6, "{row}");
     }
-    assert_eq!(board[0]["arch"], summary(&run)["best"]["arch"]);
+    assert_eq!(board[0]["arch"], summary(&run)["best"]["config"]["cell"]);
     assert_eq!(j["states"], serde_json::json!({"complete": 30}));
     assert_eq!(j["budget"]["trials"], 30);
     assert_eq!(j["budget"]["used"], 1.0);
@@ -280,7 +283,7 @@ fn report_html_embeds_the_plots() {
         assert!(page.contains(&format!("<figure id=\"{name}\">\n<svg")), "{name}");
         assert!(out.path().join(format!("{name}.svg")).is_file());
     }
-    let best = summary(&run)["best"]["arch"].as_str().unwrap().to_string();
+    let best = summary(&run)["best"]["config"]["cell"].as_str().unwrap().to_string();
     assert!(page.contains(&format!("<td>{best}</td>")));
     assert_eq!(std::fs::read_to_string(out.path().join("report.html")).unwrap(), page);
 }
@@ -328,7 +331,7 @@ fn ls_shows_finished_interrupted_and_running_runs() {
             "{l}"
         );
         assert_eq!(c[4], format!("{:.2}", best["accuracy"].as_f64().unwrap()), "{l}");
-        assert_eq!(c[5], best["arch"].as_str().unwrap(), "{l}");
+        assert_eq!(c[5], best["config"]["cell"].as_str().unwrap(), "{l}");
     };
     expect(lines[1], "a-finished", "finished", 30, &plain_best);
     expect(lines[2], "b-killed", "interrupted", 30, &plain_best);
@@ -344,7 +347,7 @@ fn ls_shows_finished_interrupted_and_running_runs() {
         objs.iter().map(|o| o["status"].as_str().unwrap()).collect::<Vec<_>>(),
         ["finished", "interrupted", "running"]
     );
-    assert_eq!(objs[2]["best_arch"], ranked_best["arch"]);
+    assert_eq!(objs[2]["best_arch"], ranked_best["config"]["cell"]);
     assert_eq!(objs[2]["best_accuracy"], ranked_best["accuracy"]);
     assert_eq!(objs[0]["task"], "nb201:cifar10");
 

@@ -23,12 +23,24 @@ fn mnist_run(out: &Path, extra: &[&str]) -> Command {
     let mut c = bin();
     // Every trial trains its --epochs (no scheduler, no final model): these tests are about
     // trials' processes.
-    c.args(["run", "--task", "mnist", "--no-proxies", "--scheduler", "none", "--final-fraction", "0", "--seed", "5", "--data-dir"])
-        .arg(shared().join("mnist-mini"))
-        .arg("--out")
-        .arg(out)
-        .args(extra)
-        .arg("--json");
+    c.args([
+        "run",
+        "--task",
+        "mnist",
+        "--no-proxies",
+        "--scheduler",
+        "none",
+        "--final-fraction",
+        "0",
+        "--seed",
+        "5",
+        "--data-dir",
+    ])
+    .arg(shared().join("mnist-mini"))
+    .arg("--out")
+    .arg(out)
+    .args(extra)
+    .arg("--json");
     c
 }
 
@@ -68,13 +80,16 @@ fn trials_run_in_child_processes_and_report_metrics_per_epoch() {
         for a in &r.artefacts {
             assert!(run.join(a).is_file(), "{a}");
         }
-        let mut held: Vec<String> = std::fs::read_dir(run.join(&dir)).unwrap().map(|e| format!("{dir}/{}", e.unwrap().file_name().to_string_lossy())).collect();
+        let mut held: Vec<String> = std::fs::read_dir(run.join(&dir))
+            .unwrap()
+            .map(|e| format!("{dir}/{}", e.unwrap().file_name().to_string_lossy()))
+            .collect();
         held.sort();
         let mut want = documented.clone();
         want.sort();
         assert_eq!(held, want);
         let spec: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run.join(&r.artefacts[0])).unwrap()).unwrap();
-        assert_eq!(spec["arch"], r.trial.arch.to_string());
+        assert_eq!(spec["config"], serde_json::to_value(&r.trial.config).unwrap());
         assert_eq!(spec["train"]["epochs"], 2);
         assert!(std::fs::read_to_string(run.join(&r.artefacts[1])).unwrap().contains("epoch 2/2"));
         assert_eq!(r.stderr_tail, None, "a complete trial keeps no stderr tail");
@@ -201,7 +216,7 @@ fn the_trial_command_reads_a_spec_and_prints_its_events() {
     let spec = spec_file(
         tmp.path(),
         serde_json::json!({
-            "version": 1, "trial": 4, "task": "mnist", "arch": arch,
+            "version": 2, "trial": 4, "task": "mnist", "config": {"cell": arch, "width": 8, "depth": 1, "label_smoothing": 0.1},
             "data_dir": shared().join("mnist-mini"), "train": {"epochs": 1, "seed": 2, "batch_size": 128},
             "out": tmp.path().join("out"),
         }),
@@ -223,17 +238,31 @@ fn the_trial_command_reads_a_spec_and_prints_its_events() {
         assert_one_line_error(&bin().args(["trial", "--spec"]).arg(&p).output().unwrap(), needle);
     };
     bad(
-        serde_json::json!({"version": 2, "task": "mnist", "arch": arch}),
-        "spec version 2 is not supported",
+        serde_json::json!({"version": 1, "task": "mnist", "arch": arch}),
+        "spec version 1 is not supported",
     );
     bad(
-        serde_json::json!({"version": 1, "task": "mnist", "arch": arch, "epochs": 3}),
+        serde_json::json!({"version": 2, "task": "mnist", "config": {"cell": arch}, "epochs": 3}),
         "unknown field `epochs`",
     );
-    bad(serde_json::json!({"version": 1, "task": "imagenet", "arch": arch}), "unknown task 'imagenet'");
-    bad(serde_json::json!({"version": 1, "task": "mnist", "arch": "|conv~0|"}), "bad arch");
     bad(
-        serde_json::json!({"version": 1, "task": "mnist", "arch": arch, "data_dir": tmp.path().join("nowhere")}),
+        serde_json::json!({"version": 2, "task": "imagenet", "config": {"cell": arch}}),
+        "unknown task 'imagenet'",
+    );
+    bad(
+        serde_json::json!({"version": 2, "task": "mnist", "config": {"cell": "|conv~0|"}}),
+        "bad config in the spec: parameter 'cell'",
+    );
+    bad(
+        serde_json::json!({"version": 2, "task": "mnist", "config": {"cell": arch, "width": 12}}),
+        "width",
+    );
+    bad(
+        serde_json::json!({"version": 2, "task": "mnist", "config": {"cell": arch, "colour": "red"}}),
+        "unknown parameter 'colour'",
+    );
+    bad(
+        serde_json::json!({"version": 2, "task": "mnist", "config": {"cell": arch}, "data_dir": tmp.path().join("nowhere")}),
         "mnist",
     );
     assert_one_line_error(

@@ -5,6 +5,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::configspace::Config;
 use crate::history::{Trial, TrialState};
 
 /// The directory of the final model in a run directory.
@@ -15,8 +16,8 @@ pub const FINAL_DIR: &str = "final";
 pub struct FinalModel {
     /// The searched trial whose configuration was retrained.
     pub trial: usize,
-    /// Its architecture.
-    pub arch: String,
+    /// Its configuration.
+    pub config: Config,
     /// Epochs of the retraining (0 when skipped).
     pub epochs: usize,
     /// The best trial's validation accuracy in the search (%), at its own epochs.
@@ -40,7 +41,7 @@ impl FinalModel {
     pub fn skipped(best: &Trial, reason: String) -> Self {
         FinalModel {
             trial: best.id,
-            arch: best.arch.to_string(),
+            config: best.config.clone(),
             epochs: 0,
             search_accuracy: best.accuracy,
             search_epochs: best.epochs,
@@ -87,7 +88,7 @@ mod tests {
     fn the_final_training_is_as_long_as_the_budget_left_affords() {
         let best = Trial {
             epochs: 3,
-            ..Trial::new(4, 1, Arch::from_ordinal(9631), Origin::Random)
+            ..Trial::new(4, 1, crate::task::cell_config(Arch::from_ordinal(9631)), Origin::Random)
         };
         let per_epoch = |e: usize| 10.0 * e as f64;
         assert_eq!(epochs(&best, 27, None, per_epoch), Ok(27));

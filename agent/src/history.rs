@@ -2,8 +2,9 @@
 
 use std::collections::BTreeMap;
 
-use autoagent_evaluator::nb201::Arch;
 use serde::{Deserialize, Serialize};
+
+use crate::configspace::Config;
 
 /// Where a candidate came from.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -11,9 +12,10 @@ use serde::{Deserialize, Serialize};
 pub enum Origin {
     /// Drawn uniformly from the space.
     Random,
-    /// One-edge mutation of a parent.
+    /// A change of one parameter of a parent (a one-edge change of its cell, a step of a number).
     Mutation {
-        /// The parent's arch string.
+        /// The parent configuration, as written in the prompt and the report
+        /// ([`Config`]'s `name=value` form).
         parent: String,
     },
     /// Proposed by the LLM in exchange number `exchange` of the run.
@@ -23,11 +25,11 @@ pub enum Origin {
     },
 }
 
-/// A proposed candidate.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// A proposed candidate: a configuration of the task's search space.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Proposal {
-    /// The architecture.
-    pub arch: Arch,
+    /// The configuration.
+    pub config: Config,
     /// Where it came from.
     pub origin: Origin,
 }
@@ -101,8 +103,8 @@ pub struct Trial {
     pub id: usize,
     /// Round of the loop that proposed it.
     pub round: usize,
-    /// The architecture.
-    pub arch: Arch,
+    /// The configuration (of the task's search space).
+    pub config: Config,
     /// Where it came from.
     pub origin: Origin,
     /// Proxy scores (`None` when not finite), by proxy name.
@@ -168,12 +170,12 @@ impl Default for Rung {
 }
 
 impl Trial {
-    /// Trial `id` of `round`, of `arch`, not yet evaluated.
-    pub fn new(id: usize, round: usize, arch: Arch, origin: Origin) -> Self {
+    /// Trial `id` of `round`, of `config`, not yet evaluated.
+    pub fn new(id: usize, round: usize, config: Config, origin: Origin) -> Self {
         Trial {
             id,
             round,
-            arch,
+            config,
             origin,
             proxies: BTreeMap::new(),
             rank_score: None,
@@ -274,9 +276,10 @@ impl History {
         &self.trials[self.trials.len().saturating_sub(n)..]
     }
 
-    /// Whether an architecture isomorphic to `arch` has been evaluated.
-    pub fn seen(&self, arch: &Arch) -> bool {
-        let c = arch.canonical();
-        self.trials.iter().any(|t| t.arch.canonical() == c)
+    /// Whether a configuration equivalent to `config` (the same [`Config::key`]: an isomorphic
+    /// cell, floats equal to 4 significant digits) has been evaluated.
+    pub fn seen(&self, config: &Config) -> bool {
+        let key = config.key();
+        self.trials.iter().any(|t| t.config.key() == key)
     }
 }

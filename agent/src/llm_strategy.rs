@@ -3,18 +3,21 @@
 //! candidates.
 //!
 //! A backend that constrains its decoding (the local model) fills a reply template whose every
-//! edge is a choice among the five operations, so each of its proposals is valid. Other
-//! backends answer in JSON; the reply is parsed against the space, an unusable reply gets one
-//! repair round, and what is still invalid becomes failed proposals that stay in the history.
+//! cell edge is a choice among the five operations and every other parameter a choice among
+//! values of its range, so each of its proposals is valid. Other backends answer in JSON (with
+//! the space's JSON Schema as `response_format` where the server takes one); the reply is
+//! parsed against the space, an unusable reply gets one repair round, and what is still invalid
+//! becomes failed proposals that stay in the history.
 
 use std::sync::Arc;
 
 use serde::Serialize;
 
+use crate::configspace::Space;
 use crate::history::{FailedProposal, History, Origin, Proposal, Trial};
 use crate::llm::{ChatRequest, ChatResponse, Exchange, LlmBackend, Message};
 use crate::prompts::Prompts;
-use crate::space::{archs_from_choices, constrained_template, describe, parse_reply, reply_schema, SpaceInfo};
+use crate::space::{configs_from_choices, constrained_template, describe, parse_reply, reply_schema, SpaceInfo};
 use crate::strategy::{Asked, Strategy, StrategyError};
 
 /// What the prompt says about the task.
@@ -66,37 +69,43 @@ pub struct LlmStrategy {
     backend: Arc<dyn LlmBackend>,
     prompts: Arc<Prompts>,
     task: TaskInfo,
-    space: SpaceInfo,
+    space: Space,
+    info: SpaceInfo,
     options: LlmOptions,
     exchanges: usize,
 }
 
 #[derive(Serialize)]
 struct ShownTrial {
+    /// The candidate on one line ([`Space::line`]).
     arch: String,
     accuracy: Option<f64>,
+    /// Epochs it trained (0 on a table).
+    epochs: usize,
     proxies: std::collections::BTreeMap<String, Option<f64>>,
 }
 
 impl ShownTrial {
-    fn of(t: &Trial) -> Self {
+    fn of(t: &Trial, space: &Space) -> Self {
         ShownTrial {
-            arch: t.arch.to_string(),
+            arch: space.line(&t.config),
             accuracy: t.accuracy,
+            epochs: t.epochs,
             proxies: t.proxies.clone(),
         }
     }
 }
 
 impl LlmStrategy {
-    /// The strategy on `backend`. `first_exchange` numbers the exchanges after those a resumed
-    /// run already recorded.
-    pub fn new(backend: Arc<dyn LlmBackend>, prompts: Arc<Prompts>, task: TaskInfo, options: LlmOptions, first_exchange: usize) -> Self {
+    /// The strategy on `backend`, proposing configurations of `space`. `first_exchange` numbers
+    /// the exchanges after those a resumed run already recorded.
+    pub fn new(backend: Arc<dyn LlmBackend>, prompts: Arc<Prompts>, task: TaskInfo, space: Space, options: LlmOptions, first_exchange: usize) -> Self {
         LlmStrategy {
             backend,
             prompts,
             task,
-            space: describe(),
+            info: describe(&space),
+            space,
             options,
             exchanges: first_exchange,
         }
@@ -107,9 +116,9 @@ impl LlmStrategy {
         let failed: Vec<&FailedProposal> = history.failed.iter().rev().take(self.options.show_failed).rev().collect();
         let ctx = minijinja::context! {
             task => &self.task,
-            space => &self.space,
-            best => history.best(self.options.show_best).into_iter().map(ShownTrial::of).collect::<Vec<_>>(),
-            recent => history.recent(self.options.show_recent).iter().map(ShownTrial::of).collect::<Vec<_>>(),
+            space => &self.info,
+            best => history.best(self.options.show_best).into_iter().map(|t| ShownTrial::of(t, &self.space)).collect::<Vec<_>>(),
+            recent => history.recent(self.options.show_recent).iter().map(|t| ShownTrial::of(t, &self.space)).collect::<Vec<_>>(),
             evaluated => history.trials.len(),
             failed => failed,
             k => k,
@@ -126,7 +135,7 @@ impl LlmStrategy {
             temperature: self.options.temperature,
             seed: Some(self.options.seed + self.exchanges as u64),
             json,
-            json_schema: (json && self.options.json_schema).then(|| reply_schema(k)),
+            json_schema: (json && self.options.json_schema).then(|| reply_schema(&self.space, k)),
         }
     }
 
@@ -156,8 +165,8 @@ impl Strategy for LlmStrategy {
         // Constrained decoding first, where the backend has it.
         let (system, user) = self.render(history, k, "lines")?;
         let request = self.request(vec![Message::system(system), Message::user(user)], false, k);
-        let evaluated: Vec<_> = history.trials.iter().map(|t| t.arch).collect();
-        let template = constrained_template(k, &evaluated);
+        let evaluated: Vec<_> = history.trials.iter().map(|t| t.config.clone()).collect();
+        let template = constrained_template(&self.space, k, &evaluated);
         match self.backend.complete_constrained(&request, &template).await {
             Ok(Some(reply)) => {
                 let index = self.exchanges;
@@ -165,10 +174,10 @@ impl Strategy for LlmStrategy {
                 ex.template = Some(template);
                 ex.choices = Some(reply.choices.clone());
                 asked.exchanges.push(ex);
-                asked.proposals = archs_from_choices(&reply.choices)
+                asked.proposals = configs_from_choices(&self.space, &reply.choices)
                     .into_iter()
-                    .map(|arch| Proposal {
-                        arch,
+                    .map(|config| Proposal {
+                        config,
                         origin: Origin::Llm { exchange: index },
                     })
                     .collect();
@@ -196,13 +205,13 @@ impl Strategy for LlmStrategy {
         };
         let index = self.exchanges;
         asked.exchanges.push(self.record("propose", request, Some(reply.clone()), None));
-        let mut parsed = parse_reply(&reply.content, Some(index));
+        let mut parsed = parse_reply(&reply.content, &self.space, Some(index));
         let mut source = index;
-        if parsed.error.is_some() || parsed.archs.is_empty() {
+        if parsed.error.is_some() || parsed.configs.is_empty() {
             let reason = parsed.error.clone().unwrap_or_else(|| "no candidate was valid".into());
             let repair = self.prompts.render(
                 "repair",
-                minijinja::context! { error => &reason, failed => &parsed.failed, k => k, space => &self.space },
+                minijinja::context! { error => &reason, failed => &parsed.failed, k => k, space => &self.info },
             )?;
             messages.push(Message::assistant(reply.content.clone()));
             messages.push(Message::user(repair));
@@ -213,10 +222,10 @@ impl Strategy for LlmStrategy {
                     asked.exchanges.push(self.record("repair", request, Some(second.clone()), None));
                     let first_failed = std::mem::take(&mut parsed.failed);
                     let first_error = parsed.error.take();
-                    parsed = parse_reply(&second.content, Some(source));
+                    parsed = parse_reply(&second.content, &self.space, Some(source));
                     // The first reply's invalid items stay as signals.
                     parsed.failed.splice(0..0, first_failed);
-                    if let (Some(e), true) = (first_error, parsed.archs.is_empty() && parsed.error.is_none()) {
+                    if let (Some(e), true) = (first_error, parsed.configs.is_empty() && parsed.error.is_none()) {
                         parsed.failed.push(FailedProposal {
                             text: truncate(&reply.content),
                             reason: e,
@@ -246,10 +255,10 @@ impl Strategy for LlmStrategy {
         }
         asked.failed = parsed.failed;
         asked.proposals = parsed
-            .archs
+            .configs
             .into_iter()
-            .map(|arch| Proposal {
-                arch,
+            .map(|config| Proposal {
+                config,
                 origin: Origin::Llm { exchange: source },
             })
             .collect();
@@ -283,6 +292,7 @@ mod tests {
                 description: "NB201 on CIFAR-10".into(),
                 metric: "validation accuracy".into(),
             },
+            crate::configspace::cell_space(),
             LlmOptions::default(),
             0,
         );

@@ -6,12 +6,13 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use autoagent_evaluator::data::{self, DatasetKind};
-use autoagent_evaluator::nb201::Arch;
 use autoagent_evaluator::net::Nb201Config;
 use autoagent_evaluator::proxy::Nb201Candidate;
 use autoagent_proxies::cache::ScoreCache;
 use autoagent_proxies::ensemble::log_rank_aggregate;
 use autoagent_proxies::{Batch, Proxy};
+
+use crate::configspace::{Config, VisionConfig};
 
 /// The scores of one candidate.
 #[derive(Debug, Clone, PartialEq)]
@@ -164,46 +165,54 @@ impl Ranker {
         self.proxies.iter().map(|p| p.name()).collect()
     }
 
-    fn candidate(&self, arch: &Arch) -> Nb201Candidate {
+    /// The network `config` builds: its cell at its width and depth (NB201's C = 16, N = 5
+    /// where it has none); the training hyperparameters do not change it.
+    fn candidate(&self, config: &Config) -> Nb201Candidate {
         let (classes, channels, size) = self.shape;
+        let v = VisionConfig::lenient(config);
         Nb201Candidate::new(Nb201Config {
             num_classes: classes,
             in_channels: channels,
             input_size: size,
-            ..Nb201Config::new(*arch)
+            channels: v.width,
+            cells_per_stage: v.depth,
+            ..Nb201Config::new(v.arch)
         })
     }
 
-    /// The estimated device seconds of scoring `archs`: a cached score costs what it cost when it
+    /// The estimated device seconds of scoring `configs`: a cached score costs what it cost when it
     /// was computed ([`Ranker::score`] charges it so), a missing one the mean this ranker has seen
     /// per proxy, computed or read back (or [`FIRST_SCORE_SECONDS`] before any).
-    pub fn estimate_seconds(&self, archs: &[Arch]) -> f64 {
-        archs
+    pub fn estimate_seconds(&self, configs: &[Config]) -> f64 {
+        configs
             .iter()
-            .map(|arch| {
-                let candidate = self.candidate(arch);
+            .map(|config| {
+                let candidate = self.candidate(config);
                 self.proxies
                     .iter()
                     .zip(&self.measured)
-                    .map(|(p, &(secs, n))| match self.cache.recorded_ms(p.as_ref(), &candidate, &self.batch_id, self.seed) {
-                        Some(ms) => ms / 1e3,
-                        None if n > 0 => secs / n as f64,
-                        None => FIRST_SCORE_SECONDS,
-                    })
+                    .map(
+                        |(p, &(secs, n))| match self.cache.recorded_ms(p.as_ref(), &candidate, &self.batch_id, self.seed) {
+                            Some(ms) => ms / 1e3,
+                            None if n > 0 => secs / n as f64,
+                            None => FIRST_SCORE_SECONDS,
+                        },
+                    )
                     .sum::<f64>()
             })
             .sum()
     }
 
-    /// Score `archs`; returns their scores (in order) and the device seconds they are charged:
+    /// Score the networks of `configs` (candidates that build the same network share their
+    /// scores through the cache); returns their scores (in order) and the device seconds they are charged:
     /// the time spent computing the missing ones, plus, for each score read from the cache, the
     /// time it took when it was computed, so a budget buys the same ranking with a cold or a warm
     /// cache. Missing scores are computed several architectures at a time when the ranker is
     /// parallel ([`Ranker::set_parallel`]); their seconds are then wall time.
-    pub fn score(&mut self, archs: &[Arch]) -> Result<(Vec<Scored>, f64), autoagent_proxies::cache::CacheError> {
-        let mut columns = vec![vec![f64::NAN; archs.len()]; self.proxies.len()];
-        let mut ms = vec![vec![0.0; archs.len()]; self.proxies.len()];
-        let candidates: Vec<Nb201Candidate> = archs.iter().map(|a| self.candidate(a)).collect();
+    pub fn score(&mut self, configs: &[Config]) -> Result<(Vec<Scored>, f64), autoagent_proxies::cache::CacheError> {
+        let mut columns = vec![vec![f64::NAN; configs.len()]; self.proxies.len()];
+        let mut ms = vec![vec![0.0; configs.len()]; self.proxies.len()];
+        let candidates: Vec<Nb201Candidate> = configs.iter().map(|c| self.candidate(c)).collect();
         let refs: Vec<&dyn autoagent_proxies::Candidate> = candidates.iter().map(|c| c as &dyn autoagent_proxies::Candidate).collect();
         let proxies: Vec<&dyn Proxy> = self.proxies.iter().map(|p| p.as_ref()).collect();
         let started = std::time::Instant::now();
@@ -219,7 +228,7 @@ impl Ranker {
                 tally.0 += scored.ms / 1e3;
                 tally.1 += 1;
                 if let Some(e) = &scored.error {
-                    tracing::warn!("{} of {} failed: {e}", self.proxies[pi].name(), archs[ai]);
+                    tracing::warn!("{} of {} failed: {e}", self.proxies[pi].name(), configs[ai]);
                 }
                 ms[pi][ai] = scored.ms;
                 columns[pi][ai] = scored.value.unwrap_or(f64::NAN);
@@ -242,7 +251,7 @@ impl Ranker {
             // One member: its score, a non-finite one (a dead cell, a failed score) below all.
             refs[0].iter().map(|&v| if v.is_finite() { v } else { f64::NEG_INFINITY }).collect()
         };
-        let scored = (0..archs.len())
+        let scored = (0..configs.len())
             .map(|ai| Scored {
                 proxies: self
                     .proxies

@@ -117,7 +117,11 @@ impl Scheduler {
         if eta < 2 {
             return Err(format!("--eta must be at least 2, got {eta}"));
         }
-        let ladder = if kind == SchedulerKind::None { vec![*ladder.last().expect("not empty")] } else { ladder };
+        let ladder = if kind == SchedulerKind::None {
+            vec![*ladder.last().expect("not empty")]
+        } else {
+            ladder
+        };
         Ok(Scheduler { kind, ladder, eta })
     }
 
@@ -214,7 +218,11 @@ impl Scheduler {
             .iter()
             .filter_map(|&i| {
                 let r = trials[i].rungs.iter().find(|r| r.epochs == epochs && r.state.is_finished())?;
-                let acc = if r.state == TrialState::Complete { r.accuracy.unwrap_or(f64::NEG_INFINITY) } else { f64::NEG_INFINITY };
+                let acc = if r.state == TrialState::Complete {
+                    r.accuracy.unwrap_or(f64::NEG_INFINITY)
+                } else {
+                    f64::NEG_INFINITY
+                };
                 Some((i, acc))
             })
             .collect();
@@ -255,7 +263,7 @@ mod tests {
                 })
                 .collect(),
             bracket,
-            ..Trial::new(id, 0, arch, Origin::Random)
+            ..Trial::new(id, 0, crate::task::cell_config(arch), Origin::Random)
         }
     }
 

@@ -14,6 +14,8 @@ use std::sync::Arc;
 use autoagent_evaluator::data::DatasetKind;
 use autoagent_evaluator::nb201::Arch;
 use autoagent_evaluator::net::Nb201Config;
+
+use crate::configspace::{Config, Space, VisionConfig};
 use autoagent_evaluator::table::Nb201Table;
 
 use crate::llm_strategy::TaskInfo;
@@ -61,38 +63,40 @@ impl Fidelity {
     }
 }
 
-/// Evaluates candidates.
+/// Evaluates candidates: configurations of the task's search space ([`Evaluator::space`]).
 pub trait Evaluator: Send {
     /// What the prompt says about the task.
     fn info(&self) -> TaskInfo;
-    /// The estimated device seconds of evaluating `arch` at `fidelity` (for the budget's
+    /// The search space its candidates come from (the task's default, or the user's narrowing).
+    fn space(&self) -> &Space;
+    /// The estimated device seconds of evaluating `config` at `fidelity` (for the budget's
     /// planning).
-    fn estimate_seconds(&self, arch: &Arch, fidelity: Fidelity) -> f64;
-    /// Evaluate `arch` at `fidelity`.
-    fn evaluate(&mut self, arch: &Arch, fidelity: Fidelity) -> Evaluation;
-    /// Evaluate `arch` as trial number `trial` at `fidelity` (continuing the trial's checkpoint
-    /// when `fidelity.from > 0`), stopping it (pruned) once it has run for `limit` when given.
-    /// The default ignores the trial and the limit.
-    fn evaluate_trial(&mut self, arch: &Arch, trial: usize, fidelity: Fidelity, limit: Option<TrialLimit>) -> Evaluation {
+    fn estimate_seconds(&self, config: &Config, fidelity: Fidelity) -> f64;
+    /// Evaluate `config` at `fidelity`.
+    fn evaluate(&mut self, config: &Config, fidelity: Fidelity) -> Evaluation;
+    /// Evaluate `config` as trial number `trial` at `fidelity` (continuing the trial's
+    /// checkpoint when `fidelity.from > 0`), stopping it (pruned) once it has run for `limit`
+    /// when given. The default ignores the trial and the limit.
+    fn evaluate_trial(&mut self, config: &Config, trial: usize, fidelity: Fidelity, limit: Option<TrialLimit>) -> Evaluation {
         let _ = (trial, limit);
-        self.evaluate(arch, fidelity)
+        self.evaluate(config, fidelity)
     }
     /// Trial `trial` was continued past its checkpoint of `epochs` and that is recorded: the
     /// checkpoint may go. The default keeps nothing.
     fn release(&mut self, trial: usize, epochs: usize) {
         let _ = (trial, epochs);
     }
-    /// The estimated device seconds of training the final model of `arch` for `epochs` (`None`:
-    /// the task has no final training, as a table lookup has not); `epoch_seconds` is what an
-    /// epoch of `arch` took in the search, when it was trained there.
-    fn estimate_final_seconds(&self, arch: &Arch, epochs: usize, epoch_seconds: Option<f64>) -> Option<f64> {
-        let _ = (arch, epochs, epoch_seconds);
+    /// The estimated device seconds of training the final model of `config` for `epochs`
+    /// (`None`: the task has no final training, as a table lookup has not); `epoch_seconds` is
+    /// what an epoch of `config` took in the search, when it was trained there.
+    fn estimate_final_seconds(&self, config: &Config, epochs: usize, epoch_seconds: Option<f64>) -> Option<f64> {
+        let _ = (config, epochs, epoch_seconds);
         None
     }
-    /// Train the final model of `arch` for `epochs` on the whole training split and measure it
-    /// once on the test split, stopped at `limit` (`None` without final training).
-    fn train_final(&mut self, arch: &Arch, epochs: usize, limit: Option<TrialLimit>) -> Option<Evaluation> {
-        let _ = (arch, epochs, limit);
+    /// Train the final model of `config` for `epochs` on the whole training split and measure
+    /// it once on the test split, stopped at `limit` (`None` without final training).
+    fn train_final(&mut self, config: &Config, epochs: usize, limit: Option<TrialLimit>) -> Option<Evaluation> {
+        let _ = (config, epochs, limit);
         None
     }
 }
@@ -145,7 +149,10 @@ impl TrialLimit {
         if self.timeout {
             format!("stopped after {ran:.1} s: the trial reached --trial-timeout ({:.1} s)", self.seconds)
         } else {
-            format!("stopped after {ran:.1} s: the trial exceeded its share of the budget ({:.1} s left)", self.seconds)
+            format!(
+                "stopped after {ran:.1} s: the trial exceeded its share of the budget ({:.1} s left)",
+                self.seconds
+            )
         }
     }
 }
@@ -216,6 +223,7 @@ pub struct TableEvaluator {
     dataset: Nb201Dataset,
     test: String,
     fidelities: Vec<usize>,
+    space: Space,
 }
 
 impl TableEvaluator {
@@ -227,6 +235,7 @@ impl TableEvaluator {
             dataset,
             test,
             fidelities: fidelities.to_vec(),
+            space: crate::configspace::cell_space(),
         };
         if !e.table.columns().iter().any(|c| *c == e.test) {
             return Err(format!("the NB201 table has no column '{}'", e.test));
@@ -244,6 +253,11 @@ impl TableEvaluator {
             }
         }
         Ok(e)
+    }
+
+    /// Search `space` (a narrowing of the cell space) instead.
+    pub fn set_space(&mut self, space: Space) {
+        self.space = space;
     }
 
     fn valid_column(&self, fidelity: usize) -> Result<String, String> {
@@ -270,11 +284,19 @@ impl Evaluator for TableEvaluator {
         }
     }
 
-    fn estimate_seconds(&self, _arch: &Arch, _fidelity: Fidelity) -> f64 {
+    fn space(&self) -> &Space {
+        &self.space
+    }
+
+    fn estimate_seconds(&self, _config: &Config, _fidelity: Fidelity) -> f64 {
         0.0
     }
 
-    fn evaluate(&mut self, arch: &Arch, fidelity: Fidelity) -> Evaluation {
+    fn evaluate(&mut self, config: &Config, fidelity: Fidelity) -> Evaluation {
+        let Some(arch) = config.cell("cell") else {
+            return Evaluation::failed(format!("the NB201 table looks up cells; the candidate {config} has none"));
+        };
+        let arch = &arch;
         let valid = match self.valid_column(fidelity.to) {
             Ok(v) => v,
             Err(e) => {
@@ -307,15 +329,25 @@ impl Evaluator for TableEvaluator {
 /// looked at during the search). It lives in the evaluator, which `autoagent train` selects with.
 pub use autoagent_evaluator::data::search_split;
 
-/// The NB201 network of `arch` for a dataset's images and classes.
-pub fn network(kind: DatasetKind, arch: &Arch) -> Nb201Config {
+/// The network a configuration builds for a dataset's images and classes: its cell in NB201's
+/// macro skeleton at its width and depth (C = 16, N = 5 where it has none, as on the table).
+pub fn network(kind: DatasetKind, config: &Config) -> Nb201Config {
+    let v = VisionConfig::lenient(config);
     let (c, h, _) = kind.image_shape();
     Nb201Config {
         num_classes: kind.num_classes(),
         in_channels: c,
         input_size: h,
-        ..Nb201Config::new(*arch)
+        channels: v.width,
+        cells_per_stage: v.depth,
+        ..Nb201Config::new(v.arch)
     }
+}
+
+/// The configuration of a cell alone (an NB201 table task's candidate; in a training task, the
+/// cell in NB201's own network and recipe).
+pub fn cell_config(arch: Arch) -> Config {
+    Config::new().with("cell", crate::configspace::Value::Cell(arch))
 }
 
 /// What a training task tells the LLM: trials train from `min_epochs` to `max_epochs` epochs
@@ -333,7 +365,9 @@ pub fn training_info(kind: DatasetKind, min_epochs: usize, max_epochs: usize) ->
         format!("for {min_epochs} epoch(s) first, the most promising up to {max_epochs}")
     };
     TaskInfo {
-        description: format!("image classification on {name}, training each NAS-Bench-201 network {epochs}"),
+        description: format!(
+            "image classification on {name}, training each candidate (a network built from a NAS-Bench-201 cell, and its training recipe) {epochs}"
+        ),
         metric: "validation accuracy".into(),
     }
 }
@@ -358,27 +392,28 @@ impl TrainingCost {
     /// 24 ms per GFLOP of the forward pass (NB201's count, multiply-accumulates), fitted to
     /// `bench train-speed` of three NB201 cells on two CPU cores (`benchmarks/results/train-speed.md`:
     /// 610, 389 and 198 images/s at 7.8, 47 and 153 MFLOPs).
-    fn work(&self, arch: &Arch, epochs: usize) -> f64 {
-        self.reference_per_image(arch) * (self.images * epochs) as f64
+    fn work(&self, config: &Config, epochs: usize) -> f64 {
+        self.reference_per_image(config) * (self.images * epochs) as f64
     }
 
-    /// Seconds per training image of `arch` at the reference speed (see [`TrainingCost::work`]).
-    fn reference_per_image(&self, arch: &Arch) -> f64 {
-        1.4e-3 + 24e-12 * network(self.kind, arch).flops()
+    /// Seconds per training image of the network `config` builds at the reference speed (see
+    /// [`TrainingCost::work`]).
+    fn reference_per_image(&self, config: &Config) -> f64 {
+        1.4e-3 + 24e-12 * network(self.kind, config).flops()
     }
 
     /// The estimated device seconds of training `arch` for `epochs` epochs: the reference speed
     /// until a trial has run, then scaled by the slowest ratio of measured to reference time
     /// seen so far.
-    pub fn estimate(&self, arch: &Arch, epochs: usize) -> f64 {
-        self.work(arch, epochs) * self.rate.unwrap_or(1.0)
+    pub fn estimate(&self, config: &Config, epochs: usize) -> f64 {
+        self.work(config, epochs) * self.rate.unwrap_or(1.0)
     }
 
     /// Set the speed from a measurement: the calibration cell ([`calibration_arch`]) trained at
     /// `seconds_per_image` here ([`autoagent_evaluator::calibrate::seconds_per_image`]); the
     /// other networks' estimates scale from it with their FLOPs as the reference speed does.
     pub fn calibrate(&mut self, seconds_per_image: f64) {
-        let reference = self.reference_per_image(&calibration_arch());
+        let reference = self.reference_per_image(&calibration_config());
         if reference > 0.0 && seconds_per_image > 0.0 && seconds_per_image.is_finite() {
             self.rate = Some(seconds_per_image / reference);
         }
@@ -390,8 +425,8 @@ impl TrainingCost {
     }
 
     /// Learn from a finished trial of `arch` that trained `epochs` epochs in `seconds`.
-    pub fn observe(&mut self, arch: &Arch, epochs: usize, seconds: f64) {
-        let work = self.work(arch, epochs);
+    pub fn observe(&mut self, config: &Config, epochs: usize, seconds: f64) {
+        let work = self.work(config, epochs);
         if work > 0.0 && seconds > 0.0 {
             let rate = seconds / work;
             self.rate = Some(self.rate.map_or(rate, |r| r.max(rate)));
@@ -399,10 +434,12 @@ impl TrainingCost {
     }
 }
 
-/// The cell a run times its first training steps with ([`TrainingCost::calibrate`]): NB201's
-/// median-size cell (9631 of the table, 0.34 M parameters on CIFAR-10).
-pub fn calibration_arch() -> Arch {
-    Arch::parse("|nor_conv_3x3~0|+|avg_pool_3x3~0|skip_connect~1|+|skip_connect~0|skip_connect~1|nor_conv_1x1~2|").expect("a valid NB201 cell")
+/// The network a run times its first training steps with ([`TrainingCost::calibrate`]): NB201's
+/// median-size cell (9631 of the table, 0.34 M parameters on CIFAR-10) in NB201's network
+/// (C = 16, N = 5).
+pub fn calibration_config() -> Config {
+    let arch = Arch::parse("|nor_conv_3x3~0|+|avg_pool_3x3~0|skip_connect~1|+|skip_connect~0|skip_connect~1|nor_conv_1x1~2|").expect("a valid NB201 cell");
+    cell_config(arch)
 }
 
 #[cfg(test)]
@@ -413,12 +450,12 @@ mod tests {
     fn the_first_training_estimate_is_in_seconds_not_a_million_times_more() {
         // Issue 15 item 6 / 16 item 1: the FLOP count was read as MFLOPs (~1.2e9 s for a trial).
         let cost = TrainingCost::new(DatasetKind::Cifar10, 45_000);
-        let mid = Arch::parse("|nor_conv_3x3~0|+|nor_conv_1x1~0|skip_connect~1|+|avg_pool_3x3~0|nor_conv_3x3~1|none~2|").unwrap();
+        let mid = cell_config(Arch::parse("|nor_conv_3x3~0|+|nor_conv_1x1~0|skip_connect~1|+|avg_pool_3x3~0|nor_conv_3x3~1|none~2|").unwrap());
         let secs = cost.estimate(&mid, 1);
         assert!((30.0..1000.0).contains(&secs), "{secs}");
         // Calibrated: the calibration cell's estimate is its measured time; others scale.
         let mut calibrated = TrainingCost::new(DatasetKind::Cifar10, 45_000);
-        let cal = calibration_arch();
+        let cal = calibration_config();
         calibrated.calibrate(0.01);
         assert!((calibrated.estimate(&cal, 1) - 450.0).abs() < 1e-6);
         assert!((calibrated.estimate(&mid, 1) / cost.estimate(&mid, 1) - calibrated.estimate(&cal, 1) / cost.estimate(&cal, 1)).abs() < 1e-9);

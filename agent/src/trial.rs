@@ -12,7 +12,9 @@
 //!   "version": 1,
 //!   "trial": 3,
 //!   "task": "cifar10",
-//!   "arch": "|nor_conv_3x3~0|+|nor_conv_3x3~0|avg_pool_3x3~1|+|skip_connect~0|nor_conv_3x3~1|skip_connect~2|",
+//!   "config": {"cell": "|nor_conv_3x3~0|+|nor_conv_3x3~0|avg_pool_3x3~1|+|skip_connect~0|nor_conv_3x3~1|skip_connect~2|",
+//!              "width": 32, "depth": 3, "lr": 0.05, "weight_decay": 0.0005, "batch": 128,
+//!              "augment": "crop_flip_cutout", "cutout_length": 8, "label_smoothing": 0.1},
 //!   "data_dir": "/data",
 //!   "download": false,
 //!   "train": { "epochs": 1, "seed": 0, "hflip": true },
@@ -24,8 +26,12 @@
 //! }
 //! ```
 //!
-//! `train` takes the fields of [`TrainConfig`] (NB201's protocol fills those left out); its
-//! `epochs` is the number of epochs in all at the end. The trial trains on the task's training
+//! `config` is the candidate, a configuration of the vision space
+//! ([`crate::configspace::vision_space`]): the network is its cell at its width and depth (C = 16,
+//! N = 5 where it has none), and its training parameters (learning rate, weight decay, batch,
+//! augmentation, cutout, label smoothing) override those of `train`, which takes the fields of
+//! [`TrainConfig`] (NB201's protocol fills those left out); `train.epochs` is the number of
+//! epochs in all at the end. The trial trains on the task's training
 //! split minus its last 10 % and reports the accuracy on that held-out 10 %
 //! ([`crate::task::search_split`]). With `out`, the weights of the last epoch (whose accuracy is
 //! the trial's) are saved there (`weights.safetensors`). With `resume`, training continues from
@@ -51,15 +57,15 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use autoagent_evaluator::data::{self, DatasetKind};
-use autoagent_evaluator::nb201::Arch;
 use autoagent_evaluator::train::{parse_device, train_with, Progress, Select, Splits, TrainConfig, TrainFiles};
 use serde::{Deserialize, Serialize};
 
+use crate::configspace::{vision_space, Augment, Config, Space, VisionConfig};
 use crate::llm_strategy::TaskInfo;
 use crate::task::{network, search_split, training_info, Evaluation, Evaluator, Fidelity, TrainingCost, TrialLimit};
 
 /// The spec format this build writes and reads.
-pub const SPEC_VERSION: u32 = 1;
+pub const SPEC_VERSION: u32 = 2;
 
 /// The files of a complete trial's directory, in the order of its artefacts: the spec, the
 /// trial's stderr (`stderr.log`, kept by the agent) and its weights (written by the trial).
@@ -108,8 +114,9 @@ pub struct TrialSpec {
     pub trial: usize,
     /// Dataset: cifar10, cifar100, mnist, fashion-mnist.
     pub task: String,
-    /// NB201 architecture string.
-    pub arch: String,
+    /// The candidate: a configuration of the vision space.
+    #[serde(default)]
+    pub config: Config,
     /// Data root or dataset folder (default: `$AUTOAGENT_DATA`, else the user cache directory).
     #[serde(default)]
     pub data_dir: Option<PathBuf>,
@@ -208,24 +215,63 @@ impl TrialSpec {
     /// Read and check a spec file.
     pub fn read(path: &Path) -> Result<Self, TrialError> {
         let text = std::fs::read_to_string(path).map_err(|e| TrialError(format!("cannot read the trial spec {}: {e}", path.display())))?;
-        let spec: TrialSpec = serde_json::from_str(&text).map_err(|e| TrialError(format!("{}: not a trial spec: {e}", path.display())))?;
-        if spec.version != SPEC_VERSION {
-            return Err(TrialError(format!(
-                "{}: spec version {} is not supported (this autoagent reads version {SPEC_VERSION})",
-                path.display(),
-                spec.version
-            )));
+        let not_a_spec = |e: serde_json::Error| TrialError(format!("{}: not a trial spec: {e}", path.display()));
+        // The version first: another version's fields are not this one's.
+        let value: serde_json::Value = serde_json::from_str(&text).map_err(not_a_spec)?;
+        match value.get("version").and_then(serde_json::Value::as_u64) {
+            Some(v) if v == u64::from(SPEC_VERSION) => {}
+            Some(v) => {
+                return Err(TrialError(format!(
+                    "{}: spec version {v} is not supported (this autoagent reads version {SPEC_VERSION})",
+                    path.display()
+                )))
+            }
+            None => return Err(TrialError(format!("{}: not a trial spec: no \"version\" number", path.display()))),
         }
-        Ok(spec)
+        serde_json::from_value(value).map_err(not_a_spec)
     }
+}
+
+/// The training recipe of `config` (a configuration of the vision space, checked against it
+/// parameter by parameter): its values override `base`'s, those it lacks are `base`'s.
+pub fn training_of(config: &Config, base: &TrainConfig) -> Result<TrainConfig, TrialError> {
+    let space = vision_space();
+    for (name, value) in config.iter() {
+        let param = space.param(name).ok_or_else(|| {
+            TrialError(format!(
+                "unknown parameter '{name}' in the spec's config (the vision space has {})",
+                space.names().join(", ")
+            ))
+        })?;
+        param.check(value).map_err(|e| TrialError(format!("bad config in the spec: {e}")))?;
+    }
+    let v = VisionConfig::lenient(config);
+    let mut train = base.clone();
+    if config.get("lr").is_some() {
+        train.lr = v.lr;
+    }
+    if config.get("weight_decay").is_some() {
+        train.weight_decay = v.weight_decay;
+    }
+    if config.get("batch").is_some() {
+        train.batch_size = v.batch;
+    }
+    if config.get("augment").is_some() {
+        train.augment = v.augment != Augment::None;
+        train.cutout = v.cutout_length.unwrap_or(0);
+    }
+    if config.get("label_smoothing").is_some() {
+        train.label_smoothing = v.label_smoothing;
+    }
+    Ok(train)
 }
 
 /// Run a trial in this process, announcing each event to `emit` (`autoagent trial` prints them).
 pub fn run(spec: &TrialSpec, emit: &mut dyn FnMut(&TrialEvent)) -> Result<(), TrialError> {
     let kind = DatasetKind::from_name(&spec.task)
         .ok_or_else(|| TrialError(format!("unknown task '{}' (available: cifar10, cifar100, mnist, fashion-mnist)", spec.task)))?;
-    let arch: Arch = spec.arch.parse().map_err(|e| TrialError(format!("bad arch in the spec: {e}")))?;
-    spec.train.validate().map_err(|e| TrialError(e.to_string()))?;
+    let train = training_of(&spec.config, &spec.train)?;
+    train.validate().map_err(|e| TrialError(e.to_string()))?;
     let device = parse_device(&spec.device).map_err(|e| TrialError(e.to_string()))?;
     let root = data::data_root(spec.data_dir.as_deref());
     let data = data::open(kind, &root, spec.download).map_err(|e| TrialError(e.to_string()))?;
@@ -252,26 +298,18 @@ pub fn run(spec: &TrialSpec, emit: &mut dyn FnMut(&TrialEvent)) -> Result<(), Tr
         },
         false => Splits::search(&search),
     };
-    let report = train_with(
-        &network(kind, &arch),
-        &spec.train,
-        &splits,
-        Select::Last,
-        &device,
-        &files,
-        &mut |p| {
-            if let Progress::Epoch(e) = p {
-                emit(&TrialEvent::Epoch {
-                    epoch: e.epoch,
-                    train_loss: e.train_loss,
-                    train_acc: e.train_acc,
-                    valid_acc: e.valid_acc,
-                    lr: e.lr,
-                    seconds: e.seconds,
-                })
-            }
-        },
-    )
+    let report = train_with(&network(kind, &spec.config), &train, &splits, Select::Last, &device, &files, &mut |p| {
+        if let Progress::Epoch(e) = p {
+            emit(&TrialEvent::Epoch {
+                epoch: e.epoch,
+                train_loss: e.train_loss,
+                train_acc: e.train_acc,
+                valid_acc: e.valid_acc,
+                lr: e.lr,
+                seconds: e.seconds,
+            })
+        }
+    })
     .map_err(|e| TrialError(e.to_string()))?;
     let artefacts: Vec<PathBuf> = report.weights.iter().chain(&spec.checkpoint).cloned().collect();
     emit(&TrialEvent::Finished {
@@ -297,10 +335,13 @@ pub struct ProcessEvaluator {
     epochs: (usize, usize),
     /// Images of the whole training split (a final model's).
     final_images: usize,
+    /// The space the candidates come from.
+    space: Space,
 }
 
 impl ProcessEvaluator {
-    /// Trials of `base` (its `arch`, `trial`, `out`, epochs and checkpoints are set per trial)
+    /// Trials of `base` (its `config`, `trial`, `out`, epochs and checkpoints are set per trial),
+    /// candidates of the vision space ([`ProcessEvaluator::set_space`] narrows it),
     /// run by the executable `exe` (the `autoagent` binary), recorded under `run_dir/trials/`.
     /// `images` is the size of the search's training split (for the time estimates).
     pub fn new(exe: PathBuf, run_dir: PathBuf, mut base: TrialSpec, images: usize) -> Result<Self, TrialError> {
@@ -324,7 +365,13 @@ impl ProcessEvaluator {
             final_images: images,
             base,
             visible_device,
+            space: vision_space(),
         })
+    }
+
+    /// Search `space` (a narrowing of the vision space) instead.
+    pub fn set_space(&mut self, space: Space) {
+        self.space = space;
     }
 
     /// The size of the whole training split (validation hold-out included), which a final model
@@ -355,7 +402,10 @@ impl ProcessEvaluator {
             std::fs::remove_dir_all(&dir).map_err(|e| format!("cannot clear {}: {e}", dir.display()))?;
         }
         if fidelity.from > 0 && !self.checkpoint(trial, fidelity.from).is_file() {
-            return Err(format!("cannot continue trial {trial}: no checkpoint {}", self.checkpoint(trial, fidelity.from).display()));
+            return Err(format!(
+                "cannot continue trial {trial}: no checkpoint {}",
+                self.checkpoint(trial, fidelity.from).display()
+            ));
         }
         std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
         Ok(dir)
@@ -422,26 +472,30 @@ impl Evaluator for ProcessEvaluator {
         training_info(self.kind, self.epochs.0, self.epochs.1)
     }
 
-    fn estimate_seconds(&self, arch: &Arch, fidelity: Fidelity) -> f64 {
-        self.cost.estimate(arch, fidelity.added())
+    fn space(&self) -> &Space {
+        &self.space
     }
 
-    fn evaluate(&mut self, arch: &Arch, fidelity: Fidelity) -> Evaluation {
-        self.evaluate_trial(arch, 0, fidelity, None)
+    fn estimate_seconds(&self, config: &Config, fidelity: Fidelity) -> f64 {
+        self.cost.estimate(config, fidelity.added())
+    }
+
+    fn evaluate(&mut self, config: &Config, fidelity: Fidelity) -> Evaluation {
+        self.evaluate_trial(config, 0, fidelity, None)
     }
 
     fn release(&mut self, trial: usize, epochs: usize) {
         let _ = std::fs::remove_file(self.checkpoint(trial, epochs));
     }
 
-    fn evaluate_trial(&mut self, arch: &Arch, trial: usize, fidelity: Fidelity, limit: Option<TrialLimit>) -> Evaluation {
+    fn evaluate_trial(&mut self, config: &Config, trial: usize, fidelity: Fidelity, limit: Option<TrialLimit>) -> Evaluation {
         let dir = match self.prepare_dir(trial, fidelity) {
             Ok(d) => d,
             Err(e) => return Evaluation::failed(e),
         };
         let mut spec = TrialSpec {
             trial,
-            arch: arch.to_string(),
+            config: config.clone(),
             out: Some(dir.clone()),
             resume: (fidelity.from > 0).then(|| self.checkpoint(trial, fidelity.from)),
             checkpoint: Some(self.checkpoint(trial, fidelity.to)),
@@ -450,28 +504,31 @@ impl Evaluator for ProcessEvaluator {
         spec.train.epochs = fidelity.to;
         let eval = self.run_process(&spec, &dir, limit);
         if eval.error.is_none() && !eval.pruned {
-            self.cost.observe(arch, fidelity.added(), eval.seconds);
+            self.cost.observe(config, fidelity.added(), eval.seconds);
         }
         eval
     }
 
-    fn estimate_final_seconds(&self, arch: &Arch, epochs: usize, epoch_seconds: Option<f64>) -> Option<f64> {
+    fn estimate_final_seconds(&self, config: &Config, epochs: usize, epoch_seconds: Option<f64>) -> Option<f64> {
         // The search's own measurement of this network beats the cost model's, which errs on
         // the safe side for every network alike.
         let search = match epoch_seconds {
             Some(s) if s > 0.0 => s * epochs as f64,
-            _ => self.cost.estimate(arch, epochs),
+            _ => self.cost.estimate(config, epochs),
         };
         Some(search * self.final_images as f64 / self.cost.images().max(1) as f64)
     }
 
-    fn train_final(&mut self, arch: &Arch, epochs: usize, limit: Option<TrialLimit>) -> Option<Evaluation> {
+    fn train_final(&mut self, config: &Config, epochs: usize, limit: Option<TrialLimit>) -> Option<Evaluation> {
         let dir = self.run_dir.join(crate::final_model::FINAL_DIR);
-        if let Err(e) = std::fs::remove_dir_all(&dir).or_else(|e| if dir.exists() { Err(e) } else { Ok(()) }).and_then(|_| std::fs::create_dir_all(&dir)) {
+        if let Err(e) = std::fs::remove_dir_all(&dir)
+            .or_else(|e| if dir.exists() { Err(e) } else { Ok(()) })
+            .and_then(|_| std::fs::create_dir_all(&dir))
+        {
             return Some(Evaluation::failed(format!("cannot prepare {}: {e}", dir.display())));
         }
         let mut spec = TrialSpec {
-            arch: arch.to_string(),
+            config: config.clone(),
             out: Some(dir.clone()),
             final_model: true,
             ..self.base.clone()
@@ -670,7 +727,7 @@ mod tests {
             version: SPEC_VERSION,
             trial: 0,
             task: "mnist".into(),
-            arch: String::new(),
+            config: Config::new(),
             data_dir: None,
             download: false,
             train: TrainConfig::default(),
@@ -689,7 +746,9 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         // The result comes at once; the process exits 1.5 s later, 1 s past its 0.5-s limit.
         let mut e = evaluator(fake_trial(tmp.path(), 1.5), tmp.path());
-        let arch = Arch::sample(&mut <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(9));
+        let arch = crate::task::cell_config(autoagent_evaluator::nb201::Arch::sample(
+            &mut <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(9),
+        ));
         let limit = TrialLimit { seconds: 0.5, timeout: true };
         let eval = e.evaluate_trial(&arch, 0, Fidelity::new(1), Some(limit));
         assert!(!eval.pruned, "{:?}", eval.error);
@@ -721,7 +780,10 @@ mod tests {
             .step_by(2)
             .filter(|n| [".json", ".safetensors", ".log"].iter().any(|e| n.ends_with(e)) && !n.contains(['/', ' ', '\n']));
         for name in files {
-            assert!(TRIAL_FILES.contains(&name), "the module doc names {name}, which a trial's directory does not hold");
+            assert!(
+                TRIAL_FILES.contains(&name),
+                "the module doc names {name}, which a trial's directory does not hold"
+            );
         }
     }
 }

@@ -22,6 +22,7 @@ fn strategy(replies: Vec<String>) -> (LlmStrategy, Arc<Scripted>) {
             description: "image classification on CIFAR-10 with a network built from one NAS-Bench-201 cell".into(),
             metric: "validation accuracy after 12 epochs".into(),
         },
+        autoagent_agent::configspace::cell_space(),
         LlmOptions {
             show_best: 3,
             show_recent: 2,
@@ -36,7 +37,7 @@ fn trial(id: usize, arch: &str, accuracy: Option<f64>, proxies: &[(&str, Option<
     Trial {
         id,
         round: id / 2,
-        arch: Arch::parse(arch).unwrap(),
+        config: autoagent_agent::task::cell_config(Arch::parse(arch).unwrap()),
         origin: Origin::Random,
         proxies: proxies.iter().map(|(n, v)| (n.to_string(), *v)).collect::<BTreeMap<_, _>>(),
         rank_score: None,
@@ -113,4 +114,52 @@ async fn repair_prompt_after_an_unusable_reply() {
     assert_eq!(asked.exchanges.len(), 2);
     let repair = backend.requests()[1].messages.last().unwrap().content.clone();
     insta::assert_snapshot!("repair", repair);
+}
+
+/// The vision pipeline's space: every parameter in the prompt, trials as configuration lines
+/// with the epochs their accuracy is at, and a JSON reply of configurations read against it.
+#[tokio::test]
+async fn propose_prompt_over_the_vision_pipeline() {
+    use autoagent_agent::configspace::{vision_space, Value};
+    let space = vision_space();
+    let backend = Arc::new(Scripted::new(vec![format!(
+        "{{\"candidates\": [{{\"cell\": \"{}\", \"width\": 32, \"depth\": 3, \"lr\": 0.05, \"weight_decay\": 0.0005, \"batch\": 128, \"augment\": \"crop_flip_cutout\", \"cutout_length\": 8, \"label_smoothing\": 0.1, \"why\": \"wider\"}}]}}",
+        autoagent_agent::configspace::MEDIAN_CELL
+    )]));
+    let mut s = LlmStrategy::new(
+        backend.clone(),
+        Arc::new(Prompts::load(None).unwrap()),
+        TaskInfo {
+            description: "image classification on CIFAR-10, training each candidate for 1 epoch(s) first, the most promising up to 27".into(),
+            metric: "validation accuracy".into(),
+        },
+        space.clone(),
+        LlmOptions {
+            show_best: 3,
+            show_recent: 2,
+            ..LlmOptions::default()
+        },
+        0,
+    );
+    let mut h = history();
+    for (i, t) in h.trials.iter_mut().enumerate() {
+        let cell = t.config.get("cell").unwrap().clone();
+        t.config = space.default_config().with("cell", cell).with("width", Value::Int([8, 16, 32, 64][i]));
+        t.epochs = if i == 3 { 3 } else { 1 };
+    }
+    let (system, user) = s.render(&h, 2, "json").unwrap();
+    insta::assert_snapshot!("system_vision", system);
+    insta::assert_snapshot!("propose_vision_json", user);
+    let asked = s.ask(&h, 1).await.unwrap();
+    assert_eq!(asked.proposals.len(), 1, "{:?}", asked.failed);
+    let c = &asked.proposals[0].config;
+    assert_eq!(
+        (c.int("width"), c.int("cutout_length"), c.float("label_smoothing")),
+        (Some(32), Some(8), Some(0.1))
+    );
+    // The request carried the space's JSON Schema: every parameter, the cell's pattern.
+    let schema = backend.requests()[0].json_schema.clone().expect("a schema with JSON requests");
+    let item = &schema["properties"]["candidates"]["items"];
+    assert_eq!(item["properties"]["width"]["enum"], serde_json::json!([8, 16, 32, 64]));
+    assert!(item["properties"]["cell"]["pattern"].as_str().unwrap().starts_with('^'));
 }

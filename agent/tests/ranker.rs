@@ -4,7 +4,9 @@
 
 use std::path::PathBuf;
 
+use autoagent_agent::configspace::Config;
 use autoagent_agent::ranker::{Ranker, RankerConfig};
+use autoagent_agent::task::cell_config;
 use autoagent_evaluator::data::DatasetKind;
 use autoagent_evaluator::nb201::Arch;
 use rand::SeedableRng;
@@ -37,9 +39,9 @@ fn ranker_of(proxies: &str, cache: PathBuf, parallel: bool) -> Ranker {
 fn parallel_scoring_equals_sequential_and_computes_each_key_once() {
     let dir = tempfile::tempdir().unwrap();
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(11);
-    let mut archs: Vec<Arch> = (0..5).map(|_| Arch::sample(&mut rng)).collect();
+    let mut archs: Vec<Config> = (0..5).map(|_| cell_config(Arch::sample(&mut rng))).collect();
     // The same cell twice in one round: one key, computed once.
-    archs.push(archs[0]);
+    archs.push(archs[0].clone());
     let (seq, seq_s) = ranker(dir.path().join("a.jsonl"), false).score(&archs).unwrap();
     let mut par = ranker(dir.path().join("b.jsonl"), true);
     let (par_scores, par_s) = par.score(&archs).unwrap();
@@ -77,7 +79,7 @@ fn one_proxy_ranks_a_cell_without_a_finite_score_last() {
     let mut ranker = ranker_of("jacob_cov", dir.path().join("c.jsonl"), false);
     let dead = Arch::parse("|none~0|+|none~0|none~1|+|none~0|none~1|none~2|").unwrap();
     let live = Arch::parse("|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|skip_connect~0|nor_conv_3x3~1|nor_conv_3x3~2|").unwrap();
-    let (scored, _) = ranker.score(&[dead, live]).unwrap();
+    let (scored, _) = ranker.score(&[cell_config(dead), cell_config(live)]).unwrap();
     assert_eq!(scored[0].proxies["jacob_cov"], None, "the dead cell has no finite jacob_cov");
     let order = autoagent_agent::ranker::evaluation_order(&scored);
     assert_eq!(order[0], 1, "{scored:?}");

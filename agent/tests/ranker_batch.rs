@@ -60,7 +60,9 @@ fn the_batch_id_identifies_the_images_and_no_folder_is_served_anothers_scores() 
     let cache = dir.path().join("scores.jsonl");
     // Another folder of real CIFAR-10 records: the fixture's second half.
     let other = cifar_folder(&dir.path().join("other"), &fixture_records()[1000..]);
-    let archs = [Arch::parse("|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|skip_connect~0|nor_conv_3x3~1|nor_conv_1x1~2|").unwrap()];
+    let archs = [autoagent_agent::task::cell_config(
+        Arch::parse("|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|skip_connect~0|nor_conv_3x3~1|nor_conv_1x1~2|").unwrap(),
+    )];
     let mut a = ranker(&fixture(), &cache, false, 16);
     let b = ranker(&other, &cache, false, 16);
     assert_ne!(a.batch_id(), b.batch_id(), "two folders of images, one id");

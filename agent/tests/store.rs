@@ -13,6 +13,7 @@ use autoagent_agent::llm::{ChatRequest, ChatResponse, Exchange, Message, Usage};
 use autoagent_agent::store::memory::MemoryStore;
 use autoagent_agent::store::sqlite::{SqliteStore, MIGRATIONS};
 use autoagent_agent::store::{Metric, ProxyScore, Store, StoreError, TrialRecord, TrialState, SCHEMA_VERSION};
+use autoagent_agent::task::cell_config;
 use autoagent_evaluator::nb201::Arch;
 
 const A: &str = "|nor_conv_3x3~0|+|nor_conv_3x3~0|avg_pool_3x3~1|+|skip_connect~0|nor_conv_3x3~1|skip_connect~2|";
@@ -26,7 +27,7 @@ fn trial(id: usize, arch: &str, state: TrialState) -> TrialRecord {
         trial: Trial {
             id,
             round: id / 2,
-            arch: Arch::parse(arch).unwrap(),
+            config: cell_config(Arch::parse(arch).unwrap()),
             origin: Origin::Mutation { parent: B.into() },
             proxies,
             rank_score: Some(-0.5),
@@ -91,7 +92,7 @@ fn conformance(store: &mut dyn Store) {
     let origins = [Origin::Random, Origin::Mutation { parent: A.into() }, Origin::Llm { exchange: 3 }];
     for (i, o) in origins.iter().enumerate() {
         let p = Proposal {
-            arch: Arch::parse(if i % 2 == 0 { A } else { B }).unwrap(),
+            config: cell_config(Arch::parse(if i % 2 == 0 { A } else { B }).unwrap()),
             origin: o.clone(),
         };
         assert_eq!(store.add_proposal(i / 2, &p).unwrap(), i);
@@ -100,7 +101,7 @@ fn conformance(store: &mut dyn Store) {
     assert_eq!(ps.len(), 3);
     assert_eq!(ps.iter().map(|p| p.proposal.origin.clone()).collect::<Vec<_>>(), origins);
     assert_eq!(ps[2].round, 1);
-    assert_eq!(ps[1].proposal.arch.to_string(), B);
+    assert_eq!(ps[1].proposal.config.line(), B);
 
     // Proxy scores: one per (arch, proxy), the latest wins, non-finite is None.
     for (arch, proxy, value) in [
@@ -111,7 +112,7 @@ fn conformance(store: &mut dyn Store) {
     ] {
         store
             .put_proxy_score(&ProxyScore {
-                arch: arch.into(),
+                candidate: arch.into(),
                 proxy: proxy.into(),
                 value,
                 ms: 3.0,
@@ -120,9 +121,9 @@ fn conformance(store: &mut dyn Store) {
     }
     let scores = store.proxy_scores().unwrap();
     assert_eq!(scores.len(), 3);
-    let a_synflow = scores.iter().find(|s| s.arch == A && s.proxy == "synflow").unwrap();
+    let a_synflow = scores.iter().find(|s| s.candidate == A && s.proxy == "synflow").unwrap();
     assert_eq!(a_synflow.value, Some(2e22));
-    assert_eq!(scores.iter().find(|s| s.arch == A && s.proxy == "naswot").unwrap().value, None);
+    assert_eq!(scores.iter().find(|s| s.candidate == A && s.proxy == "naswot").unwrap().value, None);
 
     // Trials move through their states under one id.
     store.put_trial(&trial(0, A, TrialState::Pending)).unwrap();
@@ -238,7 +239,7 @@ fn a_database_of_schema_version_1_is_migrated_with_its_rows() {
     let trials = store.trials().unwrap();
     assert_eq!(trials.len(), 1);
     let t = &trials[0];
-    assert_eq!(t.trial.arch.to_string(), A);
+    assert_eq!(t.trial.config.line(), A);
     assert_eq!(
         (t.trial.accuracy, t.trial.test_accuracy, t.trial.state),
         (Some(80.0), Some(91.0), TrialState::Complete)

@@ -38,6 +38,9 @@ pub struct BudgetBenchArgs {
     /// Seeds per arm.
     #[arg(long, default_value_t = 3)]
     pub seeds: u64,
+    /// The first seed (seeds --first-seed, --first-seed + 1, ...).
+    #[arg(long, default_value_t = 0)]
+    pub first_seed: u64,
     /// Arms to run: autoagent, autoagent-fixed, optuna.
     #[arg(long, value_delimiter = ',', default_value = "autoagent,autoagent-fixed,optuna")]
     pub arms: Vec<String>,
@@ -57,6 +60,9 @@ pub struct BudgetBenchArgs {
     #[arg(long, default_value_t = 2)]
     pub threads: usize,
     /// Where the runs go (kept for `report`).
+    /// Each finished run's outcome is kept there too (`ARM-seedN.json`), and a benchmark started
+    /// again reuses the outcomes it finds instead of running them again (so the seeds of a long
+    /// benchmark can be run in several sittings).
     #[arg(long, default_value = "runs/bench-budget")]
     pub runs: PathBuf,
     /// Write the markdown table here (with the command that produced it).
@@ -65,7 +71,7 @@ pub struct BudgetBenchArgs {
 }
 
 /// What one run of one arm gave.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 struct Outcome {
     test_accuracy: Option<f64>,
     trials: usize,
@@ -141,11 +147,19 @@ fn run_autoagent(args: &BudgetBenchArgs, arm: &str, seed: u64, seconds: f64) -> 
 /// The test accuracy of a run's exported best trial.
 fn best_trial_test(dir: &Path) -> Result<Option<f64>> {
     let model = dir.join("best-model");
-    let ok = Command::new(autoagent()?).arg("export").arg(dir).args(["--best", "--force", "--out"]).arg(&model).output()?;
+    let ok = Command::new(autoagent()?)
+        .arg("export")
+        .arg(dir)
+        .args(["--best", "--force", "--out"])
+        .arg(&model)
+        .output()?;
     if !ok.status.success() {
         return Ok(None);
     }
-    let o = Command::new(autoagent()?).args(["predict", "--split", "test", "--json", "--model"]).arg(&model).output()?;
+    let o = Command::new(autoagent()?)
+        .args(["predict", "--split", "test", "--json", "--model"])
+        .arg(&model)
+        .output()?;
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_default();
     Ok(v["accuracy"].as_f64())
 }
@@ -181,7 +195,11 @@ fn run_optuna(args: &BudgetBenchArgs, seed: u64, seconds: f64) -> Result<Outcome
 fn mean_sd(xs: &[f64]) -> (f64, f64) {
     let n = xs.len() as f64;
     let m = xs.iter().sum::<f64>() / n;
-    let var = if xs.len() > 1 { xs.iter().map(|x| (x - m).powi(2)).sum::<f64>() / (n - 1.0) } else { 0.0 };
+    let var = if xs.len() > 1 {
+        xs.iter().map(|x| (x - m).powi(2)).sum::<f64>() / (n - 1.0)
+    } else {
+        0.0
+    };
     (m, var.sqrt())
 }
 
@@ -202,6 +220,27 @@ fn row(arm: &str, outcomes: &[Outcome], seconds: f64) -> String {
     )
 }
 
+/// The outcome of `arm` with `seed`: the one kept in the runs folder by an earlier sitting with
+/// the same task and budget, else run now (and kept).
+fn outcome(args: &BudgetBenchArgs, arm: &str, seed: u64, seconds: f64) -> Result<Outcome> {
+    let kept = args.runs.join(format!("{arm}-seed{seed}.json"));
+    let key = serde_json::json!({ "task": args.task, "seconds": seconds, "final_fraction": args.final_fraction, "fixed_epochs": args.fixed_epochs });
+    if let Ok(text) = std::fs::read_to_string(&kept) {
+        let v: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("{} is not JSON", kept.display()))?;
+        if v["key"] == key {
+            eprintln!("{arm} seed {seed}: reusing {}", kept.display());
+            return serde_json::from_value(v["outcome"].clone()).with_context(|| format!("{}: not an outcome", kept.display()));
+        }
+    }
+    let o = match arm {
+        "optuna" => run_optuna(args, seed, seconds)?,
+        _ => run_autoagent(args, arm, seed, seconds)?,
+    };
+    let text = serde_json::to_string_pretty(&serde_json::json!({ "key": key, "outcome": o }))?;
+    std::fs::write(&kept, text + "\n").with_context(|| format!("cannot write {}", kept.display()))?;
+    Ok(o)
+}
+
 /// Run `bench budget`.
 pub fn run(args: &BudgetBenchArgs) -> Result<()> {
     let seconds = match args.budget.parse::<Limit>().map_err(anyhow::Error::msg)? {
@@ -216,15 +255,16 @@ pub fn run(args: &BudgetBenchArgs) -> Result<()> {
     if args.arms.iter().any(|a| a == "optuna") && args.torch.is_none() {
         bail!("the optuna arm needs --torch PYTHON (a Python with torch and optuna)");
     }
+    std::fs::create_dir_all(&args.runs).with_context(|| format!("cannot create {}", args.runs.display()))?;
     let mut rows = Vec::new();
     for arm in &args.arms {
         let mut outcomes = Vec::new();
-        for seed in 0..args.seeds {
-            let o = match arm.as_str() {
-                "optuna" => run_optuna(args, seed, seconds)?,
-                _ => run_autoagent(args, arm, seed, seconds)?,
-            };
-            eprintln!("{arm} seed {seed}: test {:?}, {} trials, {:.1} epochs, {:.0} s", o.test_accuracy, o.trials, o.epochs, o.wall_seconds);
+        for seed in args.first_seed..args.first_seed + args.seeds {
+            let o = outcome(args, arm, seed, seconds)?;
+            eprintln!(
+                "{arm} seed {seed}: test {:?}, {} trials, {:.1} epochs, {:.0} s",
+                o.test_accuracy, o.trials, o.epochs, o.wall_seconds
+            );
             outcomes.push(o);
         }
         rows.push(row(arm, &outcomes, seconds));
@@ -237,13 +277,14 @@ pub fn run(args: &BudgetBenchArgs) -> Result<()> {
     if let Some(out) = &args.out {
         let cmd: Vec<String> = std::env::args().collect();
         let text = format!(
-            "# Time budget: autoagent against Optuna + PyTorch\n\nProduced by:\n\n```\n{}\n```\n\n{} on {}, {} s of wall clock per run, {} threads, seeds 0..{}.\n\n{table}",
+            "# Time budget: autoagent against Optuna + PyTorch\n\nProduced by:\n\n```\n{}\n```\n\n{} on {}, {} s of wall clock per run, {} threads, seeds {}..{}.\n\n{table}",
             cmd.join(" "),
             args.task,
             args.data_dir.display(),
             seconds,
             args.threads,
-            args.seeds
+            args.first_seed,
+            args.first_seed + args.seeds - 1
         );
         std::fs::write(out, text).with_context(|| format!("cannot write {}", out.display()))?;
     }

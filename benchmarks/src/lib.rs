@@ -10,6 +10,8 @@
 //!   the published ones;
 //! - [`search_nb201`]: the test accuracy each search strategy picks after n evaluations, with
 //!   and without proxy ranking, next to the published ones;
+//! - [`search_schedulers`]: with `bench search --schedulers`, the agent's multi-fidelity
+//!   schedulers on the NB201 table's 12- and 200-epoch rungs, at equal training epochs;
 //! - [`budget`]: the final test accuracy a wall-clock budget buys, autoagent's scheduler against
 //!   fixed-epoch trials and Optuna (TPE + Hyperband) driving PyTorch.
 
@@ -17,6 +19,7 @@ pub mod budget;
 pub mod proxies_nb201;
 pub mod proxies_speed;
 pub mod search_nb201;
+pub mod search_schedulers;
 pub mod train_speed;
 
 /// Run a PyTorch reference script and return its standard output; a failure names the exit

@@ -338,7 +338,10 @@ pub fn run(args: &ProxiesBenchArgs) -> Result<()> {
             .clone()
             .map(|ai| table.arch(indices[ai]).expect("sampled index within the table"))
             .collect();
-        let candidates: Vec<Nb201Candidate> = archs.iter().map(|arch| Nb201Candidate::new(network(kind, arch))).collect();
+        let candidates: Vec<Nb201Candidate> = archs
+            .iter()
+            .map(|arch| Nb201Candidate::new(network(kind, &autoagent_agent::task::cell_config(*arch))))
+            .collect();
         let refs: Vec<&dyn autoagent_proxies::Candidate> = candidates.iter().map(|c| c as &dyn autoagent_proxies::Candidate).collect();
         for (si, (seed, batch_id, batch)) in batches.iter().enumerate() {
             let grid = cache.score_grid(&proxy_refs, &refs, batch, batch_id, *seed, args.parallel)?;

@@ -21,6 +21,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use autoagent_agent::budget::{Budget, Limit};
+use autoagent_agent::configspace::cell_space;
 use autoagent_agent::history::Trial;
 use autoagent_agent::llm::config::{build_backend, LlmConfig};
 use autoagent_agent::llm::LlmBackend;
@@ -35,6 +36,8 @@ use autoagent_evaluator::data::{self, DatasetKind};
 use autoagent_evaluator::table::Nb201Table;
 use autoagent_evaluator::train::parse_device;
 use serde::{Deserialize, Serialize};
+
+use crate::search_schedulers;
 
 /// Options of `autoagent bench search`.
 #[derive(Debug, Clone, clap::Args)]
@@ -147,6 +150,15 @@ pub struct SearchBenchArgs {
     /// Keep each run's record here and reuse the finished ones.
     #[arg(long)]
     pub runs: Option<PathBuf>,
+    /// Also compare the agent's schedulers at equal training cost, comma-separated among
+    /// none12, none200, sha, hyperband, asha: each strategy but llm, without proxy ranking, one
+    /// run per seed and scheduler on the table's 12- and 200-epoch rungs (see --epoch-budget).
+    #[arg(long, value_delimiter = ',')]
+    pub schedulers: Vec<String>,
+    /// The training budget of each --schedulers run, in full (200-epoch) trainings: it may spend
+    /// this many times 200 epochs (a 12-epoch trial costs 12, a promotion to 200 the 188 more).
+    #[arg(long, default_value_t = 25)]
+    pub epoch_budget: usize,
     /// Print the results as one JSON object instead of markdown.
     #[arg(long)]
     pub json: bool,
@@ -185,6 +197,12 @@ struct RunKey {
     history: Option<usize>,
     #[serde(default)]
     explore: usize,
+    /// The scheduler of a `--schedulers` run (its `trials` and `fidelity` are then 0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    scheduler: Option<String>,
+    /// The budget of a `--schedulers` run, in full trainings.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    epoch_budget: Option<usize>,
 }
 
 /// One finished run.
@@ -196,14 +214,18 @@ struct RunResult {
 
 /// Mean and sample standard deviation.
 #[derive(Debug, Clone, Serialize)]
-struct Spread {
-    mean: f64,
-    sd: f64,
-    per_seed: Vec<f64>,
+pub struct Spread {
+    /// The mean.
+    pub mean: f64,
+    /// The sample standard deviation (0 for one value).
+    pub sd: f64,
+    /// The values, one per seed.
+    pub per_seed: Vec<f64>,
 }
 
 impl Spread {
-    fn of(v: Vec<f64>) -> Spread {
+    /// The spread of `v` (not empty).
+    pub fn of(v: Vec<f64>) -> Spread {
         let n = v.len() as f64;
         let mean = v.iter().sum::<f64>() / n;
         let sd = if v.len() > 1 {
@@ -214,7 +236,8 @@ impl Spread {
         Spread { mean, sd, per_seed: v }
     }
 
-    fn show(&self) -> String {
+    /// `mean ± sd` (the mean alone for one value).
+    pub fn show(&self) -> String {
         if self.per_seed.len() > 1 {
             format!("{:.2} ± {:.2}", self.mean, self.sd)
         } else {
@@ -321,6 +344,17 @@ pub fn run(args: &SearchBenchArgs) -> Result<()> {
     if args.strategies.is_empty() {
         bail!("name at least one strategy");
     }
+    let mut schedulers = Vec::new();
+    for name in &args.schedulers {
+        let name = name.trim();
+        search_schedulers::scheduler(name)?;
+        if !schedulers.contains(&name) {
+            schedulers.push(name);
+        }
+    }
+    if !schedulers.is_empty() && args.epoch_budget == 0 {
+        bail!("--epoch-budget must be at least 1");
+    }
     let device = parse_device(&args.device)?;
     let wants_llm = args.strategies.iter().any(|s| s == "llm");
     let backend: Option<Arc<dyn LlmBackend>> = if wants_llm {
@@ -343,6 +377,9 @@ pub fn run(args: &SearchBenchArgs) -> Result<()> {
     let table = Arc::new(Nb201Table::load_or_default(args.truth.as_deref())?.0);
     // Validates the columns (and the fidelity) before any run starts.
     TableEvaluator::new(table.clone(), dataset, &[args.fidelity]).map_err(anyhow::Error::msg)?;
+    if !schedulers.is_empty() {
+        TableEvaluator::new(table.clone(), dataset, &[12, search_schedulers::FULL_EPOCHS]).map_err(anyhow::Error::msg)?;
+    }
 
     let mut ranker = if rankings.contains(&true) {
         let kind = DatasetKind::from_name(&args.images).with_context(|| format!("unknown image dataset '{}'", args.images))?;
@@ -399,6 +436,8 @@ pub fn run(args: &SearchBenchArgs) -> Result<()> {
                     temperature: (strategy_name == "llm").then_some(args.temperature),
                     history: (strategy_name == "llm").then_some(args.history),
                     explore: if strategy_name == "llm" && ranked { args.llm_explore } else { 0 },
+                    scheduler: None,
+                    epoch_budget: None,
                 };
                 let dir = args
                     .runs
@@ -407,11 +446,9 @@ pub fn run(args: &SearchBenchArgs) -> Result<()> {
                 let result = match dir.as_deref().map(|d| reuse(d, &key)).transpose()?.flatten() {
                     Some(r) => r,
                     None => {
-                        let strategy: Box<dyn Strategy> = match strategy_name.as_str() {
-                            "random" => Box::new(RandomSearch::new(seed)),
-                            "evolution" => Box::new(Evolution::new(seed, args.population, args.tournament)),
-                            "local" => Box::new(LocalSearch::new(seed, args.population)),
-                            _ => {
+                        let strategy: Box<dyn Strategy> = match classic_strategy(args, strategy_name, seed) {
+                            Some(s) => s,
+                            None => {
                                 let evaluator = TableEvaluator::new(table.clone(), dataset, &[args.fidelity]).map_err(anyhow::Error::msg)?;
                                 let options = LlmOptions {
                                     temperature: args.temperature,
@@ -425,13 +462,25 @@ pub fn run(args: &SearchBenchArgs) -> Result<()> {
                                     backend.clone().expect("checked above"),
                                     prompts.clone(),
                                     evaluator.info(),
+                                    cell_space(),
                                     options,
                                     0,
                                 ))
                             }
                         };
-                        let evaluator = TableEvaluator::new(table.clone(), dataset, &[args.fidelity]).map_err(anyhow::Error::msg)?;
-                        one_run(&rt, strategy, evaluator, if ranked { ranker.as_mut() } else { None }, &key, dir.as_deref())?
+                        let mut evaluator = TableEvaluator::new(table.clone(), dataset, &[args.fidelity]).map_err(anyhow::Error::msg)?;
+                        let scheduler = Scheduler::new(SchedulerKind::None, vec![key.fidelity], 3).map_err(anyhow::Error::msg)?;
+                        let ranker = if ranked { ranker.as_mut() } else { None };
+                        one_run(
+                            &rt,
+                            strategy,
+                            &mut evaluator,
+                            ranker,
+                            &key,
+                            dir.as_deref(),
+                            Limit::Trials(key.trials),
+                            scheduler,
+                        )?
                     }
                 };
                 let curve = picked_curve(&result.trials);
@@ -453,7 +502,12 @@ pub fn run(args: &SearchBenchArgs) -> Result<()> {
         }
     }
 
-    let md = markdown(args, &rows, &checkpoints);
+    let scheduler_rows = scheduler_rows(args, &rt, &table, dataset, &schedulers)?;
+
+    let mut md = markdown(args, &rows, &checkpoints);
+    if !scheduler_rows.is_empty() {
+        md.push_str(&search_schedulers::markdown(&args.dataset, args.top_k, args.epoch_budget, &scheduler_rows));
+    }
     if args.json {
         println!(
             "{}",
@@ -466,6 +520,12 @@ pub fn run(args: &SearchBenchArgs) -> Result<()> {
                 "top_k": args.top_k,
                 "proxies": args.proxies,
                 "rows": rows,
+                "schedulers": (!schedulers.is_empty()).then(|| serde_json::json!({
+                    "epoch_budget": args.epoch_budget,
+                    "budget_epochs": args.epoch_budget * search_schedulers::FULL_EPOCHS,
+                    "fractions": search_schedulers::FRACTIONS,
+                    "rows": scheduler_rows,
+                })),
             })
         );
     } else {
@@ -527,6 +587,13 @@ fn reuse(dir: &Path, key: &RunKey) -> Result<Option<RunResult>> {
         .enumerate()
         .map(|(i, l)| serde_json::from_str::<Trial>(l).with_context(|| format!("{}:{}: not a trial", trials_path.display(), i + 1)))
         .collect::<Result<Vec<_>>>()?;
+    // A line per job: a promoted trial's last line holds all its rungs.
+    let trials: Vec<Trial> = trials
+        .into_iter()
+        .map(|t| (t.id, t))
+        .collect::<std::collections::BTreeMap<_, _>>()
+        .into_values()
+        .collect();
     if trials.len() != summary.trials {
         bail!("{} holds {} trials but its summary says {}", dir.display(), trials.len(), summary.trials);
     }
@@ -534,13 +601,116 @@ fn reuse(dir: &Path, key: &RunKey) -> Result<Option<RunResult>> {
     Ok(Some(RunResult { trials, summary, wall_seconds }))
 }
 
+/// The strategy `name` (random, evolution, local) of seed `seed`; `None` for llm.
+fn classic_strategy(args: &SearchBenchArgs, name: &str, seed: u64) -> Option<Box<dyn Strategy>> {
+    Some(match name {
+        "random" => Box::new(RandomSearch::new(cell_space(), seed)),
+        "evolution" => Box::new(Evolution::new(cell_space(), seed, args.population, args.tournament)),
+        "local" => Box::new(LocalSearch::new(cell_space(), seed, args.population)),
+        _ => return None,
+    })
+}
+
+/// The `--schedulers` rows: for each strategy but llm and each scheduler, one run per seed
+/// without proxy ranking, on the table's 12- and 200-epoch rungs charged by the epoch, under a
+/// budget of `--epoch-budget` full trainings (see [`search_schedulers`]).
+fn scheduler_rows(
+    args: &SearchBenchArgs,
+    rt: &tokio::runtime::Runtime,
+    table: &Arc<Nb201Table>,
+    dataset: Nb201Dataset,
+    schedulers: &[&str],
+) -> Result<Vec<search_schedulers::SchedulerRow>> {
+    let mut rows = Vec::new();
+    if schedulers.is_empty() {
+        return Ok(rows);
+    }
+    if args.strategies.iter().any(|s| s == "llm") {
+        eprintln!("note: the scheduler comparison leaves the llm strategy out");
+    }
+    let budget_epochs = (args.epoch_budget * search_schedulers::FULL_EPOCHS) as f64;
+    for strategy_name in args.strategies.iter().filter(|s| *s != "llm") {
+        for &name in schedulers {
+            let mut outcomes = Vec::new();
+            let mut wall = 0.0;
+            for s in 0..args.seeds as u64 {
+                let seed = args.seed + s;
+                let key = RunKey {
+                    dataset: args.dataset.clone(),
+                    strategy: strategy_name.clone(),
+                    ranked: false,
+                    seed,
+                    trials: 0,
+                    k: args.top_k,
+                    top_k: args.top_k,
+                    proxies: String::new(),
+                    proxy_batch_size: args.proxy_batch_size,
+                    proxy_seed: args.proxy_seed,
+                    images: args.images.clone(),
+                    fidelity: 0,
+                    population: args.population,
+                    tournament: args.tournament,
+                    llm: None,
+                    temperature: None,
+                    history: None,
+                    explore: 0,
+                    scheduler: Some(name.to_string()),
+                    epoch_budget: Some(args.epoch_budget),
+                };
+                let dir = args.runs.as_ref().map(|r| r.join(format!("{strategy_name}-{name}-s{seed}")));
+                let result = match dir.as_deref().map(|d| reuse(d, &key)).transpose()?.flatten() {
+                    Some(r) => r,
+                    None => {
+                        let strategy = classic_strategy(args, strategy_name, seed).expect("llm is left out");
+                        let table = TableEvaluator::new(table.clone(), dataset, &[12, search_schedulers::FULL_EPOCHS]).map_err(anyhow::Error::msg)?;
+                        let mut evaluator = search_schedulers::EpochCharged::new(table);
+                        let scheduler = search_schedulers::scheduler(name)?;
+                        one_run(
+                            rt,
+                            strategy,
+                            &mut evaluator,
+                            None,
+                            &key,
+                            dir.as_deref(),
+                            Limit::Seconds(budget_epochs),
+                            scheduler,
+                        )?
+                    }
+                };
+                let outcome = search_schedulers::Outcome::of(&result.trials, budget_epochs);
+                eprintln!(
+                    "{strategy_name:>9} {name:>9} seed {seed}: {} trials, {} 200-epoch trainings, {} epochs, incumbent test acc {} ({:.1} s)",
+                    outcome.trials,
+                    outcome.full_trainings,
+                    outcome.epochs_spent,
+                    search_schedulers::FRACTIONS
+                        .iter()
+                        .zip(&outcome.at)
+                        .map(|(f, a)| format!("@{:.0}% {}", f * 100.0, a.map_or("—".into(), |a| format!("{a:.2}"))))
+                        .collect::<Vec<_>>()
+                        .join(" "),
+                    result.wall_seconds
+                );
+                wall += result.wall_seconds;
+                outcomes.push(outcome);
+            }
+            rows.push(search_schedulers::SchedulerRow::new(strategy_name, name, outcomes, wall));
+        }
+    }
+    Ok(rows)
+}
+
+/// One run of the loop under `limit` with `scheduler` (recorded in `dir` when given).
+#[allow(clippy::too_many_arguments)]
 fn one_run(
     rt: &tokio::runtime::Runtime,
     mut strategy: Box<dyn Strategy>,
-    mut evaluator: TableEvaluator,
+    evaluator: &mut dyn Evaluator,
     ranker: Option<&mut Ranker>,
     key: &RunKey,
     dir: Option<&Path>,
+    limit: Limit,
+    scheduler: Scheduler,
 ) -> Result<RunResult> {
     // Held while the run is made: another benchmark on the same --runs leaves it alone.
     let mut _lock = None;
@@ -558,7 +728,7 @@ fn one_run(
         }
         None => Recorder::discard(),
     };
-    let mut budget = Budget::new(Limit::Trials(key.trials));
+    let mut budget = Budget::new(limit);
     let options = LoopOptions {
         k: key.k,
         top_k: key.top_k,
@@ -567,20 +737,13 @@ fn one_run(
         trial_timeout: None,
         explore: key.explore,
         wall_limit: None,
-        scheduler: Scheduler::new(SchedulerKind::None, vec![key.fidelity], 3).map_err(anyhow::Error::msg)?,
+        scheduler,
+        // No final model: nothing of a time budget is held back for one.
         final_epochs: None,
         final_fraction: 0.0,
     };
     let started = Instant::now();
-    let (history, summary) = rt.block_on(run_loop(
-        strategy.as_mut(),
-        &mut evaluator,
-        ranker,
-        &mut budget,
-        &options,
-        &mut recorder,
-        |_, _| {},
-    ))?;
+    let (history, summary) = rt.block_on(run_loop(strategy.as_mut(), evaluator, ranker, &mut budget, &options, &mut recorder, |_, _| {}))?;
     let wall_seconds = started.elapsed().as_secs_f64();
     if let Some(d) = dir {
         // Written last: its wall time marks the run as reusable together with summary.json.
@@ -739,7 +902,9 @@ mod tests {
         Trial {
             id,
             round: 0,
-            arch: Arch::parse("|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|skip_connect~0|nor_conv_3x3~1|nor_conv_1x1~2|").unwrap(),
+            config: autoagent_agent::task::cell_config(
+                Arch::parse("|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|skip_connect~0|nor_conv_3x3~1|nor_conv_1x1~2|").unwrap(),
+            ),
             origin: Origin::Random,
             proxies: Default::default(),
             rank_score: None,

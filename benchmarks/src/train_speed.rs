@@ -270,7 +270,10 @@ fn run_torch(python: &PathBuf, args: &TrainSpeedArgs, indices: &[usize]) -> Resu
 
 /// `INDEX=ARCH;…` of reference archs, so the script needs no NB201 table of its own.
 pub(crate) fn arch_strings(indices: &[usize]) -> String {
-    let pairs = indices.iter().filter_map(|i| DEFAULT_ARCHS.iter().find(|a| a.0 == *i)).map(|(i, a, _)| format!("{i}={a}"));
+    let pairs = indices
+        .iter()
+        .filter_map(|i| DEFAULT_ARCHS.iter().find(|a| a.0 == *i))
+        .map(|(i, a, _)| format!("{i}={a}"));
     pairs.collect::<Vec<_>>().join(";")
 }
 

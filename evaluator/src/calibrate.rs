@@ -18,16 +18,19 @@ pub fn seconds_per_image(net_cfg: &Nb201Config, cfg: &TrainConfig, kind: Dataset
     if split.n == 0 {
         return Err(Error::Config("cannot time training on an empty split".into()));
     }
+    cfg.check_cutout(split.h, split.w, kind.name())?;
     let model = Model::new(net_cfg, DType::F32, device, cfg.seed)?;
     let (mean, std) = kind.mean_std();
     let batcher = Batcher::new(mean, std);
-    let mut opt = Sgd::new(model.trainable().into_iter().map(|(_, v)| v).collect(), cfg.momentum, cfg.nesterov, cfg.weight_decay);
+    let mut opt = Sgd::new(
+        model.trainable().into_iter().map(|(_, v)| v).collect(),
+        cfg.momentum,
+        cfg.nesterov,
+        cfg.weight_decay,
+    );
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(cfg.seed);
     let batch: Vec<usize> = (0..cfg.batch_size).map(|i| i % split.n).collect();
-    let mut step = |rng: &mut rand_chacha::ChaCha8Rng| {
-        let aug = cfg.augment.then_some((cfg.crop_padding, cfg.hflip, rng));
-        sgd_step(&model, &mut opt, &batcher, split, &batch, aug, cfg.lr, device)
-    };
+    let mut step = |rng: &mut rand_chacha::ChaCha8Rng| sgd_step(&model, &mut opt, &batcher, split, &batch, cfg, rng, cfg.lr, device);
     step(&mut rng)?;
     let started = Instant::now();
     for _ in 0..steps.max(1) {

@@ -70,7 +70,11 @@ pub fn load(model: &mut Model, opt: &mut Sgd, path: &Path, device: &Device) -> R
             var.set(t)?;
         }
     }
-    let buffers = model.trainable().iter().map(|(name, _)| tensors.get(&format!("{MOMENTUM}{name}")).cloned()).collect();
+    let buffers = model
+        .trainable()
+        .iter()
+        .map(|(name, _)| tensors.get(&format!("{MOMENTUM}{name}")).cloned())
+        .collect();
     opt.set_buffers(buffers)?;
     Ok(epochs)
 }

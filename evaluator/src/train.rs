@@ -1,12 +1,13 @@
 //! Training a network on an image dataset: SGD with Nesterov momentum, weight decay, a cosine
-//! learning-rate schedule, random-crop and flip augmentation, per-channel normalisation; top-1
+//! learning-rate schedule, random-crop, flip and cutout augmentation, per-channel normalisation,
+//! optionally label-smoothed cross-entropy; top-1
 //! accuracy on a validation split after every epoch, the weights of the best (or the last) epoch
 //! kept and saved as safetensors and measured once on the test split; device time metered.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use candle_core::{DType, Device, Tensor, Var};
+use candle_core::{DType, Device, Tensor, Var, D};
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
@@ -42,6 +43,36 @@ pub struct TrainConfig {
     pub eval_batch_size: usize,
     /// Seed of initialisation, shuffling and augmentation.
     pub seed: u64,
+    /// Cutout (DeVries & Taylor, 2017) side length `L` in pixels; 0 (the default) is off.
+    ///
+    /// On training batches only, after the normalisation and after the crop and flip (when
+    /// `augment` is on; cutout applies without them too), each image gets a centre `(cy, cx)`
+    /// drawn uniformly over its pixels from the run's seeded generator, and rows
+    /// `[cy - L/2, cy + L/2)` × the same columns around `cx` (integer halves, clipped at the
+    /// border) are set to 0 in every channel, i.e. to the dataset mean. As `cutout()` and
+    /// `Batcher.batch()` of `benchmarks/reference/budget_optuna.py` (so an odd `L` cuts
+    /// `L - 1` rows and columns, a centre near the border fewer). A run rejects an `L` larger
+    /// than its images' side (an [`Error::Config`] naming it). Left out of the serialised form
+    /// when 0, so configurations without cutout read and write as before.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub cutout: usize,
+    /// Label smoothing `ε` of the training loss, in [0, 1); 0 (the default) is plain
+    /// cross-entropy.
+    ///
+    /// The loss is PyTorch's `F.cross_entropy(logits, y, label_smoothing=ε)`:
+    /// `(1 - ε)·(−log p_y) + ε·mean_k(−log p_k)` over the `K` classes, averaged over the batch
+    /// (the reference script's loss). The reported training loss is this smoothed loss; the
+    /// accuracies are unaffected. Left out of the serialised form when 0.
+    #[serde(skip_serializing_if = "is_zero_f64")]
+    pub label_smoothing: f64,
+}
+
+fn is_zero(v: &usize) -> bool {
+    *v == 0
+}
+
+fn is_zero_f64(v: &f64) -> bool {
+    *v == 0.0
 }
 
 impl Default for TrainConfig {
@@ -58,6 +89,8 @@ impl Default for TrainConfig {
             hflip: true,
             eval_batch_size: 500,
             seed: 0,
+            cutout: 0,
+            label_smoothing: 0.0,
         }
     }
 }
@@ -80,6 +113,22 @@ impl TrainConfig {
         }
         if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
             return bad(format!("weight decay must be >= 0, got {}", self.weight_decay));
+        }
+        if !(self.label_smoothing.is_finite() && (0.0..1.0).contains(&self.label_smoothing)) {
+            return bad(format!("label smoothing must be in [0, 1), got {}", self.label_smoothing));
+        }
+        Ok(())
+    }
+
+    /// Reject a cutout larger than the `h`×`w` images of `name` (what [`TrainConfig::validate`]
+    /// cannot check without the images).
+    pub fn check_cutout(&self, h: usize, w: usize, name: &str) -> Result<()> {
+        if self.cutout > h.min(w) {
+            return Err(Error::Config(format!(
+                "cutout {} is larger than the {h}x{w} images of {name} (at most {})",
+                self.cutout,
+                h.min(w)
+            )));
         }
         Ok(())
     }
@@ -250,6 +299,44 @@ impl Batcher {
     /// is randomly cropped from its zero-padded version (padding `pad`) and, when `hflip`,
     /// flipped with probability ½, drawn from `rng`.
     pub fn batch<R: Rng>(&self, split: &Split, idx: &[usize], aug: Option<(usize, bool, &mut R)>, device: &Device) -> Result<(Tensor, Tensor)> {
+        let (out, labels) = self.pixels(split, idx, aug);
+        let xs = Tensor::from_vec(out, (idx.len(), split.c, split.h, split.w), device)?;
+        let ys = Tensor::from_vec(labels, idx.len(), device)?;
+        Ok((xs, ys))
+    }
+
+    /// A training batch: [`Batcher::batch`] with the crop and flip `crop` (`(pad, hflip)`, `None`
+    /// for none), then, when `cutout_len` > 0, [`cutout`] of side `cutout_len` on every image at a centre
+    /// drawn uniformly over the image from `rng` (after the batch's crop and flip draws: row, then
+    /// column, image by image). With neither, the batch and the draws are those of
+    /// [`Batcher::batch`] without augmentation.
+    pub fn train_batch<R: Rng>(
+        &self,
+        split: &Split,
+        idx: &[usize],
+        crop: Option<(usize, bool)>,
+        cutout_len: usize,
+        rng: &mut R,
+        device: &Device,
+    ) -> Result<(Tensor, Tensor)> {
+        let (c, h, w) = (split.c, split.h, split.w);
+        let (mut out, labels) = self.pixels(split, idx, crop.map(|(pad, hflip)| (pad, hflip, &mut *rng)));
+        if cutout_len > 0 {
+            // Zeroed in the host buffer before the batch becomes a tensor: the same as the
+            // reference's multiplication by a 0/1 mask, with no tensor operation at all.
+            for img in out.chunks_exact_mut(c * h * w) {
+                let cy = rng.random_range(0..h);
+                let cx = rng.random_range(0..w);
+                cutout(img, c, h, w, cy, cx, cutout_len);
+            }
+        }
+        let xs = Tensor::from_vec(out, (idx.len(), c, h, w), device)?;
+        let ys = Tensor::from_vec(labels, idx.len(), device)?;
+        Ok((xs, ys))
+    }
+
+    /// The pixels (normalised, NCHW) and labels of [`Batcher::batch`].
+    fn pixels<R: Rng>(&self, split: &Split, idx: &[usize], aug: Option<(usize, bool, &mut R)>) -> (Vec<f32>, Vec<u32>) {
         let (c, h, w) = (split.c, split.h, split.w);
         let plane = h * w;
         let mut out = vec![0f32; idx.len() * c * plane];
@@ -295,10 +382,47 @@ impl Batcher {
                 }
             }
         }
-        let xs = Tensor::from_vec(out, (idx.len(), c, h, w), device)?;
-        let ys = Tensor::from_vec(labels, idx.len(), device)?;
-        Ok((xs, ys))
+        (out, labels)
     }
+}
+
+/// DeVries & Taylor's cutout on one normalised `c`×`h`×`w` image (CHW): rows
+/// `[cy - length/2, cy + length/2)` × columns `[cx - length/2, cx + length/2)` (integer halves,
+/// clipped at the border) set to 0 in every channel, as `cutout()` of
+/// `benchmarks/reference/budget_optuna.py`. `length` 0 changes nothing.
+pub fn cutout(img: &mut [f32], c: usize, h: usize, w: usize, cy: usize, cx: usize, length: usize) {
+    assert_eq!(img.len(), c * h * w, "cutout: an image of {} values is not {c}x{h}x{w}", img.len());
+    let half = length / 2;
+    let (r0, r1) = (cy.saturating_sub(half), (cy + half).min(h));
+    let (c0, c1) = (cx.saturating_sub(half), (cx + half).min(w));
+    if r0 >= r1 || c0 >= c1 {
+        return;
+    }
+    for plane in img.chunks_exact_mut(h * w) {
+        for row in plane.chunks_exact_mut(w).take(r1).skip(r0) {
+            row[c0..c1].fill(0.0);
+        }
+    }
+}
+
+/// The training loss: PyTorch's `F.cross_entropy(logits, targets, label_smoothing=eps)` on
+/// `(B, K)` logits and `B` u32 targets, i.e. `(1 - eps)·NLL + eps·mean_k(−log softmax_k)`,
+/// averaged over the batch. `eps` 0 is exactly [`candle_nn::loss::cross_entropy`].
+pub fn smoothed_cross_entropy(logits: &Tensor, targets: &Tensor, eps: f64) -> Result<Tensor> {
+    if eps == 0.0 {
+        return Ok(candle_nn::loss::cross_entropy(logits, targets)?);
+    }
+    if logits.rank() != 2 {
+        return Err(Error::Config(format!(
+            "cross-entropy expects (batch, classes) logits, got shape {:?}",
+            logits.dims()
+        )));
+    }
+    let logp = candle_nn::ops::log_softmax(logits, D::Minus1)?;
+    let nll = candle_nn::loss::nll(&logp, targets)?;
+    // mean over the batch and the classes = mean over the batch of mean_k.
+    let uniform = logp.mean_all()?;
+    Ok((nll.affine(1.0 - eps, 0.0)? + uniform.affine(-eps, 0.0)?)?)
 }
 
 /// SGD with momentum (PyTorch semantics): `g ← ∇ + wd·θ; b ← μ·b + g; θ ← θ − lr·(g + μ·b)`
@@ -335,7 +459,11 @@ impl Sgd {
         for ((var, slot), b) in self.vars.iter_mut().zip(buffers) {
             if let Some(b) = &b {
                 if b.shape() != var.shape() {
-                    return Err(Error::Config(format!("a momentum buffer of shape {:?} for a variable of shape {:?}", b.shape(), var.shape())));
+                    return Err(Error::Config(format!(
+                        "a momentum buffer of shape {:?} for a variable of shape {:?}",
+                        b.shape(),
+                        var.shape()
+                    )));
                 }
             }
             *slot = b;
@@ -421,8 +549,9 @@ fn save_weights(model: &Model, path: &Path) -> Result<()> {
     std::fs::rename(&tmp, path).map_err(io(path))
 }
 
-/// One SGD step on the images `chunk` of `split` (augmented with `aug`): the batch's mean loss
-/// and how many of its images the network classified right before the update.
+/// One SGD step on the images `chunk` of `split`, augmented as `cfg` says (crop and flip with
+/// `augment`, `cutout`; drawn from `rng`) and with `cfg`'s label smoothing: the batch's mean
+/// (smoothed) loss and how many of its images the network classified right before the update.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn sgd_step<R: Rng>(
     model: &Model,
@@ -430,14 +559,16 @@ pub(crate) fn sgd_step<R: Rng>(
     batcher: &Batcher,
     split: &Split,
     chunk: &[usize],
-    aug: Option<(usize, bool, &mut R)>,
+    cfg: &TrainConfig,
+    rng: &mut R,
     lr: f64,
     device: &Device,
 ) -> Result<(f64, usize)> {
-    let (xs, ys) = batcher.batch(split, chunk, aug, device)?;
+    let crop = cfg.augment.then_some((cfg.crop_padding, cfg.hflip));
+    let (xs, ys) = batcher.train_batch(split, chunk, crop, cfg.cutout, rng, device)?;
     let (logits, loss) = crate::kernels::in_pool(|| -> Result<(Tensor, Tensor)> {
         let logits = model.net.forward_t(&xs, true)?;
-        let loss = candle_nn::loss::cross_entropy(&logits, &ys)?;
+        let loss = smoothed_cross_entropy(&logits, &ys, cfg.label_smoothing)?;
         opt.step(&loss, lr)?;
         Ok((logits, loss))
     })?;
@@ -471,7 +602,10 @@ pub fn train(
     weights: Option<&Path>,
     progress: &mut dyn FnMut(Progress),
 ) -> Result<TrainReport> {
-    let files = TrainFiles { weights, ..TrainFiles::default() };
+    let files = TrainFiles {
+        weights,
+        ..TrainFiles::default()
+    };
     train_with(net_cfg, cfg, splits, select, device, &files, progress)
 }
 
@@ -492,6 +626,7 @@ pub fn train_with(
 ) -> Result<TrainReport> {
     cfg.validate()?;
     check_splits(net_cfg, splits, select)?;
+    cfg.check_cutout(splits.train.h, splits.train.w, splits.kind.name())?;
     let started = Instant::now();
     let mut t = Trainer::new(net_cfg, cfg, splits, device, files.resume)?;
     if t.done >= cfg.epochs {
@@ -624,9 +759,18 @@ impl<'a> Trainer<'a> {
         let (mut loss_sum, mut correct, mut seen) = (0.0, 0usize, 0usize);
         let mut lr = cfg.lr;
         for (b, chunk) in order.chunks(cfg.batch_size).enumerate() {
-            let aug = cfg.augment.then_some((cfg.crop_padding, cfg.hflip, &mut self.rng));
             lr = cfg.lr_at(self.step, total_steps);
-            let (l, right) = sgd_step(&self.model, &mut self.opt, &self.batcher, self.train, chunk, aug, lr, self.device)?;
+            let (l, right) = sgd_step(
+                &self.model,
+                &mut self.opt,
+                &self.batcher,
+                self.train,
+                chunk,
+                cfg,
+                &mut self.rng,
+                lr,
+                self.device,
+            )?;
             self.step += 1;
             if !l.is_finite() {
                 return Err(Error::Config(format!(
@@ -686,5 +830,235 @@ pub fn device_name(d: &Device) -> String {
         candle_core::DeviceLocation::Cpu => "cpu".into(),
         candle_core::DeviceLocation::Cuda { gpu_id } => format!("cuda:{gpu_id}"),
         candle_core::DeviceLocation::Metal { gpu_id } => format!("metal:{gpu_id}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand_chacha::ChaCha8Rng;
+
+    fn zeros(img: &[f32]) -> usize {
+        img.iter().filter(|v| **v == 0.0).count()
+    }
+
+    #[test]
+    fn cutout_at_a_corner_is_clipped_as_the_reference() {
+        // The reference's self-check: L = 4 centred at (0, 5) on a 6x6 image of ones zeroes rows
+        // [-2, 2) and columns [3, 7), clipped: rows 0-1, columns 3-5.
+        let mut img = vec![1f32; 36];
+        cutout(&mut img, 1, 6, 6, 0, 5, 4);
+        assert_eq!(zeros(&img), 6);
+        for y in 0..6 {
+            for x in 0..6 {
+                let cut = y < 2 && x >= 3;
+                assert_eq!(img[y * 6 + x], if cut { 0.0 } else { 1.0 }, "pixel ({y}, {x})");
+            }
+        }
+    }
+
+    #[test]
+    fn cutout_inside_zeroes_a_square_in_every_channel() {
+        let mut img = vec![1f32; 3 * 36];
+        cutout(&mut img, 3, 6, 6, 3, 3, 4);
+        for ch in 0..3 {
+            let plane = &img[ch * 36..(ch + 1) * 36];
+            assert_eq!(zeros(plane), 16, "channel {ch}");
+            for y in 0..6 {
+                for x in 0..6 {
+                    let cut = (1..5).contains(&y) && (1..5).contains(&x);
+                    assert_eq!(plane[y * 6 + x], if cut { 0.0 } else { 1.0 }, "channel {ch} pixel ({y}, {x})");
+                }
+            }
+        }
+        // An odd side cuts 2 * (L / 2) rows and columns, as the reference does.
+        let mut img = vec![1f32; 64];
+        cutout(&mut img, 1, 8, 8, 4, 4, 5);
+        assert_eq!(zeros(&img), 16);
+        // Length 0 and 1 change nothing; the whole image at most.
+        for l in [0, 1] {
+            let mut img = vec![1f32; 36];
+            cutout(&mut img, 1, 6, 6, 2, 2, l);
+            assert_eq!(zeros(&img), 0);
+        }
+        let mut img = vec![1f32; 36];
+        cutout(&mut img, 1, 6, 6, 3, 3, 6);
+        assert_eq!(zeros(&img), 36);
+    }
+
+    /// A small split of arbitrary pixels.
+    fn split(n: usize, c: usize, h: usize, w: usize) -> Split {
+        let mut rng = ChaCha8Rng::seed_from_u64(3);
+        Split {
+            images: (0..n * c * h * w).map(|_| rng.random::<u8>()).collect(),
+            labels: (0..n as u32).map(|i| i % 10).collect(),
+            n,
+            c,
+            h,
+            w,
+        }
+    }
+
+    #[test]
+    fn train_batch_without_cutout_is_the_plain_batch() {
+        let s = split(6, 3, 8, 8);
+        let batcher = Batcher::new(&[0.4, 0.5, 0.6], &[0.2, 0.25, 0.3]);
+        let idx = [4, 0, 2];
+        for crop in [None, Some((2, true)), Some((4, false))] {
+            let (mut r1, mut r2) = (ChaCha8Rng::seed_from_u64(9), ChaCha8Rng::seed_from_u64(9));
+            let (a, la) = batcher.train_batch(&s, &idx, crop, 0, &mut r1, &Device::Cpu).unwrap();
+            let aug = crop.map(|(p, f)| (p, f, &mut r2));
+            let (b, lb) = batcher.batch(&s, &idx, aug, &Device::Cpu).unwrap();
+            let bits = |t: &Tensor| {
+                t.flatten_all()
+                    .unwrap()
+                    .to_vec1::<f32>()
+                    .unwrap()
+                    .iter()
+                    .map(|v| v.to_bits())
+                    .collect::<Vec<_>>()
+            };
+            assert_eq!(bits(&a), bits(&b), "crop {crop:?}");
+            assert_eq!(la.to_vec1::<u32>().unwrap(), lb.to_vec1::<u32>().unwrap());
+            // The same draws: the generators are where they were.
+            assert_eq!(r1.random::<u64>(), r2.random::<u64>(), "crop {crop:?}");
+        }
+    }
+
+    #[test]
+    fn train_batch_cuts_out_after_crop_flip_and_normalisation() {
+        let (c, h, w, l) = (3, 8, 8, 4);
+        let s = split(5, c, h, w);
+        let batcher = Batcher::new(&[0.4, 0.5, 0.6], &[0.2, 0.25, 0.3]);
+        let idx = [0, 1, 2, 3, 4];
+        for crop in [None, Some((2, true))] {
+            let mut rng = ChaCha8Rng::seed_from_u64(11);
+            let (got, _) = batcher.train_batch(&s, &idx, crop, l, &mut rng, &Device::Cpu).unwrap();
+            let got = got.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            // The same batch by hand: the crop and flip draws, then a centre (row, column) per image.
+            let mut want_rng = ChaCha8Rng::seed_from_u64(11);
+            let aug = crop.map(|(p, f)| (p, f, &mut want_rng));
+            let (plain, _) = batcher.batch(&s, &idx, aug, &Device::Cpu).unwrap();
+            let mut want = plain.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            let plain = want.clone();
+            let mut cut_somewhere = false;
+            for img in want.chunks_exact_mut(c * h * w) {
+                let (cy, cx) = (want_rng.random_range(0..h), want_rng.random_range(0..w));
+                cutout(img, c, h, w, cy, cx, l);
+                cut_somewhere |= cy > 0 && cx > 0;
+            }
+            assert!(cut_somewhere);
+            assert_eq!(got, want, "crop {crop:?}");
+            assert_ne!(got, plain, "crop {crop:?}: nothing was cut out");
+            // Every image lost at most L x L pixels per channel, to 0, the same ones in each channel.
+            for (g, p) in got.chunks_exact(c * h * w).zip(plain.chunks_exact(c * h * w)) {
+                assert!(g.iter().zip(p).all(|(g, p)| g == p || *g == 0.0));
+                let masks: Vec<Vec<bool>> = (0..c).map(|ch| (0..h * w).map(|i| g[ch * h * w + i] != p[ch * h * w + i]).collect()).collect();
+                assert!(masks.iter().all(|m| m.iter().filter(|b| **b).count() <= l * l));
+                assert!(masks.windows(2).all(|m| m[0] == m[1]));
+            }
+            assert_eq!(rng.random::<u64>(), want_rng.random::<u64>());
+        }
+    }
+
+    /// −log softmax of one row, in f64.
+    fn neg_log_softmax(row: &[f64]) -> Vec<f64> {
+        let m = row.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+        let lse = m + row.iter().map(|v| (v - m).exp()).sum::<f64>().ln();
+        row.iter().map(|v| lse - v).collect()
+    }
+
+    #[test]
+    fn smoothed_cross_entropy_is_pytorchs() {
+        let rows = [[1.0f64, 2.0, 0.5], [0.2, -1.0, 3.0]];
+        let ys = [1u32, 0];
+        let logits = Tensor::new(&[[1.0f32, 2.0, 0.5], [0.2, -1.0, 3.0]], &Device::Cpu).unwrap();
+        let targets = Tensor::new(&ys, &Device::Cpu).unwrap();
+        let loss = |eps: f64, l: &Tensor, t: &Tensor| smoothed_cross_entropy(l, t, eps).unwrap().to_scalar::<f32>().unwrap() as f64;
+        // Closed form: (1 - eps) * (-log p_y) + eps * mean_k(-log p_k), averaged over the rows.
+        let closed = |eps: f64| {
+            rows.iter()
+                .zip(ys)
+                .map(|(r, y)| {
+                    let nl = neg_log_softmax(r);
+                    (1.0 - eps) * nl[y as usize] + eps * nl.iter().sum::<f64>() / 3.0
+                })
+                .sum::<f64>()
+                / 2.0
+        };
+        // By hand (python, math.log/exp): the first row alone with eps 0.1, the batch with 0 and 0.1.
+        let first = loss(0.1, &logits.narrow(0, 0, 1).unwrap(), &targets.narrow(0, 0, 1).unwrap());
+        assert!((first - 0.5477021174412785).abs() < 1e-6, "{first}");
+        assert!((closed(0.0) - 1.6702599808789607).abs() < 1e-12);
+        assert!((closed(0.1) - 1.6852599808789608).abs() < 1e-12);
+        for eps in [0.0, 0.1, 0.25, 0.9] {
+            let got = loss(eps, &logits, &targets);
+            assert!((got - closed(eps)).abs() < 1e-6, "eps {eps}: {got} vs {}", closed(eps));
+        }
+        // eps 0 is the plain cross-entropy, bit for bit.
+        let plain = candle_nn::loss::cross_entropy(&logits, &targets).unwrap().to_scalar::<f32>().unwrap();
+        assert_eq!((loss(0.0, &logits, &targets) as f32).to_bits(), plain.to_bits());
+        // And in f64 (logits given in f64: 0.2 as an f32 is not 0.2).
+        let l64 = Tensor::new(&rows, &Device::Cpu).unwrap();
+        let got = smoothed_cross_entropy(&l64, &targets, 0.1).unwrap().to_scalar::<f64>().unwrap();
+        assert!((got - closed(0.1)).abs() < 1e-12, "{got}");
+    }
+
+    #[test]
+    fn smoothed_cross_entropy_gradient_targets_the_smoothed_labels() {
+        // d loss / d logits = (softmax - ((1 - eps) * onehot + eps / K)) / B.
+        let eps = 0.2;
+        let row = [0.3f64, -0.7, 1.1, 0.0];
+        let z = Var::new(&[[0.3f64, -0.7, 1.1, 0.0]], &Device::Cpu).unwrap();
+        let y = Tensor::new(&[2u32], &Device::Cpu).unwrap();
+        let loss = smoothed_cross_entropy(z.as_tensor(), &y, eps).unwrap();
+        let grad = loss
+            .backward()
+            .unwrap()
+            .get(z.as_tensor())
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f64>()
+            .unwrap();
+        let nl = neg_log_softmax(&row);
+        for k in 0..4 {
+            let want = (-nl[k]).exp() - (if k == 2 { 1.0 - eps } else { 0.0 } + eps / 4.0);
+            assert!((grad[k] - want).abs() < 1e-12, "class {k}: {} vs {want}", grad[k]);
+        }
+    }
+
+    #[test]
+    fn validate_rejects_bad_label_smoothing() {
+        for eps in [-0.1, 1.0, 1.5, f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
+            let cfg = TrainConfig {
+                label_smoothing: eps,
+                ..TrainConfig::default()
+            };
+            let e = cfg.validate().unwrap_err().to_string();
+            assert!(e.contains("label smoothing must be in [0, 1)"), "{eps}: {e}");
+        }
+        for eps in [0.0, 0.1, 0.999] {
+            TrainConfig {
+                label_smoothing: eps,
+                ..TrainConfig::default()
+            }
+            .validate()
+            .unwrap();
+        }
+    }
+
+    #[test]
+    fn check_cutout_rejects_more_than_the_image_side() {
+        let cfg = |l| TrainConfig {
+            cutout: l,
+            ..TrainConfig::default()
+        };
+        cfg(0).check_cutout(28, 28, "fashion-mnist").unwrap();
+        cfg(28).check_cutout(28, 28, "fashion-mnist").unwrap();
+        let e = cfg(29).check_cutout(28, 28, "fashion-mnist").unwrap_err();
+        assert!(matches!(e, Error::Config(_)));
+        let e = e.to_string();
+        assert!(e.contains("cutout 29") && e.contains("28x28") && e.contains("fashion-mnist"), "{e}");
     }
 }

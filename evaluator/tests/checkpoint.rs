@@ -4,27 +4,17 @@
 use std::path::{Path, PathBuf};
 
 use autoagent_evaluator::data::{self, search_split, Dataset, DatasetKind};
-use autoagent_evaluator::nb201::Arch;
 use autoagent_evaluator::net::Nb201Config;
 use autoagent_evaluator::train::{train_with, Select, Splits, TrainConfig, TrainFiles, TrainReport};
 use candle_core::Device;
+
+mod support;
+use support::small_net;
 
 fn mnist() -> Dataset {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/mnist-mini");
     let data = data::open(DatasetKind::Mnist, &dir, false).expect("the MNIST fixture");
     search_split(&data).unwrap()
-}
-
-fn small_net(kind: DatasetKind) -> Nb201Config {
-    let (c, h, _) = kind.image_shape();
-    Nb201Config {
-        channels: 8,
-        cells_per_stage: 1,
-        in_channels: c,
-        input_size: h,
-        num_classes: kind.num_classes(),
-        ..Nb201Config::new(Arch::parse("|nor_conv_3x3~0|+|skip_connect~0|nor_conv_1x1~1|+|skip_connect~0|none~1|avg_pool_3x3~2|").unwrap())
-    }
 }
 
 fn run(data: &Dataset, epochs: usize, resume: Option<&Path>, checkpoint: Option<&Path>) -> Result<TrainReport, String> {
@@ -68,12 +58,21 @@ fn a_continued_training_starts_from_the_checkpoint_and_anneals_its_own_stretch()
     assert_eq!(three.history.iter().map(|e| e.epoch).collect::<Vec<_>>(), vec![2, 3]);
     // The stretch anneals from the initial rate: its first epoch ends above half of it, its
     // last near zero.
-    assert!(three.history[0].lr > 0.05 && three.history[1].lr < 0.01, "{:?}", three.history.iter().map(|e| e.lr).collect::<Vec<_>>());
+    assert!(
+        three.history[0].lr > 0.05 && three.history[1].lr < 0.01,
+        "{:?}",
+        three.history.iter().map(|e| e.lr).collect::<Vec<_>>()
+    );
     // The continued network starts where the first left off: after its first continued epoch
     // it is well above what one epoch from scratch gave, since it has trained two.
     let from_scratch_again = run(&data, 1, None, None).unwrap();
     assert_eq!(from_scratch_again.valid_acc, one.valid_acc, "training is deterministic");
-    assert!(three.valid_acc.unwrap() > one.valid_acc.unwrap() + 10.0, "{:?} {:?}", one.valid_acc, three.valid_acc);
+    assert!(
+        three.valid_acc.unwrap() > one.valid_acc.unwrap() + 10.0,
+        "{:?} {:?}",
+        one.valid_acc,
+        three.valid_acc
+    );
     // The same continuation twice gives the same network (the checkpoint holds everything).
     let again = run(&data, 3, Some(&first), None).unwrap();
     assert_eq!(again.valid_acc, three.valid_acc);
@@ -101,7 +100,9 @@ fn a_checkpoint_that_does_not_fit_is_a_clear_error() {
         resume: Some(&path),
         ..TrainFiles::default()
     };
-    let e = train_with(&wide, &cfg, &splits, Select::Last, &Device::Cpu, &files, &mut |_| {}).unwrap_err().to_string();
+    let e = train_with(&wide, &cfg, &splits, Select::Last, &Device::Cpu, &files, &mut |_| {})
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("checkpoint") && e.contains("shape"), "{e}");
     // No file.
     let e = run(&data, 3, Some(&path.with_file_name("missing")), None).unwrap_err();

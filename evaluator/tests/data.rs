@@ -288,7 +288,10 @@ fn locate_accepts_direct_and_cache_layouts() {
     let shared = cifar.parent().unwrap().to_path_buf();
     assert_eq!(locate(DatasetKind::Cifar10, &shared), Some(cifar.clone()));
     assert_eq!(locate(DatasetKind::Mnist, &shared), Some(fixture("mnist-mini")));
-    assert_eq!(locate(DatasetKind::FashionMnist, &shared), locate(DatasetKind::FashionMnist, &shared.join("fashion-mnist")));
+    assert_eq!(
+        locate(DatasetKind::FashionMnist, &shared),
+        locate(DatasetKind::FashionMnist, &shared.join("fashion-mnist"))
+    );
 
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path();

@@ -473,12 +473,18 @@ fn isomorphic_cells_are_scored_as_themselves_whatever_the_cache_saw_first() {
     let (lean, dead) = (small(CUT_OFF_SKIP), small(CUT_OFF_CONV));
     assert!(dead.param_count() > lean.param_count());
     let batch = random_batch(8, 5);
-    let proxies: Vec<_> = ["naswot", "synflow", "grad_norm", "params"].iter().map(|n| registry::by_name(n).unwrap()).collect();
+    let proxies: Vec<_> = ["naswot", "synflow", "grad_norm", "params"]
+        .iter()
+        .map(|n| registry::by_name(n).unwrap())
+        .collect();
     let refs: Vec<&dyn autoagent_proxies::Proxy> = proxies.iter().map(|p| p.as_ref()).collect();
     // Each member's own scores, with nothing cached.
     let alone = |c: &Nb201Candidate| -> Vec<Option<f64>> { refs.iter().map(|p| p.score(c, &batch, 0).ok().filter(|v| v.is_finite())).collect() };
     let (own_lean, own_dead) = (alone(&lean), alone(&dead));
-    assert_ne!(own_lean[0], own_dead[0], "the members' naswot scores must differ for this test to mean anything");
+    assert_ne!(
+        own_lean[0], own_dead[0],
+        "the members' naswot scores must differ for this test to mean anything"
+    );
     // Through one cache, in either order, one call per candidate (as rounds do) or both in one.
     for order in [[&lean, &dead], [&dead, &lean]] {
         let mut cache = ScoreCache::in_memory();

@@ -88,6 +88,15 @@ impl Config {
         serde_json::from_str(text)
     }
 
+    /// One line of text: a configuration of a cell alone as its bare arch string, any other as
+    /// `name=value` pairs in name order separated by `, ` (floats to 4 significant digits).
+    pub fn line(&self) -> String {
+        match (self.len(), self.get("cell")) {
+            (1, Some(Value::Cell(a))) => a.to_string(),
+            _ => self.iter().map(|(n, v)| format!("{n}={v}")).collect::<Vec<_>>().join(", "),
+        }
+    }
+
     /// The key under which equivalent configurations collide, for deduplication:
     /// `name=value` in name order, a cell as its isomorphism class ([`Arch::canonical`]), a float
     /// to 4 significant digits. Only the values present count: a configuration validated against

@@ -15,6 +15,7 @@ mod config;
 mod describe;
 mod encode;
 mod error;
+mod grid;
 mod narrow;
 mod neighbours;
 mod numeric;
@@ -32,7 +33,7 @@ pub use param::{Condition, Kind, Param};
 pub use schema::{cell_pattern, REASON_MAX_CHARS};
 pub use space::Space;
 pub use value::Value;
-pub use vision::{vision_space, Augment, VisionConfig, MEDIAN_CELL};
+pub use vision::{cell_space, vision_space, Augment, VisionConfig, MEDIAN_CELL};
 
 #[cfg(test)]
 mod tests;

@@ -55,7 +55,7 @@ fn unit(x: f64, low: f64, high: f64, log: bool) -> f64 {
 }
 
 /// The inverse of [`unit`], clamped to the range.
-fn at(u: f64, low: f64, high: f64, log: bool) -> f64 {
+pub(crate) fn at(u: f64, low: f64, high: f64, log: bool) -> f64 {
     let u = u.clamp(0.0, 1.0);
     let x = match log {
         true => (low.ln() + u * (high.ln() - low.ln())).exp(),

@@ -28,7 +28,12 @@ impl Space {
         if candidates.is_empty() {
             return config.clone();
         }
-        let chosen = candidates[rng.random_range(0..candidates.len())];
+        // One parameter (an NB201 table's cell) is chosen without a draw: the generator's
+        // sequence is then that of mutating the value itself.
+        let chosen = match candidates.len() {
+            1 => candidates[0],
+            n => candidates[rng.random_range(0..n)],
+        };
         let new = mutate_value(&chosen.kind, config.get(&chosen.name).unwrap_or(&chosen.default), rng);
         self.build(|p| match p.name == chosen.name {
             true => new.clone(),

@@ -97,6 +97,13 @@ pub fn vision_space() -> Space {
     Space::new(params).expect("the vision space is valid")
 }
 
+/// The space of an NB201 table task: the cell alone (the table trained every cell in the same
+/// network, C = 16, N = 5, with the same recipe).
+pub fn cell_space() -> Space {
+    let cell = Param::new("cell", Kind::Cell, Value::Cell(median_cell()), "the NB201 cell repeated in every stage");
+    Space::new(vec![cell]).expect("the cell space is valid")
+}
+
 fn choices(names: &[&str]) -> Kind {
     Kind::Categorical {
         choices: names.iter().map(|n| n.to_string()).collect(),
@@ -143,6 +150,32 @@ impl Default for VisionConfig {
             augment: Augment::CropFlip,
             cutout_length: None,
             label_smoothing: 0.0,
+        }
+    }
+}
+
+impl VisionConfig {
+    /// The typed view of a configuration of a vision space or of a narrower one (an NB201
+    /// table's, only a cell): values it lacks or holds of another type take the defaults, a
+    /// cutout length only counts with cutout on.
+    pub fn lenient(c: &Config) -> VisionConfig {
+        let d = VisionConfig::default();
+        let count = |name: &str, default: usize| c.int(name).filter(|&i| i > 0).map_or(default, |i| i as usize);
+        let real = |name: &str, default: f64| c.float(name).unwrap_or(default);
+        let augment = c.str("augment").and_then(Augment::from_name).unwrap_or(d.augment);
+        VisionConfig {
+            arch: c.cell("cell").unwrap_or(d.arch),
+            width: count("width", d.width),
+            depth: count("depth", d.depth),
+            lr: real("lr", d.lr),
+            weight_decay: real("weight_decay", d.weight_decay),
+            batch: count("batch", d.batch),
+            cutout_length: match augment {
+                Augment::CropFlipCutout => Some(count("cutout_length", 8)),
+                _ => None,
+            },
+            augment,
+            label_smoothing: real("label_smoothing", d.label_smoothing),
         }
     }
 }

@@ -51,7 +51,13 @@ impl Exported {
         let s = &self.spec;
         let (what, acc) = match (self.final_model, self.test_accuracy) {
             (true, Some(t)) => ("the final model (retrained) of trial", format!("test accuracy {t:.2} %")),
-            _ => ("trial", format!("validation accuracy {}", s.valid_accuracy.map(|a| format!("{a:.2} %")).unwrap_or_else(|| "unknown".into()))),
+            _ => (
+                "trial",
+                format!(
+                    "validation accuracy {}",
+                    s.valid_accuracy.map(|a| format!("{a:.2} %")).unwrap_or_else(|| "unknown".into())
+                ),
+            ),
         };
         format!(
             "exported {what} {} of {} ({}, {}, {acc}, {} params) to {}",
@@ -88,7 +94,10 @@ fn refuse_table_run(dir: &Path, run_task: Option<&str>, trials: &[TrialRecord]) 
     let Some(table) = run_task.and_then(|t| t.strip_prefix("nb201:")) else {
         return Ok(());
     };
-    let arch = best_trial(trials).map(|r| r.trial.arch.to_string()).unwrap_or_else(|| "ARCH".into());
+    let arch = best_trial(trials)
+        .and_then(|r| r.trial.config.cell("cell"))
+        .map(|a| a.to_string())
+        .unwrap_or_else(|| "ARCH".into());
     let dataset = match table {
         "cifar100" => "cifar100",
         _ => "cifar10",
@@ -171,8 +180,14 @@ fn trial_spec(dir: &Path, record: &TrialRecord) -> Result<Value, ExportError> {
 fn network_of(record: &TrialRecord, kind: DatasetKind, weights: &Path) -> Result<Nb201Config, ExportError> {
     let (channels, cells_per_stage) = skeleton_of(weights)?;
     let (c, h, _) = kind.image_shape();
+    let arch = record.trial.config.cell("cell").ok_or_else(|| {
+        ExportError::Invalid(format!(
+            "trial {} has no cell to build its network from ({})",
+            record.trial.id, record.trial.config
+        ))
+    })?;
     let cfg = Nb201Config {
-        arch: record.trial.arch,
+        arch,
         channels,
         cells_per_stage,
         num_classes: kind.num_classes(),

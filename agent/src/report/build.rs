@@ -25,10 +25,10 @@ fn origin_name(o: &Origin) -> String {
     }
 }
 
-/// Each trial's proxy scores: its own, completed from the stored scores of its arch.
+/// Each trial's proxy scores: its own, completed from the stored scores of its configuration.
 fn merged_proxies(run: &Run, rec: &TrialRecord) -> BTreeMap<String, Option<f64>> {
     let mut m = rec.trial.proxies.clone();
-    let arch = rec.trial.arch.to_string();
+    let arch = rec.trial.config.to_string();
     for ((a, p), v) in run.scores.range((arch.clone(), String::new())..) {
         if *a != arch {
             break;
@@ -122,11 +122,12 @@ fn leaderboard(task: &str, best: &[&TrialRecord], proxies_of: &ProxiesOf) -> Vec
         .take(TOP)
         .enumerate()
         .map(|(i, r)| {
-            let net = net_for(task, r.trial.arch);
+            let net = net_for(task, &r.trial.config);
             Row {
                 rank: i + 1,
                 trial: r.trial.id,
-                arch: r.trial.arch.to_string(),
+                arch: r.trial.config.cell("cell").map(|a| a.to_string()).unwrap_or_default(),
+                config: r.trial.config.line(),
                 origin: origin_name(&r.trial.origin),
                 epochs: r.trial.epochs,
                 accuracy: r.trial.accuracy.unwrap_or(f64::NAN),

@@ -95,7 +95,7 @@ fn list_one(dir: &Path) -> Listed {
             l.trials = trials.len();
             if let Some(best) = ranked(&trials).first() {
                 l.best_accuracy = best.trial.accuracy;
-                l.best_arch = Some(best.trial.arch.to_string());
+                l.best_arch = Some(best.trial.config.line());
             }
         }
         Err(e) => l.error = Some(one_line(&e)),

@@ -108,7 +108,10 @@ fn save(path: &Path, text: &str) -> Result<(), ReportError> {
 struct Row {
     rank: usize,
     trial: usize,
+    /// Its cell (empty without one).
     arch: String,
+    /// Its whole configuration on one line ([`crate::configspace::Config::line`]).
+    config: String,
     origin: String,
     /// Epochs of its last rung.
     epochs: usize,

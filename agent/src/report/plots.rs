@@ -160,7 +160,7 @@ fn proxy(inp: &Inputs, name: &str, scored: &[&TrialRecord]) -> Result<(ProxyStat
 
 /// (d): accuracy against parameters, with the Pareto front (max accuracy, min params).
 fn pareto(inp: &Inputs, scored: &[&TrialRecord]) -> Result<Plot, ReportError> {
-    let params_m = |r: &TrialRecord| net_for(inp.task, r.trial.arch).param_count() as f64 / 1e6;
+    let params_m = |r: &TrialRecord| net_for(inp.task, &r.trial.config).param_count() as f64 / 1e6;
     let mut pts: Vec<(f64, f64)> = scored.iter().map(|r| (params_m(r), r.trial.accuracy.unwrap_or(f64::NAN))).collect();
     pts.sort_by(|a, b| a.0.total_cmp(&b.0).then(b.1.total_cmp(&a.1)));
     let mut front: Vec<(f64, f64)> = Vec::new();

@@ -6,7 +6,6 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use autoagent_evaluator::data::DatasetKind;
-use autoagent_evaluator::nb201::Arch;
 use autoagent_evaluator::net::Nb201Config;
 use serde_json::Value;
 
@@ -115,7 +114,7 @@ pub(crate) fn load(dir: &Path) -> Result<Run, ReportError> {
     let round_proxy_seconds = store.meta("round_proxy_seconds")?.and_then(|t| serde_json::from_str::<Vec<f64>>(&t).ok());
     let stored_scores = store.proxy_scores()?;
     let scores_ms = stored_scores.iter().fold(0.0, |a, s| a + s.ms);
-    let scores = stored_scores.into_iter().map(|s| ((s.arch, s.proxy), s.value)).collect();
+    let scores = stored_scores.into_iter().map(|s| ((s.candidate, s.proxy), s.value)).collect();
     let llm_proposals = store.proposals()?.iter().filter(|p| matches!(p.proposal.origin, Origin::Llm { .. })).count();
     Ok(Run {
         status: status_of(store.meta("status")?.as_deref(), &db),
@@ -134,8 +133,9 @@ pub(crate) fn load(dir: &Path) -> Result<Run, ReportError> {
     })
 }
 
-/// The network an arch builds on `task` (C=16, N=5; the task's classes and image size).
-pub(crate) fn net_for(task: &str, arch: Arch) -> Nb201Config {
+/// The network a configuration builds on `task` (its cell at its width and depth, C = 16,
+/// N = 5 where it has none; the task's classes and image size).
+pub(crate) fn net_for(task: &str, config: &crate::configspace::Config) -> Nb201Config {
     let (classes, channels, side) = match task.strip_prefix("nb201:") {
         Some("cifar100") => (100, 3, 32),
         Some("imagenet16") | Some("imagenet16-120") => (120, 3, 16),
@@ -148,11 +148,14 @@ pub(crate) fn net_for(task: &str, arch: Arch) -> Nb201Config {
             None => (10, 3, 32),
         },
     };
+    let v = crate::configspace::VisionConfig::lenient(config);
     Nb201Config {
         num_classes: classes,
         in_channels: channels,
         input_size: side,
-        ..Nb201Config::new(arch)
+        channels: v.width,
+        cells_per_stage: v.depth,
+        ..Nb201Config::new(v.arch)
     }
 }
 

@@ -27,7 +27,16 @@ pub(crate) fn overview(r: &Report) -> Table {
 }
 
 pub(crate) fn leaderboard(r: &Report) -> Table {
-    let mut head = header(&["rank", "trial", "arch", "epochs", "valid acc (%)", "test acc (%)", "params (M)", "FLOPs (M)"]);
+    let mut head = header(&[
+        "rank",
+        "trial",
+        "configuration",
+        "epochs",
+        "valid acc (%)",
+        "test acc (%)",
+        "params (M)",
+        "FLOPs (M)",
+    ]);
     head.extend(r.proxy_names.iter().cloned());
     head.push("device s".into());
     let rows = r
@@ -37,7 +46,7 @@ pub(crate) fn leaderboard(r: &Report) -> Table {
             let mut v = vec![
                 row.rank.to_string(),
                 row.trial.to_string(),
-                row.arch.clone(),
+                row.config.clone(),
                 row.epochs.to_string(),
                 format!("{:.2}", row.accuracy),
                 fmt_opt(row.test_accuracy, 2),
@@ -63,7 +72,7 @@ pub(crate) fn final_model(f: &crate::final_model::FinalModel) -> String {
             "Trial {}'s configuration ({}), searched at {} epochs ({} % validation accuracy), retrained for {} epochs on the \
              training split with its validation hold-out: {t:.2} % test accuracy, measured once ({:.1} device-s). `export --best` gives this model.",
             f.trial,
-            f.arch,
+            f.config.line(),
             f.search_epochs,
             f.search_accuracy.map_or("—".into(), |a| format!("{a:.2}")),
             f.epochs,

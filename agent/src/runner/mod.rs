@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use crate::budget::{Budget, Limit};
-use autoagent_evaluator::nb201::Arch;
+use crate::configspace::Config;
 
 use crate::history::{History, Proposal, Trial, TrialState};
 use crate::llm::Exchange;
@@ -109,8 +109,8 @@ struct Prior {
     trials: std::collections::BTreeMap<usize, Trial>,
     /// The recorded jobs by number: (trial id, index of the rung).
     jobs: std::collections::BTreeMap<usize, (usize, usize)>,
-    /// Candidates of each recorded round.
-    round_sizes: Vec<usize>,
+    /// The candidates of each recorded round, in their order ([`Config::key`]s).
+    round_keys: Vec<Vec<String>>,
     /// The final model, when it was recorded.
     final_model: Option<crate::final_model::FinalModel>,
     /// Rounds whose proxy seconds were recorded (their values stay in `Files::round_seconds`).
@@ -374,16 +374,16 @@ fn recorded_final(store: &SqliteStore) -> Result<Option<crate::final_model::Fina
 /// The metadata key of the final model.
 const FINAL_KEY: &str = "final_model";
 
-/// The number of proposals of each round.
-fn round_sizes(proposals: &[crate::store::ProposalRecord]) -> Vec<usize> {
-    let mut sizes = Vec::new();
+/// The keys of each round's proposals, in their order.
+fn round_keys(proposals: &[crate::store::ProposalRecord]) -> Vec<Vec<String>> {
+    let mut rounds: Vec<Vec<String>> = Vec::new();
     for p in proposals {
-        if sizes.len() <= p.round {
-            sizes.resize(p.round + 1, 0);
+        if rounds.len() <= p.round {
+            rounds.resize(p.round + 1, Vec::new());
         }
-        sizes[p.round] += 1;
+        rounds[p.round].push(p.proposal.config.key());
     }
-    sizes
+    rounds
 }
 
 fn open_append(path: &Path) -> Result<File, RunError> {
@@ -452,7 +452,10 @@ impl Recorder {
         let rounds = round_seconds.len();
         let final_model = recorded_final(&store)?;
         let finished: std::collections::BTreeMap<usize, Trial> = trials.into_iter().filter_map(|r| r.trial.settled()).map(|t| (t.id, t)).collect();
-        let jobs = finished.values().flat_map(|t| t.rungs.iter().enumerate().map(|(i, r)| (r.job, (t.id, i)))).collect();
+        let jobs = finished
+            .values()
+            .flat_map(|t| t.rungs.iter().enumerate().map(|(i, r)| (r.job, (t.id, i))))
+            .collect();
         // What the killed run was spending on steps that have no record is lost work: booked
         // once, in one transaction with the removal of its entries.
         let pending = store.meta_prefixed(SPENDING)?;
@@ -490,7 +493,7 @@ impl Recorder {
                 exchanges: exchanges.len(),
                 trials: finished,
                 jobs,
-                round_sizes: round_sizes(&proposals),
+                round_keys: round_keys(&proposals),
                 final_model,
                 rounds,
                 lost_seconds,
@@ -556,9 +559,9 @@ impl Recorder {
         self.step_ended()
     }
 
-    /// The number of candidates of `round` before the run was resumed.
-    pub(crate) fn prior_round_size(&self, round: usize) -> Option<usize> {
-        self.prior.round_sizes.get(round).copied()
+    /// The candidates of `round` before the run was resumed ([`Config::key`]s, in order).
+    pub(crate) fn prior_round(&self, round: usize) -> Option<&[String]> {
+        self.prior.round_keys.get(round).map(Vec::as_slice)
     }
 
     /// The device seconds the proxies took in `round` before the run was resumed.
@@ -677,17 +680,17 @@ impl Recorder {
     }
 
     /// The proxy scores of a round's candidates and the seconds computing them took.
-    fn proxy_scores(&mut self, round: usize, archs: &[Arch], scored: &[crate::ranker::Scored], seconds: f64) -> Result<(), RunError> {
+    fn proxy_scores(&mut self, round: usize, configs: &[Config], scored: &[crate::ranker::Scored], seconds: f64) -> Result<(), RunError> {
         let Some(f) = self.files.as_mut() else {
             return Ok(());
         };
         if round < f.round_seconds.len() {
             return Ok(());
         }
-        for (arch, s) in archs.iter().zip(scored) {
+        for (config, s) in configs.iter().zip(scored) {
             for (proxy, value) in &s.proxies {
                 f.store.put_proxy_score(&crate::store::ProxyScore {
-                    arch: arch.to_string(),
+                    candidate: config.to_string(),
                     proxy: proxy.clone(),
                     value: *value,
                     ms: s.ms.get(proxy).copied().unwrap_or(0.0),
@@ -812,11 +815,23 @@ pub use stages::run_loop;
 mod tests {
     use super::*;
     use crate::budget::Limit;
-    use crate::llm_strategy::TaskInfo;
-    use crate::strategy::RandomSearch;
+    use crate::configspace::Space;
     use crate::history::Origin;
+    use crate::llm_strategy::TaskInfo;
     use crate::scheduler::SchedulerKind;
-    use crate::task::{Evaluation, Evaluator, Fidelity};
+    use crate::strategy::RandomSearch;
+    use crate::task::{cell_config, Evaluation, Evaluator, Fidelity};
+    use autoagent_evaluator::nb201::Arch;
+
+    /// The NB201 table's space: a cell alone.
+    fn cells() -> &'static Space {
+        static SPACE: std::sync::OnceLock<Space> = std::sync::OnceLock::new();
+        SPACE.get_or_init(crate::configspace::cell_space)
+    }
+
+    fn cell(config: &Config) -> Arch {
+        config.cell("cell").expect("a cell")
+    }
 
     /// Loop options of the tests: `k` candidates a round, the best 2 evaluated.
     fn test_options(k: usize, seed: u64) -> LoopOptions {
@@ -848,13 +863,17 @@ mod tests {
             }
         }
 
-        fn estimate_seconds(&self, _arch: &Arch, _fidelity: Fidelity) -> f64 {
+        fn space(&self) -> &Space {
+            cells()
+        }
+
+        fn estimate_seconds(&self, _config: &Config, _fidelity: Fidelity) -> f64 {
             self.estimate
         }
 
-        fn evaluate(&mut self, arch: &Arch, _fidelity: Fidelity) -> Evaluation {
+        fn evaluate(&mut self, config: &Config, _fidelity: Fidelity) -> Evaluation {
             Evaluation {
-                accuracy: Some(arch.ops.iter().filter(|o| o.name() == "nor_conv_3x3").count() as f64),
+                accuracy: Some(cell(config).ops.iter().filter(|o| o.name() == "nor_conv_3x3").count() as f64),
                 test_accuracy: None,
                 seconds: self.actual,
                 ..Evaluation::default()
@@ -863,7 +882,7 @@ mod tests {
     }
 
     fn run(limit: Limit, actual: f64, estimate: f64) -> Summary {
-        let mut strategy = RandomSearch::new(3);
+        let mut strategy = RandomSearch::new(cells().clone(), 3);
         let mut evaluator = Costed { actual, estimate };
         let mut budget = Budget::new(limit);
         let options = test_options(4, 3);
@@ -913,29 +932,41 @@ mod tests {
             Costed { actual: 0.0, estimate: 0.0 }.info()
         }
 
-        fn estimate_seconds(&self, arch: &Arch, _fidelity: Fidelity) -> f64 {
-            if self.all_dear || arch.ordinal() % 2 == 1 {
+        fn space(&self) -> &Space {
+            cells()
+        }
+
+        fn estimate_seconds(&self, config: &Config, _fidelity: Fidelity) -> f64 {
+            if self.all_dear || cell(config).ordinal() % 2 == 1 {
                 1e9
             } else {
                 1.0
             }
         }
 
-        fn evaluate(&mut self, arch: &Arch, fidelity: Fidelity) -> Evaluation {
+        fn evaluate(&mut self, config: &Config, fidelity: Fidelity) -> Evaluation {
             Evaluation {
-                seconds: self.estimate_seconds(arch, fidelity),
-                ..Costed { actual: 0.0, estimate: 0.0 }.evaluate(arch, fidelity)
+                seconds: self.estimate_seconds(config, fidelity),
+                ..Costed { actual: 0.0, estimate: 0.0 }.evaluate(config, fidelity)
             }
         }
     }
 
     fn run_priced(recorder: &mut Recorder, limit: Limit, all_dear: bool) -> (History, Summary) {
-        let mut strategy = RandomSearch::new(5);
+        let mut strategy = RandomSearch::new(cells().clone(), 5);
         let mut budget = Budget::new(limit);
         let options = test_options(8, 5);
         let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
-        rt.block_on(run_loop(&mut strategy, &mut Priced { all_dear }, None, &mut budget, &options, recorder, |_, _| {}))
-            .unwrap()
+        rt.block_on(run_loop(
+            &mut strategy,
+            &mut Priced { all_dear },
+            None,
+            &mut budget,
+            &options,
+            recorder,
+            |_, _| {},
+        ))
+        .unwrap()
     }
 
     #[test]
@@ -944,7 +975,7 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let (history, s) = run_priced(&mut Recorder::create(tmp.path()).unwrap(), Limit::Seconds(30.0), false);
         assert_eq!(s.trials, 30, "{}", s.stopped);
-        assert!(history.trials.iter().all(|t| t.arch.ordinal() % 2 == 0));
+        assert!(history.trials.iter().all(|t| cell(&t.config).ordinal() % 2 == 0));
         assert_eq!(s.stopped, "budget spent");
         // A resume whose estimates now say nothing fits serves the recorded trials back (they
         // fitted when they ran) instead of skipping them or calling the run diverged.
@@ -955,7 +986,7 @@ mod tests {
     }
 
     fn run_into(recorder: &mut Recorder, limit: Limit) -> Result<Summary, RunError> {
-        let mut strategy = RandomSearch::new(3);
+        let mut strategy = RandomSearch::new(cells().clone(), 3);
         let mut evaluator = Costed { actual: 10.0, estimate: 10.0 };
         let mut budget = Budget::new(limit);
         budget.spend(0, recorder.lost_seconds());
@@ -977,12 +1008,16 @@ mod tests {
             Costed { actual: 0.0, estimate: 0.0 }.info()
         }
 
-        fn estimate_seconds(&self, _arch: &Arch, fidelity: Fidelity) -> f64 {
+        fn space(&self) -> &Space {
+            cells()
+        }
+
+        fn estimate_seconds(&self, _config: &Config, fidelity: Fidelity) -> f64 {
             fidelity.added() as f64
         }
 
-        fn evaluate(&mut self, arch: &Arch, fidelity: Fidelity) -> Evaluation {
-            let convs = Costed { actual: 0.0, estimate: 0.0 }.evaluate(arch, fidelity).accuracy.unwrap();
+        fn evaluate(&mut self, config: &Config, fidelity: Fidelity) -> Evaluation {
+            let convs = Costed { actual: 0.0, estimate: 0.0 }.evaluate(config, fidelity).accuracy.unwrap();
             Evaluation {
                 accuracy: Some(10.0 * convs + fidelity.to as f64),
                 seconds: fidelity.added() as f64,
@@ -990,14 +1025,14 @@ mod tests {
             }
         }
 
-        fn evaluate_trial(&mut self, arch: &Arch, trial: usize, fidelity: Fidelity, _limit: Option<crate::task::TrialLimit>) -> Evaluation {
+        fn evaluate_trial(&mut self, config: &Config, trial: usize, fidelity: Fidelity, _limit: Option<crate::task::TrialLimit>) -> Evaluation {
             self.asked.push((trial, fidelity));
-            self.evaluate(arch, fidelity)
+            self.evaluate(config, fidelity)
         }
     }
 
     fn run_asha(recorder: &mut Recorder, limit: Limit) -> (History, Vec<(usize, Fidelity)>) {
-        let mut strategy = RandomSearch::new(7);
+        let mut strategy = RandomSearch::new(cells().clone(), 7);
         let mut evaluator = Epochal::default();
         let mut budget = Budget::new(limit);
         let options = LoopOptions {
@@ -1005,13 +1040,18 @@ mod tests {
             ..test_options(4, 7)
         };
         let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
-        let (history, _) = rt.block_on(run_loop(&mut strategy, &mut evaluator, None, &mut budget, &options, recorder, |_, _| {})).unwrap();
+        let (history, _) = rt
+            .block_on(run_loop(&mut strategy, &mut evaluator, None, &mut budget, &options, recorder, |_, _| {}))
+            .unwrap();
         (history, evaluator.asked)
     }
 
     /// Each trial's rungs: (job, epochs, accuracy).
     fn rungs(h: &History) -> Vec<Vec<(usize, usize, Option<f64>)>> {
-        h.trials.iter().map(|t| t.rungs.iter().map(|r| (r.job, r.epochs, r.accuracy)).collect()).collect()
+        h.trials
+            .iter()
+            .map(|t| t.rungs.iter().map(|r| (r.job, r.epochs, r.accuracy)).collect())
+            .collect()
     }
 
     #[test]
@@ -1044,7 +1084,10 @@ mod tests {
         let (again, asked_again) = run_asha(&mut r, Limit::Trials(15));
         let (clean, _) = run_asha(&mut Recorder::discard(), Limit::Trials(15));
         assert_eq!(rungs(&again), rungs(&clean));
-        assert!(asked_again.iter().all(|(t, f)| *t >= 9 || f.from > 0 && !asked.contains(&(*t, *f))), "{asked_again:?}");
+        assert!(
+            asked_again.iter().all(|(t, f)| *t >= 9 || f.from > 0 && !asked.contains(&(*t, *f))),
+            "{asked_again:?}"
+        );
     }
 
     #[test]
@@ -1066,7 +1109,7 @@ mod tests {
     #[test]
     fn work_lost_to_a_kill_is_recorded_as_it_is_spent_and_booked_once() {
         let tmp = tempfile::tempdir().unwrap();
-        let arch = Arch::sample(&mut <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(1));
+        let config = cell_config(Arch::sample(&mut <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(1)));
         let spending = |dir: &Path| SqliteStore::open_read(&dir.join("run.db")).unwrap().meta_prefixed(SPENDING).unwrap();
         let metered = |dir: &Path| {
             let seen = spending(dir);
@@ -1080,7 +1123,7 @@ mod tests {
             let mut r = Recorder::create(tmp.path()).unwrap();
             let t = Trial {
                 state: TrialState::Running,
-                ..Trial::new(0, 0, arch, Origin::Random)
+                ..Trial::new(0, 0, config.clone(), Origin::Random)
             };
             r.trial_started(&t, 0).unwrap();
             std::thread::sleep(Duration::from_millis(600));

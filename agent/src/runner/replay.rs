@@ -3,10 +3,9 @@
 //! number says what the run did there before it stopped, and what it passed over (a candidate
 //! or a promotion that did not fit the budget then, whatever the estimates say now).
 
-use autoagent_evaluator::nb201::Arch;
-
 use super::RunError;
-use crate::history::{Rung, Trial};
+use crate::configspace::Config;
+use crate::history::{Proposal, Rung, Trial};
 use crate::scheduler::Promotion;
 
 /// A recorded job: the trial as it stood after it, and which of its rungs it ran.
@@ -41,27 +40,35 @@ fn diverged(job: &PriorJob, what: String, round: usize) -> RunError {
         "the resumed run diverged from its record at trial {}: it chose {what} in round {round} where the record has {} in round {} \
          (was the run's code, proxy cache or table changed?)",
         job.trial.id,
-        job.trial.arch,
+        job.trial.config,
         job.rung().round
     ))
 }
 
-/// The next new candidate `arch` of `round` (trial number `id`), `later` the round's candidates
-/// after it, `evaluated` new trials of the round so far.
-pub(crate) fn new_candidate(prior: Option<&PriorJob>, id: usize, round: usize, arch: &Arch, later: &[Arch], evaluated: usize) -> Result<Replay, RunError> {
+/// The next new candidate `config` of `round` (trial number `id`), `later` the round's
+/// candidates after it, `evaluated` new trials of the round so far.
+pub(crate) fn new_candidate(
+    prior: Option<&PriorJob>,
+    id: usize,
+    round: usize,
+    config: &Config,
+    later: &[Config],
+    evaluated: usize,
+) -> Result<Replay, RunError> {
     let Some(job) = prior else {
         return Ok(Replay::New);
     };
     let prior_round = job.rung().round;
-    let same = |a: &Arch| a.canonical() == job.trial.arch.canonical();
+    let key = job.trial.config.key();
+    let same = |c: &Config| c.key() == key;
     if job.rung > 0 {
         return if prior_round > round && evaluated > 0 {
             Ok(Replay::EndRound)
         } else {
-            Err(diverged(job, format!("a new trial of {arch}"), round))
+            Err(diverged(job, format!("a new trial of {config}"), round))
         };
     }
-    if prior_round == round && job.trial.id == id && same(arch) {
+    if prior_round == round && job.trial.id == id && same(config) {
         return Ok(Replay::Recorded(job.trial.clone()));
     }
     if prior_round == round && later.iter().any(same) {
@@ -70,7 +77,21 @@ pub(crate) fn new_candidate(prior: Option<&PriorJob>, id: usize, round: usize, a
     if prior_round > round && evaluated > 0 {
         return Ok(Replay::EndRound);
     }
-    Err(diverged(job, arch.to_string(), round))
+    Err(diverged(job, config.to_string(), round))
+}
+
+/// Put a recorded round's candidates in their recorded order (`keys`, [`Config::key`]s; the
+/// run may have moved those its budget afforded first) and keep as many as it had; those not
+/// found keep their place after them (the run then diverges, and says so where it evaluates).
+pub(crate) fn recorded_order(fresh: &mut Vec<Proposal>, keys: &[String]) -> usize {
+    let mut rest = std::mem::take(fresh);
+    for key in keys {
+        if let Some(i) = rest.iter().position(|p| p.config.key() == *key) {
+            fresh.push(rest.remove(i));
+        }
+    }
+    fresh.extend(rest);
+    keys.len().min(fresh.len())
 }
 
 /// Which of the promotions `due` (in the scheduler's order; `trials` the history) the record

@@ -6,11 +6,10 @@
 
 use std::time::Instant;
 
-use autoagent_evaluator::nb201::Arch;
-
 use super::replay::{self, Replay};
 use super::{LlmUsage, LoopOptions, Recorder, RunError, Summary};
 use crate::budget::{Budget, Limit};
+use crate::configspace::{Config, Space};
 use crate::final_model::FinalModel;
 use crate::history::{History, Origin, Proposal, Rung, Trial, TrialState};
 use crate::ranker::{Ranker, Scored};
@@ -33,6 +32,10 @@ struct Counts {
     empty: usize,
     fallback: usize,
     explored: usize,
+    /// Rounds in a row none of whose candidates the budget left affords.
+    unaffordable: usize,
+    /// The final model's reserve was cut to its planned need ([`Loop::release_reserve`]).
+    reserve_released: bool,
 }
 
 /// The loop's parts and state.
@@ -48,6 +51,8 @@ struct Loop<'a> {
     usage: LlmUsage,
     counts: Counts,
     rng: rand_chacha::ChaCha8Rng,
+    /// The task's search space (the top-up's mutations and draws).
+    space: Space,
     started: Instant,
     /// Evaluations done (new trials and promotions): the number of the next.
     jobs: usize,
@@ -63,6 +68,7 @@ pub async fn run_loop(
     recorder: &mut Recorder,
     mut on_trial: impl FnMut(&Trial, &Budget),
 ) -> Result<(History, Summary), RunError> {
+    let space = evaluator.space().clone();
     let mut l = Loop {
         strategy,
         evaluator,
@@ -75,6 +81,7 @@ pub async fn run_loop(
         usage: LlmUsage::default(),
         counts: Counts::default(),
         rng: <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(options.seed ^ 0x5eed_f411),
+        space,
         started: Instant::now(),
         jobs: 0,
     };
@@ -117,22 +124,45 @@ impl Loop<'_> {
             }
             self.counts.empty = 0;
             let mut fresh = fresh;
-            let mut archs: Vec<Arch> = fresh.iter().map(|p| p.arch).collect();
             self.reserve_for_final();
-            let size = match self.round_size(&archs) {
-                Ok(n) => n,
-                Err(why) => return Ok(why),
+            let sized = match self.recorder.prior_round(self.counts.rounds) {
+                Some(keys) => Ok(replay::recorded_order(&mut fresh, keys)),
+                None => {
+                    self.affordable_first(&mut fresh);
+                    self.round_size(&fresh)
+                }
             };
+            let size = match sized {
+                Ok(n) => n,
+                // A space of networks of every size: the next round's may be smaller.
+                Err(_) if self.release_reserve() => continue,
+                Err(why) => {
+                    self.counts.unaffordable += 1;
+                    if self.counts.unaffordable >= self.options.max_empty_rounds {
+                        return Ok(why);
+                    }
+                    continue;
+                }
+            };
+            self.counts.unaffordable = 0;
             fresh.truncate(size);
-            archs.truncate(size);
             self.counts.rounds += 1;
             let round = self.counts.rounds - 1;
-            tracing::info!(round, candidates = fresh.len(), duplicates = self.counts.duplicates, fallback = self.counts.fallback, "round");
+            tracing::info!(
+                round,
+                candidates = fresh.len(),
+                duplicates = self.counts.duplicates,
+                fallback = self.counts.fallback,
+                "round"
+            );
             for p in &fresh {
                 self.recorder.proposal(round, p)?;
             }
-            let scored = self.rank(round, &archs)?;
+            let scored = self.rank(round, &fresh)?;
             if let Some(why) = self.evaluate_round(round, &fresh, scored.as_deref())? {
+                if self.release_reserve() {
+                    continue;
+                }
                 return Ok(why);
             }
         }
@@ -170,15 +200,16 @@ impl Loop<'_> {
         Ok(())
     }
 
-    /// The round's new candidates: the strategy's, less those isomorphic to an evaluated one or
-    /// to an earlier one of the round, topped up (see [`Loop::top_up`]).
+    /// The round's new candidates: the strategy's, less those equivalent ([`Config::key`]: an
+    /// isomorphic cell) to an evaluated one or to an earlier one of the round, topped up (see
+    /// [`Loop::top_up`]).
     fn fresh(&mut self, asked: Asked) -> Result<Vec<Proposal>, RunError> {
         self.record_asked(&asked)?;
         let mut seen: Vec<String> = Vec::new();
         let mut fresh = Vec::new();
         for p in asked.proposals {
-            let c = p.arch.canonical();
-            if self.history.seen(&p.arch) || seen.contains(&c) {
+            let c = p.config.key();
+            if self.history.seen(&p.config) || seen.contains(&c) {
                 self.counts.duplicates += 1;
                 continue;
             }
@@ -190,10 +221,10 @@ impl Loop<'_> {
     }
 
     /// A strategy that keeps proposing what was already evaluated (a small LLM can) must not
-    /// stall the run: top the round up with mutations of the best trial, or random cells. With
-    /// ranking, `explore` more candidates join the round the same way, so the proxies choose
-    /// among the strategy's proposals and cells near the best (a small LLM's proposals are near
-    /// copies of one another).
+    /// stall the run: top the round up with mutations of the best trial, or random
+    /// configurations. With ranking, `explore` more candidates join the round the same way, so
+    /// the proxies choose among the strategy's proposals and configurations near the best (a
+    /// small LLM's proposals are near copies of one another).
     fn top_up(&mut self, fresh: &mut Vec<Proposal>, mut seen: Vec<String>) {
         let options = self.options;
         let wanted = options.top_k.max(fresh.len()) + if self.ranker.is_some() { options.explore } else { 0 };
@@ -203,16 +234,18 @@ impl Loop<'_> {
             tries += 1;
             let p = match self.history.best(1).first() {
                 Some(best) => Proposal {
-                    arch: best.arch.mutate(&mut self.rng),
-                    origin: Origin::Mutation { parent: best.arch.to_string() },
+                    config: self.space.mutate(&best.config, &mut self.rng),
+                    origin: Origin::Mutation {
+                        parent: best.config.to_string(),
+                    },
                 },
                 None => Proposal {
-                    arch: Arch::sample(&mut self.rng),
+                    config: self.space.sample(&mut self.rng),
                     origin: Origin::Random,
                 },
             };
-            let c = p.arch.canonical();
-            if self.history.seen(&p.arch) || seen.contains(&c) {
+            let c = p.config.key();
+            if self.history.seen(&p.config) || seen.contains(&c) {
                 continue;
             }
             seen.push(c);
@@ -233,7 +266,24 @@ impl Loop<'_> {
             return;
         };
         let need = self.history.best(1).first().map_or(0.0, |b| self.final_need(b, b.epochs));
-        self.budget.reserved = (limit * self.options.final_fraction).max(need).min(limit);
+        let held = match self.counts.reserve_released {
+            true => need,
+            false => (limit * self.options.final_fraction).max(need),
+        };
+        self.budget.reserved = held.min(limit);
+    }
+
+    /// When the search can afford nothing more but holds back more for the final model than
+    /// its planned retraining of the incumbent needs, give the search the difference (once):
+    /// `true` if that freed anything.
+    fn release_reserve(&mut self) -> bool {
+        if self.counts.reserve_released || self.options.final_epochs.is_none() || self.history.best(1).is_empty() {
+            return false;
+        }
+        let before = self.budget.reserved;
+        self.counts.reserve_released = true;
+        self.reserve_for_final();
+        self.budget.reserved < before
     }
 
     /// The planned seconds of retraining trial `t`'s configuration for `epochs` as the final
@@ -252,7 +302,7 @@ impl Loop<'_> {
         let trained = complete.last().map_or(0, |r| r.epochs);
         let seconds: f64 = complete.iter().map(|r| r.seconds).sum();
         let measured = (trained > 0).then(|| seconds / trained as f64);
-        self.evaluator.estimate_final_seconds(&t.arch, epochs.max(1), measured)
+        self.evaluator.estimate_final_seconds(&t.config, epochs.max(1), measured)
     }
 
     /// The fidelity a new trial starts at now.
@@ -261,48 +311,61 @@ impl Loop<'_> {
         (Fidelity::new(self.options.scheduler.ladder()[start.level]), start.bracket)
     }
 
+    /// The candidates whose evaluation the budget left affords first, each part in its order
+    /// (a space of networks of every size: near the end of a budget, only small ones fit).
+    fn affordable_first(&self, fresh: &mut [Proposal]) {
+        let (fidelity, _) = self.new_fidelity();
+        let fits: Vec<bool> = fresh
+            .iter()
+            .map(|p| self.budget.affords(1, self.evaluator.estimate_seconds(&p.config, fidelity)))
+            .collect();
+        let mut order: Vec<usize> = (0..fresh.len()).collect();
+        order.sort_by_key(|&i| !fits[i]);
+        let sorted: Vec<Proposal> = order.iter().map(|&i| fresh[i].clone()).collect();
+        fresh.clone_from_slice(&sorted);
+    }
+
     /// How many of the round's candidates it ranks and chooses among: all of them when the
     /// budget affords ranking them and the cheapest evaluation; else the most that fit (ranking
     /// costs more with each), down to a single candidate evaluated unranked; `Err(why)` when not
-    /// even that fits. A resumed run's recorded rounds keep their size.
-    fn round_size(&self, archs: &[Arch]) -> Result<usize, String> {
-        if let Some(n) = self.recorder.prior_round_size(self.counts.rounds) {
-            return Ok(n.min(archs.len()));
-        }
+    /// even that fits. (A resumed run's recorded rounds keep their candidates and order.)
+    fn round_size(&self, fresh: &[Proposal]) -> Result<usize, String> {
+        let configs: Vec<Config> = fresh.iter().map(|p| p.config.clone()).collect();
         let (fidelity, _) = self.new_fidelity();
-        let estimates: Vec<f64> = archs.iter().map(|a| self.evaluator.estimate_seconds(a, fidelity)).collect();
+        let estimates: Vec<f64> = configs.iter().map(|a| self.evaluator.estimate_seconds(a, fidelity)).collect();
         let cheapest = |n: usize| estimates[..n].iter().copied().fold(f64::INFINITY, f64::min);
         let ranking = |n: usize| match (&self.ranker, n) {
-            (Some(r), 2..) => r.estimate_seconds(&archs[..n]),
+            (Some(r), 2..) => r.estimate_seconds(&configs[..n]),
             _ => 0.0,
         };
-        if let Some(n) = (1..=archs.len()).rev().find(|&n| self.budget.affords(1, ranking(n) + cheapest(n))) {
+        if let Some(n) = (1..=configs.len()).rev().find(|&n| self.budget.affords(1, ranking(n) + cheapest(n))) {
             return Ok(n);
         }
         Err(format!(
             "the budget left does not afford the next round (ranking ~{:.1} s and an evaluation ~{:.1} s)",
-            ranking(archs.len()),
-            cheapest(archs.len())
+            ranking(configs.len()),
+            cheapest(configs.len())
         ))
     }
 
     /// The proxy scores of the round's candidates (none without a ranker).
-    fn rank(&mut self, round: usize, archs: &[Arch]) -> Result<Option<Vec<Scored>>, RunError> {
+    fn rank(&mut self, round: usize, fresh: &[Proposal]) -> Result<Option<Vec<Scored>>, RunError> {
         let Some(r) = self.ranker.as_deref_mut() else {
             return Ok(None);
         };
-        if archs.len() < 2 {
+        let configs: Vec<Config> = fresh.iter().map(|p| p.config.clone()).collect();
+        if configs.len() < 2 {
             // One candidate (all the budget left affords) is evaluated unranked.
             self.recorder.proxy_scores(round, &[], &[], 0.0)?;
             return Ok(None);
         }
         self.recorder.round_started(round);
-        let (s, secs) = r.score(archs)?;
+        let (s, secs) = r.score(&configs)?;
         // A resumed run's earlier rounds cost what they cost the first time (their scores now
         // come from the cache).
         let secs = self.recorder.prior_round_seconds(round).unwrap_or(secs);
-        self.recorder.proxy_scores(round, archs, &s, secs)?;
-        tracing::info!(round, candidates = archs.len(), seconds = secs, "ranked");
+        self.recorder.proxy_scores(round, &configs, &s, secs)?;
+        tracing::info!(round, candidates = configs.len(), seconds = secs, "ranked");
         self.counts.proxy_seconds += secs;
         self.budget.spend(0, secs);
         Ok(Some(s))
@@ -322,22 +385,22 @@ impl Loop<'_> {
             if self.budget.exhausted() || self.wall_spent() {
                 break;
             }
-            let arch = fresh[i].arch;
-            let later: Vec<Arch> = order[pos + 1..].iter().map(|&j| fresh[j].arch).collect();
+            let config = fresh[i].config.clone();
+            let later: Vec<Config> = order[pos + 1..].iter().map(|&j| fresh[j].config.clone()).collect();
             let (fidelity, bracket) = self.new_fidelity();
             let id = self.history.trials.len();
-            let prior = match replay::new_candidate(self.recorder.prior_job(self.jobs).as_ref(), id, round, &arch, &later, evaluated)? {
+            let prior = match replay::new_candidate(self.recorder.prior_job(self.jobs).as_ref(), id, round, &config, &later, evaluated)? {
                 Replay::EndRound => break,
                 Replay::Skip => continue,
                 Replay::Recorded(t) => Some(t),
-                Replay::New if !self.budget.affords(1, self.evaluator.estimate_seconds(&arch, fidelity)) => continue,
+                Replay::New if !self.budget.affords(1, self.evaluator.estimate_seconds(&config, fidelity)) => continue,
                 Replay::New => None,
             };
             let trial = Trial {
                 proxies: scored.map(|s| s[i].proxies.clone()).unwrap_or_default(),
                 rank_score: scored.map(|s| s[i].rank_score),
                 bracket,
-                ..Trial::new(id, round, arch, fresh[i].origin.clone())
+                ..Trial::new(id, round, config, fresh[i].origin.clone())
             };
             self.run_new(trial, fidelity, prior)?;
             evaluated += 1;
@@ -384,7 +447,7 @@ impl Loop<'_> {
     fn affords_promotion(&self, p: &Promotion) -> bool {
         let t = &self.history.trials[p.trial];
         let fidelity = self.promotion_fidelity(p);
-        let secs = self.evaluator.estimate_seconds(&t.arch, fidelity);
+        let secs = self.evaluator.estimate_seconds(&t.config, fidelity);
         let more_reserve = (self.final_need(t, fidelity.to) - self.budget.reserved).max(0.0);
         match self.budget.limit {
             Limit::Seconds(_) => self.budget.affords(0, secs + more_reserve),
@@ -401,7 +464,7 @@ impl Loop<'_> {
             (t, w) => t.or(w),
         };
         let share = TrialLimit::of(self.budget.seconds_left(), timeout);
-        let eval = self.evaluator.evaluate_trial(&t.arch, t.id, fidelity, share);
+        let eval = self.evaluator.evaluate_trial(&t.config, t.id, fidelity, share);
         let state = eval.state();
         let rung = Rung {
             epochs: fidelity.to,
@@ -465,7 +528,7 @@ impl Loop<'_> {
     fn finished(&mut self, trial: &Trial, eval: Option<&Evaluation>) -> Result<(), RunError> {
         tracing::info!(
             trial = trial.id,
-            arch = %trial.arch,
+            config = %trial.config,
             epochs = trial.rungs.last().map(|r| r.epochs),
             state = trial.rungs.last().map_or(trial.state.name(), |r| r.state.name()),
             accuracy = trial.accuracy,
@@ -475,7 +538,12 @@ impl Loop<'_> {
             "trial"
         );
         if let Some(e) = trial.rungs.last().and_then(|r| r.error.as_ref()) {
-            tracing::warn!(trial = trial.id, "trial {} {}: {e}", trial.id, trial.rungs.last().map_or("", |r| r.state.name()));
+            tracing::warn!(
+                trial = trial.id,
+                "trial {} {}: {e}",
+                trial.id,
+                trial.rungs.last().map_or("", |r| r.state.name())
+            );
         }
         self.recorder.trial(trial, eval, self.jobs)?;
         self.jobs += 1;
@@ -530,7 +598,10 @@ impl Loop<'_> {
             Limit::Trials(_) => None,
         };
         let share = TrialLimit::of(tolerated, self.wall_left());
-        let eval = self.evaluator.train_final(&best.arch, epochs, share).unwrap_or_else(|| Evaluation::failed("no final training".into()));
+        let eval = self
+            .evaluator
+            .train_final(&best.config, epochs, share)
+            .unwrap_or_else(|| Evaluation::failed("no final training".into()));
         self.budget.spend(0, eval.seconds);
         let state = eval.state();
         Ok(FinalModel {

@@ -50,7 +50,7 @@ impl Store for MemoryStore {
     }
 
     fn put_proxy_score(&mut self, score: &ProxyScore) -> Result<(), StoreError> {
-        self.scores.insert((score.arch.clone(), score.proxy.clone()), score.clone());
+        self.scores.insert((score.candidate.clone(), score.proxy.clone()), score.clone());
         Ok(())
     }
 

@@ -23,7 +23,7 @@ use crate::llm::Exchange;
 pub use crate::history::TrialState;
 
 /// The schema version this build writes (`PRAGMA user_version` of the SQLite store).
-pub const SCHEMA_VERSION: u32 = 3;
+pub const SCHEMA_VERSION: u32 = 4;
 
 /// A trial as stored: the loop's [`Trial`] plus what the executor adds.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -47,11 +47,12 @@ pub struct ProposalRecord {
     pub proposal: Proposal,
 }
 
-/// A stored proxy score of one architecture.
+/// A stored proxy score of one candidate.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ProxyScore {
-    /// The architecture string.
-    pub arch: String,
+    /// The candidate's configuration as text ([`crate::configspace::Config`]'s `name=value`
+    /// form; `cell=ARCH` on an NB201 table).
+    pub candidate: String,
     /// The proxy.
     pub proxy: String,
     /// The score (`None` when not finite).

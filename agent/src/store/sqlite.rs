@@ -17,9 +17,9 @@ use std::time::Duration;
 use rusqlite::{params, Connection, ErrorCode, OpenFlags, OptionalExtension};
 
 use super::{Metric, ProposalRecord, ProxyScore, Store, StoreError, TrialRecord, TrialState, SCHEMA_VERSION};
+use crate::configspace::Config;
 use crate::history::{FailedProposal, Origin, Proposal, Trial};
 use crate::llm::Exchange;
-use autoagent_evaluator::nb201::Arch;
 
 /// The schema, one migration per version: `MIGRATIONS[v - 1]` takes a database from version
 /// `v - 1` to `v`.
@@ -44,6 +44,14 @@ pub const MIGRATIONS: &[&str] = &[
     "ALTER TABLE trials ADD COLUMN rungs TEXT NOT NULL DEFAULT '[]';
      ALTER TABLE trials ADD COLUMN bracket INTEGER;
      ALTER TABLE trials ADD COLUMN epochs INTEGER NOT NULL DEFAULT 0;",
+    // 4: a candidate is a configuration of the task's space (JSON), not only a cell: runs
+    // before searched cells alone, which become {"cell": arch}; proxy scores are stored by the
+    // configuration's text (`cell=ARCH` for those). `arch` keeps the cell, for reading by hand.
+    "ALTER TABLE proposals ADD COLUMN config TEXT NOT NULL DEFAULT '{}';
+     UPDATE proposals SET config = '{\"cell\":\"' || arch || '\"}';
+     ALTER TABLE trials ADD COLUMN config TEXT NOT NULL DEFAULT '{}';
+     UPDATE trials SET config = '{\"cell\":\"' || arch || '\"}';
+     UPDATE proxy_scores SET arch = 'cell=' || arch WHERE arch LIKE '|%';",
 ];
 
 /// How long a statement waits for another process's transaction before reporting a lock.
@@ -277,23 +285,29 @@ impl Store for SqliteStore {
             .query_row("SELECT COALESCE(MAX(id) + 1, 0) FROM proposals", [], |r| r.get(0))
             .map_err(|e| classify(&self.path, e))?;
         self.exec(
-            "INSERT INTO proposals (id, round, arch, origin) VALUES (?1, ?2, ?3, ?4)",
-            params![id, round as i64, proposal.arch.to_string(), encode(&proposal.origin)],
+            "INSERT INTO proposals (id, round, arch, origin, config) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![
+                id,
+                round as i64,
+                cell_text(&proposal.config),
+                encode(&proposal.origin),
+                proposal.config.to_json()
+            ],
         )?;
         Ok(id as usize)
     }
 
     fn proposals(&self) -> Result<Vec<ProposalRecord>, StoreError> {
-        let raw = self.rows("SELECT id, round, arch, origin FROM proposals ORDER BY id", [], |r| {
+        let raw = self.rows("SELECT id, round, config, origin FROM proposals ORDER BY id", [], |r| {
             Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, String>(2)?, r.get::<_, String>(3)?))
         })?;
         raw.into_iter()
-            .map(|(id, round, arch, origin)| {
+            .map(|(id, round, config, origin)| {
                 Ok(ProposalRecord {
                     id: id as usize,
                     round: round as usize,
                     proposal: Proposal {
-                        arch: parse_arch(&arch)?,
+                        config: parse_config("proposals.config", &config)?,
                         origin: decode::<Origin>("proposals.origin", &origin)?,
                     },
                 })
@@ -305,7 +319,7 @@ impl Store for SqliteStore {
         self.exec(
             "INSERT INTO proxy_scores (arch, proxy, value, ms) VALUES (?1, ?2, ?3, ?4)
              ON CONFLICT (arch, proxy) DO UPDATE SET value = excluded.value, ms = excluded.ms",
-            params![score.arch, score.proxy, score.value, score.ms],
+            params![score.candidate, score.proxy, score.value, score.ms],
         )
         .map(|_| ())
     }
@@ -313,7 +327,7 @@ impl Store for SqliteStore {
     fn proxy_scores(&self) -> Result<Vec<ProxyScore>, StoreError> {
         self.rows("SELECT arch, proxy, value, ms FROM proxy_scores ORDER BY arch, proxy", [], |r| {
             Ok(ProxyScore {
-                arch: r.get(0)?,
+                candidate: r.get(0)?,
                 proxy: r.get(1)?,
                 value: r.get(2)?,
                 ms: r.get(3)?,
@@ -325,9 +339,9 @@ impl Store for SqliteStore {
         let t = &record.trial;
         self.exec(
             "INSERT INTO trials (id, round, arch, origin, state, proxies, rank_score, accuracy, test_accuracy, seconds, error, artefacts, stderr_tail,
-                 rungs, bracket, epochs)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)
-             ON CONFLICT (id) DO UPDATE SET round = excluded.round, arch = excluded.arch, origin = excluded.origin,
+                 rungs, bracket, epochs, config)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)
+             ON CONFLICT (id) DO UPDATE SET round = excluded.round, arch = excluded.arch, config = excluded.config, origin = excluded.origin,
                  state = excluded.state, proxies = excluded.proxies, rank_score = excluded.rank_score,
                  accuracy = excluded.accuracy, test_accuracy = excluded.test_accuracy, seconds = excluded.seconds,
                  error = excluded.error, artefacts = excluded.artefacts, stderr_tail = excluded.stderr_tail,
@@ -335,7 +349,7 @@ impl Store for SqliteStore {
             params![
                 t.id as i64,
                 t.round as i64,
-                t.arch.to_string(),
+                cell_text(&t.config),
                 encode(&t.origin),
                 t.state.name(),
                 encode(&t.proxies),
@@ -349,16 +363,31 @@ impl Store for SqliteStore {
                 encode(&t.rungs),
                 t.bracket.map(|b| b as i64),
                 t.epochs as i64,
+                t.config.to_json(),
             ],
         )
         .map(|_| ())
     }
 
     fn trials(&self) -> Result<Vec<TrialRecord>, StoreError> {
-        type Raw = (i64, i64, String, String, String, String, Option<f64>, Option<f64>, Option<f64>, f64, Option<String>, String, Option<String>);
+        type Raw = (
+            i64,
+            i64,
+            String,
+            String,
+            String,
+            String,
+            Option<f64>,
+            Option<f64>,
+            Option<f64>,
+            f64,
+            Option<String>,
+            String,
+            Option<String>,
+        );
         type Fidelity = (String, Option<i64>, i64);
         let raw: Vec<(Raw, Fidelity)> = self.rows(
-            "SELECT id, round, arch, origin, state, proxies, rank_score, accuracy, test_accuracy, seconds, error, artefacts, stderr_tail,
+            "SELECT id, round, config, origin, state, proxies, rank_score, accuracy, test_accuracy, seconds, error, artefacts, stderr_tail,
                  rungs, bracket, epochs
              FROM trials ORDER BY id",
             [],
@@ -385,11 +414,14 @@ impl Store for SqliteStore {
         )?;
         raw.into_iter()
             .map(
-                |((id, round, arch, origin, state, proxies, rank_score, accuracy, test_accuracy, seconds, error, artefacts, stderr_tail), (rungs, bracket, epochs))| {
+                |(
+                    (id, round, config, origin, state, proxies, rank_score, accuracy, test_accuracy, seconds, error, artefacts, stderr_tail),
+                    (rungs, bracket, epochs),
+                )| {
                     let trial = Trial {
                         id: id as usize,
                         round: round as usize,
-                        arch: parse_arch(&arch)?,
+                        config: parse_config("trials.config", &config)?,
                         origin: decode("trials.origin", &origin)?,
                         proxies: decode("trials.proxies", &proxies)?,
                         rank_score,
@@ -475,11 +507,16 @@ impl Store for SqliteStore {
     }
 }
 
-fn parse_arch(s: &str) -> Result<Arch, StoreError> {
-    Arch::parse(s).map_err(|e| StoreError::Decode {
-        what: "arch".into(),
+fn parse_config(what: &str, s: &str) -> Result<Config, StoreError> {
+    Config::from_json(s).map_err(|e| StoreError::Decode {
+        what: what.into(),
         reason: e.to_string(),
     })
+}
+
+/// The `arch` column: the configuration's cell, empty without one.
+fn cell_text(config: &Config) -> String {
+    config.cell("cell").map(|a| a.to_string()).unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -503,12 +540,16 @@ mod tests {
                 values.push(v);
             }
         }
-        let arch: Arch = "|nor_conv_3x3~0|+|nor_conv_3x3~0|avg_pool_3x3~1|+|skip_connect~0|nor_conv_3x3~1|skip_connect~2|".parse().unwrap();
+        let arch: autoagent_evaluator::nb201::Arch = "|nor_conv_3x3~0|+|nor_conv_3x3~0|avg_pool_3x3~1|+|skip_connect~0|nor_conv_3x3~1|skip_connect~2|"
+            .parse()
+            .unwrap();
+        let config = crate::task::cell_config(arch).with("lr", crate::configspace::Value::Float(0.1));
         for (id, pair) in values.chunks(2).enumerate() {
+            let config = config.clone().with("weight_decay", crate::configspace::Value::Float(pair[0].abs()));
             let trial = Trial {
                 id,
                 round: 0,
-                arch,
+                config: config.clone(),
                 origin: Origin::Random,
                 proxies: [("synflow".to_string(), Some(pair[0])), ("naswot".to_string(), Some(pair[1]))].into(),
                 rank_score: Some(pair[1]),
@@ -517,7 +558,7 @@ mod tests {
                 seconds: pair[1].abs(),
                 state: TrialState::Complete,
                 error: None,
-                ..Trial::new(id, 0, arch, Origin::Random)
+                ..Trial::new(id, 0, config, Origin::Random)
             };
             store
                 .put_trial(&TrialRecord {
@@ -534,6 +575,7 @@ mod tests {
             assert_eq!(bits(t.proxies["naswot"]), Some(pair[1].to_bits()), "{:e}", pair[1]);
             assert_eq!(bits(t.accuracy), Some(pair[0].to_bits()));
             assert_eq!(bits(t.rank_score), Some(pair[1].to_bits()));
+            assert_eq!(bits(t.config.float("weight_decay")), Some(pair[0].abs().to_bits()));
         }
     }
 }

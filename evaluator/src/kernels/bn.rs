@@ -142,7 +142,12 @@ mod avx512 {
         while i + 64 <= n {
             for (k, a) in acc.iter_mut().enumerate() {
                 // SAFETY: elements `i + 16k ..< i + 16k + 16 <= n` of both slices.
-                let (xv, yv) = unsafe { (_mm512_maskz_loadu_ps(0xffff, xp.add(i + 16 * k)), _mm512_maskz_loadu_ps(0xffff, yp.add(i + 16 * k))) };
+                let (xv, yv) = unsafe {
+                    (
+                        _mm512_maskz_loadu_ps(0xffff, xp.add(i + 16 * k)),
+                        _mm512_maskz_loadu_ps(0xffff, yp.add(i + 16 * k)),
+                    )
+                };
                 *a = _mm512_add_ps(*a, f(xv, yv));
             }
             i += 64;
@@ -184,7 +189,13 @@ mod avx512 {
         while i < n {
             for k in 0..4 {
                 let at = i + 16 * k;
-                let m = if at >= n { 0 } else if n - at >= 16 { 0xffff } else { ((1u32 << (n - at)) - 1) as __mmask16 };
+                let m = if at >= n {
+                    0
+                } else if n - at >= 16 {
+                    0xffff
+                } else {
+                    ((1u32 << (n - at)) - 1) as __mmask16
+                };
                 // SAFETY: the lanes left on are elements `< n` of both slices.
                 let (gv, yv) = unsafe { (_mm512_maskz_loadu_ps(m, gp.wrapping_add(at)), _mm512_maskz_loadu_ps(m, yp.wrapping_add(at))) };
                 sg[k] = _mm512_add_ps(sg[k], gv);

@@ -35,8 +35,8 @@ use rayon::prelude::*;
 
 use super::bn::{bwd_coefficients, grad_sums, input_gradient_dots, input_gradient_into, input_gradient_par, plane_moments, stats_from_planes, BnStats};
 use super::conv::{flip_weight, im2col_map, inner_threads, per_thread, ConvGeom};
-use super::pool::PoolOp;
 use super::implicit::{self, PackedFilter, PaddedT};
+use super::pool::PoolOp;
 use super::{alloc_uninit, f32s, f32s_mut, supports, Float};
 
 /// What an edge of the cell computes.
@@ -325,7 +325,11 @@ impl CellOp {
             // channel pitch that spreads the planes over the cache sets); the rest through im2col.
             let kk = k * k;
             let packed: Option<Vec<PackedFilter>> = (k > 1 && implicit::available())
-                .then(|| wts.iter().map(|wt| f32s(wt).map(|wt| PackedFilter::new(c, c, kk, |i, ch, t| wt[(i * c + ch) * kk + t]))).collect())
+                .then(|| {
+                    wts.iter()
+                        .map(|wt| f32s(wt).map(|wt| PackedFilter::new(c, c, kk, |i, ch, t| wt[(i * c + ch) * kk + t])))
+                        .collect()
+                })
                 .flatten();
             let pitch = implicit::pitch(hw);
             jobs.into_par_iter().for_each(|(share, mut yj, mut pj)| {
@@ -454,7 +458,10 @@ impl CellOp {
             })
             .flatten();
         let pitch = implicit::pitch(hw);
-        let flipped: Vec<Vec<T>> = edges.iter().map(|e| if k > 1 && packed.is_none() { flip_weight(e.w, c, c, kk) } else { Vec::new() }).collect();
+        let flipped: Vec<Vec<T>> = edges
+            .iter()
+            .map(|e| if k > 1 && packed.is_none() { flip_weight(e.w, c, c, kk) } else { Vec::new() })
+            .collect();
         let fresh = gin.is_none();
         let gx = gin.get_or_insert_with(|| alloc_room(n * xs, room));
         let per = per_thread(n);
@@ -472,7 +479,11 @@ impl CellOp {
                 let mut gwt = if xt.is_some() { vec![0f32; edges.len() * c * ck] } else { Vec::new() };
                 let mut col = if k > 1 && xt.is_none() { alloc_uninit::<T>(ck * hw) } else { Vec::new() };
                 let mut gr = alloc_uninit::<T>(xs);
-                let mut gys = if packed.is_some() { alloc_uninit::<T>(edges.len() * c * pitch) } else { Vec::new() };
+                let mut gys = if packed.is_some() {
+                    alloc_uninit::<T>(edges.len() * c * pitch)
+                } else {
+                    Vec::new()
+                };
                 for (j, gxi) in gx.chunks_mut(xs).enumerate() {
                     let i = chunk * per + j;
                     let xi = &input[i * xs..(i + 1) * xs];
@@ -494,7 +505,9 @@ impl CellOp {
                                 T::matmul(c, ck, hw, &mut gws[e], ck, true, ge, (pitch, 1), &col, (1, hw), threads);
                             }
                         }
-                        let (Some(g32), Some(r32)) = (f32s(&gys), f32s_mut(&mut gr)) else { unreachable!("packed filters are f32") };
+                        let (Some(g32), Some(r32)) = (f32s(&gys), f32s_mut(&mut gr)) else {
+                            unreachable!("packed filters are f32")
+                        };
                         if let Some(xt) = &xt {
                             // gwt[e·c + co][t·c + ci] += Σ_q gyb_e[co][q] · relu(x)[ci][q + shift(t)]
                             implicit::filter_grad_f32(k, xt, edges.len() * c, g32, pitch, &mut gwt, true);

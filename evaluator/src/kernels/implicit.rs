@@ -134,13 +134,18 @@ pub(crate) fn conv_same_f32(g: &ConvGeom, f: &PackedFilter, x: &[f32], pitch: us
     assert_eq!(f.taps, g.kh * g.kw, "conv_same_f32: filter taps do not match the kernel");
     let hw = g.h * g.w;
     assert!(pitch >= hw, "conv_same_f32: channel pitch {pitch} < {hw} positions");
-    assert!((f.cin == 0 || x.len() >= (f.cin - 1) * pitch + hw) && dst.len() >= f.m * hw, "conv_same_f32: buffers too short");
+    assert!(
+        (f.cin == 0 || x.len() >= (f.cin - 1) * pitch + hw) && dst.len() >= f.m * hw,
+        "conv_same_f32: buffers too short"
+    );
     if f.m == 0 || hw == 0 {
         return;
     }
     // Each tap's flat offset, computed once (a division per tap and tile cost ~10 % on
     // 16-channel planes).
-    let shifts: Vec<isize> = (0..f.taps).map(|t| (t / g.kw) as isize * g.w as isize - (g.pad * g.w) as isize + (t % g.kw) as isize - g.pad as isize).collect();
+    let shifts: Vec<isize> = (0..f.taps)
+        .map(|t| (t / g.kw) as isize * g.w as isize - (g.pad * g.w) as isize + (t % g.kw) as isize - g.pad as isize)
+        .collect();
     im2col_simd::with_masks(g, |masks| {
         #[cfg(target_arch = "x86_64")]
         {
@@ -187,7 +192,13 @@ pub(crate) struct PaddedT {
 impl PaddedT {
     /// A zeroed buffer for `c` channels of `h × w` with a border of `pad`.
     pub(crate) fn new(c: usize, h: usize, w: usize, pad: usize) -> Self {
-        PaddedT { h, w, pad, c, data: vec![0.0; (h + 2 * pad) * (w + 2 * pad) * c] }
+        PaddedT {
+            h,
+            w,
+            pad,
+            c,
+            data: vec![0.0; (h + 2 * pad) * (w + 2 * pad) * c],
+        }
     }
 
     /// Fill the interior with `relu(x)` (when `relu`) of one sample `x (c × h·w)`.
@@ -222,9 +233,16 @@ pub(crate) fn filter_grad_f32(k: usize, xt: &PaddedT, m: usize, g: &[f32], g_pit
     assert!(available(), "filter_grad_f32 needs AVX-512F");
     let (h, w, c) = (xt.h, xt.w, xt.c);
     assert!(c.is_multiple_of(16), "filter_grad_f32: {c} channels, not a multiple of 16");
-    assert!(k % 2 == 1 && xt.pad == k / 2, "filter_grad_f32: kernel {k} does not match the padding {}", xt.pad);
+    assert!(
+        k % 2 == 1 && xt.pad == k / 2,
+        "filter_grad_f32: kernel {k} does not match the padding {}",
+        xt.pad
+    );
     let taps = k * k;
-    assert!(m == 0 || (g.len() >= (m - 1) * g_pitch + h * w && g_pitch >= h * w), "filter_grad_f32: gradient too short");
+    assert!(
+        m == 0 || (g.len() >= (m - 1) * g_pitch + h * w && g_pitch >= h * w),
+        "filter_grad_f32: gradient too short"
+    );
     assert!(dst.len() >= m * taps * c, "filter_grad_f32: output too short");
     if m == 0 || h * w == 0 {
         return;
@@ -478,7 +496,13 @@ mod avx512 {
                         let mut bp = xp.wrapping_add(((q0 / w) * w2 + x) * c);
                         for _ in 0..qn {
                             // SAFETY: rows of the padded input.
-                            let bv = unsafe { [_mm512_maskz_loadu_ps(0xffff, bp.wrapping_add(o0)), _mm512_maskz_loadu_ps(0xffff, bp.wrapping_add(o1)), _mm512_maskz_loadu_ps(0xffff, bp.wrapping_add(o2))] };
+                            let bv = unsafe {
+                                [
+                                    _mm512_maskz_loadu_ps(0xffff, bp.wrapping_add(o0)),
+                                    _mm512_maskz_loadu_ps(0xffff, bp.wrapping_add(o1)),
+                                    _mm512_maskz_loadu_ps(0xffff, bp.wrapping_add(o2)),
+                                ]
+                            };
                             unroll!(r < MR => {
                                 // SAFETY: row `r` of this position in the packed block.
                                 let a = _mm512_broadcastss_ps(unsafe { _mm_load_ss(ap.wrapping_add(r)) });

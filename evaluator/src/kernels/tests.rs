@@ -317,7 +317,15 @@ fn implicit_convolution_matches_im2col_and_a_naive_product() {
         return;
     }
     // m, cin, h, w, k
-    for &(m, cin, h, w, k) in &[(16, 16, 32, 32, 3), (13, 5, 7, 5, 3), (8, 3, 8, 8, 3), (24, 7, 16, 16, 3), (3, 2, 6, 9, 5), (9, 4, 4, 4, 1), (5, 1, 1, 3, 3)] {
+    for &(m, cin, h, w, k) in &[
+        (16, 16, 32, 32, 3),
+        (13, 5, 7, 5, 3),
+        (8, 3, 8, 8, 3),
+        (24, 7, 16, 16, 3),
+        (3, 2, 6, 9, 5),
+        (9, 4, 4, 4, 1),
+        (5, 1, 1, 3, 3),
+    ] {
         let taps = k * k;
         let g = ConvGeom::same(1, cin, m, h, w, k);
         let hw = h * w;
@@ -348,7 +356,10 @@ fn implicit_convolution_matches_im2col_and_a_naive_product() {
                         }
                     }
                     let got = dst[i * hw + q] as f64;
-                    assert!((got - want).abs() < 1e-4 * (1.0 + want.abs()), "m={m} cin={cin} {h}x{w} k={k} acc={acc}: ({i}, {q}) {got} vs {want}");
+                    assert!(
+                        (got - want).abs() < 1e-4 * (1.0 + want.abs()),
+                        "m={m} cin={cin} {h}x{w} k={k} acc={acc}: ({i}, {q}) {got} vs {want}"
+                    );
                 }
             }
         }
@@ -391,7 +402,10 @@ fn implicit_weight_gradient_matches_a_naive_product() {
                             want += gv[i * hw + q] as f64 * col[(ch * taps + t) * hw + q];
                         }
                         let got = dst[(i * taps + t) * c + ch] as f64;
-                        assert!((got - want).abs() < 1e-4 * (1.0 + want.abs()), "m={m} c={c} {h}x{w} k={k} acc={acc}: ({i}, {t}, {ch}) {got} vs {want}");
+                        assert!(
+                            (got - want).abs() < 1e-4 * (1.0 + want.abs()),
+                            "m={m} c={c} {h}x{w} k={k} acc={acc}: ({i}, {t}, {ch}) {got} vs {want}"
+                        );
                     }
                 }
             }
