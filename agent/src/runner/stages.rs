@@ -315,14 +315,8 @@ impl Loop<'_> {
     /// (a space of networks of every size: near the end of a budget, only small ones fit).
     fn affordable_first(&self, fresh: &mut [Proposal]) {
         let (fidelity, _) = self.new_fidelity();
-        let fits: Vec<bool> = fresh
-            .iter()
-            .map(|p| self.budget.affords(1, self.evaluator.estimate_seconds(&p.config, fidelity)))
-            .collect();
-        let mut order: Vec<usize> = (0..fresh.len()).collect();
-        order.sort_by_key(|&i| !fits[i]);
-        let sorted: Vec<Proposal> = order.iter().map(|&i| fresh[i].clone()).collect();
-        fresh.clone_from_slice(&sorted);
+        // A stable sort: each part keeps its order.
+        fresh.sort_by_cached_key(|p| !self.budget.affords(1, self.evaluator.estimate_seconds(&p.config, fidelity)));
     }
 
     /// How many of the round's candidates it ranks and chooses among: all of them when the
