@@ -39,6 +39,9 @@ pub struct Evaluation {
     pub artefacts: Vec<String>,
     /// The end of the evaluation's stderr (trials in child processes).
     pub stderr_tail: Option<String>,
+    /// Epochs trained in all, when the evaluation says (a final model that ended early when its
+    /// time ran short trained fewer than asked).
+    pub epochs: Option<usize>,
 }
 
 /// How far an evaluation trains: from the epochs a trial's checkpoint has done (`from`, 0 for

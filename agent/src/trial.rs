@@ -191,6 +191,9 @@ pub enum TrialEvent {
         flops: f64,
         /// Files written (absolute or relative to the working directory).
         artefacts: Vec<PathBuf>,
+        /// Epochs trained in all (fewer than asked when a time limit ended the training).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        epochs: Option<usize>,
     },
 }
 
@@ -319,9 +322,14 @@ pub fn run(spec: &TrialSpec, emit: &mut dyn FnMut(&TrialEvent)) -> Result<(), Tr
         params: report.params,
         flops: report.flops,
         artefacts,
+        epochs: Some(report.epochs),
     });
     Ok(())
 }
+
+/// The share of a final model's time limit its training may use (the rest: loading the data,
+/// measuring the test split, saving the weights).
+const FINAL_TRAINING_SHARE: f64 = 0.9;
 
 /// Runs each trial as a child process (`<exe> trial --spec FILE`), one at a time per device.
 pub struct ProcessEvaluator {
@@ -534,6 +542,8 @@ impl Evaluator for ProcessEvaluator {
             ..self.base.clone()
         };
         spec.train.epochs = epochs;
+        // The training ends early rather than be stopped, leaving time to measure the test split.
+        spec.train.time_limit = limit.map(|l| FINAL_TRAINING_SHARE * l.seconds);
         Some(self.run_process(&spec, &dir, limit))
     }
 }
@@ -642,9 +652,11 @@ impl ProcessEvaluator {
                     test_accuracy,
                     device_seconds,
                     artefacts,
+                    epochs,
                     ..
                 } => {
                     result = true;
+                    eval.epochs = *epochs;
                     eval.accuracy = *accuracy;
                     eval.test_accuracy = *test_accuracy;
                     eval.seconds = *device_seconds;
@@ -715,6 +727,7 @@ mod tests {
             params: 1,
             flops: 1.0,
             artefacts: Vec::new(),
+            epochs: None,
         };
         let script = dir.join("fake-trial");
         std::fs::write(&script, format!("#!/bin/sh\necho '{}'\nsleep {exit_after}\nexit 0\n", finished.line())).unwrap();

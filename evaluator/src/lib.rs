@@ -7,7 +7,8 @@
 //! - [`kernels`]: fast CPU convolution and average pooling with gradients of any order;
 //! - [`data`]: CIFAR-10/100, MNIST and Fashion-MNIST in their official formats, downloaded into a
 //!   cache with checksums;
-//! - [`train`]: SGD training with NB201's protocol and test accuracy.
+//! - [`train`]: SGD training with NB201's protocol and test accuracy;
+//! - [`tabular`]: a user's CSV as a task: column types, the target's problem, metrics, splits.
 
 #![warn(missing_docs)]
 
@@ -26,6 +27,7 @@ pub mod net;
 pub mod proxy;
 pub mod sgemm;
 pub mod table;
+pub mod tabular;
 pub mod train;
 
 pub use error::{Error, Result};

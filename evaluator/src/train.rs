@@ -65,6 +65,13 @@ pub struct TrainConfig {
     /// accuracies are unaffected. Left out of the serialised form when 0.
     #[serde(skip_serializing_if = "is_zero_f64")]
     pub label_smoothing: f64,
+    /// Seconds from the start of training after which no epoch starts that the epochs so far
+    /// say would not end in time: the training then ends early with the weights it has (the
+    /// learning rate not annealed to 0) and reports the epochs it trained. `None` (the default)
+    /// trains every epoch. A run's final model uses it so that a budget that ran short still
+    /// leaves a model measured on the test split.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub time_limit: Option<f64>,
 }
 
 fn is_zero(v: &usize) -> bool {
@@ -91,6 +98,7 @@ impl Default for TrainConfig {
             seed: 0,
             cutout: 0,
             label_smoothing: 0.0,
+            time_limit: None,
         }
     }
 }
@@ -609,6 +617,15 @@ pub fn train(
     train_with(net_cfg, cfg, splits, select, device, &files, progress)
 }
 
+/// Whether the next epoch would end past `limit` seconds, at the mean length of the epochs in
+/// `history`, `elapsed` seconds into the training (never before the first epoch).
+fn out_of_time(limit: Option<f64>, elapsed: f64, history: &[EpochReport]) -> bool {
+    match (limit, history.is_empty()) {
+        (Some(limit), false) => elapsed + history.iter().map(|r| r.seconds).sum::<f64>() / history.len() as f64 > limit,
+        _ => false,
+    }
+}
+
 /// [`train`], possibly continued from a checkpoint and leaving one (see [`TrainFiles`]).
 ///
 /// The learning rate follows a cosine from `cfg.lr` to 0 over the epochs this call trains: a
@@ -641,6 +658,9 @@ pub fn train_with(
     let mut best: Option<(usize, f64, Snapshot)> = None;
     let mut train_secs = 0.0;
     for epoch in start_epoch + 1..=cfg.epochs {
+        if out_of_time(cfg.time_limit, started.elapsed().as_secs_f64(), &history) {
+            break;
+        }
         let t0 = Instant::now();
         let (train_loss, train_acc, lr) = t.epoch(epoch, progress)?;
         train_secs += t0.elapsed().as_secs_f64();
@@ -664,15 +684,16 @@ pub fn train_with(
         }
         history.push(report);
     }
+    let trained = history.last().map_or(start_epoch, |r| r.epoch);
     if let Some(path) = files.checkpoint {
-        crate::checkpoint::save(&t.model, &t.opt, cfg.epochs, path)?;
+        crate::checkpoint::save(&t.model, &t.opt, trained, path)?;
     }
     let (selected_epoch, valid_acc) = match best {
         Some((epoch, acc, snapshot)) => {
             snapshot.restore(&mut t.model)?;
             (epoch, Some(acc))
         }
-        None => (cfg.epochs, history.last().and_then(|r| r.valid_acc)),
+        None => (trained, history.last().and_then(|r| r.valid_acc)),
     };
     if let Some(path) = files.weights {
         save_weights(&t.model, path)?;
@@ -686,7 +707,7 @@ pub fn train_with(
         arch: net_cfg.arch.to_string(),
         params: t.model.param_count(),
         flops: net_cfg.flops(),
-        epochs: cfg.epochs,
+        epochs: trained,
         start_epoch,
         train_seconds: elapsed,
         device_seconds: elapsed,
@@ -698,7 +719,7 @@ pub fn train_with(
         selected_epoch,
         valid_acc,
         test_acc,
-        train_images_per_s: (splits.train.n * (cfg.epochs - start_epoch)) as f64 / train_secs.max(1e-9),
+        train_images_per_s: (splits.train.n * (trained - start_epoch)) as f64 / train_secs.max(1e-9),
         weights: files.weights.map(Path::to_path_buf),
         history,
         config: cfg.clone(),
@@ -835,6 +856,22 @@ pub fn device_name(d: &Device) -> String {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_time_limit_stops_before_an_epoch_that_would_end_past_it() {
+        let epoch = |seconds| EpochReport {
+            epoch: 1,
+            train_loss: 0.0,
+            train_acc: 0.0,
+            valid_acc: None,
+            lr: 0.0,
+            seconds,
+        };
+        assert!(!out_of_time(None, 1e9, &[epoch(10.0)]));
+        assert!(!out_of_time(Some(1.0), 5.0, &[]), "the first epoch always runs");
+        assert!(!out_of_time(Some(30.0), 20.0, &[epoch(8.0), epoch(12.0)]));
+        assert!(out_of_time(Some(30.0), 21.0, &[epoch(8.0), epoch(12.0)]));
+    }
     use super::*;
     use rand_chacha::ChaCha8Rng;
 

@@ -921,10 +921,17 @@ mod tests {
         assert_eq!(s.stopped, "budget spent");
     }
 
-    /// Evaluations of 1 s; cells of odd ordinal are announced (and cost) far more than any
-    /// budget, or every cell is when `all_dear`.
+    /// Evaluations of 1 s; cells of odd ordinal are announced (and cost) `dear` seconds (by
+    /// default far more than any budget), or every cell is when `all_dear`.
     struct Priced {
         all_dear: bool,
+        dear: f64,
+    }
+
+    impl Priced {
+        fn new(all_dear: bool) -> Self {
+            Priced { all_dear, dear: 1e9 }
+        }
     }
 
     impl Evaluator for Priced {
@@ -938,7 +945,7 @@ mod tests {
 
         fn estimate_seconds(&self, config: &Config, _fidelity: Fidelity) -> f64 {
             if self.all_dear || cell(config).ordinal() % 2 == 1 {
-                1e9
+                self.dear
             } else {
                 1.0
             }
@@ -953,13 +960,17 @@ mod tests {
     }
 
     fn run_priced(recorder: &mut Recorder, limit: Limit, all_dear: bool) -> (History, Summary) {
+        run_priced_by(recorder, limit, &mut Priced::new(all_dear))
+    }
+
+    fn run_priced_by(recorder: &mut Recorder, limit: Limit, evaluator: &mut Priced) -> (History, Summary) {
         let mut strategy = RandomSearch::new(cells().clone(), 5);
         let mut budget = Budget::new(limit);
         let options = test_options(8, 5);
         let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
         rt.block_on(run_loop(
             &mut strategy,
-            &mut Priced { all_dear },
+            evaluator,
             None,
             &mut budget,
             &options,
@@ -983,6 +994,22 @@ mod tests {
         let (again, s2) = run_priced(&mut recorder, Limit::Seconds(30.0), true);
         assert_eq!(again.trials.len(), 30);
         assert_eq!(s2.best, s.best);
+    }
+
+    #[test]
+    fn new_trials_within_a_share_of_a_time_budget_go_first_and_dear_ones_run_when_nothing_else_fits() {
+        // 10-s first rungs are a quarter of a 40-s budget, past the share a first rung may take
+        // while 1-s candidates are at hand (the fixture's 5m run spent 41 % on one trial).
+        let tmp = tempfile::tempdir().unwrap();
+        let mut recorder = Recorder::create(tmp.path()).unwrap();
+        let (history, s) = run_priced_by(&mut recorder, Limit::Seconds(40.0), &mut Priced { all_dear: false, dear: 10.0 });
+        assert!(history.trials.iter().all(|t| cell(&t.config).ordinal() % 2 == 0), "{:?}", history.trials);
+        assert_eq!(s.trials, 40);
+        // A space of dear networks only still trains.
+        let tmp = tempfile::tempdir().unwrap();
+        let mut recorder = Recorder::create(tmp.path()).unwrap();
+        let (_, s) = run_priced_by(&mut recorder, Limit::Seconds(40.0), &mut Priced { all_dear: true, dear: 10.0 });
+        assert_eq!(s.trials, 4, "{}", s.stopped);
     }
 
     fn run_into(recorder: &mut Recorder, limit: Limit) -> Result<Summary, RunError> {

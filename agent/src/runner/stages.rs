@@ -23,6 +23,11 @@ const FINAL_MARGIN: f64 = 1.1;
 /// The share of a time budget the final model may overrun it by, rather than be stopped.
 const OVERRUN_ALLOWED: f64 = 0.05;
 
+/// The largest share of a time budget a new trial's first rung may be estimated to take while
+/// cheaper candidates are at hand: many short first rungs (Hyperband's point), not one network
+/// that eats the budget before anything is compared.
+const FIRST_RUNG_SHARE: f64 = 0.125;
+
 /// What the loop counts for the summary.
 #[derive(Debug, Default)]
 struct Counts {
@@ -311,12 +316,35 @@ impl Loop<'_> {
         (Fidelity::new(self.options.scheduler.ladder()[start.level]), start.bracket)
     }
 
-    /// The candidates whose evaluation the budget left affords first, each part in its order
-    /// (a space of networks of every size: near the end of a budget, only small ones fit).
+    /// The candidates whose evaluation the budget left affords first, those within the first
+    /// rung's share ([`FIRST_RUNG_SHARE`]) before the others, each part in its order (a space of
+    /// networks of every size: near the end of a budget, only small ones fit).
     fn affordable_first(&self, fresh: &mut [Proposal]) {
         let (fidelity, _) = self.new_fidelity();
         // A stable sort: each part keeps its order.
-        fresh.sort_by_cached_key(|p| !self.budget.affords(1, self.evaluator.estimate_seconds(&p.config, fidelity)));
+        fresh.sort_by_cached_key(|p| {
+            let secs = self.evaluator.estimate_seconds(&p.config, fidelity);
+            match (self.budget.affords(1, secs), self.within_share(secs)) {
+                (true, true) => 0,
+                (true, false) => 1,
+                (false, _) => 2,
+            }
+        });
+    }
+
+    /// Whether a new trial estimated at `secs` for its first rung stays within the share of a
+    /// time budget a first rung may take (always, with a trial budget).
+    fn within_share(&self, secs: f64) -> bool {
+        match self.budget.limit {
+            Limit::Seconds(limit) => secs <= FIRST_RUNG_SHARE * limit,
+            Limit::Trials(_) => true,
+        }
+    }
+
+    /// Whether the budget affords a new trial at `secs`; while the round has candidates within
+    /// the first rung's share (`capped`), only those.
+    fn affords_new(&self, secs: f64, capped: bool) -> bool {
+        self.budget.affords(1, secs) && (!capped || self.within_share(secs))
     }
 
     /// How many of the round's candidates it ranks and chooses among: all of them when the
@@ -369,6 +397,7 @@ impl Loop<'_> {
     /// each after the promotions due; `Some(why)` when nothing could be evaluated.
     fn evaluate_round(&mut self, round: usize, fresh: &[Proposal], scored: Option<&[Scored]>) -> Result<Option<String>, RunError> {
         let order = scored.map_or_else(|| (0..fresh.len()).collect(), crate::ranker::evaluation_order);
+        let capped = self.any_within_share(fresh);
         let (mut evaluated, mut promoted) = (0, 0);
         for (pos, &i) in order.iter().enumerate() {
             if evaluated == self.options.top_k || self.budget.exhausted() || self.wall_spent() {
@@ -387,7 +416,7 @@ impl Loop<'_> {
                 Replay::EndRound => break,
                 Replay::Skip => continue,
                 Replay::Recorded(t) => Some(t),
-                Replay::New if !self.budget.affords(1, self.evaluator.estimate_seconds(&config, fidelity)) => continue,
+                Replay::New if !self.affords_new(self.evaluator.estimate_seconds(&config, fidelity), capped) => continue,
                 Replay::New => None,
             };
             let trial = Trial {
@@ -404,6 +433,16 @@ impl Loop<'_> {
             return Ok(Some("the budget left does not afford the next evaluation".to_string()));
         }
         Ok(None)
+    }
+
+    /// Whether any of the round's candidates is affordable within the first rung's share (else
+    /// the round takes any the budget affords: a space narrowed to large networks still runs).
+    fn any_within_share(&self, fresh: &[Proposal]) -> bool {
+        let (fidelity, _) = self.new_fidelity();
+        fresh.iter().any(|p| {
+            let secs = self.evaluator.estimate_seconds(&p.config, fidelity);
+            self.affords_new(secs, true)
+        })
     }
 
     /// Run the promotions the scheduler has due, in its order, that fit (or that the record
@@ -570,11 +609,13 @@ impl Loop<'_> {
         if estimate(max_epochs).is_none() {
             return Ok(None);
         }
-        let left = self.budget.seconds_left();
-        // Planned with a tenth to spare: the estimate comes from the search's trials, which
-        // trained on fewer images and did not measure the test split.
+        // Planned with a tenth to spare (the estimate comes from the search's trials, which
+        // trained on fewer images and did not measure the test split) within what is left;
+        // when not even the searched epochs fit, within the overrun the final model may use.
         let planned = |e: usize| FINAL_MARGIN * estimate(e).unwrap_or(f64::INFINITY);
-        let f = match crate::final_model::epochs(&best, max_epochs, left, planned) {
+        let plan = crate::final_model::epochs(&best, max_epochs, self.budget.seconds_left(), planned)
+            .or_else(|_| crate::final_model::epochs(&best, max_epochs, self.tolerated_seconds(), planned));
+        let f = match plan {
             Err(why) => FinalModel::skipped(&best, why),
             Ok(epochs) => self.train_final(&best, epochs)?,
         };
@@ -583,27 +624,33 @@ impl Loop<'_> {
         Ok(Some(f))
     }
 
-    fn train_final(&mut self, best: &Trial, epochs: usize) -> Result<FinalModel, RunError> {
-        self.recorder.final_started();
-        // It may overrun the budget by what the budget allows (5 %) rather than be lost at
-        // the last second.
-        let tolerated = match self.budget.limit {
+    /// The seconds left of a time budget and the overrun the final model may use (5 %)
+    /// rather than be lost at the last second; `None` without a time limit.
+    fn tolerated_seconds(&self) -> Option<f64> {
+        match self.budget.limit {
             Limit::Seconds(limit) => self.budget.seconds_left().map(|l| l + OVERRUN_ALLOWED * limit),
             Limit::Trials(_) => None,
-        };
-        let share = TrialLimit::of(tolerated, self.wall_left());
+        }
+    }
+
+    fn train_final(&mut self, best: &Trial, epochs: usize) -> Result<FinalModel, RunError> {
+        self.recorder.final_started();
+        let share = TrialLimit::of(self.tolerated_seconds(), self.wall_left());
         let eval = self
             .evaluator
             .train_final(&best.config, epochs, share)
             .unwrap_or_else(|| Evaluation::failed("no final training".into()));
         self.budget.spend(0, eval.seconds);
         let state = eval.state();
+        let trained = eval.epochs.unwrap_or(epochs);
+        let short = (trained < epochs && eval.error.is_none())
+            .then(|| format!("trained {trained} of {epochs} planned epochs: the budget ran short (the learning rate was not annealed to 0)"));
         Ok(FinalModel {
-            epochs,
+            epochs: trained,
             test_accuracy: eval.test_accuracy,
             seconds: eval.seconds,
             state: state.name().into(),
-            reason: eval.error.clone(),
+            reason: eval.error.clone().or(short),
             artefacts: eval.artefacts.clone(),
             ..FinalModel::skipped(best, String::new())
         })

@@ -1,0 +1,27 @@
+//! Tabular tasks: a user's CSV with a target column.
+//!
+//! - [`read`]: the CSV into a [`Frame`] of numeric and categorical columns, missing tokens;
+//! - [`dataset`]: the target (its [`Problem`], inferred by a documented rule) and the feature
+//!   columns with their kinds, less identifiers, free text, empty and constant columns;
+//! - [`metrics`]: ROC-AUC, log-loss, accuracy, RMSE, R², computed one way for every tool;
+//! - [`split`]: fixed test splits, stratified k-fold cross-validation and hold-outs.
+
+pub mod dataset;
+pub mod error;
+pub mod frame;
+pub mod matrix;
+pub mod metrics;
+pub mod preprocess;
+pub mod problem;
+pub mod read;
+pub mod split;
+
+pub use dataset::{Dropped, Feature, TabularData, Target, TargetValues};
+pub use error::TabularError;
+pub use frame::{Column, ColumnData, FeatureKind, Frame};
+pub use matrix::Matrix;
+pub use metrics::{Metric, Truth};
+pub use preprocess::{Encode, Impute, Preprocess, Preprocessor, Scale};
+pub use problem::Problem;
+pub use read::{read_csv, ReadOptions};
+pub use split::{Fold, SplitFile, Validation};
