@@ -2,8 +2,9 @@
 # Installs the build tools LightGBM needs (the `lightgbm3` crate builds LightGBM from its C++
 # sources with CMake >= 3.28 and generates its bindings with libclang) into target/build-tools,
 # from the Python package index (packages `cmake` and `libclang`), so no system package and no
-# root is needed. .cargo/config.toml points cargo at them (CMAKE, LIBCLANG_PATH). Idempotent: a
-# second run only checks.
+# root is needed. .cargo/config.toml points cargo at them (CMAKE, LIBCLANG_PATH) and at the C
+# compiler's own headers (CPLUS_INCLUDE_PATH: the libclang wheel ships no stddef.h). Idempotent:
+# a second run only checks.
 #
 #   scripts/setup-build.sh && cargo build
 set -euo pipefail
@@ -22,5 +23,6 @@ mkdir -p "$tools/bin" "$tools/lib"
 ln -sfr "$tools/venv/bin/cmake" "$tools/bin/cmake"
 native=$("$vpy" -c 'import clang, pathlib; print(pathlib.Path(clang.__file__).parent / "native")')
 ln -sfr "$native/libclang.so" "$tools/lib/libclang.so"
+ln -sfn "$(cc -print-file-name=include)" "$tools/cc-include"
 "$tools/bin/cmake" --version | head -1 >&2
 [ -e "$tools/lib/libclang.so" ] || { echo "error: libclang.so missing under $native" >&2; exit 1; }

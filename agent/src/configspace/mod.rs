@@ -23,6 +23,7 @@ mod param;
 mod random;
 mod schema;
 mod space;
+mod tabular;
 mod value;
 mod vision;
 
@@ -32,6 +33,7 @@ pub use error::Error;
 pub use param::{Condition, Kind, Param};
 pub use schema::{cell_pattern, REASON_MAX_CHARS};
 pub use space::Space;
+pub use tabular::{pipeline, tabular_space, FAMILIES};
 pub use value::Value;
 pub use vision::{cell_space, vision_space, Augment, VisionConfig, MEDIAN_CELL};
 

@@ -4,13 +4,20 @@
 //! - [`dataset`]: the target (its [`Problem`], inferred by a documented rule) and the feature
 //!   columns with their kinds, less identifiers, free text, empty and constant columns;
 //! - [`metrics`]: ROC-AUC, log-loss, accuracy, RMSE, R², computed one way for every tool;
-//! - [`split`]: fixed test splits, stratified k-fold cross-validation and hold-outs.
+//! - [`split`]: fixed test splits, stratified k-fold cross-validation and hold-outs;
+//! - [`preprocess`]: imputation, indicators, categorical encodings, scaling, selection;
+//! - [`learn`]: the model families (LightGBM trees and forests, linear models, k-NN);
+//! - [`pipeline`]: preprocessing and a learner, validated out of fold and fitted;
+//! - [`ensemble`]: greedy ensemble selection over the pipelines' out-of-fold predictions.
 
 pub mod dataset;
+pub mod ensemble;
 pub mod error;
 pub mod frame;
+pub mod learn;
 pub mod matrix;
 pub mod metrics;
+pub mod pipeline;
 pub mod preprocess;
 pub mod problem;
 pub mod read;
@@ -21,6 +28,7 @@ pub use error::TabularError;
 pub use frame::{Column, ColumnData, FeatureKind, Frame};
 pub use matrix::Matrix;
 pub use metrics::{Metric, Truth};
+pub use pipeline::{FittedPipeline, Pipeline, Validated};
 pub use preprocess::{Encode, Impute, Preprocess, Preprocessor, Scale};
 pub use problem::Problem;
 pub use read::{read_csv, ReadOptions};

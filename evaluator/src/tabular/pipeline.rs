@@ -1,0 +1,133 @@
+//! A pipeline: preprocessing and a learner, validated on folds of the training rows (the
+//! out-of-fold predictions are kept: the ensemble is built from them) and fitted once on all
+//! of them for the final model.
+
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+
+use super::dataset::{TabularData, TargetValues};
+use super::learn::{target_numbers, Fit, Fitted, LearnError, Learner};
+use super::matrix::Matrix;
+use super::metrics::{Metric, Truth};
+use super::preprocess::{Preprocess, Preprocessor};
+use super::split::Fold;
+
+/// Preprocessing and a learner.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Pipeline {
+    /// The preprocessing.
+    pub preprocess: Preprocess,
+    /// The learner.
+    pub learner: Learner,
+}
+
+/// How a pipeline did on the folds.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Validated {
+    /// Out-of-fold predictions of the validated rows, in row order (rows × classes, or a value
+    /// a row); rows no fold predicts (a hold-out's training rows) are `NaN`.
+    pub oof: Vec<f64>,
+    /// The metric over the rows predicted.
+    pub score: f64,
+    /// The metric of each fold.
+    pub fold_scores: Vec<f64>,
+    /// The trees each fold's boosting kept (empty for other learners).
+    pub trees: Vec<usize>,
+    /// Seconds it took.
+    pub seconds: f64,
+}
+
+/// A pipeline fitted on all the training rows.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FittedPipeline {
+    /// The pipeline.
+    pub pipeline: Pipeline,
+    /// Its fitted preprocessing.
+    pub preprocessor: Preprocessor,
+    /// Its fitted model.
+    pub model: Fitted,
+}
+
+/// The width of a prediction row: the classes, or 1 for a value.
+pub fn width(y: &TargetValues) -> usize {
+    match y {
+        TargetValues::Classes { classes, .. } => classes.len(),
+        TargetValues::Values(_) => 1,
+    }
+}
+
+/// `metric` of predictions `pred` of the rows `rows` of `y` (predictions in the rows' order).
+pub fn score(metric: Metric, y: &TargetValues, rows: &[usize], pred: &[f64]) -> f64 {
+    match y.take(rows) {
+        TargetValues::Classes { codes, .. } => metric.score(&Truth::Classes(&codes), pred),
+        TargetValues::Values(v) => metric.score(&Truth::Values(&v), pred),
+    }
+}
+
+impl Pipeline {
+    fn fit_context<'a>(&self, data: &TabularData, threads: usize, seed: u64, valid: Option<(&'a Matrix, &'a [f64])>) -> Fit<'a> {
+        Fit {
+            problem: data.target.problem,
+            classes: width(&data.target.values).max(1),
+            threads,
+            seed,
+            valid,
+        }
+    }
+
+    /// Fit on `rows` of `data` (indices into its rows).
+    pub fn fit(&self, data: &TabularData, rows: &[usize], threads: usize, seed: u64) -> Result<FittedPipeline, LearnError> {
+        let (preprocessor, x) = Preprocessor::fit_transform(&self.preprocess, &data.features, &data.target.values, rows, seed);
+        let y = target_numbers(&data.target.values.take(rows));
+        let model = self.learner.fit(&x, &y, &self.fit_context(data, threads, seed, None))?;
+        Ok(FittedPipeline {
+            pipeline: self.clone(),
+            preprocessor,
+            model,
+        })
+    }
+
+    /// Validate on `folds`: fit each fold's training rows, predict its validation rows (boosting
+    /// stops early on them), and score the out-of-fold predictions with `metric`.
+    pub fn validate(&self, data: &TabularData, folds: &[Fold], metric: Metric, threads: usize, seed: u64) -> Result<Validated, LearnError> {
+        let started = Instant::now();
+        let w = width(&data.target.values);
+        let mut oof = vec![f64::NAN; data.len() * w];
+        let (mut fold_scores, mut trees, mut predicted) = (Vec::new(), Vec::new(), Vec::new());
+        for (k, fold) in folds.iter().enumerate() {
+            let fold_seed = seed.wrapping_add(k as u64);
+            let (pre, x) = Preprocessor::fit_transform(&self.preprocess, &data.features, &data.target.values, &fold.train, fold_seed);
+            let vx = pre.transform(&data.features, &fold.valid);
+            let y = target_numbers(&data.target.values.take(&fold.train));
+            let vy = target_numbers(&data.target.values.take(&fold.valid));
+            let model = self.learner.fit(&x, &y, &self.fit_context(data, threads, fold_seed, Some((&vx, &vy))))?;
+            if let Fitted::Gbm(g) = &model {
+                trees.push(g.trees);
+            }
+            let p = model.predict(&vx, threads)?;
+            fold_scores.push(score(metric, &data.target.values, &fold.valid, &p));
+            for (i, &r) in fold.valid.iter().enumerate() {
+                oof[r * w..(r + 1) * w].copy_from_slice(&p[i * w..(i + 1) * w]);
+            }
+            predicted.extend_from_slice(&fold.valid);
+        }
+        predicted.sort_unstable();
+        let pred: Vec<f64> = predicted.iter().flat_map(|&r| oof[r * w..(r + 1) * w].to_vec()).collect();
+        Ok(Validated {
+            score: score(metric, &data.target.values, &predicted, &pred),
+            oof,
+            fold_scores,
+            trees,
+            seconds: started.elapsed().as_secs_f64(),
+        })
+    }
+}
+
+impl FittedPipeline {
+    /// Predictions for `rows` of `data`'s features (a file read later: columns by name).
+    pub fn predict(&self, data_features: &[super::dataset::Feature], rows: &[usize], threads: usize) -> Result<Vec<f64>, LearnError> {
+        let x = self.preprocessor.transform(data_features, rows);
+        self.model.predict(&x, threads)
+    }
+}
