@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use autoagent_agent::budget::{Budget, Limit};
-use autoagent_agent::configspace::{cell_space, vision_space, Config, Space};
+use autoagent_agent::configspace::{cell_space, tabular_space, vision_space, Config, Space};
 use autoagent_agent::history::Trial;
 use autoagent_agent::llm::config::{build_backend, LlmConfig};
 use autoagent_agent::llm::replay::Replay;
@@ -16,6 +16,7 @@ use autoagent_agent::ranker::{Ranker, RankerConfig};
 use autoagent_agent::runner::{run_loop, LoopOptions, Recorder, Spent, Summary};
 use autoagent_agent::scheduler::{geometric_ladder, Scheduler, SchedulerKind};
 use autoagent_agent::strategy::{Evolution, LocalSearch, RandomSearch, Strategy};
+use autoagent_agent::tabular_task::{CsvOptions, TabularTask};
 use autoagent_agent::task::{calibration_config, nb201_proxy_images, network, search_split, Evaluator, Nb201Dataset, TableEvaluator};
 use autoagent_agent::trial::{ProcessEvaluator, TrialSpec, SPEC_VERSION};
 use autoagent_evaluator::data::{self, DatasetKind};
@@ -27,10 +28,47 @@ use crate::DataArgs;
 
 #[derive(Args, Clone, serde::Serialize, serde::Deserialize)]
 pub(crate) struct RunArgs {
-    /// Task: nb201:cifar10, nb201:cifar100, nb201:imagenet16 (table lookup), or cifar10, cifar100,
-    /// mnist, fashion-mnist (real training).
+    /// Task: nb201:cifar10, nb201:cifar100, nb201:imagenet16 (table lookup), cifar10, cifar100,
+    /// mnist, fashion-mnist (real training), or csv:PATH (a table; with --target).
     #[arg(long, default_value = "nb201:cifar10")]
     task: String,
+    /// The column to predict (csv tasks).
+    #[arg(long)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    target: Option<String>,
+    /// The metric of a csv task: roc_auc, log_loss, accuracy, balanced_accuracy, rmse, mae, r2
+    /// (default: roc_auc for two classes, log_loss for more, rmse for a regression).
+    #[arg(long)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    metric: Option<String>,
+    /// The problem of a csv task: binary, multiclass or regression (default: inferred from the
+    /// target, see the README).
+    #[arg(long)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    problem: Option<String>,
+    /// A fixed split of a csv task's rows: a JSON file {"train": [rows], "test": [rows]} (0-based
+    /// data rows); the test rows are measured once, by the final model.
+    #[arg(long)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    split: Option<PathBuf>,
+    /// A csv task's test rows as a second CSV file with the same columns.
+    #[arg(long)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    test: Option<PathBuf>,
+    /// Folds of a csv task's cross-validation (default: 5 up to 10,000 training rows, else a
+    /// 20 % hold-out).
+    #[arg(long)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    cv: Option<usize>,
+    /// The fields a csv task reads as missing, separated by commas (default: the empty field,
+    /// NA, ? and NaN).
+    #[arg(long)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    na: Option<String>,
+    /// Threads of a csv task's learners (default: every core).
+    #[arg(long)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    threads: Option<usize>,
     /// Budget: a trial count (200trials) or device time (50gpuh, 2h, 90m, 5min, 3600s). Device
     /// time is the time trials train on their device plus the time proxies take, summed over
     /// devices (CPU counts as one), not the wall clock (see --wall-limit); training tasks only.
@@ -363,6 +401,10 @@ fn search_space(default: Space, narrowing: Option<&str>) -> Result<Space> {
 /// `--fidelity` alone without a scheduler), else from `--min-epochs` to `--max-epochs`, growing
 /// `--eta`-fold.
 fn scheduler(args: &RunArgs) -> Result<Scheduler> {
+    if args.task.starts_with("csv:") {
+        // A csv trial validates its pipeline once (no fidelity ladder yet).
+        return Scheduler::new(SchedulerKind::None, vec![1], args.eta).map_err(anyhow::Error::msg);
+    }
     let table = args.task.starts_with("nb201:");
     let kind = match &args.scheduler {
         Some(s) => s.parse::<SchedulerKind>().map_err(anyhow::Error::msg)?,
@@ -425,6 +467,31 @@ fn plan(args: &RunArgs, scheduler: &Scheduler, seconds_per_image: f64, images: u
     }))
 }
 
+/// The evaluator of a `csv:PATH` task (warnings on stderr unless `--json`).
+fn csv_evaluator(args: &RunArgs, path: &str, dir: &Path, space: &Space) -> Result<Box<dyn Evaluator>> {
+    let Some(target) = args.target.clone() else {
+        bail!("a csv task needs --target COLUMN (the column to predict)");
+    };
+    let options = CsvOptions {
+        path: PathBuf::from(path),
+        target,
+        metric: args.metric.clone(),
+        problem: args.problem.clone(),
+        split: args.split.clone(),
+        test: args.test.clone(),
+        cv: args.cv,
+        na: args.na.as_ref().map(|s| s.split(',').map(|t| t.trim().to_string()).collect()),
+        threads: args.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
+        seed: args.seed,
+    };
+    let (mut task, warnings) = TabularTask::from_csv(&options, dir).map_err(anyhow::Error::msg)?;
+    if !args.json {
+        warnings.iter().for_each(|w| errln!("warning: {w}"));
+    }
+    task.set_space(space.clone());
+    Ok(Box::new(task))
+}
+
 /// Build a run's parts. `calibration` is the speed the run measured before (a resume), else it
 /// is measured now; [`Prepared::calibration`] holds it either way, for the run database.
 fn prepare(args: &RunArgs, backend: Option<Arc<dyn LlmBackend>>, dir: &Path, calibration: Option<f64>) -> Result<Prepared> {
@@ -442,7 +509,13 @@ fn prepare(args: &RunArgs, backend: Option<Arc<dyn LlmBackend>>, dir: &Path, cal
         bail!("--trial-timeout must be a positive number of seconds");
     }
     let table_task = args.task.starts_with("nb201:");
-    let space = search_space(if table_task { cell_space() } else { vision_space() }, args.space.as_deref())?;
+    let csv_task = args.task.starts_with("csv:");
+    let default_space = match (table_task, csv_task) {
+        (true, _) => cell_space(),
+        (_, true) => tabular_space(),
+        _ => vision_space(),
+    };
+    let space = search_space(default_space, args.space.as_deref())?;
     let device = parse_device(&args.device)?;
     let root = data::data_root(args.data.data_dir.as_deref());
     let prompts = Arc::new(Prompts::load(args.prompts.as_deref())?);
@@ -458,6 +531,8 @@ fn prepare(args: &RunArgs, backend: Option<Arc<dyn LlmBackend>>, dir: &Path, cal
         let mut evaluator = TableEvaluator::new(table, dataset, scheduler.ladder()).map_err(anyhow::Error::msg)?;
         evaluator.set_space(space.clone());
         (Box::new(evaluator), images)
+    } else if let Some(path) = args.task.strip_prefix("csv:") {
+        (csv_evaluator(args, path, dir, &space)?, DatasetKind::Cifar10)
     } else {
         let kind = DatasetKind::from_name(&args.task).with_context(|| {
             format!(
@@ -540,7 +615,8 @@ fn prepare(args: &RunArgs, backend: Option<Arc<dyn LlmBackend>>, dir: &Path, cal
     };
 
     // Proxy ranking.
-    let ranker = if args.no_proxies {
+    // (Proxies score networks: a csv task's pipelines are ranked by nothing yet.)
+    let ranker = if args.no_proxies || csv_task {
         None
     } else {
         Some(Ranker::build(&RankerConfig {
@@ -601,7 +677,7 @@ fn execute(args: &RunArgs, dir: &Path, mut prepared: Prepared, mut recorder: Rec
         explore: args.explore,
         wall_limit: wall_limit(args)?,
         scheduler: prepared.scheduler.clone(),
-        final_epochs: (!args.task.starts_with("nb201:") && args.final_fraction > 0.0).then_some(args.max_epochs),
+        final_epochs: (!args.task.starts_with("nb201:") && args.final_fraction > 0.0).then_some(if args.task.starts_with("csv:") { 1 } else { args.max_epochs }),
         final_fraction: args.final_fraction,
     };
     let mut progress = Progress::new(args.json);
@@ -801,7 +877,18 @@ fn report(s: &Summary, dir: &Path, json: bool) -> Result<()> {
         );
     }
     if let Some(f) = &s.final_model {
+        let ensemble = f.artefacts.iter().any(|a| a == autoagent_agent::tabular_task::FINAL_FILE);
         let line = match (f.is_complete(), f.test_accuracy) {
+            (true, Some(t)) if ensemble => format!(
+                "final model: a greedy ensemble of the trials, refit on every training row ({}): test {t:.4} ({:.1} s)",
+                autoagent_agent::tabular_task::FINAL_FILE,
+                f.seconds
+            ),
+            (true, None) if ensemble => format!(
+                "final model: a greedy ensemble of the trials, refit on every training row ({}; no test rows given) ({:.1} s)",
+                autoagent_agent::tabular_task::FINAL_FILE,
+                f.seconds
+            ),
             (true, Some(t)) => format!(
                 "final model: trial {}'s configuration retrained for {} epochs on the training split with its validation hold-out: test {t:.2} ({:.1} s)",
                 f.trial, f.epochs, f.seconds

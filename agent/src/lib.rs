@@ -29,5 +29,6 @@ pub mod scheduler;
 pub mod space;
 pub mod store;
 pub mod strategy;
+pub mod tabular_task;
 pub mod task;
 pub mod trial;

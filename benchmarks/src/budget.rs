@@ -117,6 +117,11 @@ fn run_autoagent(args: &BudgetBenchArgs, arm: &str, seed: u64, seconds: f64) -> 
         .arg(&args.data_dir)
         .arg("--out")
         .arg(&dir)
+        // A proxy cache of its own: a run is charged the proxy time of scores another run
+        // computed (so a budget buys the same ranking warm or cold), which here would be wall
+        // time the arm does not spend while the other arms spend theirs.
+        .arg("--proxy-cache")
+        .arg(dir.join("proxy-cache.jsonl"))
         .env("RAYON_NUM_THREADS", args.threads.to_string());
     if arm == "autoagent-fixed" {
         c.args(["--scheduler", "none", "--max-epochs", &args.fixed_epochs.to_string()]);
@@ -224,7 +229,12 @@ fn row(arm: &str, outcomes: &[Outcome], seconds: f64) -> String {
 /// the same task and budget, else run now (and kept).
 fn outcome(args: &BudgetBenchArgs, arm: &str, seed: u64, seconds: f64) -> Result<Outcome> {
     let kept = args.runs.join(format!("{arm}-seed{seed}.json"));
-    let key = serde_json::json!({ "task": args.task, "seconds": seconds, "final_fraction": args.final_fraction, "fixed_epochs": args.fixed_epochs });
+    let mut key = serde_json::json!({ "task": args.task, "seconds": seconds, "final_fraction": args.final_fraction, "fixed_epochs": args.fixed_epochs });
+    if arm != "optuna" {
+        // Outcomes of autoagent's arms from before they scored proxies into a cache of their
+        // own are not reused.
+        key["proxy_cache"] = "own".into();
+    }
     if let Ok(text) = std::fs::read_to_string(&kept) {
         let v: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("{} is not JSON", kept.display()))?;
         if v["key"] == key {

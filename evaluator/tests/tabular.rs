@@ -111,7 +111,7 @@ fn pipelines_validate_out_of_fold_and_the_ensemble_is_at_least_the_best_of_them(
         assert!(v.score > 0.75, "{}", v.score);
     }
     // Boosting stopped early on each fold's validation rows.
-    assert!(validated[0].trees.iter().all(|&t| t >= 1 && t <= 100), "{:?}", validated[0].trees);
+    assert!(validated[0].trees.iter().all(|t| (1..=100).contains(t)), "{:?}", validated[0].trees);
     let rows: Vec<usize> = (0..data.len()).collect();
     let oofs: Vec<&[f64]> = validated.iter().map(|v| v.oof.as_slice()).collect();
     let e = ensemble::select(&oofs, &data.target.values, &rows, 2, Metric::RocAuc).unwrap();

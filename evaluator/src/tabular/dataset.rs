@@ -159,6 +159,68 @@ impl TabularData {
         })
     }
 
+    /// The rows of `frame` (a test file, or the test rows of the training file) as data of
+    /// this task: the same feature columns taken the same way (a column the frame lacks is all
+    /// missing), the target's classes as in training. A class training never saw, or a frame
+    /// without the target, is an error; rows with a missing target are left out.
+    pub fn like(&self, frame: &Frame) -> Result<TabularData> {
+        let Some(t) = frame.column(&self.target.name) else {
+            return Err(TabularError::NoTarget {
+                name: self.target.name.clone(),
+                closest: closest(&self.target.name, &frame.names()),
+            });
+        };
+        let rows: Vec<usize> = (0..frame.rows).filter(|&r| !t.is_missing(r)).collect();
+        let values = match &self.target.values {
+            TargetValues::Values(_) => match t.take(&rows).data {
+                ColumnData::Numeric(v) => TargetValues::Values(v),
+                ColumnData::Categorical { levels, .. } => {
+                    let bad = levels.iter().find(|l| l.parse::<f64>().is_err()).cloned().unwrap_or_default();
+                    return Err(bad_target(&self.target.name, &format!("a regression needs numbers, and '{bad}' is not one")));
+                }
+            },
+            TargetValues::Classes { classes, .. } => {
+                let mut codes = Vec::with_capacity(rows.len());
+                for &r in &rows {
+                    let label = t.text(r).unwrap_or_default();
+                    let Some(c) = classes.iter().position(|c| *c == label || same_number(c, &label)) else {
+                        return Err(bad_target(&self.target.name, &format!("row {r} has the class '{label}', which the training rows do not have")));
+                    };
+                    codes.push(c);
+                }
+                TargetValues::Classes { codes, classes: classes.clone() }
+            }
+        };
+        let features = self
+            .features
+            .iter()
+            .map(|f| {
+                let column = match frame.column(&f.column.name) {
+                    Some(c) => c.take(&rows),
+                    None => Column {
+                        name: f.column.name.clone(),
+                        data: ColumnData::Numeric(vec![f64::NAN; rows.len()]),
+                    },
+                };
+                let column = match (f.kind, &column.data) {
+                    (FeatureKind::Boolean, ColumnData::Categorical { .. }) => as_truth(column),
+                    _ => column,
+                };
+                Feature { kind: f.kind, column }
+            })
+            .collect();
+        Ok(TabularData {
+            features,
+            target: Target {
+                name: self.target.name.clone(),
+                problem: self.target.problem,
+                values,
+            },
+            dropped: self.dropped.clone(),
+            rows,
+        })
+    }
+
     /// Rows.
     pub fn len(&self) -> usize {
         self.rows.len()
@@ -168,6 +230,11 @@ impl TabularData {
     pub fn is_empty(&self) -> bool {
         self.rows.is_empty()
     }
+}
+
+/// Two labels that are the same number written two ways (`1` and `1.0`).
+fn same_number(a: &str, b: &str) -> bool {
+    matches!((a.parse::<f64>(), b.parse::<f64>()), (Ok(x), Ok(y)) if x == y)
 }
 
 fn bad_target(name: &str, reason: &str) -> TabularError {
@@ -393,6 +460,19 @@ mod tests {
         assert_eq!(d.features[0].kind, FeatureKind::Boolean);
         assert_eq!(d.features[0].column.data, ColumnData::Numeric(vec![1.0, 0.0, 1.0]));
         assert_eq!(d.target.values, TargetValues::Classes { codes: vec![1, 0, 1], classes: vec!["9".into(), "10".into()] });
+    }
+
+    #[test]
+    fn test_rows_are_taken_like_the_training_rows() {
+        let train = TabularData::from_frame(&frame("a,b,t\nyes,1.5,x\nno,2.5,y\nyes,3.5,x\n"), "t", None).unwrap();
+        let test = train.like(&frame("b,a,t,extra\n9,no,y,1\n8,YES,x,2\n")).unwrap();
+        assert_eq!(test.features[0].column.data, ColumnData::Numeric(vec![0.0, 1.0]));
+        assert_eq!(test.features[1].column.data, ColumnData::Numeric(vec![9.0, 8.0]));
+        assert_eq!(test.target.values, TargetValues::Classes { codes: vec![1, 0], classes: vec!["x".into(), "y".into()] });
+        let e = train.like(&frame("a,b,t\nyes,1,z\n")).unwrap_err().to_string();
+        assert!(e.contains("row 0 has the class 'z', which the training rows do not have"), "{e}");
+        let missing = train.like(&frame("a,t\nno,x\n")).unwrap();
+        assert!(missing.features[1].column.is_missing(0));
     }
 
     #[test]

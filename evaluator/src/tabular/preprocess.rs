@@ -300,7 +300,10 @@ fn target_means(c: &Column, levels: &[String], y: &TargetValues, rows: &[usize])
 
 /// Out-of-fold target encodings of the target-encoded columns on the training rows (`None` for
 /// the other columns): each row's encoding is fitted on the other folds.
-fn oof_target_encodings(spec: &Preprocess, features: &[Feature], y: &TargetValues, rows: &[usize], seed: u64) -> Vec<Option<Vec<(String, Vec<f64>)>>> {
+/// Named encoded columns.
+type Columns = Vec<(String, Vec<f64>)>;
+
+fn oof_target_encodings(spec: &Preprocess, features: &[Feature], y: &TargetValues, rows: &[usize], seed: u64) -> Vec<Option<Columns>> {
     let mut order: Vec<usize> = (0..rows.len()).collect();
     order.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(seed ^ 0x7e));
     let fold_of: Vec<usize> = {

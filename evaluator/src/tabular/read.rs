@@ -124,8 +124,8 @@ fn csv_error(path: &str, e: csv::Error) -> TabularError {
             expected: *expected_len as usize,
         },
         csv::ErrorKind::Utf8 { pos, .. } => TabularError::NotUtf8 {
+            line: first_non_utf8_line(&path).or(pos.as_ref().map(|p| p.line())).unwrap_or(1),
             path,
-            line: pos.as_ref().map_or(1, |p| p.line()),
         },
         csv::ErrorKind::Io(io) => TabularError::Io {
             path,
@@ -133,6 +133,14 @@ fn csv_error(path: &str, e: csv::Error) -> TabularError {
         },
         _ => TabularError::Csv { path, message: e.to_string() },
     }
+}
+
+/// The 1-based line of the file's first bytes that are not UTF-8 (the csv crate's position is
+/// that of the record, which it does not always know).
+fn first_non_utf8_line(path: &str) -> Option<u64> {
+    let bytes = std::fs::read(path).ok()?;
+    let valid = std::str::from_utf8(&bytes).err()?.valid_up_to();
+    Some(bytes[..valid].iter().filter(|&&b| b == b'\n').count() as u64 + 1)
 }
 
 /// Pass two's store of one column.

@@ -1,0 +1,352 @@
+//! A tabular task (a CSV and its target column) as an [`Evaluator`]: a trial is a pipeline of
+//! the tabular space ([`tabular_space`]) validated on the task's folds of the training rows, in
+//! this process (a LightGBM fit on a few thousand rows takes tenths of a second: a child process
+//! a trial would cost more than the trial). Its out-of-fold predictions are written beside it
+//! (`trials/NNNN/oof.json`), so the final model, a greedy ensemble of the trials (Caruana et al.
+//! 2004), can be built from every trial, a resumed run's included.
+//!
+//! The score the loop maximises is the task's metric oriented so that larger is better (ROC-AUC
+//! and accuracy as they are, log-loss and RMSE negated).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use autoagent_evaluator::tabular::ensemble::{self, Ensemble};
+use autoagent_evaluator::tabular::pipeline::{score, width};
+use autoagent_evaluator::tabular::split::{folds, Fold};
+use autoagent_evaluator::tabular::{read_csv, FittedPipeline, Metric, Problem, ReadOptions, SplitFile, TabularData, Validation};
+use serde::{Deserialize, Serialize};
+
+use crate::configspace::{pipeline, tabular_space, Config, Space};
+use crate::llm_strategy::TaskInfo;
+use crate::task::{Evaluation, Evaluator, Fidelity, TrialLimit};
+
+/// The file of a trial's out-of-fold predictions.
+pub const OOF_FILE: &str = "oof.json";
+
+/// A trial's out-of-fold predictions, as written.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Oof {
+    config: Config,
+    score: f64,
+    predictions: Vec<f64>,
+}
+
+/// What a CSV task is made of (the `run` options of a `csv:PATH` task).
+#[derive(Debug, Clone, Default)]
+pub struct CsvOptions {
+    /// The CSV file.
+    pub path: PathBuf,
+    /// The target column.
+    pub target: String,
+    /// The metric (default: the problem's, see [`Metric::default_for`]).
+    pub metric: Option<String>,
+    /// The problem (default: inferred from the target).
+    pub problem: Option<String>,
+    /// A fixed split of the file's rows (`{"train": [...], "test": [...]}`).
+    pub split: Option<PathBuf>,
+    /// A test file with the same columns.
+    pub test: Option<PathBuf>,
+    /// Folds of the validation (default: [`Validation::default_for`]).
+    pub cv: Option<usize>,
+    /// The missing-value tokens (default: [`ReadOptions::default`]).
+    pub na: Option<Vec<String>>,
+    /// Threads of every learner.
+    pub threads: usize,
+    /// Seed of the folds and the learners.
+    pub seed: u64,
+}
+
+/// The final model's files in the run directory.
+pub const FINAL_FILE: &str = "final/ensemble.json";
+
+/// The final model as written: the ensemble's fitted pipelines and weights.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FinalEnsemble {
+    /// Format version.
+    pub version: u32,
+    /// The target column, its problem and classes (empty for a regression).
+    pub target: String,
+    /// The problem.
+    pub problem: Problem,
+    /// Class labels, in the order of the predicted probabilities.
+    pub classes: Vec<String>,
+    /// The metric, its out-of-fold value for the ensemble, and its test value when measured.
+    pub metric: Metric,
+    /// Out-of-fold metric of the ensemble.
+    pub validation_score: f64,
+    /// Test metric, when the task has test rows.
+    pub test_score: Option<f64>,
+    /// `(weight, pipeline)`.
+    pub members: Vec<(f64, FittedPipeline)>,
+}
+
+/// An ensemble's fitted pipelines and their weights.
+pub type Members = Vec<(FittedPipeline, f64)>;
+
+/// The task.
+pub struct TabularTask {
+    data: TabularData,
+    test: Option<TabularData>,
+    folds: Vec<Fold>,
+    /// The rows the folds predict.
+    predicted: Vec<usize>,
+    metric: Metric,
+    validation: Validation,
+    threads: usize,
+    seed: u64,
+    space: Space,
+    run_dir: PathBuf,
+    /// Seconds of the finished trials of each model family.
+    seconds: HashMap<String, Vec<f64>>,
+}
+
+impl TabularTask {
+    /// The task of training rows `data` (and test rows `test`, measured once by the final
+    /// model), validated by `validation`, scored with `metric`; trials write under `run_dir`.
+    pub fn new(
+        data: TabularData,
+        test: Option<TabularData>,
+        validation: Validation,
+        metric: Metric,
+        threads: usize,
+        seed: u64,
+        run_dir: &Path,
+    ) -> Result<Self, String> {
+        let folds = folds(&data.target.values, validation, seed).map_err(|e| e.to_string())?;
+        let mut predicted: Vec<usize> = folds.iter().flat_map(|f| f.valid.iter().copied()).collect();
+        predicted.sort_unstable();
+        Ok(TabularTask {
+            data,
+            test,
+            folds,
+            predicted,
+            metric,
+            validation,
+            threads,
+            seed,
+            space: tabular_space(),
+            run_dir: run_dir.to_path_buf(),
+            seconds: HashMap::new(),
+        })
+    }
+
+    /// The task of a CSV (see [`CsvOptions`]) and the warnings to show (columns left out, rows
+    /// without a target); every bad input is a one-line error.
+    pub fn from_csv(o: &CsvOptions, run_dir: &Path) -> Result<(TabularTask, Vec<String>), String> {
+        let read = ReadOptions {
+            na: o.na.clone().unwrap_or_else(|| ReadOptions::default().na),
+        };
+        let frame = read_csv(&o.path, &read).map_err(|e| e.to_string())?;
+        let problem = o.problem.as_deref().map(str::parse::<Problem>).transpose().map_err(|e| format!("--problem: {e}"))?;
+        let (train_frame, test_frame) = match (&o.split, &o.test) {
+            (Some(_), Some(_)) => return Err("give --split or --test, not both".into()),
+            (Some(path), None) => {
+                let split = SplitFile::read(path, frame.rows).map_err(|e| e.to_string())?;
+                (frame.take(&split.train), Some(frame.take(&split.test)))
+            }
+            (None, Some(path)) => (frame, Some(read_csv(path, &read).map_err(|e| e.to_string())?)),
+            (None, None) => (frame, None),
+        };
+        let data = TabularData::from_frame(&train_frame, &o.target, problem).map_err(|e| e.to_string())?;
+        let test = test_frame.map(|f| data.like(&f)).transpose().map_err(|e| format!("test rows: {e}"))?;
+        let metric = match &o.metric {
+            Some(m) => m.parse::<Metric>().map_err(|e| format!("--metric: {e}"))?,
+            None => Metric::default_for(data.target.problem),
+        };
+        if !metric.applies_to(data.target.problem) {
+            return Err(format!("--metric {metric} does not apply to a {} problem", data.target.problem));
+        }
+        let validation = Validation::default_for(data.len(), o.cv).map_err(|e| e.to_string())?;
+        let mut warnings: Vec<String> = data.dropped.iter().map(|d| format!("column '{}' left out: {}", d.name, d.reason)).collect();
+        let without = train_frame.rows - data.len();
+        if without > 0 {
+            warnings.push(format!("{without} row(s) without a target value left out"));
+        }
+        let task = TabularTask::new(data, test, validation, metric, o.threads.max(1), o.seed, run_dir)?;
+        Ok((task, warnings))
+    }
+
+    /// The task's metric.
+    pub fn metric(&self) -> Metric {
+        self.metric
+    }
+
+    /// Search `space` (a narrowing of the tabular space) instead.
+    pub fn set_space(&mut self, space: Space) {
+        self.space = space;
+    }
+
+    /// The score the loop maximises for a metric value.
+    pub fn oriented(&self, value: f64) -> f64 {
+        -self.metric.loss(value)
+    }
+
+    fn trial_dir(&self, trial: usize) -> PathBuf {
+        self.run_dir.join("trials").join(format!("{trial:04}"))
+    }
+
+    fn family(config: &Config) -> String {
+        config.str("model").unwrap_or("gbm").to_string()
+    }
+
+    /// The out-of-fold predictions of every trial written under the run directory.
+    fn all_oofs(&self) -> Vec<Oof> {
+        let Ok(dirs) = std::fs::read_dir(self.run_dir.join("trials")) else {
+            return Vec::new();
+        };
+        let mut paths: Vec<PathBuf> = dirs.filter_map(|d| d.ok()).map(|d| d.path().join(OOF_FILE)).filter(|p| p.is_file()).collect();
+        paths.sort();
+        paths
+            .iter()
+            .filter_map(|p| std::fs::read_to_string(p).ok())
+            .filter_map(|t| serde_json::from_str::<Oof>(&t).ok())
+            .filter(|o| o.predictions.len() == self.data.len() * width(&self.data.target.values))
+            .collect()
+    }
+
+    /// The greedy ensemble of every trial's out-of-fold predictions, and the trials' configurations.
+    pub fn ensemble(&self) -> Option<(Ensemble, Vec<Config>)> {
+        let oofs = self.all_oofs();
+        let preds: Vec<&[f64]> = oofs.iter().map(|o| o.predictions.as_slice()).collect();
+        let e = ensemble::select(&preds, &self.data.target.values, &self.predicted, width(&self.data.target.values), self.metric)?;
+        Some((e, oofs.into_iter().map(|o| o.config).collect()))
+    }
+
+    /// Fit the ensemble's pipelines on every training row and measure the blend on the test rows.
+    pub fn fit_ensemble(&self, e: &Ensemble, configs: &[Config]) -> Result<(Members, Option<f64>), String> {
+        let rows: Vec<usize> = (0..self.data.len()).collect();
+        let mut members = Vec::new();
+        for &(i, w) in &e.weights {
+            let fitted = pipeline(&configs[i]).fit(&self.data, &rows, self.threads, self.seed).map_err(|e| e.to_string())?;
+            members.push((fitted, w));
+        }
+        let test = match &self.test {
+            None => None,
+            Some(t) => {
+                let test_rows: Vec<usize> = (0..t.len()).collect();
+                let mut blend = vec![0.0; t.len() * width(&t.target.values)];
+                for (m, w) in &members {
+                    let p = m.predict(&t.features, &test_rows, self.threads).map_err(|e| e.to_string())?;
+                    blend.iter_mut().zip(&p).for_each(|(b, q)| *b += w * q);
+                }
+                Some(score(self.metric, &t.target.values, &test_rows, &blend))
+            }
+        };
+        Ok((members, test))
+    }
+}
+
+impl TabularTask {
+    /// Build, fit, measure and write the final ensemble (`FINAL_FILE`).
+    fn final_ensemble(&self) -> Result<FinalEnsemble, String> {
+        let (e, configs) = self.ensemble().ok_or("no trial's out-of-fold predictions to build an ensemble from")?;
+        let (members, test_score) = self.fit_ensemble(&e, &configs)?;
+        let classes = match &self.data.target.values {
+            autoagent_evaluator::tabular::TargetValues::Classes { classes, .. } => classes.clone(),
+            autoagent_evaluator::tabular::TargetValues::Values(_) => Vec::new(),
+        };
+        let f = FinalEnsemble {
+            version: 1,
+            target: self.data.target.name.clone(),
+            problem: self.data.target.problem,
+            classes,
+            metric: self.metric,
+            validation_score: e.score,
+            test_score,
+            members: members.into_iter().map(|(m, w)| (w, m)).collect(),
+        };
+        let path = self.run_dir.join(FINAL_FILE);
+        std::fs::create_dir_all(path.parent().expect("a folder"))
+            .and_then(|_| std::fs::write(&path, serde_json::to_string(&f).expect("pipelines serialise")))
+            .map_err(|err| format!("cannot write {}: {err}", path.display()))?;
+        Ok(f)
+    }
+}
+
+impl Evaluator for TabularTask {
+    fn info(&self) -> TaskInfo {
+        TaskInfo {
+            description: format!(
+                "{} on a table of {} training rows and {} feature columns (target '{}'), validated by {}",
+                self.data.target.problem,
+                self.data.len(),
+                self.data.features.len(),
+                self.data.target.name,
+                self.validation.describe()
+            ),
+            metric: format!("{} ({})", self.metric, if self.metric.higher_is_better() { "higher is better" } else { "negated: higher is better" }),
+        }
+    }
+
+    fn space(&self) -> &Space {
+        &self.space
+    }
+
+    fn estimate_seconds(&self, config: &Config, _fidelity: Fidelity) -> f64 {
+        let mean = |v: &Vec<f64>| v.iter().sum::<f64>() / v.len().max(1) as f64;
+        match self.seconds.get(&Self::family(config)) {
+            Some(v) if !v.is_empty() => mean(v),
+            // A family not tried yet: the slowest family seen so far, else a second a fold.
+            _ => self.seconds.values().map(mean).fold(self.folds.len() as f64, f64::max),
+        }
+    }
+
+    fn estimate_final_seconds(&self, config: &Config, _epochs: usize, _epoch_seconds: Option<f64>) -> Option<f64> {
+        // The ensemble's members are refitted once each on every row (a fold's fit on 1/k more
+        // rows): a few of the trials' validations' worth, at most.
+        Some(2.0 * self.estimate_seconds(config, Fidelity::new(1)))
+    }
+
+    fn train_final(&mut self, _config: &Config, _epochs: usize, _limit: Option<TrialLimit>) -> Option<Evaluation> {
+        let started = std::time::Instant::now();
+        Some(match self.final_ensemble() {
+            Ok(f) => Evaluation {
+                accuracy: Some(self.oriented(f.validation_score)),
+                test_accuracy: f.test_score.map(|t| self.oriented(t)),
+                seconds: started.elapsed().as_secs_f64(),
+                artefacts: vec![FINAL_FILE.to_string()],
+                ..Evaluation::default()
+            },
+            Err(e) => Evaluation {
+                seconds: started.elapsed().as_secs_f64(),
+                ..Evaluation::failed(e)
+            },
+        })
+    }
+
+    fn evaluate(&mut self, config: &Config, fidelity: Fidelity) -> Evaluation {
+        self.evaluate_trial(config, usize::MAX, fidelity, None)
+    }
+
+    fn evaluate_trial(&mut self, config: &Config, trial: usize, _fidelity: Fidelity, _limit: Option<TrialLimit>) -> Evaluation {
+        let v = match pipeline(config).validate(&self.data, &self.folds, self.metric, self.threads, self.seed) {
+            Ok(v) => v,
+            Err(e) => return Evaluation::failed(e.to_string()),
+        };
+        self.seconds.entry(Self::family(config)).or_default().push(v.seconds);
+        let mut eval = Evaluation {
+            accuracy: Some(self.oriented(v.score)),
+            seconds: v.seconds,
+            ..Evaluation::default()
+        };
+        for (k, s) in v.fold_scores.iter().enumerate() {
+            eval.metrics.push((k + 1, format!("fold_{}", self.metric), *s));
+        }
+        if trial != usize::MAX {
+            let dir = self.trial_dir(trial);
+            let oof = Oof {
+                config: config.clone(),
+                score: v.score,
+                predictions: v.oof,
+            };
+            let written = std::fs::create_dir_all(&dir)
+                .and_then(|_| std::fs::write(dir.join(OOF_FILE), serde_json::to_string(&oof).expect("predictions serialise")));
+            match written {
+                Ok(()) => eval.artefacts.push(format!("trials/{trial:04}/{OOF_FILE}")),
+                Err(e) => eval.error = Some(format!("cannot write {}: {e}", dir.join(OOF_FILE).display())),
+            }
+        }
+        eval
+    }
+}

@@ -1,0 +1,92 @@
+//! `autoagent run --task csv:PATH --target COL` (issue 17): a table of the user's, searched over
+//! the pipeline space under a time budget, ending with an ensemble measured on the test rows; and
+//! every bad input a one-line error with exit 2.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use common::{assert_one_line_error, shared};
+
+fn autoagent(dir: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_autoagent"))
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn tabular(name: &str) -> String {
+    shared().join("tabular").join(name).display().to_string()
+}
+
+#[test]
+fn a_csv_task_searches_pipelines_and_ends_with_an_ensemble_measured_on_the_test_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let task = format!("csv:{}", tabular("credit_g.csv"));
+    let split = tabular("splits/credit_g_seed0.json");
+    let out = dir.path().join("run");
+    let o = autoagent(
+        dir.path(),
+        &["run", "--task", &task, "--target", "target", "--split", &split, "--budget", "20s", "--threads", "1", "--strategy", "random", "--seed", "1", "--json", "--out", out.to_str().unwrap()],
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    let s: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(s["trials"].as_u64().unwrap() >= 5, "{s}");
+    // Within the budget and its 5 % allowance.
+    assert!(s["budget_used"].as_f64().unwrap() <= 1.05, "{s}");
+    let f = &s["final_model"];
+    assert_eq!(f["state"], "complete", "{s}");
+    // The test ROC-AUC of the ensemble, on rows the search never saw (peers: 0.78-0.80).
+    let test = f["test_accuracy"].as_f64().unwrap();
+    assert!(test > 0.70 && test <= 1.0, "{test}");
+    let e: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("final/ensemble.json")).unwrap()).unwrap();
+    let weights: f64 = e["members"].as_array().unwrap().iter().map(|m| m[0].as_f64().unwrap()).sum();
+    assert!((weights - 1.0).abs() < 1e-9);
+    assert_eq!(e["classes"], serde_json::json!(["1", "2"]));
+    // Every trial left its out-of-fold predictions for the ensemble.
+    assert!(out.join("trials/0000/oof.json").is_file());
+}
+
+#[test]
+fn bad_tables_and_options_are_one_line_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, bytes: &[u8]| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, bytes).unwrap();
+        format!("csv:{}", p.display())
+    };
+    let run = |task: &str, extra: &[&str]| {
+        let mut args = vec!["run", "--task", task, "--budget", "5s", "--threads", "1"];
+        args.extend_from_slice(extra);
+        autoagent(dir.path(), &args)
+    };
+    let good = format!("csv:{}", tabular("diabetes_pima.csv"));
+    assert_one_line_error(&run(&good, &[]), "a csv task needs --target COLUMN");
+    assert_one_line_error(&run(&good, &["--target", "targte"]), "no column 'targte' in the data (did you mean 'target'?)");
+    let ragged = write("ragged.csv", b"a,b,t\n1,2,x\n3,y\n");
+    assert_one_line_error(&run(&ragged, &["--target", "t"]), "line 3 has 2 fields, the header has 3");
+    let latin = write("latin.csv", b"a,t\n1,caf\xe9\n2,x\n");
+    assert_one_line_error(&run(&latin, &["--target", "t"]), "line 2 is not UTF-8");
+    assert_one_line_error(&run(&write("empty.csv", b""), &["--target", "t"]), "the file is empty");
+    assert_one_line_error(&run(&write("header.csv", b"a,t\n"), &["--target", "t"]), "no data rows");
+    assert_one_line_error(&run(&write("dup.csv", b"a,a,t\n1,2,3\n"), &["--target", "t"]), "'a' appears twice");
+    let constant = write("constant.csv", b"a,t\n1,k\n2,k\n3,k\n");
+    assert_one_line_error(&run(&constant, &["--target", "t"]), "every row has the value 'k'");
+    let lonely = write("lonely.csv", b"a,t\n5,x\n3,x\n8,x\n1,y\n9,x\n2,y\n7,z\n");
+    assert_one_line_error(&run(&lonely, &["--target", "t"]), "class 'z' has one row");
+    let missing = write("missing.csv", b"a,b,t\n1,,x\n2,,y\n3,,x\n4,,y\n");
+    let o = run(&missing, &["--target", "t", "--problem", "regression"]);
+    assert_one_line_error(&o, "a regression needs numbers, and 'x' is not one");
+    assert_one_line_error(&run(&good, &["--target", "target", "--metric", "rmse"]), "--metric rmse does not apply to a binary problem");
+    assert_one_line_error(&run(&good, &["--target", "target", "--metric", "f1"]), "unknown metric 'f1'");
+    assert_one_line_error(&run(&good, &["--target", "target", "--cv", "1"]), "--cv 1: cross-validation needs at least 2 folds");
+    let split = tabular("splits/diabetes_pima_seed0.json");
+    assert_one_line_error(&run(&good, &["--target", "target", "--split", &split, "--test", "x.csv"]), "give --split or --test, not both");
+    let bad_split = dir.path().join("split.json");
+    std::fs::write(&bad_split, r#"{"train": [0, 1], "test": [1]}"#).unwrap();
+    assert_one_line_error(&run(&good, &["--target", "target", "--split", bad_split.to_str().unwrap()]), "row 1 is in both train and test");
+    assert_one_line_error(&run("csv:/nonexistent.csv", &["--target", "t"]), "/nonexistent.csv");
+}
