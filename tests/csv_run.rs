@@ -90,3 +90,70 @@ fn bad_tables_and_options_are_one_line_errors() {
     assert_one_line_error(&run(&good, &["--target", "target", "--split", bad_split.to_str().unwrap()]), "row 1 is in both train and test");
     assert_one_line_error(&run("csv:/nonexistent.csv", &["--target", "t"]), "/nonexistent.csv");
 }
+
+/// What a csv run decided: each trial's id, configuration and score, and the final model's
+/// test score and ensemble.
+fn decided(dir: &Path) -> (Vec<String>, serde_json::Value, serde_json::Value) {
+    let trials = std::fs::read_to_string(dir.join("trials.jsonl")).unwrap();
+    let mut lines: Vec<String> = trials
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            format!("{} {} {}", v["id"], v["config"], v["accuracy"])
+        })
+        .collect();
+    lines.sort();
+    lines.dedup();
+    let summary: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).unwrap()).unwrap();
+    let e: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("final/ensemble.json")).unwrap()).unwrap();
+    let weights: Vec<f64> = e["members"].as_array().unwrap().iter().map(|m| m[0].as_f64().unwrap()).collect();
+    (lines, summary["final_model"]["test_accuracy"].clone(), serde_json::json!(weights))
+}
+
+#[test]
+fn a_csv_run_killed_at_random_moments_resumes_to_what_a_clean_run_gives() {
+    use rand::{Rng, SeedableRng};
+    let tmp = tempfile::tempdir().unwrap();
+    let task = format!("csv:{}", tabular("diabetes_pima.csv"));
+    let split = tabular("splits/diabetes_pima_seed0.json");
+    let args = |out: &Path| -> Vec<String> {
+        ["run", "--task", &task, "--target", "target", "--split", &split, "--budget", "40trials", "--threads", "1", "--seed", "3", "--json", "--out"]
+            .iter()
+            .map(|s| s.to_string())
+            .chain([out.display().to_string()])
+            .collect()
+    };
+    let clean = tmp.path().join("clean");
+    let o = autoagent(tmp.path(), &args(&clean).iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let want = decided(&clean);
+    assert!(want.0.len() >= 40, "{}", want.0.len());
+
+    let run = tmp.path().join("killed");
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(17);
+    let mut kills = 0;
+    for start in 0..40 {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_autoagent"));
+        c.current_dir(tmp.path()).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null());
+        match start {
+            0 => c.args(args(&run)),
+            _ => c.arg("resume").arg(&run).arg("--json"),
+        };
+        let mut child = c.spawn().unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(rng.random_range(300..1500)));
+        let alive = child.try_wait().unwrap().is_none();
+        let _ = child.kill();
+        let _ = child.wait();
+        if !alive {
+            break;
+        }
+        kills += 1;
+        if kills == 5 {
+            break;
+        }
+    }
+    assert!(kills >= 1, "the run finished before any kill");
+    let o = autoagent(tmp.path(), &["resume", run.to_str().unwrap(), "--json"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(decided(&run), want, "after {kills} kills");
+}

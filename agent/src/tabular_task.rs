@@ -319,9 +319,21 @@ impl Evaluator for TabularTask {
         self.evaluate_trial(config, usize::MAX, fidelity, None)
     }
 
-    fn evaluate_trial(&mut self, config: &Config, trial: usize, _fidelity: Fidelity, _limit: Option<TrialLimit>) -> Evaluation {
-        let v = match pipeline(config).validate(&self.data, &self.folds, self.metric, self.threads, self.seed) {
-            Ok(v) => v,
+    fn evaluate_trial(&mut self, config: &Config, trial: usize, _fidelity: Fidelity, limit: Option<TrialLimit>) -> Evaluation {
+        let started = std::time::Instant::now();
+        // In this process a fit cannot be stopped midway: a trial stops between folds instead,
+        // before one that would end past its share of the budget (pruned).
+        let v = match pipeline(config).validate_within(&self.data, &self.folds, self.metric, self.threads, self.seed, limit.map(|l| l.seconds)) {
+            Ok(Some(v)) => v,
+            Ok(None) => {
+                let ran = started.elapsed().as_secs_f64();
+                return Evaluation {
+                    seconds: ran,
+                    pruned: true,
+                    error: limit.map(|l| l.reason(ran)),
+                    ..Evaluation::default()
+                };
+            }
             Err(e) => return Evaluation::failed(e.to_string()),
         };
         self.seconds.entry(Self::family(config)).or_default().push(v.seconds);

@@ -44,7 +44,7 @@ pub fn tabular_space() -> Space {
         Param::new("indicators", choices(&["yes", "no"]), str_value("yes"), "a 0/1 column for each numeric column with missing values"),
         Param::new("select", Kind::Ordinal { values: vec![25, 50, 75, 100] }, Value::Int(100), "percent of the encoded columns kept, by absolute correlation with the target"),
         Param::new("impute", choices(&["mean", "median", "most_frequent"]), str_value("median"), "fill of missing numbers").when("model", &SCALED),
-        Param::new("scale", choices(&["standard", "minmax", "none"]), str_value("standard"), "column scaling").when("model", &SCALED),
+        Param::new("scale", choices(&["standard", "minmax"]), str_value("standard"), "column scaling").when("model", &SCALED),
         Param::new("trees", int(50, 2000, true), Value::Int(300), "trees (boosting stops early on the validation rows)").when("model", &TREES),
         Param::new("learning_rate", float(0.005, 0.3, true), Value::Float(0.05), "boosting shrinkage").when("model", &["gbm"]),
         Param::new("num_leaves", int(4, 512, true), Value::Int(31), "leaves of a tree").when("model", &TREES),

@@ -23,6 +23,11 @@ const FINAL_MARGIN: f64 = 1.1;
 /// The share of a time budget the final model may overrun it by, rather than be stopped.
 const OVERRUN_ALLOWED: f64 = 0.05;
 
+/// With a time budget, ranking a round may cost at most this share of the training of the
+/// candidates it chooses (the round's `top_k` at their estimates): ranking 16 candidates to
+/// choose 2 one-minute trainings pays, to choose 2 ten-second ones it costs more than it saves.
+const RANKING_SHARE: f64 = 0.25;
+
 /// The largest share of a time budget a new trial's first rung may be estimated to take while
 /// cheaper candidates are at hand: many short first rungs (Hyperband's point), not one network
 /// that eats the budget before anything is compared.
@@ -348,9 +353,11 @@ impl Loop<'_> {
     }
 
     /// How many of the round's candidates it ranks and chooses among: all of them when the
-    /// budget affords ranking them and the cheapest evaluation; else the most that fit (ranking
-    /// costs more with each), down to a single candidate evaluated unranked; `Err(why)` when not
-    /// even that fits. (A resumed run's recorded rounds keep their candidates and order.)
+    /// budget affords ranking them and the cheapest evaluation (and, with a time budget, the
+    /// ranking costs at most [`RANKING_SHARE`] of the training it chooses, never fewer than two
+    /// candidates for that); else the most that fit (ranking costs more with each), down to a
+    /// single candidate evaluated unranked; `Err(why)` when not even that fits. (A resumed
+    /// run's recorded rounds keep their candidates and order.)
     fn round_size(&self, fresh: &[Proposal]) -> Result<usize, String> {
         let configs: Vec<Config> = fresh.iter().map(|p| p.config.clone()).collect();
         let (fidelity, _) = self.new_fidelity();
@@ -360,7 +367,15 @@ impl Loop<'_> {
             (Some(r), 2..) => r.estimate_seconds(&configs[..n]),
             _ => 0.0,
         };
-        if let Some(n) = (1..=configs.len()).rev().find(|&n| self.budget.affords(1, ranking(n) + cheapest(n))) {
+        // With a time budget, the ranking's cost is held to its share of the training it chooses.
+        let worth = |n: usize| match self.budget.limit {
+            Limit::Seconds(_) if n > 2 => {
+                let mean = estimates[..n].iter().sum::<f64>() / n as f64;
+                ranking(n) <= RANKING_SHARE * mean * n.min(self.options.top_k) as f64
+            }
+            _ => true,
+        };
+        if let Some(n) = (1..=configs.len()).rev().find(|&n| self.budget.affords(1, ranking(n) + cheapest(n)) && worth(n)) {
             return Ok(n);
         }
         Err(format!(

@@ -91,11 +91,30 @@ impl Pipeline {
     /// Validate on `folds`: fit each fold's training rows, predict its validation rows (boosting
     /// stops early on them), and score the out-of-fold predictions with `metric`.
     pub fn validate(&self, data: &TabularData, folds: &[Fold], metric: Metric, threads: usize, seed: u64) -> Result<Validated, LearnError> {
+        self.validate_within(data, folds, metric, threads, seed, None)
+            .map(|v| v.expect("no limit, no stop"))
+    }
+
+    /// [`Pipeline::validate`], stopped before a fold that the folds so far say would end past
+    /// `limit` seconds (`Ok(None)`: stopped).
+    pub fn validate_within(
+        &self,
+        data: &TabularData,
+        folds: &[Fold],
+        metric: Metric,
+        threads: usize,
+        seed: u64,
+        limit: Option<f64>,
+    ) -> Result<Option<Validated>, LearnError> {
         let started = Instant::now();
         let w = width(&data.target.values);
         let mut oof = vec![f64::NAN; data.len() * w];
         let (mut fold_scores, mut trees, mut predicted) = (Vec::new(), Vec::new(), Vec::new());
         for (k, fold) in folds.iter().enumerate() {
+            let spent = started.elapsed().as_secs_f64();
+            if limit.is_some_and(|l| k > 0 && spent + spent / k as f64 > l) {
+                return Ok(None);
+            }
             let fold_seed = seed.wrapping_add(k as u64);
             let (pre, x) = Preprocessor::fit_transform(&self.preprocess, &data.features, &data.target.values, &fold.train, fold_seed);
             let vx = pre.transform(&data.features, &fold.valid);
@@ -114,13 +133,13 @@ impl Pipeline {
         }
         predicted.sort_unstable();
         let pred: Vec<f64> = predicted.iter().flat_map(|&r| oof[r * w..(r + 1) * w].to_vec()).collect();
-        Ok(Validated {
+        Ok(Some(Validated {
             score: score(metric, &data.target.values, &predicted, &pred),
             oof,
             fold_scores,
             trees,
             seconds: started.elapsed().as_secs_f64(),
-        })
+        }))
     }
 }
 
