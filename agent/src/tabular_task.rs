@@ -30,6 +30,12 @@ struct Oof {
     config: Config,
     score: f64,
     predictions: Vec<f64>,
+    /// Boosting's trees for a refit on every row (see `Validated::refit_trees`).
+    #[serde(default)]
+    trees: Option<usize>,
+    /// Seconds of the validation (the refit's estimate).
+    #[serde(default)]
+    seconds: f64,
 }
 
 /// What a CSV task is made of (the `run` options of a `csv:PATH` task).
@@ -56,6 +62,9 @@ pub struct CsvOptions {
     /// Seed of the folds and the learners.
     pub seed: u64,
 }
+
+/// A refit on every row against one fold's fit: more rows, and its test predictions.
+const REFIT_GROWTH: f64 = 1.5;
 
 /// The final model's files in the run directory.
 pub const FINAL_FILE: &str = "final/ensemble.json";
@@ -205,20 +214,50 @@ impl TabularTask {
             .collect()
     }
 
-    /// The greedy ensemble of every trial's out-of-fold predictions, and the trials' configurations.
-    pub fn ensemble(&self) -> Option<(Ensemble, Vec<Config>)> {
+    /// The greedy ensemble of every trial's out-of-fold predictions whose refits fit in
+    /// `seconds` (the members by weight while their estimates fit, at least the first; the
+    /// weights of those kept renormalised and the blend scored again), and the trials' records.
+    fn ensemble(&self, seconds: Option<f64>) -> Option<(Ensemble, Vec<Oof>)> {
         let oofs = self.all_oofs();
         let preds: Vec<&[f64]> = oofs.iter().map(|o| o.predictions.as_slice()).collect();
-        let e = ensemble::select(&preds, &self.data.target.values, &self.predicted, width(&self.data.target.values), self.metric)?;
-        Some((e, oofs.into_iter().map(|o| o.config).collect()))
+        let w = width(&self.data.target.values);
+        let mut e = ensemble::select(&preds, &self.data.target.values, &self.predicted, w, self.metric)?;
+        if let Some(limit) = seconds {
+            let refit = |i: usize| oofs[i].seconds / self.folds.len().max(1) as f64 * REFIT_GROWTH;
+            let mut by_weight = e.weights.clone();
+            by_weight.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+            let mut spent = 0.0;
+            let kept: Vec<(usize, f64)> = by_weight
+                .into_iter()
+                .enumerate()
+                .take_while(|&(k, (i, _))| {
+                    spent += refit(i);
+                    k == 0 || spent <= limit
+                })
+                .map(|(_, m)| m)
+                .collect();
+            if kept.len() < e.weights.len() {
+                let total: f64 = kept.iter().map(|m| m.1).sum();
+                let mut weights: Vec<(usize, f64)> = kept.iter().map(|&(i, x)| (i, x / total)).collect();
+                weights.sort_by_key(|m| m.0);
+                let blended = Ensemble { weights, score: f64::NAN };
+                let pick = |p: &[f64]| -> Vec<f64> { self.predicted.iter().flat_map(|&r| p[r * w..(r + 1) * w].to_vec()).collect() };
+                let picked: Vec<Vec<f64>> = preds.iter().map(|p| pick(p)).collect();
+                let refs: Vec<&[f64]> = picked.iter().map(Vec::as_slice).collect();
+                let score = score(self.metric, &self.data.target.values, &self.predicted, &ensemble::blend(&blended, &refs));
+                e = Ensemble { score, ..blended };
+            }
+        }
+        Some((e, oofs))
     }
 
     /// Fit the ensemble's pipelines on every training row and measure the blend on the test rows.
-    pub fn fit_ensemble(&self, e: &Ensemble, configs: &[Config]) -> Result<(Members, Option<f64>), String> {
+    fn fit_ensemble(&self, e: &Ensemble, oofs: &[Oof]) -> Result<(Members, Option<f64>), String> {
         let rows: Vec<usize> = (0..self.data.len()).collect();
         let mut members = Vec::new();
         for &(i, w) in &e.weights {
-            let fitted = pipeline(&configs[i]).fit(&self.data, &rows, self.threads, self.seed).map_err(|e| e.to_string())?;
+            let p = pipeline(&oofs[i].config).with_trees(oofs[i].trees);
+            let fitted = p.fit(&self.data, &rows, self.threads, self.seed).map_err(|e| e.to_string())?;
             members.push((fitted, w));
         }
         let test = match &self.test {
@@ -239,9 +278,9 @@ impl TabularTask {
 
 impl TabularTask {
     /// Build, fit, measure and write the final ensemble (`FINAL_FILE`).
-    fn final_ensemble(&self) -> Result<FinalEnsemble, String> {
-        let (e, configs) = self.ensemble().ok_or("no trial's out-of-fold predictions to build an ensemble from")?;
-        let (members, test_score) = self.fit_ensemble(&e, &configs)?;
+    fn final_ensemble(&self, seconds: Option<f64>) -> Result<FinalEnsemble, String> {
+        let (e, oofs) = self.ensemble(seconds).ok_or("no trial's out-of-fold predictions to build an ensemble from")?;
+        let (members, test_score) = self.fit_ensemble(&e, &oofs)?;
         let classes = match &self.data.target.values {
             autoagent_evaluator::tabular::TargetValues::Classes { classes, .. } => classes.clone(),
             autoagent_evaluator::tabular::TargetValues::Values(_) => Vec::new(),
@@ -293,14 +332,16 @@ impl Evaluator for TabularTask {
     }
 
     fn estimate_final_seconds(&self, config: &Config, _epochs: usize, _epoch_seconds: Option<f64>) -> Option<f64> {
-        // The ensemble's members are refitted once each on every row (a fold's fit on 1/k more
-        // rows): a few of the trials' validations' worth, at most.
-        Some(2.0 * self.estimate_seconds(config, Fidelity::new(1)))
+        // The ensemble's members are refitted once each on every row, as many as fit in the
+        // time the final model is given (at least the best): one validation's worth plans for
+        // the best and a few more.
+        Some(self.estimate_seconds(config, Fidelity::new(1)))
     }
 
-    fn train_final(&mut self, _config: &Config, _epochs: usize, _limit: Option<TrialLimit>) -> Option<Evaluation> {
+    fn train_final(&mut self, _config: &Config, _epochs: usize, limit: Option<TrialLimit>) -> Option<Evaluation> {
         let started = std::time::Instant::now();
-        Some(match self.final_ensemble() {
+        // The refits, their test predictions and the file: planned within most of the share.
+        Some(match self.final_ensemble(limit.map(|l| 0.8 * l.seconds)) {
             Ok(f) => Evaluation {
                 accuracy: Some(self.oriented(f.validation_score)),
                 test_accuracy: f.test_score.map(|t| self.oriented(t)),
@@ -350,6 +391,8 @@ impl Evaluator for TabularTask {
             let oof = Oof {
                 config: config.clone(),
                 score: v.score,
+                trees: v.refit_trees(self.folds.len()),
+                seconds: v.seconds,
                 predictions: v.oof,
             };
             let written = std::fs::create_dir_all(&dir)

@@ -112,6 +112,11 @@ fn pipelines_validate_out_of_fold_and_the_ensemble_is_at_least_the_best_of_them(
     }
     // Boosting stopped early on each fold's validation rows.
     assert!(validated[0].trees.iter().all(|t| (1..=100).contains(t)), "{:?}", validated[0].trees);
+    // A refit on every row grows the trees early stopping kept, by the rows the folds held out.
+    let mean = validated[0].trees.iter().sum::<usize>() as f64 / 5.0;
+    assert_eq!(validated[0].refit_trees(5), Some((mean * 1.25).round() as usize));
+    assert_eq!(validated[1].refit_trees(5), None);
+    assert!(matches!(pipelines[0].with_trees(Some(7)).learner, Learner::Gbm(ref g) if g.trees == 7));
     let rows: Vec<usize> = (0..data.len()).collect();
     let oofs: Vec<&[f64]> = validated.iter().map(|v| v.oof.as_slice()).collect();
     let e = ensemble::select(&oofs, &data.target.values, &rows, 2, Metric::RocAuc).unwrap();

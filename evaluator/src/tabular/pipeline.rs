@@ -66,6 +66,19 @@ pub fn score(metric: Metric, y: &TargetValues, rows: &[usize], pred: &[f64]) -> 
 }
 
 impl Pipeline {
+    /// The pipeline with boosting's trees set to `trees` (what early stopping kept on the
+    /// folds: a refit on every row has no validation rows to stop on); other learners as they
+    /// are.
+    pub fn with_trees(&self, trees: Option<usize>) -> Pipeline {
+        let mut p = self.clone();
+        if let (Learner::Gbm(g), Some(t)) = (&mut p.learner, trees) {
+            if g.boosting == super::learn::gbm::Boosting::Gbdt {
+                g.trees = t.max(1);
+            }
+        }
+        p
+    }
+
     fn fit_context<'a>(&self, data: &TabularData, threads: usize, seed: u64, valid: Option<(&'a Matrix, &'a [f64])>) -> Fit<'a> {
         Fit {
             problem: data.target.problem,
@@ -140,6 +153,19 @@ impl Pipeline {
             trees,
             seconds: started.elapsed().as_secs_f64(),
         }))
+    }
+}
+
+impl Validated {
+    /// The trees a refit on every row should grow: the folds' mean after early stopping, grown
+    /// by the share of rows the folds held out (`None` without boosting).
+    pub fn refit_trees(&self, folds: usize) -> Option<usize> {
+        if self.trees.is_empty() {
+            return None;
+        }
+        let mean = self.trees.iter().sum::<usize>() as f64 / self.trees.len() as f64;
+        let grow = if folds > 1 { folds as f64 / (folds as f64 - 1.0) } else { 1.25 };
+        Some((mean * grow).round().max(1.0) as usize)
     }
 }
 
