@@ -639,11 +639,12 @@ impl Loop<'_> {
         Ok(Some(f))
     }
 
-    /// The seconds left of a time budget and the overrun the final model may use (5 %)
-    /// rather than be lost at the last second; `None` without a time limit.
+    /// The seconds left of a time budget and the overrun the final model may use rather than
+    /// be lost at the last second: [`OVERRUN_ALLOWED`] less a tenth of it, for the time a
+    /// stopped process takes to exit; `None` without a time limit.
     fn tolerated_seconds(&self) -> Option<f64> {
         match self.budget.limit {
-            Limit::Seconds(limit) => self.budget.seconds_left().map(|l| l + OVERRUN_ALLOWED * limit),
+            Limit::Seconds(limit) => self.budget.seconds_left().map(|l| l + 0.9 * OVERRUN_ALLOWED * limit),
             Limit::Trials(_) => None,
         }
     }
