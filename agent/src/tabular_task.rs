@@ -241,10 +241,7 @@ impl TabularTask {
                 let mut weights: Vec<(usize, f64)> = kept.iter().map(|&(i, x)| (i, x / total)).collect();
                 weights.sort_by_key(|m| m.0);
                 let blended = Ensemble { weights, score: f64::NAN };
-                let pick = |p: &[f64]| -> Vec<f64> { self.predicted.iter().flat_map(|&r| p[r * w..(r + 1) * w].to_vec()).collect() };
-                let picked: Vec<Vec<f64>> = preds.iter().map(|p| pick(p)).collect();
-                let refs: Vec<&[f64]> = picked.iter().map(Vec::as_slice).collect();
-                let score = score(self.metric, &self.data.target.values, &self.predicted, &ensemble::blend(&blended, &refs));
+                let score = ensemble::score_blend(&blended, &preds, &self.data.target.values, &self.predicted, w, self.metric);
                 e = Ensemble { score, ..blended };
             }
         }

@@ -27,8 +27,7 @@ pub fn select(oofs: &[&[f64]], y: &TargetValues, rows: &[usize], width: usize, m
     if oofs.is_empty() || rows.is_empty() {
         return None;
     }
-    let pick = |p: &[f64]| -> Vec<f64> { rows.iter().flat_map(|&r| p[r * width..(r + 1) * width].to_vec()).collect() };
-    let preds: Vec<Vec<f64>> = oofs.iter().map(|p| pick(p)).collect();
+    let preds: Vec<Vec<f64>> = oofs.iter().map(|p| pick(p, rows, width)).collect();
     let loss = |p: &[f64]| {
         let s = score(metric, y, rows, p);
         if s.is_nan() {
@@ -62,6 +61,19 @@ pub fn select(oofs: &[&[f64]], y: &TargetValues, rows: &[usize], width: usize, m
         weights: counts.iter().enumerate().filter(|(_, &c)| c > 0).map(|(i, &c)| (i, c as f64 / total as f64)).collect(),
         score: if metric.higher_is_better() { -l } else { l },
     })
+}
+
+/// The predictions of `rows` (each `width` wide) out of predictions of every row.
+fn pick(p: &[f64], rows: &[usize], width: usize) -> Vec<f64> {
+    rows.iter().flat_map(|&r| p[r * width..(r + 1) * width].to_vec()).collect()
+}
+
+/// The metric on `rows` of the blend of `oofs` (each a model's predictions of every row of `y`)
+/// with weights `e.weights` (its `score` is not read): what a changed set of weights scores.
+pub fn score_blend(e: &Ensemble, oofs: &[&[f64]], y: &TargetValues, rows: &[usize], width: usize, metric: Metric) -> f64 {
+    let picked: Vec<Vec<f64>> = oofs.iter().map(|p| pick(p, rows, width)).collect();
+    let refs: Vec<&[f64]> = picked.iter().map(Vec::as_slice).collect();
+    score(metric, y, rows, &blend(e, &refs))
 }
 
 /// The weighted average of predictions `preds` (one a model, each rows × width) with the

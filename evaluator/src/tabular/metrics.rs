@@ -160,20 +160,8 @@ fn column(m: &[f64], width: usize, j: usize) -> Vec<f64> {
 /// ROC-AUC of scores `s` for the positive class 1 of `y` (the Mann-Whitney U statistic, ties
 /// counted half); `NaN` when one class is absent.
 pub fn roc_auc(y: &[usize], s: &[f64]) -> f64 {
-    let mut order: Vec<usize> = (0..s.len()).collect();
-    order.sort_by(|&a, &b| s[a].total_cmp(&s[b]));
     // Average ranks (1-based) of tied scores.
-    let mut ranks = vec![0.0; s.len()];
-    let mut i = 0;
-    while i < order.len() {
-        let mut j = i;
-        while j + 1 < order.len() && s[order[j + 1]] == s[order[i]] {
-            j += 1;
-        }
-        let rank = (i + j) as f64 / 2.0 + 1.0;
-        order[i..=j].iter().for_each(|&k| ranks[k] = rank);
-        i = j + 1;
-    }
+    let ranks = autoagent_proxies::stats::ranks(s);
     let pos = y.iter().filter(|&&c| c == 1).count() as f64;
     let neg = y.len() as f64 - pos;
     if pos == 0.0 || neg == 0.0 {
