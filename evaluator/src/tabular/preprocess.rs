@@ -190,16 +190,11 @@ fn number(c: &Column, i: usize) -> f64 {
     }
 }
 
-/// Row `i`'s category text (`None` when missing).
-fn level(c: &Column, i: usize) -> Option<String> {
-    c.text(i)
-}
-
 /// Levels of `rows` of `c`, most frequent first (ties in order of first appearance).
 fn levels_by_frequency(c: &Column, rows: &[usize]) -> Vec<String> {
     let mut counts: HashMap<String, (usize, usize)> = HashMap::new();
     for (pos, &r) in rows.iter().enumerate() {
-        if let Some(l) = level(c, r) {
+        if let Some(l) = c.text(r) {
             counts.entry(l).or_insert((0, pos)).0 += 1;
         }
     }
@@ -284,7 +279,7 @@ fn target_means(c: &Column, levels: &[String], y: &TargetValues, rows: &[usize])
     for &r in rows {
         let t = target_row(y, r);
         prior.iter_mut().zip(&t).for_each(|(p, v)| *p += v);
-        if let Some(&k) = level(c, r).as_deref().and_then(|l| index.get(l)) {
+        if let Some(&k) = c.text(r).as_deref().and_then(|l| index.get(l)) {
             sums[k].iter_mut().zip(&t).for_each(|(s, v)| *s += v);
             counts[k] += 1.0;
         }
@@ -362,7 +357,7 @@ fn apply_step(step: &Step, c: &Column, rows: &[usize]) -> Vec<(String, Vec<f64>)
             let width = levels.len() + usize::from(*other);
             let mut cols = vec![vec![0.0; rows.len()]; width];
             for (p, &r) in rows.iter().enumerate() {
-                match level(c, r).as_deref().map(|l| index.get(l)) {
+                match c.text(r).as_deref().map(|l| index.get(l)) {
                     Some(Some(&k)) => cols[k][p] = 1.0,
                     // A level past the most frequent ones, or one unseen in training.
                     Some(None) if *other => cols[levels.len()][p] = 1.0,
@@ -379,7 +374,7 @@ fn apply_step(step: &Step, c: &Column, rows: &[usize]) -> Vec<(String, Vec<f64>)
             let index: HashMap<&str, usize> = levels.iter().enumerate().map(|(i, l)| (l.as_str(), i)).collect();
             let codes = rows
                 .iter()
-                .map(|&r| level(c, r).as_deref().and_then(|l| index.get(l)).map_or(f64::NAN, |&k| k as f64))
+                .map(|&r| c.text(r).as_deref().and_then(|l| index.get(l)).map_or(f64::NAN, |&k| k as f64))
                 .collect();
             vec![(name.clone(), codes)]
         }
@@ -387,7 +382,7 @@ fn apply_step(step: &Step, c: &Column, rows: &[usize]) -> Vec<(String, Vec<f64>)
             let index: HashMap<&str, usize> = levels.iter().enumerate().map(|(i, l)| (l.as_str(), i)).collect();
             let mut cols = vec![vec![0.0; rows.len()]; prior.len()];
             for (p, &r) in rows.iter().enumerate() {
-                let m = level(c, r).as_deref().and_then(|l| index.get(l)).map_or(prior, |&k| &means[k]);
+                let m = c.text(r).as_deref().and_then(|l| index.get(l)).map_or(prior, |&k| &means[k]);
                 cols.iter_mut().zip(m).for_each(|(col, &v)| col[p] = v);
             }
             target_names(name, prior.len()).into_iter().zip(cols).collect()
