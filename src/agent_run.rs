@@ -14,6 +14,7 @@ use autoagent_agent::llm_strategy::{LlmOptions, LlmStrategy};
 use autoagent_agent::prompts::Prompts;
 use autoagent_agent::ranker::{Ranker, RankerConfig};
 use autoagent_agent::runner::{run_loop, LoopOptions, Recorder, Spent, Summary};
+use autoagent_agent::score::ScoreLabel;
 use autoagent_agent::scheduler::{geometric_ladder, Scheduler, SchedulerKind};
 use autoagent_agent::strategy::{Evolution, LocalSearch, RandomSearch, Strategy};
 use autoagent_agent::tabular_task::{CsvOptions, TabularTask};
@@ -312,10 +313,11 @@ struct Progress {
     bar: Option<indicatif::ProgressBar>,
     quiet: bool,
     best: Option<f64>,
+    label: ScoreLabel,
 }
 
 impl Progress {
-    fn new(quiet: bool) -> Self {
+    fn new(quiet: bool, label: ScoreLabel) -> Self {
         use std::io::IsTerminal;
         let bar = (!quiet && std::io::stderr().is_terminal()).then(|| {
             let bar = indicatif::ProgressBar::new_spinner();
@@ -324,7 +326,7 @@ impl Progress {
             bar.set_message("starting");
             bar
         });
-        Progress { bar, quiet, best: None }
+        Progress { bar, quiet, best: None, label }
     }
 
     fn trial(&mut self, t: &Trial, budget: &Budget) {
@@ -334,12 +336,13 @@ impl Progress {
         if let Some(a) = t.accuracy {
             self.best = Some(self.best.map_or(a, |b: f64| b.max(a)));
         }
-        let acc = match (t.accuracy, t.state) {
-            (Some(a), _) => format!("{a:.2}"),
+        let score = match (t.accuracy, t.state) {
+            (Some(a), _) => self.label.named(a),
             (None, state) => state.name().to_string(),
         };
         let used = (budget.used_fraction() * 100.0).min(999.0);
-        let line = format!("trial {:>3}  {}  {:>3} ep  acc {}  budget {:.0} %", t.id, t.config.line(), t.epochs, acc, used);
+        let epochs = if self.label.epochs { format!("{:>3} ep  ", t.epochs) } else { String::new() };
+        let line = format!("trial {:>3}  {}  {epochs}{score}  budget {:.0} %", t.id, t.config.line(), used);
         match &self.bar {
             Some(bar) => {
                 bar.println(line);
@@ -347,7 +350,7 @@ impl Progress {
                     "round {} | {} trials | best {} | budget {:.0} % left",
                     t.round + 1,
                     t.id + 1,
-                    self.best.map_or("-".to_string(), |b| format!("{b:.2}")),
+                    self.best.map_or("-".to_string(), |b| self.label.show(b)),
                     (100.0 - used).max(0.0)
                 ));
             }
@@ -650,6 +653,7 @@ fn config_json(args: &RunArgs, prepared: &Prepared) -> Result<String> {
         "args": args,
         "strategy": prepared.strategy_name,
         "llm": prepared.backend.as_ref().map(|b| b.describe()),
+        "score": prepared.evaluator.score_label(),
         "version": env!("CARGO_PKG_VERSION"),
     }))?)
 }
@@ -680,7 +684,8 @@ fn execute(args: &RunArgs, dir: &Path, mut prepared: Prepared, mut recorder: Rec
         final_epochs: (!args.task.starts_with("nb201:") && args.final_fraction > 0.0).then_some(if args.task.starts_with("csv:") { 1 } else { args.max_epochs }),
         final_fraction: args.final_fraction,
     };
-    let mut progress = Progress::new(args.json);
+    let label = prepared.evaluator.score_label();
+    let mut progress = Progress::new(args.json, label.clone());
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
     let result = rt.block_on(run_loop(
         prepared.strategy.as_mut(),
@@ -694,7 +699,7 @@ fn execute(args: &RunArgs, dir: &Path, mut prepared: Prepared, mut recorder: Rec
     progress.finish();
     let (_, summary) = result?;
     tracing::info!(trials = summary.trials, rounds = summary.rounds, stopped = %summary.stopped, "run ended");
-    report(&summary, dir, args.json)?;
+    report(&summary, dir, args.json, &label)?;
     if summary.trials == 0 {
         bail!("the run evaluated no trial: {} (give a larger --budget or --wall-limit)", summary.stopped);
     }
@@ -852,10 +857,11 @@ fn check_new_budget(dir: &Path, new: Limit) -> Result<()> {
     }
 }
 
-fn report(s: &Summary, dir: &Path, json: bool) -> Result<()> {
+fn report(s: &Summary, dir: &Path, json: bool, label: &ScoreLabel) -> Result<()> {
     if json {
         let mut v = serde_json::to_value(s)?;
         v["run_dir"] = dir.display().to_string().into();
+        v["score"] = serde_json::to_value(label)?;
         outln!("{v}");
         return Ok(());
     }
@@ -868,20 +874,21 @@ fn report(s: &Summary, dir: &Path, json: bool) -> Result<()> {
         s.stopped
     );
     if let Some(b) = &s.best {
+        let epochs = if label.epochs { format!("  {} epochs", b.epochs) } else { String::new() };
         outln!(
-            "best: {}  {} epochs  validation {:.2}{}",
+            "best: {}{epochs}  validation {}{}",
             b.config.line(),
-            b.epochs,
-            b.accuracy.unwrap_or(f64::NAN),
-            b.test_accuracy.map(|t| format!("  test {t:.2}")).unwrap_or_default()
+            label.named(b.accuracy.unwrap_or(f64::NAN)),
+            b.test_accuracy.map(|t| format!("  test {}", label.show(t))).unwrap_or_default()
         );
     }
     if let Some(f) = &s.final_model {
         let ensemble = f.artefacts.iter().any(|a| a == autoagent_agent::tabular_task::FINAL_FILE);
         let line = match (f.is_complete(), f.test_accuracy) {
             (true, Some(t)) if ensemble => format!(
-                "final model: a greedy ensemble of the trials, refit on every training row ({}): test {t:.4} ({:.1} s)",
+                "final model: a greedy ensemble of the trials, refit on every training row ({}): test {} ({:.1} s)",
                 autoagent_agent::tabular_task::FINAL_FILE,
+                label.named(t),
                 f.seconds
             ),
             (true, None) if ensemble => format!(

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use anyhow::{bail, Result};
-use autoagent_agent::export::{self, ExportOptions, LoadedModel, SplitOptions};
+use autoagent_agent::export::{self, CsvPredictOptions, ExportOptions, LoadedModel, SplitOptions};
 use autoagent_evaluator::train::parse_device;
 use candle_core::Device;
 use clap::{ArgGroup, Args};
@@ -33,6 +33,11 @@ pub struct ExportArgs {
 /// `autoagent export RUN_DIR [--best | --trial N] --out DIR [--force]`.
 pub fn cmd_export(args: ExportArgs) -> Result<()> {
     let _ = args.best; // the default either way
+    if export::is_tabular_run(&args.run_dir) {
+        let (_, summary) = export::export_tabular(&args.run_dir, args.trial, &args.out, args.force)?;
+        out_line(&summary);
+        return Ok(());
+    }
     let opts = ExportOptions {
         run_dir: args.run_dir,
         trial: args.trial,
@@ -46,11 +51,24 @@ pub fn cmd_export(args: ExportArgs) -> Result<()> {
 
 /// `autoagent predict`.
 #[derive(Args)]
-#[command(group(ArgGroup::new("input").required(true).args(["images", "split"])))]
+#[command(group(ArgGroup::new("input").required(true).args(["images", "split", "csv"])))]
 pub struct PredictArgs {
     /// The model folder (model.json, model.safetensors) that `export` or `train --out` wrote.
     #[arg(long)]
     model: PathBuf,
+    /// Predict every row of this CSV file with a tabular model (columns by name, as in training).
+    #[arg(long, conflicts_with_all = ["images", "split"])]
+    csv: Option<PathBuf>,
+    /// Write the CSV predictions to this file instead of standard output.
+    #[arg(long, requires = "csv")]
+    out: Option<PathBuf>,
+    /// The fields the CSV reads as missing, separated by commas (default: the empty field, NA, ?
+    /// and NaN; give what the run was given).
+    #[arg(long, requires = "csv")]
+    na: Option<String>,
+    /// Threads of the tabular model's learners.
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
     /// Classify this image file, or every image file (png, jpg, bmp, pgm, ppm, ...) in this folder.
     #[arg(long, conflicts_with_all = ["split", "task"])]
     images: Option<PathBuf>,
@@ -89,6 +107,9 @@ pub fn cmd_predict(args: PredictArgs) -> Result<()> {
     if args.batch_size == 0 {
         bail!("--batch-size must be at least 1");
     }
+    if let Some(csv) = &args.csv {
+        return predict_csv(csv, &args);
+    }
     let device = parse_device(&args.device)?;
     let m = export::load_model_dir(&args.model, &device)?;
     let lines = match (&args.images, &args.split) {
@@ -120,4 +141,33 @@ fn predict_split(m: &LoadedModel, split: &str, args: &PredictArgs, device: &Devi
         batch_size: args.batch_size,
     };
     Ok(export::measure_split(m, &opts, device, &mut |n| err_line(n))?.lines(args.json))
+}
+
+/// `predict --model DIR --csv FILE [--out FILE]`: the predictions as CSV, warnings and the
+/// metrics (when the file has the target column) on standard error.
+fn predict_csv(csv: &std::path::Path, args: &PredictArgs) -> Result<()> {
+    if !export::is_tabular_model(&args.model) {
+        bail!("{} holds no tabular model (export a csv: run with autoagent export RUN_DIR --best --out DIR)", args.model.display());
+    }
+    let p = export::predict_csv(&CsvPredictOptions {
+        model_dir: args.model.clone(),
+        csv: csv.to_path_buf(),
+        na: args.na.as_ref().map(|s| s.split(',').map(|t| t.trim().to_string()).collect()),
+        threads: args.threads.max(1),
+    })?;
+    for w in &p.warnings {
+        err_line(&format!("warning: {w}"));
+    }
+    match &args.out {
+        Some(path) => {
+            let mut f = std::fs::File::create(path).map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
+            p.write_csv(&mut f)?;
+            err_line(&format!("{} predictions written to {}", p.rows.len(), path.display()));
+        }
+        None => p.write_csv(&mut std::io::stdout().lock())?,
+    }
+    for (metric, value, rows) in &p.scores {
+        err_line(&format!("{metric} {value:.4} on the {rows} row(s) with a target value"));
+    }
+    Ok(())
 }

@@ -43,11 +43,79 @@ fn a_csv_task_searches_pipelines_and_ends_with_an_ensemble_measured_on_the_test_
     let test = f["test_accuracy"].as_f64().unwrap();
     assert!(test > 0.70 && test <= 1.0, "{test}");
     let e: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("final/ensemble.json")).unwrap()).unwrap();
-    let weights: f64 = e["members"].as_array().unwrap().iter().map(|m| m[0].as_f64().unwrap()).sum();
+    let weights: f64 = e["members"].as_array().unwrap().iter().map(|m| m["weight"].as_f64().unwrap()).sum();
     assert!((weights - 1.0).abs() < 1e-9);
-    assert_eq!(e["classes"], serde_json::json!(["1", "2"]));
+    assert_eq!(e["schema"]["target"]["classes"], serde_json::json!(["1", "2"]));
+    // The best single pipeline is kept beside the blend.
+    assert!(e["members"].as_array().unwrap().iter().any(|m| m["trial"] == e["best"]), "{e}");
     // Every trial left its out-of-fold predictions for the ensemble.
     assert!(out.join("trials/0000/oof.json").is_file());
+    exported_ensemble_predicts_new_rows_as_the_run_measured_them(dir.path(), &out, test);
+}
+
+/// The test rows of credit_g's seed-0 split as a file of their own, with a column the model
+/// does not know, and a row whose category training never saw.
+fn test_rows_file(dir: &Path) -> std::path::PathBuf {
+    let split: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(tabular("splits/credit_g_seed0.json")).unwrap()).unwrap();
+    let text = std::fs::read_to_string(tabular("credit_g.csv")).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    let mut out = format!("{},note\n", lines[0]);
+    for r in split["test"].as_array().unwrap() {
+        out.push_str(&format!("{},x\n", lines[r.as_u64().unwrap() as usize + 1]));
+    }
+    let path = dir.join("new-rows.csv");
+    std::fs::write(&path, out).unwrap();
+    path
+}
+
+/// `export --best` writes the final ensemble, `predict --csv` gives the run's test score on the
+/// same rows, and a file without one of the model's columns is a one-line error.
+fn exported_ensemble_predicts_new_rows_as_the_run_measured_them(dir: &Path, run: &Path, test: f64) {
+    let model = dir.join("model");
+    let o = autoagent(dir, &["export", run.to_str().unwrap(), "--best", "--out", model.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("exported the final ensemble"));
+    let rows = test_rows_file(dir);
+    let preds = dir.join("preds.csv");
+    let o = autoagent(dir, &["predict", "--model", model.to_str().unwrap(), "--csv", rows.to_str().unwrap(), "--out", preds.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("ignored: note"), "{err}");
+    assert!(err.contains(&format!("roc_auc {test:.4} on the 200 row(s)")), "{err} (run: {test})");
+    let text = std::fs::read_to_string(&preds).unwrap();
+    assert_eq!(text.lines().next(), Some("row,prediction,p_1,p_2"));
+    assert_eq!(text.lines().count(), 201);
+    // A category training never saw, and rows without the target: predicted all the same.
+    let text = std::fs::read_to_string(&rows).unwrap();
+    let header = text.lines().next().unwrap();
+    let purpose = header.split(',').position(|c| c == "purpose").unwrap();
+    let target = header.split(',').position(|c| c == "target").unwrap();
+    let mut odd = format!("{header}\n");
+    for line in text.lines().skip(1).take(3) {
+        let mut f: Vec<&str> = line.split(',').collect();
+        f[purpose] = "time travel";
+        f[target] = "";
+        odd.push_str(&(f.join(",") + "\n"));
+    }
+    let odd_path = dir.join("odd.csv");
+    std::fs::write(&odd_path, odd).unwrap();
+    let o = autoagent(dir, &["predict", "--model", model.to_str().unwrap(), "--csv", odd_path.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(String::from_utf8_lossy(&o.stdout).lines().count(), 4);
+    // A column the model was trained on is missing.
+    let drop_purpose = |l: &str| {
+        let kept: Vec<&str> = l.split(',').enumerate().filter(|&(i, _)| i != purpose).map(|(_, v)| v).collect();
+        kept.join(",") + "\n"
+    };
+    let without: String = text.lines().map(drop_purpose).collect();
+    let without_path = dir.join("without.csv");
+    std::fs::write(&without_path, without).unwrap();
+    let o = autoagent(dir, &["predict", "--model", model.to_str().unwrap(), "--csv", without_path.to_str().unwrap()]);
+    assert_one_line_error(&o, "has no column 'purpose', which the model was trained on");
+    assert_one_line_error(
+        &autoagent(dir, &["predict", "--model", dir.to_str().unwrap(), "--csv", rows.to_str().unwrap()]),
+        "holds no tabular model",
+    );
 }
 
 #[test]
@@ -106,7 +174,7 @@ fn decided(dir: &Path) -> (Vec<String>, serde_json::Value, serde_json::Value) {
     lines.dedup();
     let summary: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).unwrap()).unwrap();
     let e: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("final/ensemble.json")).unwrap()).unwrap();
-    let weights: Vec<f64> = e["members"].as_array().unwrap().iter().map(|m| m[0].as_f64().unwrap()).collect();
+    let weights: Vec<f64> = e["members"].as_array().unwrap().iter().map(|m| m["weight"].as_f64().unwrap()).collect();
     (lines, summary["final_model"]["test_accuracy"].clone(), serde_json::json!(weights))
 }
 

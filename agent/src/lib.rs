@@ -26,6 +26,7 @@ pub mod ranker;
 pub mod report;
 pub mod runner;
 pub mod scheduler;
+pub mod score;
 pub mod space;
 pub mod store;
 pub mod strategy;

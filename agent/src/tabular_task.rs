@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use autoagent_evaluator::tabular::ensemble::{self, Ensemble};
 use autoagent_evaluator::tabular::pipeline::{score, width};
 use autoagent_evaluator::tabular::split::{folds, Fold};
-use autoagent_evaluator::tabular::{read_csv, FittedPipeline, Metric, Problem, ReadOptions, SplitFile, TabularData, Validation};
+use autoagent_evaluator::tabular::{read_csv, FittedPipeline, Metric, Problem, ReadOptions, Schema, SplitFile, TabularData, Validation};
 use serde::{Deserialize, Serialize};
 
 use crate::configspace::{pipeline, tabular_space, Config, Space};
@@ -36,6 +36,9 @@ struct Oof {
     /// Seconds of the validation (the refit's estimate).
     #[serde(default)]
     seconds: f64,
+    /// The trial's number (its folder's name, not written in the file).
+    #[serde(skip)]
+    trial: usize,
 }
 
 /// What a CSV task is made of (the `run` options of a `csv:PATH` task).
@@ -69,29 +72,65 @@ const REFIT_GROWTH: f64 = 1.5;
 /// The final model's files in the run directory.
 pub const FINAL_FILE: &str = "final/ensemble.json";
 
-/// The final model as written: the ensemble's fitted pipelines and weights.
+/// The version of [`FINAL_FILE`] this build writes and reads.
+pub const FINAL_VERSION: u32 = 2;
+
+/// The final model as written: the ensemble's pipelines fitted on every training row, their
+/// weights, and the columns they take.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct FinalEnsemble {
-    /// Format version.
+    /// Format version ([`FINAL_VERSION`]).
     pub version: u32,
-    /// The target column, its problem and classes (empty for a regression).
-    pub target: String,
-    /// The problem.
-    pub problem: Problem,
-    /// Class labels, in the order of the predicted probabilities.
-    pub classes: Vec<String>,
-    /// The metric, its out-of-fold value for the ensemble, and its test value when measured.
+    /// The columns the pipelines were trained on, the target's problem and classes.
+    pub schema: Schema,
+    /// The task's metric.
     pub metric: Metric,
     /// Out-of-fold metric of the ensemble.
     pub validation_score: f64,
-    /// Test metric, when the task has test rows.
+    /// Test metric of the ensemble, when the task has test rows.
     pub test_score: Option<f64>,
-    /// `(weight, pipeline)`.
-    pub members: Vec<(f64, FittedPipeline)>,
+    /// The members, by trial number.
+    pub members: Vec<Member>,
+    /// The trial of the best single pipeline (always a member): kept beside the ensemble.
+    pub best: usize,
 }
 
-/// An ensemble's fitted pipelines and their weights.
-pub type Members = Vec<(FittedPipeline, f64)>;
+/// A pipeline of the final ensemble.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Member {
+    /// The trial it comes from.
+    pub trial: usize,
+    /// Its weight in the blend (the weights sum to 1).
+    pub weight: f64,
+    /// Its out-of-fold metric in the search.
+    pub validation_score: f64,
+    /// Its own test metric, when the task has test rows.
+    pub test_score: Option<f64>,
+    /// The pipeline fitted on every training row.
+    pub pipeline: FittedPipeline,
+}
+
+impl FinalEnsemble {
+    /// The member of trial `trial`.
+    pub fn member(&self, trial: usize) -> Option<&Member> {
+        self.members.iter().find(|m| m.trial == trial)
+    }
+
+    /// Read [`FINAL_FILE`] of a run directory.
+    pub fn read(run_dir: &Path) -> Result<FinalEnsemble, String> {
+        let path = run_dir.join(FINAL_FILE);
+        let text = std::fs::read_to_string(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        let version = serde_json::from_str::<serde_json::Value>(&text).ok().and_then(|v| v["version"].as_u64());
+        if version != Some(u64::from(FINAL_VERSION)) {
+            return Err(format!(
+                "{} has version {}; this build reads version {FINAL_VERSION} (run the task again)",
+                path.display(),
+                version.map_or("unknown".into(), |v| v.to_string())
+            ));
+        }
+        serde_json::from_str(&text).map_err(|e| format!("{} is not a final ensemble: {e}", path.display()))
+    }
+}
 
 /// The task.
 pub struct TabularTask {
@@ -206,17 +245,19 @@ impl TabularTask {
         };
         let mut paths: Vec<PathBuf> = dirs.filter_map(|d| d.ok()).map(|d| d.path().join(OOF_FILE)).filter(|p| p.is_file()).collect();
         paths.sort();
+        let trial = |p: &Path| p.parent().and_then(|d| d.file_name()).and_then(|n| n.to_str()).and_then(|n| n.parse().ok());
         paths
             .iter()
-            .filter_map(|p| std::fs::read_to_string(p).ok())
-            .filter_map(|t| serde_json::from_str::<Oof>(&t).ok())
+            .filter_map(|p| Some((trial(p)?, std::fs::read_to_string(p).ok()?)))
+            .filter_map(|(n, t)| Some(Oof { trial: n, ..serde_json::from_str::<Oof>(&t).ok()? }))
             .filter(|o| o.predictions.len() == self.data.len() * width(&self.data.target.values))
             .collect()
     }
 
     /// The greedy ensemble of every trial's out-of-fold predictions whose refits fit in
-    /// `seconds` (the members by weight while their estimates fit, at least the first; the
-    /// weights of those kept renormalised and the blend scored again), and the trials' records.
+    /// `seconds` (the best single pipeline always, then the members by weight while their
+    /// estimates fit; the weights of those kept renormalised and the blend scored again), and
+    /// the trials' records.
     fn ensemble(&self, seconds: Option<f64>) -> Option<(Ensemble, Vec<Oof>)> {
         let oofs = self.all_oofs();
         let preds: Vec<&[f64]> = oofs.iter().map(|o| o.predictions.as_slice()).collect();
@@ -225,7 +266,7 @@ impl TabularTask {
         if let Some(limit) = seconds {
             let refit = |i: usize| oofs[i].seconds / self.folds.len().max(1) as f64 * REFIT_GROWTH;
             let mut by_weight = e.weights.clone();
-            by_weight.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+            by_weight.sort_by(|a, b| (b.0 == e.best).cmp(&(a.0 == e.best)).then(b.1.total_cmp(&a.1)).then(a.0.cmp(&b.0)));
             let mut spent = 0.0;
             let kept: Vec<(usize, f64)> = by_weight
                 .into_iter()
@@ -240,7 +281,7 @@ impl TabularTask {
                 let total: f64 = kept.iter().map(|m| m.1).sum();
                 let mut weights: Vec<(usize, f64)> = kept.iter().map(|&(i, x)| (i, x / total)).collect();
                 weights.sort_by_key(|m| m.0);
-                let blended = Ensemble { weights, score: f64::NAN };
+                let blended = Ensemble { weights, score: f64::NAN, best: e.best };
                 let score = ensemble::score_blend(&blended, &preds, &self.data.target.values, &self.predicted, w, self.metric);
                 e = Ensemble { score, ..blended };
             }
@@ -248,49 +289,48 @@ impl TabularTask {
         Some((e, oofs))
     }
 
-    /// Fit the ensemble's pipelines on every training row and measure the blend on the test rows.
-    fn fit_ensemble(&self, e: &Ensemble, oofs: &[Oof]) -> Result<(Members, Option<f64>), String> {
+    /// Fit the ensemble's pipelines on every training row and measure each and the blend on
+    /// the test rows.
+    fn fit_ensemble(&self, e: &Ensemble, oofs: &[Oof]) -> Result<(Vec<Member>, Option<f64>), String> {
         let rows: Vec<usize> = (0..self.data.len()).collect();
+        let test_rows: Vec<usize> = self.test.as_ref().map_or(Vec::new(), |t| (0..t.len()).collect());
+        let mut blend = vec![0.0; test_rows.len() * width(&self.data.target.values)];
         let mut members = Vec::new();
-        for &(i, w) in &e.weights {
+        for &(i, weight) in &e.weights {
             let p = pipeline(&oofs[i].config).with_trees(oofs[i].trees);
             let fitted = p.fit(&self.data, &rows, self.threads, self.seed).map_err(|e| e.to_string())?;
-            members.push((fitted, w));
-        }
-        let test = match &self.test {
-            None => None,
-            Some(t) => {
-                let test_rows: Vec<usize> = (0..t.len()).collect();
-                let mut blend = vec![0.0; t.len() * width(&t.target.values)];
-                for (m, w) in &members {
-                    let p = m.predict(&t.features, &test_rows, self.threads).map_err(|e| e.to_string())?;
-                    blend.iter_mut().zip(&p).for_each(|(b, q)| *b += w * q);
+            let test_score = match &self.test {
+                None => None,
+                Some(t) => {
+                    let p = fitted.predict(&t.features, &test_rows, self.threads).map_err(|e| e.to_string())?;
+                    blend.iter_mut().zip(&p).for_each(|(b, q)| *b += weight * q);
+                    Some(score(self.metric, &t.target.values, &test_rows, &p))
                 }
-                Some(score(self.metric, &t.target.values, &test_rows, &blend))
-            }
-        };
+            };
+            members.push(Member {
+                trial: oofs[i].trial,
+                weight,
+                validation_score: oofs[i].score,
+                test_score,
+                pipeline: fitted,
+            });
+        }
+        let test = self.test.as_ref().map(|t| score(self.metric, &t.target.values, &test_rows, &blend));
         Ok((members, test))
     }
-}
 
-impl TabularTask {
     /// Build, fit, measure and write the final ensemble (`FINAL_FILE`).
     fn final_ensemble(&self, seconds: Option<f64>) -> Result<FinalEnsemble, String> {
         let (e, oofs) = self.ensemble(seconds).ok_or("no trial's out-of-fold predictions to build an ensemble from")?;
         let (members, test_score) = self.fit_ensemble(&e, &oofs)?;
-        let classes = match &self.data.target.values {
-            autoagent_evaluator::tabular::TargetValues::Classes { classes, .. } => classes.clone(),
-            autoagent_evaluator::tabular::TargetValues::Values(_) => Vec::new(),
-        };
         let f = FinalEnsemble {
-            version: 1,
-            target: self.data.target.name.clone(),
-            problem: self.data.target.problem,
-            classes,
+            version: FINAL_VERSION,
+            schema: Schema::of(&self.data),
             metric: self.metric,
             validation_score: e.score,
             test_score,
-            members: members.into_iter().map(|(m, w)| (w, m)).collect(),
+            members,
+            best: oofs[e.best].trial,
         };
         let path = self.run_dir.join(FINAL_FILE);
         std::fs::create_dir_all(path.parent().expect("a folder"))
@@ -312,6 +352,15 @@ impl Evaluator for TabularTask {
                 self.validation.describe()
             ),
             metric: format!("{} ({})", self.metric, if self.metric.higher_is_better() { "higher is better" } else { "negated: higher is better" }),
+        }
+    }
+
+    fn score_label(&self) -> crate::score::ScoreLabel {
+        crate::score::ScoreLabel {
+            name: self.metric.to_string(),
+            negated: !self.metric.higher_is_better(),
+            decimals: 4,
+            epochs: false,
         }
     }
 
@@ -391,6 +440,7 @@ impl Evaluator for TabularTask {
                 trees: v.refit_trees(self.folds.len()),
                 seconds: v.seconds,
                 predictions: v.oof,
+                trial,
             };
             let written = std::fs::create_dir_all(&dir)
                 .and_then(|_| std::fs::write(dir.join(OOF_FILE), serde_json::to_string(&oof).expect("predictions serialise")));

@@ -70,6 +70,10 @@ impl Fidelity {
 pub trait Evaluator: Send {
     /// What the prompt says about the task.
     fn info(&self) -> TaskInfo;
+    /// How its scores are shown (default: validation accuracy in %, trained in epochs).
+    fn score_label(&self) -> crate::score::ScoreLabel {
+        crate::score::ScoreLabel::accuracy()
+    }
     /// The search space its candidates come from (the task's default, or the user's narrowing).
     fn space(&self) -> &Space;
     /// The estimated device seconds of evaluating `config` at `fidelity` (for the budget's

@@ -201,7 +201,7 @@ fn network_of(record: &TrialRecord, kind: DatasetKind, weights: &Path) -> Result
 }
 
 /// The output folder: created, and empty unless `force`.
-fn prepare_out(out: &Path, force: bool) -> Result<(), ExportError> {
+pub(super) fn prepare_out(out: &Path, force: bool) -> Result<(), ExportError> {
     if out.exists() {
         if !out.is_dir() {
             return invalid(format!("{} exists and is not a directory", out.display()));

@@ -1,6 +1,7 @@
 //! A trained trial of a run as a self-contained model folder (`autoagent export`: [`export_trial`]),
 //! and inference with it (`autoagent predict`: [`load_model_dir`], [`measure_split`],
-//! [`predict_images`]).
+//! [`predict_images`]); a tabular run's final ensemble likewise ([`export_tabular`], [`predict_csv`]:
+//! the `tabular` module documents its folder).
 //!
 //! # The model folder
 //!
@@ -65,12 +66,14 @@ mod from_run;
 mod images;
 mod predict;
 mod spec;
+mod tabular;
 mod weights;
 
 pub use folder::{load_model_dir, LoadedModel};
 pub use from_run::{export_trial, ExportOptions, Exported};
 pub use images::{predict_images, ImagePrediction};
 pub use predict::{measure_split, predict_split, ClassScore, SplitChoice, SplitOptions, SplitScore};
+pub use tabular::{export_tabular, is_tabular_model, is_tabular_run, predict_csv, CsvPredictOptions, CsvPredictions, TabularModel, TABULAR_FORMAT, TABULAR_FORMAT_VERSION};
 pub use spec::{
     class_names, DataRecord, ModelFacts, ModelSpec, Normalization, MODEL_FORMAT, MODEL_FORMAT_VERSION, MODEL_FORMAT_VERSION_NO_DATA, SPEC_FILE, WEIGHTS_FILE,
 };

@@ -9,6 +9,7 @@ use super::{plots, BudgetUse, LlmUse, Report, ReportError, Row};
 use crate::budget::Limit;
 use crate::error_context::Context;
 use crate::history::Origin;
+use crate::score::ScoreLabel;
 use crate::store::TrialRecord;
 
 /// Rows of the leaderboard.
@@ -117,12 +118,17 @@ fn llm_use(run: &Run) -> LlmUse {
 }
 
 /// The top [`TOP`] of `best` (ranked trials) as leaderboard rows.
-fn leaderboard(task: &str, best: &[&TrialRecord], proxies_of: &ProxiesOf) -> Vec<Row> {
+fn leaderboard(task: &str, best: &[&TrialRecord], proxies_of: &ProxiesOf, score: &ScoreLabel, networks: bool) -> Vec<Row> {
     best.iter()
         .take(TOP)
         .enumerate()
         .map(|(i, r)| {
-            let net = net_for(task, &r.trial.config);
+            let (params, flops) = if networks {
+                let net = net_for(task, &r.trial.config);
+                (net.param_count() as f64 / 1e6, net.flops() / 1e6)
+            } else {
+                (f64::NAN, f64::NAN)
+            };
             Row {
                 rank: i + 1,
                 trial: r.trial.id,
@@ -132,8 +138,9 @@ fn leaderboard(task: &str, best: &[&TrialRecord], proxies_of: &ProxiesOf) -> Vec
                 epochs: r.trial.epochs,
                 accuracy: r.trial.accuracy.unwrap_or(f64::NAN),
                 test_accuracy: r.trial.test_accuracy,
-                params_m: net.param_count() as f64 / 1e6,
-                flops_m: net.flops() / 1e6,
+                value: score.value(r.trial.accuracy.unwrap_or(f64::NAN)),
+                params_m: params,
+                flops_m: flops,
                 proxies: proxies_of[&r.trial.id].clone(),
                 seconds: r.trial.seconds,
             }
@@ -165,6 +172,8 @@ pub(crate) fn build(run_dir: &Path, out: &Path, run: &Run) -> Result<Report, Rep
         *states.entry(r.trial.state.name().to_string()).or_insert(0usize) += 1;
     }
     let budget = budget_use(run);
+    let score = ScoreLabel::of_config(&run.config);
+    let networks = !task.starts_with("csv:");
     std::fs::create_dir_all(out).with_context(|| format!("cannot create the report directory {}", out.display()))?;
     let drawn = plots::draw(&plots::Inputs {
         out,
@@ -173,6 +182,8 @@ pub(crate) fn build(run_dir: &Path, out: &Path, run: &Run) -> Result<Report, Rep
         trials: &trials,
         proxies_of: &proxies_of,
         proxy_names: &proxy_names,
+        score: &score,
+        networks,
     })?;
     Ok(Report {
         name: run_dir
@@ -180,7 +191,7 @@ pub(crate) fn build(run_dir: &Path, out: &Path, run: &Run) -> Result<Report, Rep
             .map_or_else(|| run_dir.display().to_string(), |n| n.to_string_lossy().into_owned()),
         run_dir: run_dir.to_path_buf(),
         status: run.status.clone(),
-        leaderboard: leaderboard(&task, &best, &proxies_of),
+        leaderboard: leaderboard(&task, &best, &proxies_of, &score, networks),
         task,
         strategy,
         llm_backend: run.config["llm"].as_str().map(String::from),
@@ -196,5 +207,8 @@ pub(crate) fn build(run_dir: &Path, out: &Path, run: &Run) -> Result<Report, Rep
         proxies: drawn.proxies,
         plots: drawn.plots,
         final_model: run.summary.as_ref().and_then(|s| s.final_model.clone()),
+        ensemble: crate::tabular_task::FinalEnsemble::read(run_dir).ok(),
+        score,
+        networks,
     })
 }

@@ -27,7 +27,11 @@ pub(crate) fn body(d: &mut impl Doc, r: &Report) {
     } else {
         d.table(&tables::leaderboard(r));
     }
-    if let Some(f) = &r.final_model {
+    if let Some(e) = &r.ensemble {
+        d.heading(2, "Final model");
+        d.para(&tables::ensemble(e));
+        d.table(&tables::members(e));
+    } else if let Some(f) = &r.final_model {
         d.heading(2, "Final model");
         d.para(&tables::final_model(f));
     }

@@ -115,8 +115,11 @@ struct Row {
     origin: String,
     /// Epochs of its last rung.
     epochs: usize,
+    /// The loop's score (validation accuracy, or the metric oriented: larger is better).
     accuracy: f64,
     test_accuracy: Option<f64>,
+    /// The validation metric as the user reads it (a loss not negated).
+    value: f64,
     params_m: f64,
     flops_m: f64,
     proxies: BTreeMap<String, Option<f64>>,
@@ -194,6 +197,12 @@ struct Report {
     plots: Vec<Plot>,
     /// The run's final model (the best configuration retrained), when it has one.
     final_model: Option<crate::final_model::FinalModel>,
+    /// How scores are shown (accuracy in %, or a tabular task's metric).
+    score: crate::score::ScoreLabel,
+    /// Whether candidates are networks (parameters, FLOPs and the Pareto plot apply).
+    networks: bool,
+    /// A tabular run's final ensemble, when it was built.
+    ensemble: Option<crate::tabular_task::FinalEnsemble>,
 }
 
 impl Report {
@@ -216,7 +225,26 @@ impl Report {
             "llm": self.llm,
             "proxies": self.proxies,
             "final_model": self.final_model,
+            "score": self.score,
+            "ensemble": self.ensemble.as_ref().map(ensemble_json),
             "plots": self.plots.iter().map(|p| (p.key.clone(), Value::from(p.path.display().to_string()))).collect::<serde_json::Map<_, _>>(),
         })
     }
+}
+
+/// A final ensemble in the JSON report: its scores and members, without the fitted models.
+fn ensemble_json(e: &crate::tabular_task::FinalEnsemble) -> Value {
+    json!({
+        "metric": e.metric,
+        "validation_score": e.validation_score,
+        "test_score": e.test_score,
+        "best": e.best,
+        "members": e.members.iter().map(|m| json!({
+            "trial": m.trial,
+            "model": m.pipeline.pipeline.learner.family(),
+            "weight": m.weight,
+            "validation_score": m.validation_score,
+            "test_score": m.test_score,
+        })).collect::<Vec<_>>(),
+    })
 }

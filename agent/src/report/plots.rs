@@ -9,6 +9,7 @@ use super::charts::{plot, step, Chart};
 use super::format::{file_safe, fmt_rho};
 use super::run::{net_for, Run};
 use super::{Plot, ProxyStat, ReportError};
+use crate::score::ScoreLabel;
 use crate::store::TrialRecord;
 
 /// Scores spanning at least this ratio (all positive) get a logarithmic axis.
@@ -24,6 +25,10 @@ pub(crate) struct Inputs<'a> {
     pub(crate) trials: &'a [&'a TrialRecord],
     pub(crate) proxies_of: &'a ProxiesOf,
     pub(crate) proxy_names: &'a [String],
+    /// How scores are shown.
+    pub(crate) score: &'a ScoreLabel,
+    /// Whether candidates are networks (the Pareto plot of parameters applies).
+    pub(crate) networks: bool,
 }
 
 /// The plots and the proxies' statistics.
@@ -46,7 +51,9 @@ pub(crate) fn draw(inp: &Inputs) -> Result<Drawn, ReportError> {
         proxies.push(stat);
         plots.extend(p);
     }
-    plots.push(pareto(inp, &scored)?);
+    if inp.networks {
+        plots.push(pareto(inp, &scored)?);
+    }
     Ok(Drawn { plots, proxies })
 }
 
@@ -74,19 +81,20 @@ fn progress(inp: &Inputs) -> Result<Vec<Plot>, ReportError> {
         }
         let Some(acc) = r.trial.accuracy else { continue };
         best_acc = best_acc.max(acc);
-        let n = (i + 1) as f64;
-        by_count.push((n, best_acc));
+        let (n, best, acc) = ((i + 1) as f64, inp.score.value(best_acc), inp.score.value(acc));
+        by_count.push((n, best));
         each_count.push((n, acc));
-        by_time.push((seconds, best_acc));
+        by_time.push((seconds, best));
         each_time.push((seconds, acc));
     }
+    let what = score_words(inp.score);
     let by_trials = plot(
         inp.out,
         "best_vs_trials",
-        "Best validation accuracy so far against evaluated architectures",
+        &format!("Best {what} so far against evaluated candidates"),
         &Chart {
-            title: "Best validation accuracy vs evaluated architectures".into(),
-            x_desc: "architectures evaluated".into(),
+            title: format!("Best {what} vs evaluated candidates"),
+            x_desc: "candidates evaluated".into(),
             log_x: false,
             points: each_count,
             line: step(&by_count),
@@ -96,12 +104,12 @@ fn progress(inp: &Inputs) -> Result<Vec<Plot>, ReportError> {
     let by_seconds = plot(
         inp.out,
         "best_vs_time",
-        "Best validation accuracy so far against cumulative device time",
+        &format!("Best {what} so far against cumulative device time"),
         &Chart {
             title: if seconds <= 0.0 {
-                "Best validation accuracy vs device time (none recorded: table lookups)".into()
+                format!("Best {what} vs device time (none recorded: table lookups)")
             } else {
-                "Best validation accuracy vs cumulative device time".into()
+                format!("Best {what} vs cumulative device time")
             },
             x_desc: if inp.run.round_proxy_seconds.is_some() {
                 "cumulative device seconds (evaluations and proxy scoring)".into()
@@ -115,6 +123,15 @@ fn progress(inp: &Inputs) -> Result<Vec<Plot>, ReportError> {
         },
     )?;
     Ok(vec![by_trials, by_seconds])
+}
+
+/// "validation accuracy", or "validation log_loss" (a tabular task's metric).
+fn score_words(score: &ScoreLabel) -> String {
+    if score.name == "acc" {
+        "validation accuracy".into()
+    } else {
+        format!("validation {}", score.name)
+    }
 }
 
 /// (c): the proxy `name` against accuracy: its statistics, and its plot where two trials or more

@@ -27,32 +27,34 @@ pub(crate) fn overview(r: &Report) -> Table {
 }
 
 pub(crate) fn leaderboard(r: &Report) -> Table {
-    let mut head = header(&[
-        "rank",
-        "trial",
-        "configuration",
-        "epochs",
-        "valid acc (%)",
-        "test acc (%)",
-        "params (M)",
-        "FLOPs (M)",
-    ]);
+    let (valid, test) = if r.score.name == "acc" {
+        ("valid acc (%)".to_string(), "test acc (%)".to_string())
+    } else {
+        (format!("valid {}", r.score.name), format!("test {}", r.score.name))
+    };
+    let mut head = header(&["rank", "trial", "configuration"]);
+    if r.score.epochs {
+        head.push("epochs".into());
+    }
+    head.extend([valid, test]);
+    if r.networks {
+        head.extend(["params (M)".to_string(), "FLOPs (M)".to_string()]);
+    }
     head.extend(r.proxy_names.iter().cloned());
     head.push("device s".into());
     let rows = r
         .leaderboard
         .iter()
         .map(|row| {
-            let mut v = vec![
-                row.rank.to_string(),
-                row.trial.to_string(),
-                row.config.clone(),
-                row.epochs.to_string(),
-                format!("{:.2}", row.accuracy),
-                fmt_opt(row.test_accuracy, 2),
-                format!("{:.3}", row.params_m),
-                format!("{:.2}", row.flops_m),
-            ];
+            let mut v = vec![row.rank.to_string(), row.trial.to_string(), row.config.clone()];
+            if r.score.epochs {
+                v.push(row.epochs.to_string());
+            }
+            v.push(r.score.show(row.accuracy));
+            v.push(row.test_accuracy.map_or_else(|| "—".into(), |t| r.score.show(t)));
+            if r.networks {
+                v.extend([format!("{:.3}", row.params_m), format!("{:.2}", row.flops_m)]);
+            }
             v.extend(
                 r.proxy_names
                     .iter()
@@ -63,6 +65,41 @@ pub(crate) fn leaderboard(r: &Report) -> Table {
         })
         .collect();
     (head, rows)
+}
+
+/// A tabular run's final ensemble, in a sentence.
+pub(crate) fn ensemble(e: &crate::tabular_task::FinalEnsemble) -> String {
+    let best = e.member(e.best);
+    let test = e.test_score.map_or("no test rows were given".to_string(), |t| format!("test {} {t:.4}, measured once", e.metric));
+    let single = best.and_then(|m| m.test_score).map_or(String::new(), |t| format!(" (the best single pipeline alone: test {t:.4})"));
+    format!(
+        "A greedy ensemble (Caruana et al. 2004) of {} pipelines over the trials' out-of-fold predictions, each refit on every \
+         training row: validation {} {:.4} (out of fold), {test}{single}. The best single pipeline, trial {}, is kept beside it. \
+         `export --best` gives the ensemble, `export --trial N` one member.",
+        e.members.len(),
+        e.metric,
+        e.validation_score,
+        e.best
+    )
+}
+
+/// A tabular run's final ensemble, a row a member.
+pub(crate) fn members(e: &crate::tabular_task::FinalEnsemble) -> Table {
+    let metric = e.metric.to_string();
+    let rows = e
+        .members
+        .iter()
+        .map(|m| {
+            vec![
+                m.trial.to_string(),
+                m.pipeline.pipeline.learner.family().to_string(),
+                format!("{:.3}", m.weight),
+                format!("{:.4}", m.validation_score),
+                fmt_opt(m.test_score, 4),
+            ]
+        })
+        .collect();
+    (header(&["trial", "model", "weight", &format!("valid {metric}"), &format!("test {metric}")]), rows)
 }
 
 /// The final model, in a sentence.
@@ -134,9 +171,10 @@ pub(crate) fn leaderboard_heading(r: &Report) -> String {
         return "Leaderboard".into();
     }
     format!(
-        "Leaderboard (top {} of {} complete trials by validation accuracy)",
+        "Leaderboard (top {} of {} complete trials by validation {})",
         r.leaderboard.len(),
-        r.complete
+        r.complete,
+        if r.score.name == "acc" { "accuracy" } else { r.score.name.as_str() }
     )
 }
 

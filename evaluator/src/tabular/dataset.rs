@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 use super::error::{Result, TabularError};
 use super::frame::{Column, ColumnData, FeatureKind, Frame, MISSING};
 use super::problem::{self, Problem};
+use super::schema::Schema;
 
 /// The target: its problem and values.
 #[derive(Debug, Clone, PartialEq)]
@@ -171,44 +172,9 @@ impl TabularData {
             });
         };
         let rows: Vec<usize> = (0..frame.rows).filter(|&r| !t.is_missing(r)).collect();
-        let values = match &self.target.values {
-            TargetValues::Values(_) => match t.take(&rows).data {
-                ColumnData::Numeric(v) => TargetValues::Values(v),
-                ColumnData::Categorical { levels, .. } => {
-                    let bad = levels.iter().find(|l| l.parse::<f64>().is_err()).cloned().unwrap_or_default();
-                    return Err(bad_target(&self.target.name, &format!("a regression needs numbers, and '{bad}' is not one")));
-                }
-            },
-            TargetValues::Classes { classes, .. } => {
-                let mut codes = Vec::with_capacity(rows.len());
-                for &r in &rows {
-                    let label = t.text(r).unwrap_or_default();
-                    let Some(c) = classes.iter().position(|c| *c == label || same_number(c, &label)) else {
-                        return Err(bad_target(&self.target.name, &format!("row {r} has the class '{label}', which the training rows do not have")));
-                    };
-                    codes.push(c);
-                }
-                TargetValues::Classes { codes, classes: classes.clone() }
-            }
-        };
-        let features = self
-            .features
-            .iter()
-            .map(|f| {
-                let column = match frame.column(&f.column.name) {
-                    Some(c) => c.take(&rows),
-                    None => Column {
-                        name: f.column.name.clone(),
-                        data: ColumnData::Numeric(vec![f64::NAN; rows.len()]),
-                    },
-                };
-                let column = match (f.kind, &column.data) {
-                    (FeatureKind::Boolean, ColumnData::Categorical { .. }) => as_truth(column),
-                    _ => column,
-                };
-                Feature { kind: f.kind, column }
-            })
-            .collect();
+        let schema = Schema::of(self);
+        let values = schema.target.values(t, &rows)?;
+        let features = schema.take(frame, &rows).features;
         Ok(TabularData {
             features,
             target: Target {
@@ -233,11 +199,11 @@ impl TabularData {
 }
 
 /// Two labels that are the same number written two ways (`1` and `1.0`).
-fn same_number(a: &str, b: &str) -> bool {
+pub(super) fn same_number(a: &str, b: &str) -> bool {
     matches!((a.parse::<f64>(), b.parse::<f64>()), (Ok(x), Ok(y)) if x == y)
 }
 
-fn bad_target(name: &str, reason: &str) -> TabularError {
+pub(super) fn bad_target(name: &str, reason: &str) -> TabularError {
     TabularError::BadTarget {
         name: name.to_string(),
         reason: reason.to_string(),
@@ -245,7 +211,7 @@ fn bad_target(name: &str, reason: &str) -> TabularError {
 }
 
 /// The closest of `names` to `asked` (a misspelt target), if one is close enough to be meant.
-fn closest(asked: &str, names: &[&str]) -> Option<String> {
+pub fn closest(asked: &str, names: &[&str]) -> Option<String> {
     let lower = asked.to_lowercase();
     names
         .iter()
@@ -398,20 +364,26 @@ fn truth_values(codes: &[u32], levels: &[String]) -> Option<Vec<bool>> {
     })
 }
 
-/// A truth-valued string column as the numbers 0 and 1.
-fn as_truth(c: Column) -> Column {
+/// A truth-valued string column as the numbers 0 and 1: a word of a truth pair ([`TRUTH`], any
+/// case) is its value, whichever pair the column's training rows used (a later file may hold only
+/// one of the two words); any other text is missing.
+pub(super) fn as_truth(c: Column) -> Column {
     let data = match c.data {
         ColumnData::Categorical { codes, levels } => {
-            let truth = truth_values(&codes, &levels).unwrap_or_default();
-            let value = |x: u32| match x {
-                MISSING => f64::NAN,
-                x => f64::from(u8::from(truth.get(x as usize).copied().unwrap_or(false))),
-            };
-            ColumnData::Numeric(codes.iter().map(|&x| value(x)).collect())
+            let truth: Vec<f64> = levels.iter().map(|l| truth_word(&l.to_lowercase())).collect();
+            ColumnData::Numeric(codes.iter().map(|&x| if x == MISSING { f64::NAN } else { truth[x as usize] }).collect())
         }
         numeric => numeric,
     };
     Column { name: c.name, data }
+}
+
+/// 1 for a true word of a truth pair, 0 for a false one, `NaN` for other text.
+fn truth_word(lower: &str) -> f64 {
+    TRUTH
+        .iter()
+        .find_map(|&(f, t)| (lower == f).then_some(0.0).or((lower == t).then_some(1.0)))
+        .unwrap_or(f64::NAN)
 }
 
 #[cfg(test)]

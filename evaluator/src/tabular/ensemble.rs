@@ -19,6 +19,8 @@ pub struct Ensemble {
     pub weights: Vec<(usize, f64)>,
     /// The metric of the weighted out-of-fold prediction.
     pub score: f64,
+    /// The best single model (the first chosen): its index among those given.
+    pub best: usize,
 }
 
 /// The ensemble of `oofs` (each a model's out-of-fold predictions of every row of `y`, rows ×
@@ -39,6 +41,7 @@ pub fn select(oofs: &[&[f64]], y: &TargetValues, rows: &[usize], width: usize, m
     let mut counts = vec![0usize; preds.len()];
     let mut sum = vec![0.0; preds[0].len()];
     let mut best: Option<(f64, Vec<usize>)> = None;
+    let mut first = None;
     for round in 0..=ROUNDS {
         let n = (round + 1) as f64;
         let trial = |m: usize| -> f64 {
@@ -49,6 +52,7 @@ pub fn select(oofs: &[&[f64]], y: &TargetValues, rows: &[usize], width: usize, m
         if !l.is_finite() {
             break;
         }
+        first.get_or_insert(m);
         counts[m] += 1;
         sum.iter_mut().zip(&preds[m]).for_each(|(s, p)| *s += p);
         if best.as_ref().is_none_or(|(b, _)| l < *b) {
@@ -60,6 +64,7 @@ pub fn select(oofs: &[&[f64]], y: &TargetValues, rows: &[usize], width: usize, m
     Some(Ensemble {
         weights: counts.iter().enumerate().filter(|(_, &c)| c > 0).map(|(i, &c)| (i, c as f64 / total as f64)).collect(),
         score: if metric.higher_is_better() { -l } else { l },
+        best: first?,
     })
 }
 
@@ -117,5 +122,6 @@ mod tests {
         let e = select(&[&bad, &good], &y, &[0, 1, 2, 3], 2, Metric::RocAuc).unwrap();
         assert_eq!(e.weights, [(1, 1.0)]);
         assert_eq!(e.score, 1.0);
+        assert_eq!(e.best, 1);
     }
 }

@@ -7,6 +7,7 @@
 //! - [`split`]: fixed test splits, stratified k-fold cross-validation and hold-outs;
 //! - [`preprocess`]: imputation, indicators, categorical encodings, scaling, selection;
 //! - [`learn`]: the model families (LightGBM trees and forests, linear models, k-NN);
+//! - [`schema`]: the columns a model was trained on, and a later file taken the same way;
 //! - [`pipeline`]: preprocessing and a learner, validated out of fold and fitted;
 //! - [`ensemble`]: greedy ensemble selection over the pipelines' out-of-fold predictions.
 
@@ -21,6 +22,7 @@ pub mod pipeline;
 pub mod preprocess;
 pub mod problem;
 pub mod read;
+pub mod schema;
 pub mod split;
 
 pub use dataset::{Dropped, Feature, TabularData, Target, TargetValues};
@@ -32,4 +34,5 @@ pub use pipeline::{FittedPipeline, Pipeline, Validated};
 pub use preprocess::{Encode, Impute, Preprocess, Preprocessor, Scale};
 pub use problem::Problem;
 pub use read::{read_csv, ReadOptions};
+pub use schema::{ColumnSchema, Schema, Taken, TargetSchema};
 pub use split::{Fold, SplitFile, Validation};
