@@ -183,6 +183,8 @@ enum BenchCommand {
     Search(Box<autoagent_benchmarks::search_nb201::SearchBenchArgs>),
     /// The final test accuracy a wall-clock budget buys: autoagent's scheduler, fixed-epoch trials, and Optuna (TPE + Hyperband) with PyTorch.
     Budget(autoagent_benchmarks::budget::BudgetBenchArgs),
+    /// autoagent on the tabular fixtures' fixed splits against FLAML, AutoGluon and a default LightGBM, every tool's test predictions scored one way.
+    Tabular(autoagent_benchmarks::tabular::TabularBenchArgs),
 }
 
 /// mimalloc's `mi_option_purge_delay` (index 15 of `mi_option_t` in mimalloc v2's header).
@@ -304,6 +306,9 @@ fn run(cli: Cli) -> Result<()> {
         Command::Bench {
             command: BenchCommand::Budget(args),
         } => autoagent_benchmarks::budget::run(&args),
+        Command::Bench {
+            command: BenchCommand::Tabular(args),
+        } => autoagent_benchmarks::tabular::run(&args),
         Command::Import { command } => import::run(command),
         Command::Report(args) => report::cmd_report(args),
         Command::Ls(args) => report::cmd_ls(args),

@@ -72,6 +72,27 @@ const REFIT_GROWTH: f64 = 1.5;
 /// The final model's files in the run directory.
 pub const FINAL_FILE: &str = "final/ensemble.json";
 
+/// The final ensemble's predictions of the test rows, in their order (when the task has some).
+pub const TEST_PREDICTIONS_FILE: &str = "final/test_predictions.json";
+
+/// [`TEST_PREDICTIONS_FILE`]: what `bench tabular` scores one way for every tool.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TestPredictions {
+    /// Class labels, in the order of each row's probabilities (empty for a regression).
+    pub classes: Vec<String>,
+    /// Numbers a row: the classes, or 1.
+    pub width: usize,
+    /// Rows × width.
+    pub predictions: Vec<f64>,
+}
+
+/// Write `value` as JSON to `path` (its folder created).
+fn write_json(path: &Path, value: &impl Serialize) -> Result<(), String> {
+    std::fs::create_dir_all(path.parent().expect("a folder"))
+        .and_then(|_| std::fs::write(path, serde_json::to_string(value).expect("serialises")))
+        .map_err(|err| format!("cannot write {}: {err}", path.display()))
+}
+
 /// The version of [`FINAL_FILE`] this build writes and reads.
 pub const FINAL_VERSION: u32 = 2;
 
@@ -291,7 +312,7 @@ impl TabularTask {
 
     /// Fit the ensemble's pipelines on every training row and measure each and the blend on
     /// the test rows.
-    fn fit_ensemble(&self, e: &Ensemble, oofs: &[Oof]) -> Result<(Vec<Member>, Option<f64>), String> {
+    fn fit_ensemble(&self, e: &Ensemble, oofs: &[Oof]) -> Result<(Vec<Member>, Option<(f64, Vec<f64>)>), String> {
         let rows: Vec<usize> = (0..self.data.len()).collect();
         let test_rows: Vec<usize> = self.test.as_ref().map_or(Vec::new(), |t| (0..t.len()).collect());
         let mut blend = vec![0.0; test_rows.len() * width(&self.data.target.values)];
@@ -315,17 +336,27 @@ impl TabularTask {
                 pipeline: fitted,
             });
         }
-        let test = self.test.as_ref().map(|t| score(self.metric, &t.target.values, &test_rows, &blend));
+        let test = self.test.as_ref().map(|t| (score(self.metric, &t.target.values, &test_rows, &blend), blend));
         Ok((members, test))
     }
 
     /// Build, fit, measure and write the final ensemble (`FINAL_FILE`).
     fn final_ensemble(&self, seconds: Option<f64>) -> Result<FinalEnsemble, String> {
         let (e, oofs) = self.ensemble(seconds).ok_or("no trial's out-of-fold predictions to build an ensemble from")?;
-        let (members, test_score) = self.fit_ensemble(&e, &oofs)?;
+        let (members, test) = self.fit_ensemble(&e, &oofs)?;
+        let schema = Schema::of(&self.data);
+        let test_score = match test {
+            Some((score, blend)) => {
+                let width = schema.target.classes.len().max(1);
+                let preds = TestPredictions { classes: schema.target.classes.clone(), width, predictions: blend };
+                write_json(&self.run_dir.join(TEST_PREDICTIONS_FILE), &preds)?;
+                Some(score)
+            }
+            None => None,
+        };
         let f = FinalEnsemble {
             version: FINAL_VERSION,
-            schema: Schema::of(&self.data),
+            schema,
             metric: self.metric,
             validation_score: e.score,
             test_score,

@@ -23,6 +23,8 @@ use autoagent_agent::store::sqlite::SqliteStore;
 use autoagent_agent::store::Store;
 use clap::Args;
 
+use crate::mean_sd;
+
 /// Arguments of `bench budget`.
 #[derive(Args, Debug, Clone)]
 pub struct BudgetBenchArgs {
@@ -195,17 +197,6 @@ fn run_optuna(args: &BudgetBenchArgs, seed: u64, seconds: f64) -> Result<Outcome
         wall_seconds: v["wall_seconds"].as_f64().unwrap_or(f64::NAN),
         overrun_seconds: v["overrun_seconds"].as_f64().unwrap_or(f64::NAN),
     })
-}
-
-fn mean_sd(xs: &[f64]) -> (f64, f64) {
-    let n = xs.len() as f64;
-    let m = xs.iter().sum::<f64>() / n;
-    let var = if xs.len() > 1 {
-        xs.iter().map(|x| (x - m).powi(2)).sum::<f64>() / (n - 1.0)
-    } else {
-        0.0
-    };
-    (m, var.sqrt())
 }
 
 fn row(arm: &str, outcomes: &[Outcome], seconds: f64) -> String {

@@ -13,13 +13,18 @@
 //! - [`search_schedulers`]: with `bench search --schedulers`, the agent's multi-fidelity
 //!   schedulers on the NB201 table's 12- and 200-epoch rungs, at equal training epochs;
 //! - [`budget`]: the final test accuracy a wall-clock budget buys, autoagent's scheduler against
-//!   fixed-epoch trials and Optuna (TPE + Hyperband) driving PyTorch.
+//!   fixed-epoch trials and Optuna (TPE + Hyperband) driving PyTorch;
+//! - [`tabular`]: autoagent on the tabular fixtures' fixed splits against FLAML, AutoGluon and a
+//!   default LightGBM, every tool's test predictions scored one way ([`tabular_table`]: the
+//!   tables).
 
 pub mod budget;
 pub mod proxies_nb201;
 pub mod proxies_speed;
 pub mod search_nb201;
 pub mod search_schedulers;
+pub mod tabular;
+pub mod tabular_table;
 pub mod train_speed;
 
 /// Run a PyTorch reference script and return its standard output; a failure names the exit
@@ -40,10 +45,11 @@ pub(crate) fn run_reference(cmd: &mut std::process::Command, python: &std::path:
 }
 
 /// The PyTorch reference scripts built into the binary (`benchmarks/reference/`).
-const REFERENCE_SCRIPTS: [(&str, &str); 3] = [
+const REFERENCE_SCRIPTS: [(&str, &str); 4] = [
     ("nb201_torch.py", include_str!("../reference/nb201_torch.py")),
     ("nb201_proxies_torch.py", include_str!("../reference/nb201_proxies_torch.py")),
     ("budget_optuna.py", include_str!("../reference/budget_optuna.py")),
+    ("tabular_peers.py", include_str!("../reference/tabular_peers.py")),
 ];
 
 /// A PyTorch reference script: the file `given`, or the copy built into the binary, written with
@@ -97,4 +103,16 @@ mod tests {
         drop(script);
         assert!(!dir.exists());
     }
+}
+
+/// Mean and sample standard deviation (0 for one value).
+pub(crate) fn mean_sd(xs: &[f64]) -> (f64, f64) {
+    let n = xs.len() as f64;
+    let m = xs.iter().sum::<f64>() / n;
+    let var = if xs.len() > 1 {
+        xs.iter().map(|x| (x - m).powi(2)).sum::<f64>() / (n - 1.0)
+    } else {
+        0.0
+    };
+    (m, var.sqrt())
 }
