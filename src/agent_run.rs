@@ -70,13 +70,19 @@ pub(crate) struct RunArgs {
     #[arg(long)]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     threads: Option<usize>,
+    /// Training rows of a csv task the LLM may see, as CSV, besides the data's profile (default:
+    /// none: the profile only).
+    #[arg(long, default_value_t = 0)]
+    #[serde(default)]
+    llm_rows: usize,
     /// Budget: a trial count (200trials) or device time (50gpuh, 2h, 90m, 5min, 3600s). Device
     /// time is the time trials train on their device plus the time proxies take, summed over
     /// devices (CPU counts as one), not the wall clock (see --wall-limit); training tasks only.
     #[arg(long, default_value = "100trials")]
     budget: String,
     /// Wall-clock limit of this invocation (2h, 90m, 30s): no round or trial starts past it and a
-    /// running trial is stopped (pruned) at it. Counted from the start of `run` or `resume`.
+    /// running trial is stopped (pruned) at it. Counted from the start of `run` or `resume`; the
+    /// search stops short of it by the final model's reserve.
     #[arg(long)]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     wall_limit: Option<String>,
@@ -486,6 +492,7 @@ fn csv_evaluator(args: &RunArgs, path: &str, dir: &Path, space: &Space) -> Resul
         na: args.na.as_ref().map(|s| s.split(',').map(|t| t.trim().to_string()).collect()),
         threads: args.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
         seed: args.seed,
+        llm_rows: args.llm_rows,
     };
     let (mut task, warnings) = TabularTask::from_csv(&options, dir).map_err(anyhow::Error::msg)?;
     if !args.json {

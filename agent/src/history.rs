@@ -12,6 +12,9 @@ use crate::configspace::Config;
 pub enum Origin {
     /// Drawn uniformly from the space.
     Random,
+    /// One of the task's starting points ([`crate::task::Evaluator::starting_points`]: e.g. each
+    /// model family of a tabular task at its defaults), evaluated before the strategy's own.
+    Start,
     /// A change of one parameter of a parent (a one-edge change of its cell, a step of a number).
     Mutation {
         /// The parent configuration, as written in the prompt and the report

@@ -27,6 +27,9 @@ pub struct TaskInfo {
     pub description: String,
     /// The name of the accuracy the agent sees.
     pub metric: String,
+    /// A table's profile (rows, columns with kinds, missing shares, the target's distribution;
+    /// raw rows only as the user allows); `None` for image tasks.
+    pub profile: Option<String>,
 }
 
 /// Options of the LLM strategy.
@@ -291,6 +294,7 @@ mod tests {
             TaskInfo {
                 description: "NB201 on CIFAR-10".into(),
                 metric: "validation accuracy".into(),
+                profile: None,
             },
             crate::configspace::cell_space(),
             LlmOptions::default(),

@@ -108,9 +108,10 @@ pub fn describe(space: &Space) -> SpaceInfo {
         false => space.params().iter().map(|p| format!("{}=<{}>", p.name, p.name)).collect::<Vec<_>>().join(", "),
     };
     SpaceInfo {
-        name: match cell_only {
-            true => "NAS-Bench-201 cell".into(),
-            false => "image classification pipeline: an NB201-style network and its training recipe".into(),
+        name: match (cell_only, has_cell) {
+            (true, _) => "NAS-Bench-201 cell".into(),
+            (false, true) => "image classification pipeline: an NB201-style network and its training recipe".into(),
+            (false, false) => "tabular pipeline: preprocessing and a model family with its hyperparameters".into(),
         },
         candidate: if cell_only { "architecture" } else { "configuration" },
         cell_only,

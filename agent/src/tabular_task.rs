@@ -13,11 +13,12 @@ use std::path::{Path, PathBuf};
 
 use autoagent_evaluator::tabular::ensemble::{self, Ensemble};
 use autoagent_evaluator::tabular::pipeline::{score, width};
+use autoagent_evaluator::tabular::profile::profile;
 use autoagent_evaluator::tabular::split::{folds, Fold};
 use autoagent_evaluator::tabular::{read_csv, FittedPipeline, Metric, Problem, ReadOptions, Schema, SplitFile, TabularData, Validation};
 use serde::{Deserialize, Serialize};
 
-use crate::configspace::{pipeline, tabular_space, Config, Space};
+use crate::configspace::{pipeline, tabular_space, Config, Space, Value};
 use crate::llm_strategy::TaskInfo;
 use crate::task::{Evaluation, Evaluator, Fidelity, TrialLimit};
 
@@ -64,10 +65,21 @@ pub struct CsvOptions {
     pub threads: usize,
     /// Seed of the folds and the learners.
     pub seed: u64,
+    /// Training rows the LLM's prompt may show (0: none; the profile only).
+    pub llm_rows: usize,
 }
 
 /// A refit on every row against one fold's fit: more rows, and its test predictions.
 const REFIT_GROWTH: f64 = 1.5;
+
+/// The ensemble chooses among this many trials, the best by validation (auto-sklearn's
+/// `ensemble_nbest`): fewer chances to fit the folds' noise, and a selection whose time does not
+/// grow with the trials.
+pub const ENSEMBLE_LIBRARY: usize = 50;
+
+/// The final model plans for refitting this many of the best trials (a greedy ensemble of the
+/// fixtures' runs holds 4 to 10).
+const PLANNED_MEMBERS: usize = 10;
 
 /// The final model's files in the run directory.
 pub const FINAL_FILE: &str = "final/ensemble.json";
@@ -168,6 +180,11 @@ pub struct TabularTask {
     run_dir: PathBuf,
     /// Seconds of the finished trials of each model family.
     seconds: HashMap<String, Vec<f64>>,
+    /// The data's profile, as the LLM's prompt shows it.
+    profile: String,
+    /// Each validated trial's metric (oriented: larger is better) and seconds, for planning
+    /// the final ensemble's refits.
+    validated: Vec<(f64, f64)>,
 }
 
 impl TabularTask {
@@ -186,7 +203,6 @@ impl TabularTask {
         let mut predicted: Vec<usize> = folds.iter().flat_map(|f| f.valid.iter().copied()).collect();
         predicted.sort_unstable();
         Ok(TabularTask {
-            data,
             test,
             folds,
             predicted,
@@ -197,6 +213,9 @@ impl TabularTask {
             space: tabular_space(),
             run_dir: run_dir.to_path_buf(),
             seconds: HashMap::new(),
+            profile: profile(&data, 0),
+            data,
+            validated: Vec::new(),
         })
     }
 
@@ -232,7 +251,12 @@ impl TabularTask {
         if without > 0 {
             warnings.push(format!("{without} row(s) without a target value left out"));
         }
-        let task = TabularTask::new(data, test, validation, metric, o.threads.max(1), o.seed, run_dir)?;
+        let mut task = TabularTask::new(data, test, validation, metric, o.threads.max(1), o.seed, run_dir)?;
+        // A resumed run's trials plan the final model too.
+        task.validated = task.all_oofs().iter().map(|o| (task.oriented(o.score), o.seconds)).collect();
+        if o.llm_rows > 0 {
+            task.profile = profile(&task.data, o.llm_rows);
+        }
         Ok((task, warnings))
     }
 
@@ -275,17 +299,26 @@ impl TabularTask {
             .collect()
     }
 
-    /// The greedy ensemble of every trial's out-of-fold predictions whose refits fit in
+    /// The seconds of refitting one trial that validated in `seconds` on every training row.
+    fn refit_seconds(&self, seconds: f64) -> f64 {
+        seconds / self.folds.len().max(1) as f64 * REFIT_GROWTH
+    }
+
+    /// The greedy ensemble of the best trials' out-of-fold predictions whose refits fit in
     /// `seconds` (the best single pipeline always, then the members by weight while their
     /// estimates fit; the weights of those kept renormalised and the blend scored again), and
     /// the trials' records.
     fn ensemble(&self, seconds: Option<f64>) -> Option<(Ensemble, Vec<Oof>)> {
-        let oofs = self.all_oofs();
+        let mut oofs = self.all_oofs();
+        // The library: the best trials by validation (ties: the earlier trial).
+        oofs.sort_by(|a, b| self.oriented(b.score).total_cmp(&self.oriented(a.score)).then(a.trial.cmp(&b.trial)));
+        oofs.truncate(ENSEMBLE_LIBRARY);
+        oofs.sort_by_key(|o| o.trial);
         let preds: Vec<&[f64]> = oofs.iter().map(|o| o.predictions.as_slice()).collect();
         let w = width(&self.data.target.values);
         let mut e = ensemble::select(&preds, &self.data.target.values, &self.predicted, w, self.metric)?;
         if let Some(limit) = seconds {
-            let refit = |i: usize| oofs[i].seconds / self.folds.len().max(1) as f64 * REFIT_GROWTH;
+            let refit = |i: usize| self.refit_seconds(oofs[i].seconds);
             let mut by_weight = e.weights.clone();
             by_weight.sort_by(|a, b| (b.0 == e.best).cmp(&(a.0 == e.best)).then(b.1.total_cmp(&a.1)).then(a.0.cmp(&b.0)));
             let mut spent = 0.0;
@@ -383,6 +416,7 @@ impl Evaluator for TabularTask {
                 self.validation.describe()
             ),
             metric: format!("{} ({})", self.metric, if self.metric.higher_is_better() { "higher is better" } else { "negated: higher is better" }),
+            profile: Some(self.profile.clone()),
         }
     }
 
@@ -399,6 +433,16 @@ impl Evaluator for TabularTask {
         &self.space
     }
 
+    fn starting_points(&self) -> Vec<Config> {
+        // Each model family at its defaults (the families the space allows), as AutoGluon's
+        // and FLAML's portfolios start from defaults.
+        crate::configspace::FAMILIES
+            .iter()
+            .map(|fam| self.space.build(|p| if p.name == "model" { Value::Str(fam.to_string()) } else { p.default.clone() }))
+            .filter(|c| self.space.validate(c).is_ok())
+            .collect()
+    }
+
     fn estimate_seconds(&self, config: &Config, _fidelity: Fidelity) -> f64 {
         let mean = |v: &Vec<f64>| v.iter().sum::<f64>() / v.len().max(1) as f64;
         match self.seconds.get(&Self::family(config)) {
@@ -410,9 +454,15 @@ impl Evaluator for TabularTask {
 
     fn estimate_final_seconds(&self, config: &Config, _epochs: usize, _epoch_seconds: Option<f64>) -> Option<f64> {
         // The ensemble's members are refitted once each on every row, as many as fit in the
-        // time the final model is given (at least the best): one validation's worth plans for
-        // the best and a few more.
-        Some(self.estimate_seconds(config, Fidelity::new(1)))
+        // time the final model is given (at least the best): planned for the best trials so far
+        // (before any, for a few of this configuration), the selection's share of the time
+        // below the refits' (it averages predictions already made).
+        if self.validated.is_empty() {
+            return Some(PLANNED_MEMBERS as f64 * self.refit_seconds(self.estimate_seconds(config, Fidelity::new(1))));
+        }
+        let mut best = self.validated.clone();
+        best.sort_by(|a, b| b.0.total_cmp(&a.0));
+        Some(best.iter().take(PLANNED_MEMBERS).map(|&(_, s)| self.refit_seconds(s)).sum::<f64>())
     }
 
     fn train_final(&mut self, _config: &Config, _epochs: usize, limit: Option<TrialLimit>) -> Option<Evaluation> {
@@ -455,6 +505,7 @@ impl Evaluator for TabularTask {
             Err(e) => return Evaluation::failed(e.to_string()),
         };
         self.seconds.entry(Self::family(config)).or_default().push(v.seconds);
+        self.validated.push((self.oriented(v.score), v.seconds));
         let mut eval = Evaluation {
             accuracy: Some(self.oriented(v.score)),
             seconds: v.seconds,

@@ -70,6 +70,11 @@ impl Fidelity {
 pub trait Evaluator: Send {
     /// What the prompt says about the task.
     fn info(&self) -> TaskInfo;
+    /// Configurations evaluated first, before the strategy's own proposals, each once (default:
+    /// none): a known good portfolio that every strategy then improves on.
+    fn starting_points(&self) -> Vec<crate::configspace::Config> {
+        Vec::new()
+    }
     /// How its scores are shown (default: validation accuracy in %, trained in epochs).
     fn score_label(&self) -> crate::score::ScoreLabel {
         crate::score::ScoreLabel::accuracy()
@@ -288,6 +293,7 @@ impl Evaluator for TableEvaluator {
         TaskInfo {
             description: format!("image classification on {name} with a network built from one NAS-Bench-201 cell"),
             metric: format!("validation accuracy after {} epochs", epochs.join(" or ")),
+            profile: None,
         }
     }
 
@@ -376,6 +382,7 @@ pub fn training_info(kind: DatasetKind, min_epochs: usize, max_epochs: usize) ->
             "image classification on {name}, training each candidate (a network built from a NAS-Bench-201 cell, and its training recipe) {epochs}"
         ),
         metric: "validation accuracy".into(),
+        profile: None,
     }
 }
 

@@ -21,6 +21,7 @@ fn strategy(replies: Vec<String>) -> (LlmStrategy, Arc<Scripted>) {
         TaskInfo {
             description: "image classification on CIFAR-10 with a network built from one NAS-Bench-201 cell".into(),
             metric: "validation accuracy after 12 epochs".into(),
+            profile: None,
         },
         autoagent_agent::configspace::cell_space(),
         LlmOptions {
@@ -132,6 +133,7 @@ async fn propose_prompt_over_the_vision_pipeline() {
         TaskInfo {
             description: "image classification on CIFAR-10, training each candidate for 1 epoch(s) first, the most promising up to 27".into(),
             metric: "validation accuracy".into(),
+            profile: None,
         },
         space.clone(),
         LlmOptions {
@@ -162,4 +164,46 @@ async fn propose_prompt_over_the_vision_pipeline() {
     let item = &schema["properties"]["candidates"]["items"];
     assert_eq!(item["properties"]["width"]["enum"], serde_json::json!([8, 16, 32, 64]));
     assert!(item["properties"]["cell"]["pattern"].as_str().unwrap().starts_with('^'));
+}
+
+/// A tabular task: the system prompt speaks of pipelines, the propose prompt shows the data's
+/// profile and scores to four decimals without epochs, and a JSON reply is read against the
+/// pipeline space.
+#[tokio::test]
+async fn propose_prompt_over_the_tabular_space_shows_the_data_profile() {
+    use autoagent_agent::configspace::{tabular_space, Value};
+    let space = tabular_space();
+    let reply = r#"{"candidates": [{"model": "linear", "encode": "onehot", "max_onehot": 16, "indicators": "no", "select": 100, "impute": "median", "scale": "standard", "alpha": 10.0, "why": "a regularised linear model"}]}"#;
+    let backend = Arc::new(Scripted::new(vec![reply.to_string()]));
+    let profile = "800 training rows; target 'target': binary, 2 classes ('1' 70.0 %, '2' 30.0 %)\n2 feature columns:\n- amount: numeric, min 250 median 2320 max 18424\n- purpose: categorical, 10 levels (most frequent 'radio/tv', 'car (new)', 'furniture'), 1.5 % missing";
+    let mut s = LlmStrategy::new(
+        backend.clone(),
+        Arc::new(Prompts::load(None).unwrap()),
+        TaskInfo {
+            description: "binary on a table of 800 training rows and 2 feature columns (target 'target'), validated by 5-fold cross-validation".into(),
+            metric: "roc_auc (higher is better)".into(),
+            profile: Some(profile.into()),
+        },
+        space.clone(),
+        LlmOptions {
+            show_best: 3,
+            show_recent: 2,
+            ..LlmOptions::default()
+        },
+        0,
+    );
+    let mut h = history();
+    for (i, t) in h.trials.iter_mut().enumerate() {
+        t.config = space.default_config().with("num_leaves", Value::Int([8, 16, 32, 64][i]));
+        t.accuracy = t.accuracy.map(|a| a / 100.0 - 0.1);
+        t.epochs = 1;
+    }
+    let (system, user) = s.render(&h, 2, "json").unwrap();
+    insta::assert_snapshot!("system_tabular", system);
+    insta::assert_snapshot!("propose_tabular_json", user);
+    assert!(user.contains("Data profile:\n800 training rows"), "{user}");
+    assert!(!user.contains("epoch"), "{user}");
+    let asked = s.ask(&h, 1).await.unwrap();
+    assert_eq!(asked.proposals.len(), 1, "{:?}", asked.failed);
+    assert_eq!(asked.proposals[0].config.float("alpha"), Some(10.0));
 }

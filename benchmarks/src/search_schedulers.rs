@@ -436,6 +436,7 @@ mod tests {
             TaskInfo {
                 description: "lookups".into(),
                 metric: "accuracy".into(),
+                profile: None,
             }
         }
 

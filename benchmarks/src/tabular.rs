@@ -50,7 +50,7 @@ pub struct TabularBenchArgs {
     /// Seeds of the splits.
     #[arg(long, value_delimiter = ',', default_value = "0,1,2")]
     pub seeds: Vec<u64>,
-    /// Tools besides autoagent: flaml, autogluon, defaults (none: autoagent alone).
+    /// Tools besides autoagent: flaml, autogluon, defaults (`none`: autoagent alone).
     #[arg(long, value_delimiter = ',', default_value = "flaml,autogluon,defaults")]
     pub peers: Vec<String>,
     /// Python with the peers installed (pandas, scikit-learn, lightgbm, flaml, autogluon.tabular).
@@ -264,31 +264,33 @@ fn datasets(args: &TabularBenchArgs) -> Result<Vec<String>> {
     Ok(names)
 }
 
-fn check(args: &TabularBenchArgs) -> Result<f64> {
+/// The budget in seconds and the peers asked, checked.
+fn check(args: &TabularBenchArgs) -> Result<(f64, Vec<String>)> {
     let seconds = match args.budget.parse::<Limit>().map_err(anyhow::Error::msg)? {
         Limit::Seconds(s) => s,
         Limit::Trials(_) => bail!("bench tabular takes a time (60s, 2m), not trials"),
     };
-    for p in &args.peers {
+    let peers: Vec<String> = args.peers.iter().filter(|p| !p.is_empty() && *p != "none").cloned().collect();
+    for p in &peers {
         if !ARMS[1..].contains(&p.as_str()) {
-            bail!("unknown peer '{p}' (available: flaml, autogluon, defaults)");
+            bail!("unknown peer '{p}' (available: flaml, autogluon, defaults, none)");
         }
     }
-    if !args.peers.is_empty() && args.python.is_none() {
-        bail!("the peers need --python PY (or --peers '' for autoagent alone)");
+    if !peers.is_empty() && args.python.is_none() {
+        bail!("the peers need --python PY (scripts/setup-peers.sh installs them), or --peers none for autoagent alone");
     }
     if args.jobs == 0 || args.threads == 0 {
         bail!("--jobs and --threads must be at least 1");
     }
-    Ok(seconds)
+    Ok((seconds, peers))
 }
 
 /// Run `bench tabular`.
 pub fn run(args: &TabularBenchArgs) -> Result<()> {
-    let seconds = check(args)?;
+    let (seconds, peers) = check(args)?;
     let names = datasets(args)?;
     std::fs::create_dir_all(&args.runs).with_context(|| format!("cannot create {}", args.runs.display()))?;
-    let arms: Vec<String> = std::iter::once("autoagent".to_string()).chain(args.peers.iter().cloned()).collect();
+    let arms: Vec<String> = std::iter::once("autoagent".to_string()).chain(peers).collect();
     let mut jobs = Vec::new();
     for d in &names {
         for &seed in &args.seeds {

@@ -69,7 +69,8 @@ fn cell(values: &[f64], best: bool) -> String {
 fn primary_table(r: &Results) -> String {
     let arms = arms(r);
     let mut out = format!("| dataset | metric | {} |\n|---|---|{}\n", arms.join(" | "), "---|".repeat(arms.len()));
-    let mut ahead: BTreeMap<&str, (usize, usize)> = BTreeMap::new();
+    // Per peer: datasets where autoagent is ahead, tied (equal to 1e-9), and compared.
+    let mut ahead: BTreeMap<&str, (usize, usize, usize)> = BTreeMap::new();
     for d in datasets(r) {
         let cols: Vec<(Option<Metric>, Vec<f64>)> = arms.iter().map(|a| primary(r, a, d)).collect();
         let Some(metric) = cols.iter().find_map(|c| c.0) else { continue };
@@ -82,14 +83,22 @@ fn primary_table(r: &Results) -> String {
         for (a, c) in arms.iter().zip(&cols).skip(1) {
             let e = ahead.entry(a).or_default();
             if let (Some(own), Some(theirs)) = (own, loss(&c.1)) {
-                e.1 += 1;
-                if own < theirs {
+                e.2 += 1;
+                if (own - theirs).abs() <= 1e-9 {
+                    e.1 += 1;
+                } else if own < theirs {
                     e.0 += 1;
                 }
             }
         }
     }
-    let counts: Vec<String> = ahead.iter().map(|(a, (n, of))| format!("ahead of {a} on {n} of {of}")).collect();
+    let counts: Vec<String> = ahead
+        .iter()
+        .map(|(a, (n, tied, of))| match tied {
+            0 => format!("ahead of {a} on {n} of {of}"),
+            t => format!("ahead of {a} on {n} of {of} ({t} tied)"),
+        })
+        .collect();
     if !counts.is_empty() {
         out.push_str(&format!("\nautoagent, on the mean primary metric: {}.\n", counts.join(", ")));
     }
@@ -165,13 +174,15 @@ mod tests {
             ("flaml", "a", 0, fit(Metric::RocAuc, 0.78, 70.0)),
             ("autoagent", "b", 0, fit(Metric::LogLoss, 0.50, 61.0)),
             ("flaml", "b", 0, fit(Metric::LogLoss, 0.45, 59.0)),
+            ("autoagent", "c", 0, fit(Metric::RocAuc, 1.0, 60.0)),
+            ("flaml", "c", 0, fit(Metric::RocAuc, 1.0, 60.0)),
         ];
         let t = tables(&r, 60.0);
-        assert!(t.contains("ahead of flaml on 1 of 2"), "{t}");
+        assert!(t.contains("ahead of flaml on 1 of 3 (1 tied)"), "{t}");
         assert!(t.contains("| a | roc_auc ↑ | **0.8000** | 0.7800 |"), "{t}");
         assert!(t.contains("| b | log_loss ↓ | 0.5000 | **0.4500** |"), "{t}");
         // flaml's 70 s is past 105 % of 60 s; autoagent's 61 s is not.
-        assert!(t.contains("| flaml | 1 | 2 | 64.5 | 70.0 | 1 |"), "{t}");
-        assert!(t.contains("| autoagent | 1 | 2 | 60.5 | 61.0 | 0 |"), "{t}");
+        assert!(t.contains("| flaml | 1 | 3 | 63.0 | 70.0 | 1 |"), "{t}");
+        assert!(t.contains("| autoagent | 1 | 3 | 60.3 | 61.0 | 0 |"), "{t}");
     }
 }

@@ -21,6 +21,7 @@ pub(crate) type ProxiesOf = BTreeMap<usize, BTreeMap<String, Option<f64>>>;
 fn origin_name(o: &Origin) -> String {
     match o {
         Origin::Random => "random".into(),
+        Origin::Start => "start".into(),
         Origin::Mutation { .. } => "mutation".into(),
         Origin::Llm { exchange } => format!("llm #{exchange}"),
     }

@@ -860,6 +860,7 @@ mod tests {
             TaskInfo {
                 description: "costed".into(),
                 metric: "accuracy".into(),
+                profile: None,
             }
         }
 

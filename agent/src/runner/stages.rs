@@ -110,8 +110,20 @@ impl Loop<'_> {
         self.options.wall_limit.map(|w| w - self.started.elapsed().as_secs_f64())
     }
 
+    /// The wall clock the search may still use: what is left of `--wall-limit` less the final
+    /// model's planned need (its retraining of the incumbent; the final model gets the rest).
+    /// Not the whole reserve: `--final-fraction` is given back to the search when it can use it,
+    /// which a clock that stops the search first would never let happen.
+    fn search_wall_left(&self) -> Option<f64> {
+        let need = match self.budget.limit {
+            Limit::Seconds(_) => self.history.best(1).first().map_or(0.0, |b| self.final_need(b, b.epochs)),
+            Limit::Trials(_) => 0.0,
+        };
+        self.wall_left().map(|w| w - need)
+    }
+
     fn wall_spent(&self) -> bool {
-        self.wall_left().is_some_and(|w| w <= 0.0)
+        self.search_wall_left().is_some_and(|w| w <= 0.0)
     }
 
     /// Rounds until the budget, the wall clock or the candidates run out; why it stopped.
@@ -217,7 +229,15 @@ impl Loop<'_> {
         self.record_asked(&asked)?;
         let mut seen: Vec<String> = Vec::new();
         let mut fresh = Vec::new();
-        for p in asked.proposals {
+        // The task's starting points not evaluated yet go first.
+        let starts: Vec<Proposal> = self
+            .evaluator
+            .starting_points()
+            .into_iter()
+            .filter(|c| !self.history.seen(c))
+            .map(|config| Proposal { config, origin: Origin::Start })
+            .collect();
+        for p in starts.into_iter().chain(asked.proposals) {
             let c = p.config.key();
             if self.history.seen(&p.config) || seen.contains(&c) {
                 self.counts.duplicates += 1;
@@ -507,7 +527,7 @@ impl Loop<'_> {
     fn evaluate(&mut self, t: &Trial, fidelity: Fidelity, round: usize) -> Result<(Rung, Evaluation), RunError> {
         self.recorder.trial_started(t, self.jobs)?;
         // The trial's share: what is left of a time budget, and the per-trial limit.
-        let timeout = match (self.options.trial_timeout, self.wall_left()) {
+        let timeout = match (self.options.trial_timeout, self.search_wall_left()) {
             (Some(t), Some(w)) => Some(t.min(w)),
             (t, w) => t.or(w),
         };

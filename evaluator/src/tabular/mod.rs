@@ -8,6 +8,7 @@
 //! - [`preprocess`]: imputation, indicators, categorical encodings, scaling, selection;
 //! - [`learn`]: the model families (LightGBM trees and forests, linear models, k-NN);
 //! - [`schema`]: the columns a model was trained on, and a later file taken the same way;
+//! - [`profile`]: the table as the LLM sees it (kinds, missing shares, the target);
 //! - [`pipeline`]: preprocessing and a learner, validated out of fold and fitted;
 //! - [`ensemble`]: greedy ensemble selection over the pipelines' out-of-fold predictions.
 
@@ -21,6 +22,7 @@ pub mod metrics;
 pub mod pipeline;
 pub mod preprocess;
 pub mod problem;
+pub mod profile;
 pub mod read;
 pub mod schema;
 pub mod split;
