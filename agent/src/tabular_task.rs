@@ -453,10 +453,15 @@ impl Evaluator for TabularTask {
     }
 
     fn estimate_final_seconds(&self, config: &Config, _epochs: usize, _epoch_seconds: Option<f64>) -> Option<f64> {
+        // At least the best trial is refit; the others only while they fit (see
+        // `final_reserve_seconds` for what the budget plans).
+        Some(self.refit_seconds(self.estimate_seconds(config, Fidelity::new(1))))
+    }
+
+    fn final_reserve_seconds(&self, config: &Config, _epochs: usize, _epoch_seconds: Option<f64>) -> Option<f64> {
         // The ensemble's members are refitted once each on every row, as many as fit in the
-        // time the final model is given (at least the best): planned for the best trials so far
-        // (before any, for a few of this configuration), the selection's share of the time
-        // below the refits' (it averages predictions already made).
+        // time the final model is given: planned for the best trials so far (before any, for a
+        // few of this configuration); the selection averages predictions already made.
         if self.validated.is_empty() {
             return Some(PLANNED_MEMBERS as f64 * self.refit_seconds(self.estimate_seconds(config, Fidelity::new(1))));
         }

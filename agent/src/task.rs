@@ -105,6 +105,13 @@ pub trait Evaluator: Send {
         let _ = (config, epochs, epoch_seconds);
         None
     }
+    /// The device seconds the budget should hold back for the final model of `config` (default:
+    /// [`Evaluator::estimate_final_seconds`]); more when the final model does more than retrain
+    /// `config` and can do less when time is short (a tabular ensemble refits several trials,
+    /// as many as fit, at least the best).
+    fn final_reserve_seconds(&self, config: &Config, epochs: usize, epoch_seconds: Option<f64>) -> Option<f64> {
+        self.estimate_final_seconds(config, epochs, epoch_seconds)
+    }
     /// Train the final model of `config` for `epochs` on the whole training split and measure
     /// it once on the test split, stopped at `limit` (`None` without final training).
     fn train_final(&mut self, config: &Config, epochs: usize, limit: Option<TrialLimit>) -> Option<Evaluation> {

@@ -116,7 +116,7 @@ impl Loop<'_> {
     /// which a clock that stops the search first would never let happen.
     fn search_wall_left(&self) -> Option<f64> {
         let need = match self.budget.limit {
-            Limit::Seconds(_) => self.history.best(1).first().map_or(0.0, |b| self.final_need(b, b.epochs)),
+            Limit::Seconds(_) => self.history.best(1).first().map_or(0.0, |b| self.final_reserve(b, b.epochs)),
             Limit::Trials(_) => 0.0,
         };
         self.wall_left().map(|w| w - need)
@@ -295,7 +295,7 @@ impl Loop<'_> {
         let (Some(_), Limit::Seconds(limit)) = (self.options.final_epochs, self.budget.limit) else {
             return;
         };
-        let need = self.history.best(1).first().map_or(0.0, |b| self.final_need(b, b.epochs));
+        let need = self.history.best(1).first().map_or(0.0, |b| self.final_reserve(b, b.epochs));
         let held = match self.counts.reserve_released {
             true => need,
             false => (limit * self.options.final_fraction).max(need),
@@ -323,6 +323,22 @@ impl Loop<'_> {
             return 0.0;
         }
         self.final_estimate(t, epochs).map_or(0.0, |s| FINAL_MARGIN * s)
+    }
+
+    /// What the budget holds back for the final model once its fraction is given back to the
+    /// search: what the evaluator plans for it ([`Evaluator::final_reserve_seconds`]: a tabular
+    /// ensemble's refits of several trials), with a tenth to spare, but never more than the larger
+    /// of `--final-fraction` and the retraining of the incumbent alone ([`Loop::final_need`]).
+    fn final_reserve(&self, t: &Trial, epochs: usize) -> f64 {
+        let need = self.final_need(t, epochs);
+        let (Some(_), Limit::Seconds(limit)) = (self.options.final_epochs, self.budget.limit) else {
+            return need;
+        };
+        let complete: Vec<&Rung> = t.rungs.iter().filter(|r| r.state == TrialState::Complete).collect();
+        let trained = complete.last().map_or(0, |r| r.epochs);
+        let measured = (trained > 0).then(|| complete.iter().map(|r| r.seconds).sum::<f64>() / trained as f64);
+        let planned = self.evaluator.final_reserve_seconds(&t.config, epochs.max(1), measured).map_or(need, |s| FINAL_MARGIN * s);
+        planned.min((limit * self.options.final_fraction).max(need)).max(need)
     }
 
     /// The estimated seconds of retraining trial `t`'s configuration for `epochs`, from what
