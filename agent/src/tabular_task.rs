@@ -98,6 +98,9 @@ pub struct TestPredictions {
     pub predictions: Vec<f64>,
 }
 
+/// The ensemble's test metric and its predictions of the test rows.
+type TestBlend = (f64, Vec<f64>);
+
 /// Write `value` as JSON to `path` (its folder created).
 fn write_json(path: &Path, value: &impl Serialize) -> Result<(), String> {
     std::fs::create_dir_all(path.parent().expect("a folder"))
@@ -345,7 +348,7 @@ impl TabularTask {
 
     /// Fit the ensemble's pipelines on every training row and measure each and the blend on
     /// the test rows.
-    fn fit_ensemble(&self, e: &Ensemble, oofs: &[Oof]) -> Result<(Vec<Member>, Option<(f64, Vec<f64>)>), String> {
+    fn fit_ensemble(&self, e: &Ensemble, oofs: &[Oof]) -> Result<(Vec<Member>, Option<TestBlend>), String> {
         let rows: Vec<usize> = (0..self.data.len()).collect();
         let test_rows: Vec<usize> = self.test.as_ref().map_or(Vec::new(), |t| (0..t.len()).collect());
         let mut blend = vec![0.0; test_rows.len() * width(&self.data.target.values)];

@@ -67,7 +67,7 @@ fn column_line(f: &super::dataset::Feature) -> String {
             codes.iter().filter(|&&k| k != MISSING).for_each(|&k| counts[k as usize] += 1);
             let used = counts.iter().filter(|&&k| k > 0).count();
             let mut top: Vec<(usize, &String)> = counts.iter().copied().zip(levels).filter(|(k, _)| *k > 0).collect();
-            top.sort_by(|a, b| b.0.cmp(&a.0));
+            top.sort_by_key(|t| std::cmp::Reverse(t.0));
             let shown: Vec<String> = top.iter().take(3).map(|(_, l)| format!("'{l}'")).collect();
             format!("categorical, {used} levels (most frequent {})", shown.join(", "))
         }
