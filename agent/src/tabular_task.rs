@@ -30,6 +30,9 @@ pub const OOF_FILE: &str = "oof.json";
 struct Oof {
     config: Config,
     score: f64,
+    /// Rows × width; `NaN` (written `null`: JSON has no NaN) for rows no fold predicts (a
+    /// hold-out's training rows).
+    #[serde(with = "nan_as_null")]
     predictions: Vec<f64>,
     /// Boosting's trees for a refit on every row (see `Validated::refit_trees`).
     #[serde(default)]
@@ -40,6 +43,20 @@ struct Oof {
     /// The trial's number (its folder's name, not written in the file).
     #[serde(skip)]
     trial: usize,
+}
+
+/// `NaN`s as JSON `null`s and back (serde_json writes a non-finite number as `null` and cannot
+/// read it back as a number).
+mod nan_as_null {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &[f64], s: S) -> Result<S::Ok, S::Error> {
+        v.iter().map(|x| x.is_finite().then_some(*x)).collect::<Vec<Option<f64>>>().serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<f64>, D::Error> {
+        Ok(Vec::<Option<f64>>::deserialize(d)?.into_iter().map(|x| x.unwrap_or(f64::NAN)).collect())
+    }
 }
 
 /// What a CSV task is made of (the `run` options of a `csv:PATH` task).
@@ -348,14 +365,14 @@ impl TabularTask {
 
     /// Fit the ensemble's pipelines on every training row and measure each and the blend on
     /// the test rows.
-    fn fit_ensemble(&self, e: &Ensemble, oofs: &[Oof]) -> Result<(Vec<Member>, Option<TestBlend>), String> {
+    fn fit_ensemble(&self, e: &Ensemble, oofs: &[Oof], deadline: Option<std::time::Instant>) -> Result<(Vec<Member>, Option<TestBlend>), String> {
         let rows: Vec<usize> = (0..self.data.len()).collect();
         let test_rows: Vec<usize> = self.test.as_ref().map_or(Vec::new(), |t| (0..t.len()).collect());
         let mut blend = vec![0.0; test_rows.len() * width(&self.data.target.values)];
         let mut members = Vec::new();
         for &(i, weight) in &e.weights {
             let p = pipeline(&oofs[i].config).with_trees(oofs[i].trees);
-            let fitted = p.fit(&self.data, &rows, self.threads, self.seed).map_err(|e| e.to_string())?;
+            let fitted = p.fit_by(&self.data, &rows, self.threads, self.seed, deadline).map_err(|e| e.to_string())?;
             let test_score = match &self.test {
                 None => None,
                 Some(t) => {
@@ -379,7 +396,8 @@ impl TabularTask {
     /// Build, fit, measure and write the final ensemble (`FINAL_FILE`).
     fn final_ensemble(&self, seconds: Option<f64>) -> Result<FinalEnsemble, String> {
         let (e, oofs) = self.ensemble(seconds).ok_or("no trial's out-of-fold predictions to build an ensemble from")?;
-        let (members, test) = self.fit_ensemble(&e, &oofs)?;
+        let deadline = seconds.map(|s| std::time::Instant::now() + std::time::Duration::from_secs_f64(s.max(0.0)));
+        let (members, test) = self.fit_ensemble(&e, &oofs, deadline)?;
         let schema = Schema::of(&self.data);
         let test_score = match test {
             Some((score, blend)) => {
@@ -540,5 +558,29 @@ impl Evaluator for TabularTask {
             }
         }
         eval
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_hold_outs_unpredicted_rows_survive_the_out_of_fold_file() {
+        // A hold-out predicts only its validation rows; the others are NaN, which JSON writes
+        // as null: the file must read back (a large table's ensemble once found no trial).
+        let o = Oof {
+            config: Config::new(),
+            score: 0.8,
+            predictions: vec![f64::NAN, f64::NAN, 0.25, 0.75],
+            trees: Some(10),
+            seconds: 1.0,
+            trial: 0,
+        };
+        let text = serde_json::to_string(&o).unwrap();
+        assert!(text.contains("[null,null,0.25,0.75]"), "{text}");
+        let back: Oof = serde_json::from_str(&text).unwrap();
+        assert!(back.predictions[0].is_nan() && back.predictions[1].is_nan());
+        assert_eq!(&back.predictions[2..], &[0.25, 0.75]);
     }
 }

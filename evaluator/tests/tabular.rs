@@ -38,6 +38,7 @@ fn measure(name: &str, spec: &Preprocess, learner: &Learner, metric: Metric) -> 
         threads: 1,
         seed: 0,
         valid: None,
+        deadline: None,
     };
     let model = learner.fit(&x, &y, &fit).unwrap();
     let pred = model.predict(&test, 1).unwrap();

@@ -79,21 +79,27 @@ impl Pipeline {
         p
     }
 
-    fn fit_context<'a>(&self, data: &TabularData, threads: usize, seed: u64, valid: Option<(&'a Matrix, &'a [f64])>) -> Fit<'a> {
+    fn fit_context<'a>(&self, data: &TabularData, threads: usize, seed: u64, valid: Option<(&'a Matrix, &'a [f64])>, deadline: Option<Instant>) -> Fit<'a> {
         Fit {
             problem: data.target.problem,
             classes: width(&data.target.values).max(1),
             threads,
             seed,
             valid,
+            deadline,
         }
     }
 
     /// Fit on `rows` of `data` (indices into its rows).
     pub fn fit(&self, data: &TabularData, rows: &[usize], threads: usize, seed: u64) -> Result<FittedPipeline, LearnError> {
+        self.fit_by(data, rows, threads, seed, None)
+    }
+
+    /// [`Pipeline::fit`], ended by `deadline` (boosting on a large table grows the trees that fit).
+    pub fn fit_by(&self, data: &TabularData, rows: &[usize], threads: usize, seed: u64, deadline: Option<Instant>) -> Result<FittedPipeline, LearnError> {
         let (preprocessor, x) = Preprocessor::fit_transform(&self.preprocess, &data.features, &data.target.values, rows, seed);
         let y = target_numbers(&data.target.values.take(rows));
-        let model = self.learner.fit(&x, &y, &self.fit_context(data, threads, seed, None))?;
+        let model = self.learner.fit(&x, &y, &self.fit_context(data, threads, seed, None, deadline))?;
         Ok(FittedPipeline {
             pipeline: self.clone(),
             preprocessor,
@@ -120,6 +126,7 @@ impl Pipeline {
         limit: Option<f64>,
     ) -> Result<Option<Validated>, LearnError> {
         let started = Instant::now();
+        let deadline = limit.map(|l| started + std::time::Duration::from_secs_f64(l.max(0.0)));
         let w = width(&data.target.values);
         let mut oof = vec![f64::NAN; data.len() * w];
         let (mut fold_scores, mut trees, mut predicted) = (Vec::new(), Vec::new(), Vec::new());
@@ -133,7 +140,7 @@ impl Pipeline {
             let vx = pre.transform(&data.features, &fold.valid);
             let y = target_numbers(&data.target.values.take(&fold.train));
             let vy = target_numbers(&data.target.values.take(&fold.valid));
-            let model = self.learner.fit(&x, &y, &self.fit_context(data, threads, fold_seed, Some((&vx, &vy))))?;
+            let model = self.learner.fit(&x, &y, &self.fit_context(data, threads, fold_seed, Some((&vx, &vy)), deadline))?;
             if let Fitted::Gbm(g) = &model {
                 trees.push(g.trees);
             }

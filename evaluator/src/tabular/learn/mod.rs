@@ -31,6 +31,9 @@ pub struct Fit<'a> {
     pub seed: u64,
     /// Rows to stop boosting early on (their matrix and target numbers).
     pub valid: Option<(&'a Matrix, &'a [f64])>,
+    /// When the fit must have ended (a trial's share of a time budget): boosting on a large
+    /// table grows only the trees that fit by then (see [`gbm::fit`]).
+    pub deadline: Option<std::time::Instant>,
 }
 
 /// A model family and its hyperparameters.
