@@ -7,14 +7,10 @@ mod common;
 use std::path::Path;
 use std::process::{Command, Output};
 
-use common::{assert_one_line_error, shared};
+use common::{assert_one_line_error, autoagent_in, shared};
 
 fn autoagent(dir: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_autoagent"))
-        .current_dir(dir)
-        .args(args)
-        .output()
-        .unwrap()
+    autoagent_in(dir, args)
 }
 
 fn tabular(name: &str) -> String {

@@ -13,25 +13,25 @@ use autoagent_agent::prompts::Prompts;
 use autoagent_agent::strategy::Strategy;
 use autoagent_evaluator::nb201::Arch;
 
+/// The LLM strategy over `space` for `task`, answered by `backend`, showing the 3 best and the 2
+/// most recent trials.
+fn strategy_on(backend: &Arc<Scripted>, task: TaskInfo, space: autoagent_agent::configspace::Space) -> LlmStrategy {
+    let options = LlmOptions {
+        show_best: 3,
+        show_recent: 2,
+        ..LlmOptions::default()
+    };
+    LlmStrategy::new(backend.clone(), Arc::new(Prompts::load(None).unwrap()), task, space, options, 0)
+}
+
 fn strategy(replies: Vec<String>) -> (LlmStrategy, Arc<Scripted>) {
     let backend = Arc::new(Scripted::new(replies));
-    let s = LlmStrategy::new(
-        backend.clone(),
-        Arc::new(Prompts::load(None).unwrap()),
-        TaskInfo {
-            description: "image classification on CIFAR-10 with a network built from one NAS-Bench-201 cell".into(),
-            metric: "validation accuracy after 12 epochs".into(),
-            profile: None,
-        },
-        autoagent_agent::configspace::cell_space(),
-        LlmOptions {
-            show_best: 3,
-            show_recent: 2,
-            ..LlmOptions::default()
-        },
-        0,
-    );
-    (s, backend)
+    let task = TaskInfo {
+        description: "image classification on CIFAR-10 with a network built from one NAS-Bench-201 cell".into(),
+        metric: "validation accuracy after 12 epochs".into(),
+        profile: None,
+    };
+    (strategy_on(&backend, task, autoagent_agent::configspace::cell_space()), backend)
 }
 
 fn trial(id: usize, arch: &str, accuracy: Option<f64>, proxies: &[(&str, Option<f64>)]) -> Trial {
@@ -127,22 +127,12 @@ async fn propose_prompt_over_the_vision_pipeline() {
         "{{\"candidates\": [{{\"cell\": \"{}\", \"width\": 32, \"depth\": 3, \"lr\": 0.05, \"weight_decay\": 0.0005, \"batch\": 128, \"augment\": \"crop_flip_cutout\", \"cutout_length\": 8, \"label_smoothing\": 0.1, \"why\": \"wider\"}}]}}",
         autoagent_agent::configspace::MEDIAN_CELL
     )]));
-    let mut s = LlmStrategy::new(
-        backend.clone(),
-        Arc::new(Prompts::load(None).unwrap()),
-        TaskInfo {
-            description: "image classification on CIFAR-10, training each candidate for 1 epoch(s) first, the most promising up to 27".into(),
-            metric: "validation accuracy".into(),
-            profile: None,
-        },
-        space.clone(),
-        LlmOptions {
-            show_best: 3,
-            show_recent: 2,
-            ..LlmOptions::default()
-        },
-        0,
-    );
+    let task = TaskInfo {
+        description: "image classification on CIFAR-10, training each candidate for 1 epoch(s) first, the most promising up to 27".into(),
+        metric: "validation accuracy".into(),
+        profile: None,
+    };
+    let mut s = strategy_on(&backend, task, space.clone());
     let mut h = history();
     for (i, t) in h.trials.iter_mut().enumerate() {
         let cell = t.config.get("cell").unwrap().clone();
@@ -176,22 +166,12 @@ async fn propose_prompt_over_the_tabular_space_shows_the_data_profile() {
     let reply = r#"{"candidates": [{"model": "linear", "encode": "onehot", "max_onehot": 16, "indicators": "no", "select": 100, "impute": "median", "scale": "standard", "alpha": 10.0, "why": "a regularised linear model"}]}"#;
     let backend = Arc::new(Scripted::new(vec![reply.to_string()]));
     let profile = "800 training rows; target 'target': binary, 2 classes ('1' 70.0 %, '2' 30.0 %)\n2 feature columns:\n- amount: numeric, min 250 median 2320 max 18424\n- purpose: categorical, 10 levels (most frequent 'radio/tv', 'car (new)', 'furniture'), 1.5 % missing";
-    let mut s = LlmStrategy::new(
-        backend.clone(),
-        Arc::new(Prompts::load(None).unwrap()),
-        TaskInfo {
-            description: "binary on a table of 800 training rows and 2 feature columns (target 'target'), validated by 5-fold cross-validation".into(),
-            metric: "roc_auc (higher is better)".into(),
-            profile: Some(profile.into()),
-        },
-        space.clone(),
-        LlmOptions {
-            show_best: 3,
-            show_recent: 2,
-            ..LlmOptions::default()
-        },
-        0,
-    );
+    let task = TaskInfo {
+        description: "binary on a table of 800 training rows and 2 feature columns (target 'target'), validated by 5-fold cross-validation".into(),
+        metric: "roc_auc (higher is better)".into(),
+        profile: Some(profile.into()),
+    };
+    let mut s = strategy_on(&backend, task, space.clone());
     let mut h = history();
     for (i, t) in h.trials.iter_mut().enumerate() {
         t.config = space.default_config().with("num_leaves", Value::Int([8, 16, 32, 64][i]));

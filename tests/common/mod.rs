@@ -1,7 +1,7 @@
 //! Helpers shared by the end-to-end tests of the `autoagent` binary.
 
-use std::path::PathBuf;
-use std::process::Output;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
 
 /// `../shared/data` beside the checkout (or `$AUTOAGENT_SHARED`).
 pub fn shared() -> PathBuf {
@@ -9,6 +9,12 @@ pub fn shared() -> PathBuf {
         Some(p) => PathBuf::from(p),
         None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/data"),
     }
+}
+
+/// Run the `autoagent` binary with `args` in `dir` and wait for it.
+#[allow(dead_code)] // used by some of the test binaries that include this module
+pub fn autoagent_in(dir: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_autoagent")).current_dir(dir).args(args).output().unwrap()
 }
 
 /// A failed command: exit code 2 and exactly one line on stderr, starting with `error:` and

@@ -389,13 +389,7 @@ fn truth_word(lower: &str) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tabular::read::{read_csv, ReadOptions};
-
-    fn frame(text: &str) -> Frame {
-        let mut f = tempfile::NamedTempFile::new().unwrap();
-        std::io::Write::write_all(&mut f, text.as_bytes()).unwrap();
-        read_csv(f.path(), &ReadOptions::default()).unwrap()
-    }
+    use crate::tabular::read::frame_of;
 
     #[test]
     fn feature_kinds_and_left_out_columns_follow_the_documented_rules() {
@@ -404,7 +398,7 @@ mod tests {
             1,a2,2.5,1,no,blue,a slow grey cat sleeps here,,k,y\n\
             2,a3,,1,Yes,red,one more line of words here,,k,x\n\
             3,a4,4.0,0,,green,and yet another long note,,k,\n";
-        let d = TabularData::from_frame(&frame(text), "target", None).unwrap();
+        let d = TabularData::from_frame(&frame_of(text), "target", None).unwrap();
         let kinds: Vec<(&str, FeatureKind)> = d.features.iter().map(|f| (f.column.name.as_str(), f.kind)).collect();
         assert_eq!(
             kinds,
@@ -428,7 +422,7 @@ mod tests {
 
     #[test]
     fn truth_words_are_booleans_and_classes_sort_numerically() {
-        let d = TabularData::from_frame(&frame("a,b,t\nYes,5,10\nno,2,9\nyes,7,10\n"), "t", None).unwrap();
+        let d = TabularData::from_frame(&frame_of("a,b,t\nYes,5,10\nno,2,9\nyes,7,10\n"), "t", None).unwrap();
         assert_eq!(d.features[0].kind, FeatureKind::Boolean);
         assert_eq!(d.features[0].column.data, ColumnData::Numeric(vec![1.0, 0.0, 1.0]));
         assert_eq!(d.target.values, TargetValues::Classes { codes: vec![1, 0, 1], classes: vec!["9".into(), "10".into()] });
@@ -436,32 +430,32 @@ mod tests {
 
     #[test]
     fn test_rows_are_taken_like_the_training_rows() {
-        let train = TabularData::from_frame(&frame("a,b,t\nyes,1.5,x\nno,2.5,y\nyes,3.5,x\n"), "t", None).unwrap();
-        let test = train.like(&frame("b,a,t,extra\n9,no,y,1\n8,YES,x,2\n")).unwrap();
+        let train = TabularData::from_frame(&frame_of("a,b,t\nyes,1.5,x\nno,2.5,y\nyes,3.5,x\n"), "t", None).unwrap();
+        let test = train.like(&frame_of("b,a,t,extra\n9,no,y,1\n8,YES,x,2\n")).unwrap();
         assert_eq!(test.features[0].column.data, ColumnData::Numeric(vec![0.0, 1.0]));
         assert_eq!(test.features[1].column.data, ColumnData::Numeric(vec![9.0, 8.0]));
         assert_eq!(test.target.values, TargetValues::Classes { codes: vec![1, 0], classes: vec!["x".into(), "y".into()] });
-        let e = train.like(&frame("a,b,t\nyes,1,z\n")).unwrap_err().to_string();
+        let e = train.like(&frame_of("a,b,t\nyes,1,z\n")).unwrap_err().to_string();
         assert!(e.contains("row 0 has the class 'z', which the training rows do not have"), "{e}");
-        let missing = train.like(&frame("a,t\nno,x\n")).unwrap();
+        let missing = train.like(&frame_of("a,t\nno,x\n")).unwrap();
         assert!(missing.features[1].column.is_missing(0));
     }
 
     #[test]
     fn bad_targets_are_one_line_errors() {
-        let f = frame("age,income,Target\n1,2,3\n4,5,3\n");
+        let f = frame_of("age,income,Target\n1,2,3\n4,5,3\n");
         let e = TabularData::from_frame(&f, "target", None).unwrap_err().to_string();
         assert_eq!(e, "no column 'target' in the data (did you mean 'Target'?)");
         let e = TabularData::from_frame(&f, "Target", None).unwrap_err().to_string();
         assert!(e.contains("every row has the value '3'"), "{e}");
         let e = TabularData::from_frame(&f, "zzzzzz", None).unwrap_err().to_string();
         assert_eq!(e, "no column 'zzzzzz' in the data");
-        let f = frame("a,t\n1,x\n2,y\n3,z\n");
+        let f = frame_of("a,t\n1,x\n2,y\n3,z\n");
         let e = TabularData::from_frame(&f, "t", Some(Problem::Regression)).unwrap_err().to_string();
         assert!(e.contains("a regression needs numbers, and 'x' is not one"), "{e}");
         let e = TabularData::from_frame(&f, "t", Some(Problem::Binary)).unwrap_err().to_string();
         assert!(e.contains("needs two classes, the column has 3"), "{e}");
-        let f = frame("id,t\na,1\nb,2\n");
+        let f = frame_of("id,t\na,1\nb,2\n");
         let e = TabularData::from_frame(&f, "t", None).unwrap_err().to_string();
         assert!(e.contains("no usable feature column (left out: id (identifier))"), "{e}");
     }

@@ -461,13 +461,10 @@ fn correlation(a: &[f64], b: &[f64]) -> f64 {
 mod tests {
     use super::*;
     use crate::tabular::dataset::TabularData;
-    use crate::tabular::read::{read_csv, ReadOptions};
+    use crate::tabular::read::frame_of;
 
     fn data(text: &str) -> TabularData {
-        let mut f = tempfile::NamedTempFile::new().unwrap();
-        std::io::Write::write_all(&mut f, text.as_bytes()).unwrap();
-        let frame = read_csv(f.path(), &ReadOptions::default()).unwrap();
-        TabularData::from_frame(&frame, "t", None).unwrap()
+        TabularData::from_frame(&frame_of(text), "t", None).unwrap()
     }
 
     const TEXT: &str = "x,c,t\n1,a,0\n,b,1\n3,a,0\n5,c,1\n7,a,1\n9,b,0\n";

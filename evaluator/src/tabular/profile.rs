@@ -120,13 +120,11 @@ fn short(x: f64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tabular::read::{read_csv, ReadOptions};
+    use crate::tabular::read::frame_of;
 
     #[test]
     fn the_profile_shows_kinds_missing_shares_and_the_target_but_no_row_unless_allowed() {
-        let mut f = tempfile::NamedTempFile::new().unwrap();
-        std::io::Write::write_all(&mut f, b"x,colour,flag,y\n1.5,red,yes,a\n,blue,no,b\n2.25,red,yes,a\n3,red,no,a\n").unwrap();
-        let frame = read_csv(f.path(), &ReadOptions::default()).unwrap();
+        let frame = frame_of("x,colour,flag,y\n1.5,red,yes,a\n,blue,no,b\n2.25,red,yes,a\n3,red,no,a\n");
         let data = TabularData::from_frame(&frame, "y", None).unwrap();
         let p = profile(&data, 0);
         assert!(p.starts_with("4 training rows; target 'y': binary, 2 classes ('a' 75.0 %, 'b' 25.0 %)"), "{p}");

@@ -190,6 +190,14 @@ impl Builder {
     }
 }
 
+/// The frame of a CSV text, read with the default options (the tabular modules' unit tests).
+#[cfg(test)]
+pub(crate) fn frame_of(text: &str) -> Frame {
+    let mut f = tempfile::NamedTempFile::new().expect("a temporary file");
+    std::io::Write::write_all(&mut f, text.as_bytes()).expect("written");
+    read_csv(f.path(), &ReadOptions::default()).expect("a readable CSV")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -157,23 +157,17 @@ impl Schema {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tabular::read::{read_csv, ReadOptions};
-
-    fn frame(text: &str) -> Frame {
-        let mut f = tempfile::NamedTempFile::new().unwrap();
-        std::io::Write::write_all(&mut f, text.as_bytes()).unwrap();
-        read_csv(f.path(), &ReadOptions::default()).unwrap()
-    }
+    use crate::tabular::read::frame_of;
 
     #[test]
     fn a_later_file_is_taken_by_name_as_in_training_with_missing_and_extra_columns_named() {
-        let train = frame("id,x,flag,colour,y\n1,0.5,yes,red,a\n2,1.5,no,blue,b\n3,2.5,yes,red,a\n4,3.5,no,green,b\n5,4.5,yes,red,a\n");
+        let train = frame_of("id,x,flag,colour,y\n1,0.5,yes,red,a\n2,1.5,no,blue,b\n3,2.5,yes,red,a\n4,3.5,no,green,b\n5,4.5,yes,red,a\n");
         let data = TabularData::from_frame(&train, "y", None).unwrap();
         let schema = Schema::of(&data);
         assert_eq!(schema.features.iter().map(|f| f.name.as_str()).collect::<Vec<_>>(), ["x", "flag", "colour"]);
         assert_eq!(schema.target.classes, ["a", "b"]);
         // Columns reordered, one feature absent, one extra, only one truth word, a non-number.
-        let later = frame("note,flag,x\nhi,YES,7\nho,yes,oops\n");
+        let later = frame_of("note,flag,x\nhi,YES,7\nho,yes,oops\n");
         let t = schema.take(&later, &[0, 1]);
         assert_eq!(t.missing, ["colour"]);
         assert_eq!(t.extra, ["note"]);
@@ -181,7 +175,7 @@ mod tests {
         assert_eq!(t.features[1].column.data, ColumnData::Numeric(vec![1.0, 1.0]));
         assert!(t.features[2].column.is_missing(0) && t.features[2].column.is_missing(1));
         // The id column training left out is neither missing nor extra.
-        let with_id = frame("id,x,flag,colour\n9,1,no,red\n");
+        let with_id = frame_of("id,x,flag,colour\n9,1,no,red\n");
         let t = schema.take(&with_id, &[0]);
         assert!(t.missing.is_empty() && t.extra.is_empty(), "{t:?}");
         assert_eq!(t.features[1].column.data, ColumnData::Numeric(vec![0.0]));
