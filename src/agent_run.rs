@@ -489,7 +489,7 @@ fn csv_evaluator(args: &RunArgs, path: &str, dir: &Path, space: &Space) -> Resul
         split: args.split.clone(),
         test: args.test.clone(),
         cv: args.cv,
-        na: args.na.as_ref().map(|s| s.split(',').map(|t| t.trim().to_string()).collect()),
+        na: args.na.clone(),
         threads: args.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
         seed: args.seed,
         llm_rows: args.llm_rows,

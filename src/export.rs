@@ -152,7 +152,7 @@ fn predict_csv(csv: &std::path::Path, args: &PredictArgs) -> Result<()> {
     let p = export::predict_csv(&CsvPredictOptions {
         model_dir: args.model.clone(),
         csv: csv.to_path_buf(),
-        na: args.na.as_ref().map(|s| s.split(',').map(|t| t.trim().to_string()).collect()),
+        na: args.na.clone(),
         threads: args.threads.max(1),
     })?;
     for w in &p.warnings {

@@ -55,6 +55,15 @@ impl ScoreLabel {
         serde_json::from_value(config["score"].clone()).unwrap_or_default()
     }
 
+    /// What the score is called in prose: `accuracy`, or the metric's name.
+    pub fn words(&self) -> &str {
+        if *self == ScoreLabel::accuracy() {
+            "accuracy"
+        } else {
+            &self.name
+        }
+    }
+
     /// `name value`, e.g. `log_loss 0.4912`.
     pub fn named(&self, score: f64) -> String {
         format!("{} {}", self.name, self.show(score))

@@ -76,8 +76,9 @@ pub struct CsvOptions {
     pub test: Option<PathBuf>,
     /// Folds of the validation (default: [`Validation::default_for`]).
     pub cv: Option<usize>,
-    /// The missing-value tokens (default: [`ReadOptions::default`]).
-    pub na: Option<Vec<String>>,
+    /// The missing-value tokens, separated by commas (default: [`ReadOptions::default`]; see
+    /// [`ReadOptions::with_na`]).
+    pub na: Option<String>,
     /// Threads of every learner.
     pub threads: usize,
     /// Seed of the folds and the learners.
@@ -242,9 +243,7 @@ impl TabularTask {
     /// The task of a CSV (see [`CsvOptions`]) and the warnings to show (columns left out, rows
     /// without a target); every bad input is a one-line error.
     pub fn from_csv(o: &CsvOptions, run_dir: &Path) -> Result<(TabularTask, Vec<String>), String> {
-        let read = ReadOptions {
-            na: o.na.clone().unwrap_or_else(|| ReadOptions::default().na),
-        };
+        let read = ReadOptions::with_na(o.na.as_deref());
         let frame = read_csv(&o.path, &read).map_err(|e| e.to_string())?;
         let problem = o.problem.as_deref().map(str::parse::<Problem>).transpose().map_err(|e| format!("--problem: {e}"))?;
         let (train_frame, test_frame) = match (&o.split, &o.test) {
@@ -401,8 +400,11 @@ impl TabularTask {
         let schema = Schema::of(&self.data);
         let test_score = match test {
             Some((score, blend)) => {
-                let width = schema.target.classes.len().max(1);
-                let preds = TestPredictions { classes: schema.target.classes.clone(), width, predictions: blend };
+                let preds = TestPredictions {
+                    classes: schema.target.classes.clone(),
+                    width: width(&self.data.target.values),
+                    predictions: blend,
+                };
                 write_json(&self.run_dir.join(TEST_PREDICTIONS_FILE), &preds)?;
                 Some(score)
             }
@@ -417,10 +419,7 @@ impl TabularTask {
             members,
             best: oofs[e.best].trial,
         };
-        let path = self.run_dir.join(FINAL_FILE);
-        std::fs::create_dir_all(path.parent().expect("a folder"))
-            .and_then(|_| std::fs::write(&path, serde_json::to_string(&f).expect("pipelines serialise")))
-            .map_err(|err| format!("cannot write {}: {err}", path.display()))?;
+        write_json(&self.run_dir.join(FINAL_FILE), &f)?;
         Ok(f)
     }
 }
@@ -550,11 +549,9 @@ impl Evaluator for TabularTask {
                 predictions: v.oof,
                 trial,
             };
-            let written = std::fs::create_dir_all(&dir)
-                .and_then(|_| std::fs::write(dir.join(OOF_FILE), serde_json::to_string(&oof).expect("predictions serialise")));
-            match written {
+            match write_json(&dir.join(OOF_FILE), &oof) {
                 Ok(()) => eval.artefacts.push(format!("trials/{trial:04}/{OOF_FILE}")),
-                Err(e) => eval.error = Some(format!("cannot write {}: {e}", dir.join(OOF_FILE).display())),
+                Err(e) => eval.error = Some(e),
             }
         }
         eval

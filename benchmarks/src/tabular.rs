@@ -21,6 +21,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use autoagent_agent::budget::Limit;
 use autoagent_agent::tabular_task::{TestPredictions, TEST_PREDICTIONS_FILE};
+use autoagent_evaluator::tabular::dataset::same_label;
 use autoagent_evaluator::tabular::pipeline::score;
 use autoagent_evaluator::tabular::{read_csv, Metric, Problem, ReadOptions, SplitFile, TabularData, TargetValues};
 use clap::Args;
@@ -121,10 +122,8 @@ fn truth(args: &TabularBenchArgs, dataset: &str, seed: u64) -> Result<Truth> {
 /// The metrics of `pred` (rows × classes in the truth's order, or values).
 fn metrics(t: &Truth, pred: &[f64]) -> Vec<(Metric, f64)> {
     let rows: Vec<usize> = (0..t.values.len()).collect();
-    let primary = Metric::default_for(t.problem);
-    let mut ms = vec![primary];
-    ms.extend(primary.reported(t.problem).into_iter().filter(|m| *m != primary));
-    ms.into_iter().map(|m| (m, score(m, &t.values, &rows, pred))).collect()
+    let reported = Metric::default_for(t.problem).reported(t.problem);
+    reported.into_iter().map(|m| (m, score(m, &t.values, &rows, pred))).collect()
 }
 
 /// A peer's probabilities, columns by its class labels, in the truth's class order (a class it
@@ -134,8 +133,7 @@ fn in_truth_order(t: &Truth, labels: &[String], pred: &serde_json::Value) -> Res
     let TargetValues::Classes { classes, .. } = &t.values else {
         return rows.iter().map(|v| v.as_f64().context("a prediction is not a number")).collect();
     };
-    let same = |a: &str, b: &str| a == b || matches!((a.parse::<f64>(), b.parse::<f64>()), (Ok(x), Ok(y)) if x == y);
-    let column: Vec<Option<usize>> = classes.iter().map(|c| labels.iter().position(|l| same(l, c))).collect();
+    let column: Vec<Option<usize>> = classes.iter().map(|c| labels.iter().position(|l| same_label(l, c))).collect();
     let mut out = Vec::with_capacity(rows.len() * classes.len());
     for r in rows {
         let p = r.as_array().context("a prediction row is not a list")?;

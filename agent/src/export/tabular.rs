@@ -189,8 +189,8 @@ pub struct CsvPredictOptions {
     pub model_dir: PathBuf,
     /// The rows to predict.
     pub csv: PathBuf,
-    /// Missing-value tokens (default: those of [`ReadOptions::default`]).
-    pub na: Option<Vec<String>>,
+    /// Missing-value tokens, separated by commas (default: those of [`ReadOptions::default`]).
+    pub na: Option<String>,
     /// Threads of the learners.
     pub threads: usize,
 }
@@ -210,10 +210,7 @@ pub struct CsvPredictions {
 /// Predict every row of `o.csv` with the tabular model in `o.model_dir`.
 pub fn predict_csv(o: &CsvPredictOptions) -> Result<CsvPredictions, ExportError> {
     let model = TabularModel::read(&o.model_dir)?;
-    let read = ReadOptions {
-        na: o.na.clone().unwrap_or_else(|| ReadOptions::default().na),
-    };
-    let frame = read_csv(&o.csv, &read).map_err(|e| ExportError::Invalid(e.to_string()))?;
+    let frame = read_csv(&o.csv, &ReadOptions::with_na(o.na.as_deref())).map_err(|e| ExportError::Invalid(e.to_string()))?;
     let rows: Vec<usize> = (0..frame.rows).collect();
     let taken = model.schema.take(&frame, &rows);
     if let Some(first) = taken.missing.first() {
@@ -268,9 +265,8 @@ fn target_scores(model: &TabularModel, frame: &autoagent_evaluator::tabular::Fra
     let w = model.schema.target.classes.len().max(1);
     let pred: Vec<f64> = rows.iter().flat_map(|&r| blend[r * w..(r + 1) * w].to_vec()).collect();
     let all: Vec<usize> = (0..rows.len()).collect();
-    let mut metrics = vec![model.metric];
-    metrics.extend(model.metric.reported(model.schema.target.problem).into_iter().filter(|m| *m != model.metric));
-    Ok(metrics.into_iter().map(|m| (m, score(m, &y, &all, &pred), rows.len())).collect())
+    let reported = model.metric.reported(model.schema.target.problem);
+    Ok(reported.into_iter().map(|m| (m, score(m, &y, &all, &pred), rows.len())).collect())
 }
 
 /// The output's header and lines.

@@ -87,7 +87,7 @@ fn progress(inp: &Inputs) -> Result<Vec<Plot>, ReportError> {
         by_time.push((seconds, best));
         each_time.push((seconds, acc));
     }
-    let what = score_words(inp.score);
+    let what = format!("validation {}", inp.score.words());
     let by_trials = plot(
         inp.out,
         "best_vs_trials",
@@ -123,15 +123,6 @@ fn progress(inp: &Inputs) -> Result<Vec<Plot>, ReportError> {
         },
     )?;
     Ok(vec![by_trials, by_seconds])
-}
-
-/// "validation accuracy", or "validation log_loss" (a tabular task's metric).
-fn score_words(score: &ScoreLabel) -> String {
-    if score.name == "acc" {
-        "validation accuracy".into()
-    } else {
-        format!("validation {}", score.name)
-    }
 }
 
 /// (c): the proxy `name` against accuracy: its statistics, and its plot where two trials or more

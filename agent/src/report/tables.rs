@@ -27,7 +27,7 @@ pub(crate) fn overview(r: &Report) -> Table {
 }
 
 pub(crate) fn leaderboard(r: &Report) -> Table {
-    let (valid, test) = if r.score.name == "acc" {
+    let (valid, test) = if r.score == crate::score::ScoreLabel::accuracy() {
         ("valid acc (%)".to_string(), "test acc (%)".to_string())
     } else {
         (format!("valid {}", r.score.name), format!("test {}", r.score.name))
@@ -174,7 +174,7 @@ pub(crate) fn leaderboard_heading(r: &Report) -> String {
         "Leaderboard (top {} of {} complete trials by validation {})",
         r.leaderboard.len(),
         r.complete,
-        if r.score.name == "acc" { "accuracy" } else { r.score.name.as_str() }
+        r.score.words()
     )
 }
 

@@ -105,6 +105,14 @@ pub async fn run_loop(
     l.finish(stopped, final_model)
 }
 
+/// What an epoch of trial `t` took in the search: its complete rungs' seconds over the epochs
+/// they reached (`None` before any).
+fn epoch_seconds(t: &Trial) -> Option<f64> {
+    let complete: Vec<&Rung> = t.rungs.iter().filter(|r| r.state == TrialState::Complete).collect();
+    let trained = complete.last().map_or(0, |r| r.epochs);
+    (trained > 0).then(|| complete.iter().map(|r| r.seconds).sum::<f64>() / trained as f64)
+}
+
 impl Loop<'_> {
     fn wall_left(&self) -> Option<f64> {
         self.options.wall_limit.map(|w| w - self.started.elapsed().as_secs_f64())
@@ -334,21 +342,17 @@ impl Loop<'_> {
         let (Some(_), Limit::Seconds(limit)) = (self.options.final_epochs, self.budget.limit) else {
             return need;
         };
-        let complete: Vec<&Rung> = t.rungs.iter().filter(|r| r.state == TrialState::Complete).collect();
-        let trained = complete.last().map_or(0, |r| r.epochs);
-        let measured = (trained > 0).then(|| complete.iter().map(|r| r.seconds).sum::<f64>() / trained as f64);
-        let planned = self.evaluator.final_reserve_seconds(&t.config, epochs.max(1), measured).map_or(need, |s| FINAL_MARGIN * s);
+        let planned = self
+            .evaluator
+            .final_reserve_seconds(&t.config, epochs.max(1), epoch_seconds(t))
+            .map_or(need, |s| FINAL_MARGIN * s);
         planned.min((limit * self.options.final_fraction).max(need)).max(need)
     }
 
     /// The estimated seconds of retraining trial `t`'s configuration for `epochs`, from what
     /// its epochs took in the search.
     fn final_estimate(&self, t: &Trial, epochs: usize) -> Option<f64> {
-        let complete: Vec<&Rung> = t.rungs.iter().filter(|r| r.state == TrialState::Complete).collect();
-        let trained = complete.last().map_or(0, |r| r.epochs);
-        let seconds: f64 = complete.iter().map(|r| r.seconds).sum();
-        let measured = (trained > 0).then(|| seconds / trained as f64);
-        self.evaluator.estimate_final_seconds(&t.config, epochs.max(1), measured)
+        self.evaluator.estimate_final_seconds(&t.config, epochs.max(1), epoch_seconds(t))
     }
 
     /// The fidelity a new trial starts at now.

@@ -198,9 +198,10 @@ impl TabularData {
     }
 }
 
-/// Two labels that are the same number written two ways (`1` and `1.0`).
-pub(super) fn same_number(a: &str, b: &str) -> bool {
-    matches!((a.parse::<f64>(), b.parse::<f64>()), (Ok(x), Ok(y)) if x == y)
+/// Two class labels that are the same: equal, or the same number written two ways (`1` and
+/// `1.0`).
+pub fn same_label(a: &str, b: &str) -> bool {
+    a == b || matches!((a.parse::<f64>(), b.parse::<f64>()), (Ok(x), Ok(y)) if x == y)
 }
 
 pub(super) fn bad_target(name: &str, reason: &str) -> TabularError {

@@ -32,6 +32,17 @@ impl Default for ReadOptions {
 }
 
 impl ReadOptions {
+    /// The options of `--na TOKENS`: the fields separated by commas (each trimmed) are the
+    /// missing values; `None`: the defaults ([`DEFAULT_NA`]).
+    pub fn with_na(tokens: Option<&str>) -> ReadOptions {
+        match tokens {
+            Some(t) => ReadOptions {
+                na: t.split(',').map(|f| f.trim().to_string()).collect(),
+            },
+            None => ReadOptions::default(),
+        }
+    }
+
     fn is_na(&self, field: &str) -> bool {
         self.na.iter().any(|n| n == field)
     }

@@ -14,7 +14,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::dataset::{as_truth, bad_target, same_number, Dropped, Feature, TabularData, TargetValues};
+use super::dataset::{as_truth, bad_target, same_label, Dropped, Feature, TabularData, TargetValues};
 use super::error::Result;
 use super::frame::{Column, ColumnData, FeatureKind, Frame, MISSING};
 use super::problem::Problem;
@@ -80,7 +80,7 @@ impl TargetSchema {
         let mut codes = Vec::with_capacity(rows.len());
         for &r in rows {
             let label = t.text(r).unwrap_or_default();
-            let Some(c) = self.classes.iter().position(|c| *c == label || same_number(c, &label)) else {
+            let Some(c) = self.classes.iter().position(|c| same_label(c, &label)) else {
                 return Err(bad_target(&self.name, &format!("row {r} has the class '{label}', which the training rows do not have")));
             };
             codes.push(c);
