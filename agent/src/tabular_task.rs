@@ -34,9 +34,10 @@ struct Oof {
     /// hold-out's training rows).
     #[serde(with = "nan_as_null")]
     predictions: Vec<f64>,
-    /// Boosting's trees for a refit on every row (see `Validated::refit_trees`).
-    #[serde(default)]
-    trees: Option<usize>,
+    /// Boosting's trees or an MLP's epochs for a refit on every row (see
+    /// `Validated::refit_rounds`; `trees` in files written before MLPs).
+    #[serde(default, alias = "trees")]
+    rounds: Option<usize>,
     /// Seconds of the validation (the refit's estimate).
     #[serde(default)]
     seconds: f64,
@@ -370,7 +371,7 @@ impl TabularTask {
         let mut blend = vec![0.0; test_rows.len() * width(&self.data.target.values)];
         let mut members = Vec::new();
         for &(i, weight) in &e.weights {
-            let p = pipeline(&oofs[i].config).with_trees(oofs[i].trees);
+            let p = pipeline(&oofs[i].config).with_rounds(oofs[i].rounds);
             let fitted = p.fit_by(&self.data, &rows, self.threads, self.seed, deadline).map_err(|e| e.to_string())?;
             let test_score = match &self.test {
                 None => None,
@@ -544,7 +545,7 @@ impl Evaluator for TabularTask {
             let oof = Oof {
                 config: config.clone(),
                 score: v.score,
-                trees: v.refit_trees(self.folds.len()),
+                rounds: v.refit_rounds(self.folds.len()),
                 seconds: v.seconds,
                 predictions: v.oof,
                 trial,
@@ -570,7 +571,7 @@ mod tests {
             config: Config::new(),
             score: 0.8,
             predictions: vec![f64::NAN, f64::NAN, 0.25, 0.75],
-            trees: Some(10),
+            rounds: Some(10),
             seconds: 1.0,
             trial: 0,
         };

@@ -112,12 +112,12 @@ fn pipelines_validate_out_of_fold_and_the_ensemble_is_at_least_the_best_of_them(
         assert!(v.score > 0.75, "{}", v.score);
     }
     // Boosting stopped early on each fold's validation rows.
-    assert!(validated[0].trees.iter().all(|t| (1..=100).contains(t)), "{:?}", validated[0].trees);
+    assert!(validated[0].rounds.iter().all(|t| (1..=100).contains(t)), "{:?}", validated[0].rounds);
     // A refit on every row grows the trees early stopping kept, by the rows the folds held out.
-    let mean = validated[0].trees.iter().sum::<usize>() as f64 / 5.0;
-    assert_eq!(validated[0].refit_trees(5), Some((mean * 1.25).round() as usize));
-    assert_eq!(validated[1].refit_trees(5), None);
-    assert!(matches!(pipelines[0].with_trees(Some(7)).learner, Learner::Gbm(ref g) if g.trees == 7));
+    let mean = validated[0].rounds.iter().sum::<usize>() as f64 / 5.0;
+    assert_eq!(validated[0].refit_rounds(5), Some((mean * 1.25).round() as usize));
+    assert_eq!(validated[1].refit_rounds(5), None);
+    assert!(matches!(pipelines[0].with_rounds(Some(7)).learner, Learner::Gbm(ref g) if g.trees == 7));
     let rows: Vec<usize> = (0..data.len()).collect();
     let oofs: Vec<&[f64]> = validated.iter().map(|v| v.oof.as_slice()).collect();
     let e = ensemble::select(&oofs, &data.target.values, &rows, 2, Metric::RocAuc).unwrap();
@@ -130,4 +130,48 @@ fn pipelines_validate_out_of_fold_and_the_ensemble_is_at_least_the_best_of_them(
     let p = fitted.predict(&again.features, &[0, 1, 2], 1).unwrap();
     assert_eq!(p.len(), 6);
     assert!((p[0] + p[1] - 1.0).abs() < 1e-9);
+}
+
+fn mlp(epochs: usize) -> Learner {
+    use autoagent_evaluator::tabular::learn::mlp::{Activation, MlpParams};
+    Learner::Mlp(MlpParams {
+        layers: 2,
+        width: 64,
+        activation: Activation::Relu,
+        dropout: 0.1,
+        batch_norm: true,
+        learning_rate: 2e-3,
+        weight_decay: 1e-4,
+        batch_size: 64,
+        epochs,
+    })
+}
+
+#[test]
+fn an_mlp_learns_each_problem_stops_early_and_predicts_from_its_saved_weights() {
+    use autoagent_evaluator::tabular::split::folds;
+    use autoagent_evaluator::tabular::{Pipeline, Validation};
+    // Peers: breast cancer AUC 0.987-0.992, vehicle accuracy 0.72-0.79, concrete RMSE 3.9-4.6.
+    assert!(measure("breast_cancer_wisconsin", &scaled(), &mlp(40), Metric::RocAuc) > 0.97);
+    assert!(measure("vehicle", &scaled(), &mlp(60), Metric::Accuracy) > 0.75);
+    assert!(measure("concrete", &scaled(), &mlp(150), Metric::Rmse) < 5.5);
+    // Out of fold, the epochs are those of the best validation loss, and a refit trains for
+    // their mean grown by the rows the folds held out.
+    let dir = shared().join("tabular");
+    let data = TabularData::from_frame(&read_csv(&dir.join("diabetes_pima.csv"), &ReadOptions::default()).unwrap(), "target", None).unwrap();
+    let f = folds(&data.target.values, Validation::Cv { k: 3 }, 0).unwrap();
+    let p = Pipeline { preprocess: scaled(), learner: mlp(300) };
+    let v = p.validate(&data, &f, Metric::RocAuc, 1, 0).unwrap();
+    assert!(v.score > 0.78, "{}", v.score);
+    assert!(v.rounds.len() == 3 && v.rounds.iter().all(|&e| (1..300).contains(&e)), "stopped early: {:?}", v.rounds);
+    let refit = p.with_rounds(v.refit_rounds(3));
+    assert!(matches!(refit.learner, Learner::Mlp(ref m) if m.epochs == v.refit_rounds(3).unwrap()));
+    // The fitted network survives its serialisation: same predictions from the saved weights.
+    let rows: Vec<usize> = (0..data.len()).collect();
+    let fitted = refit.fit(&data, &rows, 1, 0).unwrap();
+    let back: autoagent_evaluator::tabular::FittedPipeline = serde_json::from_str(&serde_json::to_string(&fitted).unwrap()).unwrap();
+    let (a, b) = (fitted.predict(&data.features, &rows, 1).unwrap(), back.predict(&data.features, &rows, 2).unwrap());
+    assert_eq!(a.len(), 2 * rows.len());
+    assert!(a.iter().zip(&b).all(|(x, y)| (x - y).abs() < 1e-6));
+    assert!(a.chunks(2).all(|r| (r[0] + r[1] - 1.0).abs() < 1e-5));
 }

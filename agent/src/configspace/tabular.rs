@@ -3,12 +3,13 @@
 //! [`Pipeline`].
 //!
 //! Tree families (LightGBM's boosting, random forest, extra trees) take missing values and
-//! unscaled columns as they are; imputation and scaling exist only for the linear model and
-//! k-nearest neighbours.
+//! unscaled columns as they are; imputation and scaling exist only for the linear model,
+//! k-nearest neighbours and the MLP (whose shape the zero-cost proxies rank).
 
 use autoagent_evaluator::tabular::learn::gbm::{Boosting, GbmParams};
 use autoagent_evaluator::tabular::learn::knn::KnnParams;
 use autoagent_evaluator::tabular::learn::linear::LinearParams;
+use autoagent_evaluator::tabular::learn::mlp::{Activation, MlpParams};
 use autoagent_evaluator::tabular::learn::Learner;
 use autoagent_evaluator::tabular::{Encode, Impute, Pipeline, Preprocess, Scale};
 
@@ -18,10 +19,10 @@ use super::space::Space;
 use super::value::Value;
 
 /// The model families, in the space's order.
-pub const FAMILIES: [&str; 5] = ["gbm", "forest", "extra_trees", "linear", "knn"];
+pub const FAMILIES: [&str; 6] = ["gbm", "forest", "extra_trees", "linear", "knn", "mlp"];
 
 const TREES: [&str; 3] = ["gbm", "forest", "extra_trees"];
-const SCALED: [&str; 2] = ["linear", "knn"];
+const SCALED: [&str; 3] = ["linear", "knn", "mlp"];
 
 fn choices(names: &[&str]) -> Kind {
     Kind::Categorical {
@@ -38,7 +39,7 @@ pub fn tabular_space() -> Space {
     let float = |low, high, log| Kind::Float { low, high, log };
     let int = |low, high, log| Kind::Int { low, high, log };
     let params = vec![
-        Param::new("model", choices(&FAMILIES), str_value("gbm"), "model family: LightGBM boosting, random forest, extra trees, L2-regularised linear/logistic regression, k-nearest neighbours"),
+        Param::new("model", choices(&FAMILIES), str_value("gbm"), "model family: LightGBM boosting, random forest, extra trees, L2-regularised linear/logistic regression, k-nearest neighbours, multilayer perceptron"),
         Param::new("encode", choices(&["onehot", "ordinal", "target"]), str_value("onehot"), "categorical columns: one-hot, frequency rank, or out-of-fold target mean"),
         Param::new("max_onehot", Kind::Ordinal { values: vec![4, 8, 16, 32, 64] }, Value::Int(16), "one-hot columns of a categorical column at most (its rarer levels share one)").when("encode", &["onehot"]),
         Param::new("indicators", choices(&["yes", "no"]), str_value("yes"), "a 0/1 column for each numeric column with missing values"),
@@ -55,6 +56,15 @@ pub fn tabular_space() -> Space {
         Param::new("alpha", float(1e-4, 100.0, true), Value::Float(1.0), "L2 penalty of the weights").when("model", &["linear"]),
         Param::new("k", int(1, 100, true), Value::Int(15), "neighbours").when("model", &["knn"]),
         Param::new("weights", choices(&["uniform", "distance"]), str_value("distance"), "neighbours' weights").when("model", &["knn"]),
+        Param::new("layers", int(1, 4, false), Value::Int(2), "hidden layers").when("model", &["mlp"]),
+        Param::new("width", Kind::Ordinal { values: vec![32, 64, 128, 256, 512] }, Value::Int(128), "units a hidden layer").when("model", &["mlp"]),
+        Param::new("activation", choices(&["relu", "gelu", "tanh"]), str_value("relu"), "hidden activation").when("model", &["mlp"]),
+        Param::new("dropout", float(0.0, 0.5, false), Value::Float(0.1), "dropout after each hidden layer").when("model", &["mlp"]),
+        Param::new("batch_norm", choices(&["yes", "no"]), str_value("yes"), "BatchNorm after each hidden linear layer").when("model", &["mlp"]),
+        Param::new("lr", float(1e-4, 3e-2, true), Value::Float(2e-3), "AdamW step size").when("model", &["mlp"]),
+        Param::new("weight_decay", float(1e-6, 1e-1, true), Value::Float(1e-4), "AdamW weight decay").when("model", &["mlp"]),
+        Param::new("batch_size", Kind::Ordinal { values: vec![32, 64, 128, 256, 512] }, Value::Int(128), "rows a minibatch").when("model", &["mlp"]),
+        Param::new("epochs", int(10, 300, true), Value::Int(100), "epochs at most (training stops early on the validation rows)").when("model", &["mlp"]),
     ];
     Space::new(params).expect("the tabular space is valid")
 }
@@ -105,6 +115,21 @@ pub fn pipeline(c: &Config) -> Pipeline {
         "extra_trees" => Learner::Gbm(trees(Boosting::Forest, true)),
         "linear" => Learner::Linear(LinearParams { alpha: f("alpha"), max_iterations: 300 }),
         "knn" => Learner::Knn(KnnParams { k: i("k").max(1), distance_weighted: s("weights") == "distance" }),
+        "mlp" => Learner::Mlp(MlpParams {
+            layers: i("layers"),
+            width: i("width").max(1),
+            activation: match s("activation").as_str() {
+                "gelu" => Activation::Gelu,
+                "tanh" => Activation::Tanh,
+                _ => Activation::Relu,
+            },
+            dropout: f("dropout").clamp(0.0, 0.9),
+            batch_norm: s("batch_norm") == "yes",
+            learning_rate: f("lr"),
+            weight_decay: f("weight_decay"),
+            batch_size: i("batch_size").max(1),
+            epochs: i("epochs").max(1),
+        }),
         _ => Learner::Gbm(trees(Boosting::Gbdt, false)),
     };
     Pipeline { preprocess, learner }
@@ -129,7 +154,7 @@ mod tests {
             match (model, &p.learner) {
                 ("gbm", Learner::Gbm(g)) => assert_eq!(g.boosting, Boosting::Gbdt),
                 ("forest" | "extra_trees", Learner::Gbm(g)) => assert_eq!((g.boosting, g.extra_trees), (Boosting::Forest, model == "extra_trees")),
-                ("linear", Learner::Linear(_)) | ("knn", Learner::Knn(_)) => assert_ne!(p.preprocess.impute, Impute::Keep),
+                ("linear", Learner::Linear(_)) | ("knn", Learner::Knn(_)) | ("mlp", Learner::Mlp(_)) => assert_ne!(p.preprocess.impute, Impute::Keep),
                 (m, l) => panic!("{m} gave {l:?}"),
             }
             if TREES.contains(&model) {

@@ -32,8 +32,9 @@ pub struct Validated {
     pub score: f64,
     /// The metric of each fold.
     pub fold_scores: Vec<f64>,
-    /// The trees each fold's boosting kept (empty for other learners).
-    pub trees: Vec<usize>,
+    /// The trees each fold's boosting kept, or the epochs of each fold's MLP (empty for other
+    /// learners).
+    pub rounds: Vec<usize>,
     /// Seconds it took.
     pub seconds: f64,
 }
@@ -66,15 +67,15 @@ pub fn score(metric: Metric, y: &TargetValues, rows: &[usize], pred: &[f64]) -> 
 }
 
 impl Pipeline {
-    /// The pipeline with boosting's trees set to `trees` (what early stopping kept on the
-    /// folds: a refit on every row has no validation rows to stop on); other learners as they
-    /// are.
-    pub fn with_trees(&self, trees: Option<usize>) -> Pipeline {
+    /// The pipeline with boosting's trees or an MLP's epochs set to `rounds` (what early
+    /// stopping kept on the folds: a refit on every row has no validation rows to stop on);
+    /// other learners as they are.
+    pub fn with_rounds(&self, rounds: Option<usize>) -> Pipeline {
         let mut p = self.clone();
-        if let (Learner::Gbm(g), Some(t)) = (&mut p.learner, trees) {
-            if g.boosting == super::learn::gbm::Boosting::Gbdt {
-                g.trees = t.max(1);
-            }
+        match (&mut p.learner, rounds) {
+            (Learner::Gbm(g), Some(t)) if g.boosting == super::learn::gbm::Boosting::Gbdt => g.trees = t.max(1),
+            (Learner::Mlp(m), Some(t)) => m.epochs = t.max(1),
+            _ => {}
         }
         p
     }
@@ -129,7 +130,7 @@ impl Pipeline {
         let deadline = limit.map(|l| started + std::time::Duration::from_secs_f64(l.max(0.0)));
         let w = width(&data.target.values);
         let mut oof = vec![f64::NAN; data.len() * w];
-        let (mut fold_scores, mut trees, mut predicted) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut fold_scores, mut rounds, mut predicted) = (Vec::new(), Vec::new(), Vec::new());
         for (k, fold) in folds.iter().enumerate() {
             let spent = started.elapsed().as_secs_f64();
             if limit.is_some_and(|l| k > 0 && spent + spent / k as f64 > l) {
@@ -141,8 +142,8 @@ impl Pipeline {
             let y = target_numbers(&data.target.values.take(&fold.train));
             let vy = target_numbers(&data.target.values.take(&fold.valid));
             let model = self.learner.fit(&x, &y, &self.fit_context(data, threads, fold_seed, Some((&vx, &vy)), deadline))?;
-            if let Fitted::Gbm(g) = &model {
-                trees.push(g.trees);
+            if let Some(r) = model.rounds() {
+                rounds.push(r);
             }
             let p = model.predict(&vx, threads)?;
             fold_scores.push(score(metric, &data.target.values, &fold.valid, &p));
@@ -157,20 +158,21 @@ impl Pipeline {
             score: score(metric, &data.target.values, &predicted, &pred),
             oof,
             fold_scores,
-            trees,
+            rounds,
             seconds: started.elapsed().as_secs_f64(),
         }))
     }
 }
 
 impl Validated {
-    /// The trees a refit on every row should grow: the folds' mean after early stopping, grown
-    /// by the share of rows the folds held out (`None` without boosting).
-    pub fn refit_trees(&self, folds: usize) -> Option<usize> {
-        if self.trees.is_empty() {
+    /// The trees (epochs) a refit on every row should grow (train): the folds' mean after early
+    /// stopping, grown by the share of rows the folds held out (`None` without boosting or an
+    /// MLP).
+    pub fn refit_rounds(&self, folds: usize) -> Option<usize> {
+        if self.rounds.is_empty() {
             return None;
         }
-        let mean = self.trees.iter().sum::<usize>() as f64 / self.trees.len() as f64;
+        let mean = self.rounds.iter().sum::<usize>() as f64 / self.rounds.len() as f64;
         let grow = if folds > 1 { folds as f64 / (folds as f64 - 1.0) } else { 1.25 };
         Some((mean * grow).round().max(1.0) as usize)
     }

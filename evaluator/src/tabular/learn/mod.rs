@@ -1,11 +1,13 @@
 //! The model families of a tabular pipeline, behind one enum: LightGBM's boosted trees, random
 //! forests and extra trees ([`gbm`]), regularised linear and logistic regression ([`linear`]),
-//! and k-nearest neighbours ([`knn`]). Every learner is fitted on a [`Matrix`] and predicts class
+//! k-nearest neighbours ([`knn`]), and multilayer perceptrons built with candle ([`mlp`]), whose
+//! shapes the zero-cost proxies rank. Every learner is fitted on a [`Matrix`] and predicts class
 //! probabilities (rows × classes, row-major) or values, and serialises once fitted.
 
 pub mod gbm;
 pub mod knn;
 pub mod linear;
+pub mod mlp;
 
 use serde::{Deserialize, Serialize};
 
@@ -46,6 +48,8 @@ pub enum Learner {
     Linear(linear::LinearParams),
     /// k-nearest neighbours.
     Knn(knn::KnnParams),
+    /// A multilayer perceptron.
+    Mlp(mlp::MlpParams),
 }
 
 /// A fitted model.
@@ -58,6 +62,8 @@ pub enum Fitted {
     Linear(linear::FittedLinear),
     /// The training rows of k-nearest neighbours.
     Knn(knn::FittedKnn),
+    /// An MLP's weights.
+    Mlp(mlp::FittedMlp),
 }
 
 /// The target as numbers: class indices or values.
@@ -78,15 +84,17 @@ impl Learner {
             Learner::Gbm(p) => Fitted::Gbm(gbm::fit(p, x, y, fit)?),
             Learner::Linear(p) => Fitted::Linear(linear::fit(p, x, y, fit)?),
             Learner::Knn(p) => Fitted::Knn(knn::fit(p, x, y, fit)),
+            Learner::Mlp(p) => Fitted::Mlp(mlp::fit(p, x, y, fit)?),
         })
     }
 
-    /// The family's name (`gbm`, `linear`, `knn`).
+    /// The family's name (`gbm`, `linear`, `knn`, `mlp`).
     pub fn family(&self) -> &'static str {
         match self {
             Learner::Gbm(_) => "gbm",
             Learner::Linear(_) => "linear",
             Learner::Knn(_) => "knn",
+            Learner::Mlp(_) => "mlp",
         }
     }
 }
@@ -98,6 +106,16 @@ impl Fitted {
             Fitted::Gbm(m) => m.predict(x, threads),
             Fitted::Linear(m) => Ok(m.predict(x)),
             Fitted::Knn(m) => Ok(m.predict(x, threads)),
+            Fitted::Mlp(m) => m.predict(x, threads),
+        }
+    }
+
+    /// The trees boosting kept, or the epochs of an MLP's weights (`None` for other learners).
+    pub fn rounds(&self) -> Option<usize> {
+        match self {
+            Fitted::Gbm(g) => Some(g.trees),
+            Fitted::Mlp(m) => Some(m.epochs),
+            _ => None,
         }
     }
 }
