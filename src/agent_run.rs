@@ -17,6 +17,7 @@ use autoagent_agent::runner::{run_loop, LoopOptions, Recorder, Spent, Summary};
 use autoagent_agent::score::ScoreLabel;
 use autoagent_agent::scheduler::{geometric_ladder, Scheduler, SchedulerKind};
 use autoagent_agent::strategy::{Evolution, LocalSearch, RandomSearch, Strategy};
+use autoagent_agent::tabular_rank::TABULAR_PROXIES;
 use autoagent_agent::tabular_task::{CsvOptions, TabularTask};
 use autoagent_agent::task::{calibration_config, nb201_proxy_images, network, search_split, Evaluator, Nb201Dataset, TableEvaluator};
 use autoagent_agent::trial::{ProcessEvaluator, TrialSpec, SPEC_VERSION};
@@ -26,6 +27,9 @@ use autoagent_evaluator::train::{parse_device, TrainConfig};
 use clap::Args;
 
 use crate::DataArgs;
+
+/// The proxies that rank the networks of image tasks unless `--proxies` names others.
+const IMAGE_PROXIES: &str = "synflow,naswot,jacob_cov";
 
 #[derive(Args, Clone, serde::Serialize, serde::Deserialize)]
 pub(crate) struct RunArgs {
@@ -133,9 +137,10 @@ pub(crate) struct RunArgs {
     /// Turn proxy ranking off (candidates are evaluated in proposal order).
     #[arg(long)]
     no_proxies: bool,
-    /// Proxies of the ranking (their log-rank ensemble orders each round).
-    #[arg(long, default_value = "synflow,naswot,jacob_cov")]
-    proxies: String,
+    /// Proxies of the ranking (their log-rank ensemble orders each round; default:
+    /// synflow,naswot,jacob_cov for the networks of image tasks, jacob_cov for a table's MLPs).
+    #[arg(long)]
+    proxies: Option<String>,
     /// Images in the proxies' batch.
     #[arg(long, default_value_t = 64)]
     proxy_batch_size: usize,
@@ -171,7 +176,8 @@ pub(crate) struct RunArgs {
     trial_timeout: Option<f64>,
     /// Multi-fidelity scheduler: none (every trial trains --max-epochs), sha, hyperband or asha
     /// (default: asha on training tasks; none on nb201 tasks, whose rungs are the table's 12 and
-    /// 200 epochs).
+    /// 200 epochs; none on csv tasks, whose rungs validate on 1/η², 1/η and all of each fold's
+    /// training rows).
     #[arg(long)]
     #[serde(default = "scheduler_of_older_runs")]
     scheduler: Option<String>,
@@ -411,8 +417,8 @@ fn search_space(default: Space, narrowing: Option<&str>) -> Result<Space> {
 /// `--eta`-fold.
 fn scheduler(args: &RunArgs) -> Result<Scheduler> {
     if args.task.starts_with("csv:") {
-        // A csv trial validates its pipeline once (no fidelity ladder yet).
-        return Scheduler::new(SchedulerKind::None, vec![1], args.eta).map_err(anyhow::Error::msg);
+        let (kind, ladder) = csv_rungs(args)?;
+        return Scheduler::new(kind, ladder, args.eta).map_err(anyhow::Error::msg);
     }
     let table = args.task.starts_with("nb201:");
     let kind = match &args.scheduler {
@@ -430,6 +436,18 @@ fn scheduler(args: &RunArgs) -> Result<Scheduler> {
         (false, _) => epochs,
     };
     Scheduler::new(kind, ladder, args.eta).map_err(anyhow::Error::msg)
+}
+
+/// A csv task's scheduler and rungs: none by default (every trial validated in full, rung 1);
+/// with `--scheduler`, the rungs 1, η, η² where rung r validates on r/η² of each fold's
+/// training rows (boosting's trees cut alike).
+fn csv_rungs(args: &RunArgs) -> Result<(SchedulerKind, Vec<usize>)> {
+    let kind = args.scheduler.as_deref().map(str::parse::<SchedulerKind>).transpose().map_err(anyhow::Error::msg)?.unwrap_or(SchedulerKind::None);
+    if kind == SchedulerKind::None {
+        return Ok((kind, vec![1]));
+    }
+    let top = args.eta.checked_mul(args.eta).filter(|_| args.eta >= 2).ok_or_else(|| anyhow::anyhow!("--eta must be at least 2, got {}", args.eta))?;
+    Ok((kind, geometric_ladder(1, top, args.eta).map_err(anyhow::Error::msg)?))
 }
 
 /// Say how a time budget will be spent on a training task, before anything is (and refuse a
@@ -493,6 +511,8 @@ fn csv_evaluator(args: &RunArgs, path: &str, dir: &Path, space: &Space) -> Resul
         threads: args.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
         seed: args.seed,
         llm_rows: args.llm_rows,
+        proxies: (!args.no_proxies).then(|| args.proxies.clone().unwrap_or_else(|| TABULAR_PROXIES.to_string())),
+        full_rung: *csv_rungs(args)?.1.last().unwrap_or(&1),
     };
     let (mut task, warnings) = TabularTask::from_csv(&options, dir).map_err(anyhow::Error::msg)?;
     if !args.json {
@@ -625,12 +645,12 @@ fn prepare(args: &RunArgs, backend: Option<Arc<dyn LlmBackend>>, dir: &Path, cal
     };
 
     // Proxy ranking.
-    // (Proxies score networks: a csv task's pipelines are ranked by nothing yet.)
+    // (A csv task ranks its MLPs itself: see `TabularTask`.)
     let ranker = if args.no_proxies || csv_task {
         None
     } else {
         Some(Ranker::build(&RankerConfig {
-            proxies: &args.proxies,
+            proxies: args.proxies.as_deref().unwrap_or(IMAGE_PROXIES),
             images: image_kind,
             data_root: &root,
             download: !args.data.no_download,

@@ -185,6 +185,8 @@ enum BenchCommand {
     Budget(autoagent_benchmarks::budget::BudgetBenchArgs),
     /// autoagent on the tabular fixtures' fixed splits against FLAML, AutoGluon and a default LightGBM, every tool's test predictions scored one way.
     Tabular(autoagent_benchmarks::tabular::TabularBenchArgs),
+    /// Rank correlation of the cheap signals of tabular pipelines (an MLP's zero-cost proxies, lower fidelities) with their full validation, on the fixtures.
+    CheapSignal(autoagent_benchmarks::cheap_signal::CheapSignalArgs),
 }
 
 /// mimalloc's `mi_option_purge_delay` (index 15 of `mi_option_t` in mimalloc v2's header).
@@ -309,6 +311,9 @@ fn run(cli: Cli) -> Result<()> {
         Command::Bench {
             command: BenchCommand::Tabular(args),
         } => autoagent_benchmarks::tabular::run(&args),
+        Command::Bench {
+            command: BenchCommand::CheapSignal(args),
+        } => autoagent_benchmarks::cheap_signal::run(&args),
         Command::Import { command } => import::run(command),
         Command::Report(args) => report::cmd_report(args),
         Command::Ls(args) => report::cmd_ls(args),

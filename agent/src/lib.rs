@@ -30,6 +30,7 @@ pub mod score;
 pub mod space;
 pub mod store;
 pub mod strategy;
+pub mod tabular_rank;
 pub mod tabular_task;
 pub mod task;
 pub mod trial;

@@ -330,9 +330,24 @@ pub fn constrained_template(space: &Space, k: usize, evaluated: &[Config]) -> Co
     }
 }
 
+/// The most spellings of one configuration forbidden to the decoder: a configuration whose
+/// inactive parameters could be spelt more ways than this (a table's linear model leaves the
+/// MLP's and the trees' parameters inactive: millions of ways) is not forbidden; the loop drops
+/// it as a duplicate if it comes back.
+const MAX_SPELLINGS: usize = 4096;
+
 /// The slot choices that spell `config` (its numbers at their nearest grid value); a parameter
-/// it lacks (inactive) may take any option, so every variant is listed.
+/// it lacks (inactive) may take any option, so every variant is listed (none past
+/// [`MAX_SPELLINGS`]).
 fn slot_indices(space: &Space, config: &Config) -> Vec<Vec<usize>> {
+    let variants = space
+        .params()
+        .iter()
+        .filter(|p| !matches!(p.kind, Kind::Cell) && config.get(&p.name).is_none())
+        .try_fold(1usize, |n, p| n.checked_mul(p.kind.grid().len().max(1)));
+    if variants.is_none_or(|n| n > MAX_SPELLINGS) {
+        return Vec::new();
+    }
     let mut items: Vec<Vec<usize>> = vec![Vec::new()];
     for p in space.params() {
         let options: Vec<Vec<usize>> = match (&p.kind, config.get(&p.name)) {

@@ -20,6 +20,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::configspace::{pipeline, tabular_space, Config, Space, Value};
 use crate::llm_strategy::TaskInfo;
+use crate::tabular_rank::MlpRanking;
+use autoagent_evaluator::tabular::cheap::{at_share, subsample};
 use crate::task::{Evaluation, Evaluator, Fidelity, TrialLimit};
 
 /// The file of a trial's out-of-fold predictions.
@@ -86,6 +88,11 @@ pub struct CsvOptions {
     pub seed: u64,
     /// Training rows the LLM's prompt may show (0: none; the profile only).
     pub llm_rows: usize,
+    /// The proxies that rank a round's MLPs (`None`: no ranking; see [`crate::tabular_rank`]).
+    pub proxies: Option<String>,
+    /// The scheduler's top rung: a trial at rung `r` is validated on `r / full_rung` of each
+    /// fold's training rows (see [`autoagent_evaluator::tabular::cheap`]); 1 without a scheduler.
+    pub full_rung: usize,
 }
 
 /// A refit on every row against one fold's fit: more rows, and its test predictions.
@@ -207,6 +214,10 @@ pub struct TabularTask {
     /// Each validated trial's metric (oriented: larger is better) and seconds, for planning
     /// the final ensemble's refits.
     validated: Vec<(f64, f64)>,
+    /// The ranking of a round's MLPs by their proxies.
+    ranking: Option<MlpRanking>,
+    /// The scheduler's top rung (see [`CsvOptions::full_rung`]).
+    full_rung: usize,
 }
 
 impl TabularTask {
@@ -238,6 +249,8 @@ impl TabularTask {
             profile: profile(&data, 0),
             data,
             validated: Vec::new(),
+            ranking: None,
+            full_rung: 1,
         })
     }
 
@@ -277,6 +290,8 @@ impl TabularTask {
         if o.llm_rows > 0 {
             task.profile = profile(&task.data, o.llm_rows);
         }
+        task.ranking = o.proxies.as_deref().map(|p| MlpRanking::new(p, o.seed)).transpose()?;
+        task.full_rung = o.full_rung.max(1);
         Ok((task, warnings))
     }
 
@@ -301,6 +316,20 @@ impl TabularTask {
 
     fn family(config: &Config) -> String {
         config.str("model").unwrap_or("gbm").to_string()
+    }
+
+    /// The share of the training rows a trial validates on at `fidelity` (1: in full).
+    fn share(&self, fidelity: Fidelity) -> f64 {
+        (fidelity.to as f64 / self.full_rung as f64).clamp(0.0, 1.0)
+    }
+
+    /// What the seconds of a family's trials are kept under: the family, and the rung below
+    /// the full one.
+    fn seconds_key(&self, config: &Config, fidelity: Fidelity) -> String {
+        match self.share(fidelity) {
+            s if s < 1.0 => format!("{}@{}", Self::family(config), fidelity.to),
+            _ => Self::family(config),
+        }
     }
 
     /// The out-of-fold predictions of every trial written under the run directory.
@@ -464,12 +493,16 @@ impl Evaluator for TabularTask {
             .collect()
     }
 
-    fn estimate_seconds(&self, config: &Config, _fidelity: Fidelity) -> f64 {
+    fn estimate_seconds(&self, config: &Config, fidelity: Fidelity) -> f64 {
         let mean = |v: &Vec<f64>| v.iter().sum::<f64>() / v.len().max(1) as f64;
-        match self.seconds.get(&Self::family(config)) {
+        let full = match self.seconds.get(&Self::family(config)) {
             Some(v) if !v.is_empty() => mean(v),
             // A family not tried yet: the slowest family seen so far, else a second a fold.
-            _ => self.seconds.values().map(mean).fold(self.folds.len() as f64, f64::max),
+            _ => self.seconds.iter().filter(|(k, _)| !k.contains('@')).map(|(_, v)| mean(v)).fold(self.folds.len() as f64, f64::max),
+        };
+        match self.seconds.get(&self.seconds_key(config, fidelity)) {
+            Some(v) if !v.is_empty() && self.share(fidelity) < 1.0 => mean(v),
+            _ => full * self.share(fidelity).max(0.05),
         }
     }
 
@@ -489,6 +522,19 @@ impl Evaluator for TabularTask {
         let mut best = self.validated.clone();
         best.sort_by(|a, b| b.0.total_cmp(&a.0));
         Some(best.iter().take(PLANNED_MEMBERS).map(|&(_, s)| self.refit_seconds(s)).sum::<f64>())
+    }
+
+    fn ranks(&self) -> bool {
+        self.ranking.is_some()
+    }
+
+    fn rank_estimate_seconds(&self, configs: &[Config]) -> f64 {
+        self.ranking.as_ref().map_or(0.0, |r| r.estimate_seconds(configs))
+    }
+
+    fn rank(&mut self, configs: &[Config]) -> Option<(Vec<crate::ranker::Scored>, f64)> {
+        let data = &self.data;
+        self.ranking.as_mut().map(|r| r.rank(configs, data))
     }
 
     fn train_final(&mut self, _config: &Config, _epochs: usize, limit: Option<TrialLimit>) -> Option<Evaluation> {
@@ -513,11 +559,17 @@ impl Evaluator for TabularTask {
         self.evaluate_trial(config, usize::MAX, fidelity, None)
     }
 
-    fn evaluate_trial(&mut self, config: &Config, trial: usize, _fidelity: Fidelity, limit: Option<TrialLimit>) -> Evaluation {
+    fn evaluate_trial(&mut self, config: &Config, trial: usize, fidelity: Fidelity, limit: Option<TrialLimit>) -> Evaluation {
         let started = std::time::Instant::now();
+        // A lower rung: a share of each fold's training rows (and of boosting's trees).
+        let share = self.share(fidelity);
+        let (p, folds) = match share {
+            s if s < 1.0 => (at_share(&pipeline(config), s), subsample(&self.folds, s, self.seed)),
+            _ => (pipeline(config), self.folds.clone()),
+        };
         // In this process a fit cannot be stopped midway: a trial stops between folds instead,
         // before one that would end past its share of the budget (pruned).
-        let v = match pipeline(config).validate_within(&self.data, &self.folds, self.metric, self.threads, self.seed, limit.map(|l| l.seconds)) {
+        let v = match p.validate_within(&self.data, &folds, self.metric, self.threads, self.seed, limit.map(|l| l.seconds)) {
             Ok(Some(v)) => v,
             Ok(None) => {
                 let ran = started.elapsed().as_secs_f64();
@@ -530,8 +582,7 @@ impl Evaluator for TabularTask {
             }
             Err(e) => return Evaluation::failed(e.to_string()),
         };
-        self.seconds.entry(Self::family(config)).or_default().push(v.seconds);
-        self.validated.push((self.oriented(v.score), v.seconds));
+        self.seconds.entry(self.seconds_key(config, fidelity)).or_default().push(v.seconds);
         let mut eval = Evaluation {
             accuracy: Some(self.oriented(v.score)),
             seconds: v.seconds,
@@ -540,6 +591,11 @@ impl Evaluator for TabularTask {
         for (k, s) in v.fold_scores.iter().enumerate() {
             eval.metrics.push((k + 1, format!("fold_{}", self.metric), *s));
         }
+        // Only a validation in full joins the ensemble's library.
+        if share < 1.0 {
+            return eval;
+        }
+        self.validated.push((self.oriented(v.score), v.seconds));
         if trial != usize::MAX {
             let dir = self.trial_dir(trial);
             let oof = Oof {

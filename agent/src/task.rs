@@ -112,6 +112,22 @@ pub trait Evaluator: Send {
     fn final_reserve_seconds(&self, config: &Config, epochs: usize, epoch_seconds: Option<f64>) -> Option<f64> {
         self.estimate_final_seconds(config, epochs, epoch_seconds)
     }
+    /// Whether the task ranks a round's candidates itself ([`Evaluator::rank`]): a table's MLPs
+    /// by their zero-cost proxies. (The loop's proxy ranker ranks the networks of image tasks.)
+    fn ranks(&self) -> bool {
+        false
+    }
+    /// The estimated device seconds of [`Evaluator::rank`] on `configs`.
+    fn rank_estimate_seconds(&self, configs: &[Config]) -> f64 {
+        let _ = configs;
+        0.0
+    }
+    /// The task's ranking of a round's candidates (their evaluation order follows the rank
+    /// scores, larger first) and the device seconds it took; `None` when it does not rank.
+    fn rank(&mut self, configs: &[Config]) -> Option<(Vec<crate::ranker::Scored>, f64)> {
+        let _ = configs;
+        None
+    }
     /// Train the final model of `config` for `epochs` on the whole training split and measure
     /// it once on the test split, stopped at `limit` (`None` without final training).
     fn train_final(&mut self, config: &Config, epochs: usize, limit: Option<TrialLimit>) -> Option<Evaluation> {

@@ -182,7 +182,7 @@ async fn propose_prompt_over_the_tabular_space_shows_the_data_profile() {
     insta::assert_snapshot!("system_tabular", system);
     insta::assert_snapshot!("propose_tabular_json", user);
     assert!(user.contains("Data profile:\n800 training rows"), "{user}");
-    assert!(!user.contains("epoch"), "{user}");
+    assert!(!user.contains("epoch(s)"), "{user}");
     let asked = s.ask(&h, 1).await.unwrap();
     assert_eq!(asked.proposals.len(), 1, "{:?}", asked.failed);
     assert_eq!(asked.proposals[0].config.float("alpha"), Some(10.0));

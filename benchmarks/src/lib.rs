@@ -16,9 +16,12 @@
 //!   fixed-epoch trials and Optuna (TPE + Hyperband) driving PyTorch;
 //! - [`tabular`]: autoagent on the tabular fixtures' fixed splits against FLAML, AutoGluon and a
 //!   default LightGBM, every tool's test predictions scored one way ([`tabular_table`]: the
-//!   tables).
+//!   tables);
+//! - [`cheap_signal`]: how well an MLP's zero-cost proxies and the lower fidelities rank tabular
+//!   pipelines against their full validation, on the fixtures.
 
 pub mod budget;
+pub mod cheap_signal;
 pub mod proxies_nb201;
 pub mod proxies_speed;
 pub mod search_nb201;

@@ -265,7 +265,8 @@ impl Loop<'_> {
     /// small LLM's proposals are near copies of one another).
     fn top_up(&mut self, fresh: &mut Vec<Proposal>, mut seen: Vec<String>) {
         let options = self.options;
-        let wanted = options.top_k.max(fresh.len()) + if self.ranker.is_some() { options.explore } else { 0 };
+        let ranked = self.ranker.is_some() || self.evaluator.ranks();
+        let wanted = options.top_k.max(fresh.len()) + if ranked { options.explore } else { 0 };
         let before = fresh.len();
         let mut tries = 0;
         while fresh.len() < wanted && tries < 100 + options.explore * 10 {
@@ -405,6 +406,7 @@ impl Loop<'_> {
         let cheapest = |n: usize| estimates[..n].iter().copied().fold(f64::INFINITY, f64::min);
         let ranking = |n: usize| match (&self.ranker, n) {
             (Some(r), 2..) => r.estimate_seconds(&configs[..n]),
+            (None, 2..) if self.evaluator.ranks() => self.evaluator.rank_estimate_seconds(&configs[..n]),
             _ => 0.0,
         };
         // With a time budget, the ranking's cost is held to its share of the training it chooses.
@@ -425,11 +427,12 @@ impl Loop<'_> {
         ))
     }
 
-    /// The proxy scores of the round's candidates (none without a ranker).
+    /// The proxy scores of the round's candidates (none without a ranker, or a task that ranks
+    /// its own: [`Evaluator::rank`]).
     fn rank(&mut self, round: usize, fresh: &[Proposal]) -> Result<Option<Vec<Scored>>, RunError> {
-        let Some(r) = self.ranker.as_deref_mut() else {
+        if self.ranker.is_none() && !self.evaluator.ranks() {
             return Ok(None);
-        };
+        }
         let configs: Vec<Config> = fresh.iter().map(|p| p.config.clone()).collect();
         if configs.len() < 2 {
             // One candidate (all the budget left affords) is evaluated unranked.
@@ -437,7 +440,13 @@ impl Loop<'_> {
             return Ok(None);
         }
         self.recorder.round_started(round);
-        let (s, secs) = r.score(&configs)?;
+        let (s, secs) = match self.ranker.as_deref_mut() {
+            Some(r) => r.score(&configs)?,
+            None => match self.evaluator.rank(&configs) {
+                Some(ranked) => ranked,
+                None => return Ok(None),
+            },
+        };
         // A resumed run's earlier rounds cost what they cost the first time (their scores now
         // come from the cache).
         let secs = self.recorder.prior_round_seconds(round).unwrap_or(secs);

@@ -10,8 +10,10 @@
 //! - [`schema`]: the columns a model was trained on, and a later file taken the same way;
 //! - [`profile`]: the table as the LLM sees it (kinds, missing shares, the target);
 //! - [`pipeline`]: preprocessing and a learner, validated out of fold and fitted;
-//! - [`ensemble`]: greedy ensemble selection over the pipelines' out-of-fold predictions.
+//! - [`ensemble`]: greedy ensemble selection over the pipelines' out-of-fold predictions;
+//! - [`cheap`]: the cheap signals of a pipeline: an MLP's zero-cost proxies, lower fidelities.
 
+pub mod cheap;
 pub mod dataset;
 pub mod ensemble;
 pub mod error;

@@ -88,12 +88,15 @@ impl Candidate for MlpCandidate {
     }
 }
 
-/// A proxy batch of `x`'s rows (missing values as 0) with their class indices as labels (all 0
-/// for a regression).
-pub fn batch(x: &Matrix, labels: &[f64]) -> autoagent_proxies::Result<Batch> {
+/// A proxy batch of `x`'s rows (missing values as 0) with their class indices as labels (`None`,
+/// a regression: all 0).
+pub fn batch(x: &Matrix, classes: Option<&[f64]>) -> autoagent_proxies::Result<Batch> {
     let xs: Vec<f32> = super::finite(x).into_iter().map(|v| v as f32).collect();
     let images = Tensor::from_vec(xs, (x.rows, x.cols, 1, 1), &Device::Cpu).map_err(proxy_err)?;
-    let y: Vec<u32> = labels.iter().map(|&c| if c.is_finite() && c >= 0.0 { c as u32 } else { 0 }).collect();
+    let y: Vec<u32> = match classes {
+        Some(c) => c.iter().map(|&c| if c.is_finite() && c >= 0.0 { c as u32 } else { 0 }).collect(),
+        None => vec![0; x.rows],
+    };
     Ok(Batch {
         images,
         labels: Tensor::from_vec(y, x.rows, &Device::Cpu).map_err(proxy_err)?,
