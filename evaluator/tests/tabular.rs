@@ -163,6 +163,8 @@ fn an_mlp_learns_each_problem_stops_early_and_predicts_from_its_saved_weights() 
     let p = Pipeline { preprocess: scaled(), learner: mlp(300) };
     let v = p.validate(&data, &f, Metric::RocAuc, 1, 0).unwrap();
     assert!(v.score > 0.78, "{}", v.score);
+    // A seeded training is repeatable (dropout's masks included): a resumed run depends on it.
+    assert_eq!(p.validate(&data, &f, Metric::RocAuc, 1, 0).unwrap().oof, v.oof);
     assert!(v.rounds.len() == 3 && v.rounds.iter().all(|&e| (1..300).contains(&e)), "stopped early: {:?}", v.rounds);
     let refit = p.with_rounds(v.refit_rounds(3));
     assert!(matches!(refit.learner, Learner::Mlp(ref m) if m.epochs == v.refit_rounds(3).unwrap()));

@@ -160,7 +160,7 @@ fn train(params: &MlpParams, x: &Matrix, y: &[f64], fit: &Fit) -> Result<FittedM
     let mut epochs = 0;
     for epoch in 1..=params.epochs.max(1) {
         order.shuffle(&mut rng);
-        if !one_epoch(&net, &mut opt, &rows, &order, params, classes)? {
+        if !one_epoch(&net, &mut opt, &rows, &order, params, classes, &mut rng)? {
             break;
         }
         epochs = epoch;
@@ -194,7 +194,7 @@ fn train(params: &MlpParams, x: &Matrix, y: &[f64], fit: &Fit) -> Result<FittedM
 
 /// One pass over the rows in `order`, a minibatch at a time; `false` when the loss stopped
 /// being finite.
-fn one_epoch(net: &MlpNet, opt: &mut AdamW, rows: &Rows, order: &[u32], params: &MlpParams, classes: bool) -> Result<bool, LearnError> {
+fn one_epoch(net: &MlpNet, opt: &mut AdamW, rows: &Rows, order: &[u32], params: &MlpParams, classes: bool, rng: &mut impl rand::Rng) -> Result<bool, LearnError> {
     for chunk in order.chunks(params.batch_size.max(1)) {
         // BatchNorm has no statistics of a single row.
         if chunk.len() < 2 && params.batch_norm {
@@ -202,7 +202,7 @@ fn one_epoch(net: &MlpNet, opt: &mut AdamW, rows: &Rows, order: &[u32], params: 
         }
         let idx = Tensor::from_slice(chunk, chunk.len(), &Device::Cpu).map_err(err)?;
         let (xb, yb) = (rows.x.index_select(&idx, 0).map_err(err)?, rows.y.index_select(&idx, 0).map_err(err)?);
-        let l = loss(&net.forward_train(&xb, params.dropout).map_err(err)?, &yb, classes).map_err(err)?;
+        let l = loss(&net.forward_train(&xb, params.dropout, rng).map_err(err)?, &yb, classes).map_err(err)?;
         if !l.to_scalar::<f32>().map_err(err)?.is_finite() {
             return Ok(false);
         }

@@ -122,8 +122,8 @@ pub(crate) struct Pass<'a> {
     pub(crate) trace: Trace,
     /// Multiply by these masks instead of applying the activations (one per hidden layer).
     pub(crate) masks: Option<&'a [Tensor]>,
-    /// Dropout probability (training only).
-    pub(crate) dropout: f64,
+    /// Dropout: one mask of kept units (scaled by 1/(1-p)) per hidden layer (training only).
+    pub(crate) dropout: Option<&'a [Tensor]>,
 }
 
 /// An MLP with its variables.
@@ -209,8 +209,23 @@ impl MlpNet {
         Ok(self.forward_pass(x, mode, Pass::default())?.0)
     }
 
-    /// Outputs for a batch, in training mode with dropout `p`.
-    pub fn forward_train(&self, x: &Tensor, dropout: f64) -> candle_core::Result<Tensor> {
+    /// Outputs for a batch, in training mode with dropout `p` (its masks drawn from `rng`, so a
+    /// seeded training is repeatable).
+    pub fn forward_train(&self, x: &Tensor, p: f64, rng: &mut impl Rng) -> candle_core::Result<Tensor> {
+        let rows = x.dim(0)?;
+        let masks: Vec<Tensor> = if p > 0.0 {
+            let keep = 1.0 - p;
+            let n = rows * self.shape.width;
+            (0..self.hidden.len())
+                .map(|_| {
+                    let m: Vec<f32> = (0..n).map(|_| if rng.random::<f64>() < keep { (1.0 / keep) as f32 } else { 0.0 }).collect();
+                    Tensor::from_vec(m, (rows, self.shape.width), x.device())?.to_dtype(x.dtype())
+                })
+                .collect::<candle_core::Result<_>>()?
+        } else {
+            Vec::new()
+        };
+        let dropout = (!masks.is_empty()).then_some(masks.as_slice());
         Ok(self.forward_pass(x, BnMode::Train, Pass { dropout, ..Pass::default() })?.0)
     }
 
@@ -233,8 +248,8 @@ impl MlpNet {
                 Some(mask) => (&z * mask.to_dtype(z.dtype())?)?,
                 None => self.shape.activation.apply(&z)?,
             };
-            if pass.dropout > 0.0 && mode == BnMode::Train {
-                h = candle_nn::ops::dropout(&h, pass.dropout as f32)?;
+            if let Some(mask) = pass.dropout.and_then(|m| m.get(i)) {
+                h = (&h * mask)?;
             }
         }
         if pass.trace.features {
