@@ -213,7 +213,9 @@ pub fn run(args: &CheapSignalArgs) -> Result<()> {
     for d in datasets(args)? {
         let t = Instant::now();
         let m = measure(args, &d).with_context(|| format!("dataset {d}"))?;
-        eprintln!("{d}: {:.0} s", t.elapsed().as_secs_f64());
+        let proxies: Vec<String> = m.proxies.iter().map(|p| format!("{} {}", p.0, fmt(p.1))).collect();
+        let shares: Vec<String> = m.shares.iter().map(|s| format!("{:.0} % {}", 100.0 * s.0, fmt(s.1))).collect();
+        eprintln!("{d}: {:.0} s; MLPs: {}; lower fidelities: {}", t.elapsed().as_secs_f64(), proxies.join(", "), shares.join(", "));
         measured.push(m);
     }
     let table = markdown(args, &measured);

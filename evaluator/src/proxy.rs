@@ -13,13 +13,17 @@ fn proxy_err(e: crate::Error) -> autoagent_proxies::Error {
     }
 }
 
-fn run(model: &Model, x: &Tensor, bn: BnHandling, rec: Recorder) -> autoagent_proxies::Result<Recording> {
-    let mode = match bn {
+/// The BatchNorm mode of a proxy's forward pass (NB201 networks and tabular MLPs alike).
+pub(crate) fn bn_mode(bn: BnHandling) -> BnMode {
+    match bn {
         BnHandling::Batch => BnMode::Batch,
         BnHandling::Train => BnMode::Train,
         BnHandling::Bypass => BnMode::Bypass,
-    };
-    let logits = model.net.forward_traced(x, mode, Some(&rec)).map_err(proxy_err)?;
+    }
+}
+
+fn run(model: &Model, x: &Tensor, bn: BnHandling, rec: Recorder) -> autoagent_proxies::Result<Recording> {
+    let logits = model.net.forward_traced(x, bn_mode(bn), Some(&rec)).map_err(proxy_err)?;
     let r = rec.finish();
     Ok(Recording {
         logits,

@@ -1,9 +1,13 @@
 //! A multilayer perceptron built with candle: its shape (depth, width, activation, dropout,
 //! BatchNorm) is what the zero-cost proxies rank before any is trained ([`proxy`]), its training
 //! is AdamW on minibatches of the pipeline's scaled columns (cross-entropy for classes, squared
-//! error on the standardised target for values), stopped early on the validation rows when the
-//! fit has some (the weights of the epoch with the lowest validation loss are kept, and a refit
-//! on every row trains for the epochs that found them), and by the fit's deadline.
+//! error on the standardised target for values).
+//!
+//! A validated fit stops early on [`STOPPING_SHARE`] of its own training rows held out, never on
+//! the fold's validation rows (their out-of-fold score would then be optimistic, and the
+//! ensemble would trust it): the weights of the epoch with the lowest held-out loss are kept,
+//! after [`PATIENCE`] epochs without a better one or a loss below [`CONVERGED_LOSS`]; a refit on
+//! every row trains for the epochs the folds found. The fit's deadline ends any training.
 //!
 //! A fitted MLP keeps its variables by name as plain numbers, so that it serialises with the
 //! rest of a pipeline; predictions rebuild the network from them on the CPU.
@@ -25,6 +29,11 @@ use crate::tabular::problem::Problem;
 
 /// Epochs without a better validation loss before the training stops.
 pub const PATIENCE: usize = 8;
+
+/// A validation loss below this (cross-entropy, or squared error of the standardised target)
+/// ends the training: the rows are fitted (a separable table's loss keeps shrinking for
+/// hundreds of epochs without changing a prediction).
+pub const CONVERGED_LOSS: f64 = 1e-3;
 
 /// Rows a prediction pass takes at a time.
 const PREDICT_CHUNK: usize = 4096;
@@ -128,6 +137,25 @@ pub fn fit(params: &MlpParams, x: &Matrix, y: &[f64], fit: &Fit) -> Result<Fitte
     pool.install(|| train(params, x, y, fit))
 }
 
+/// The share of a validated fit's training rows its early stopping is measured on.
+pub const STOPPING_SHARE: f64 = 0.15;
+
+/// The fewest training rows a validated fit holds rows out of for early stopping (fewer: it
+/// trains its `epochs` in full).
+pub const MIN_STOPPING_ROWS: usize = 40;
+
+/// A seeded split of `n` rows into those trained on and the [`STOPPING_SHARE`] held out.
+fn hold_out(n: usize, seed: u64) -> (Vec<usize>, Vec<usize>) {
+    let mut all: Vec<usize> = (0..n).collect();
+    all.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(seed ^ 0x5709));
+    let held = ((n as f64 * STOPPING_SHARE).round() as usize).clamp(1, n - 1);
+    let (h, t) = all.split_at(held);
+    let (mut t, mut h) = (t.to_vec(), h.to_vec());
+    t.sort_unstable();
+    h.sort_unstable();
+    (t, h)
+}
+
 /// What the epochs found: the epoch of the best validation loss and its weights.
 struct Best {
     loss: f64,
@@ -140,10 +168,17 @@ fn train(params: &MlpParams, x: &Matrix, y: &[f64], fit: &Fit) -> Result<FittedM
     let scale = target_scale(y, classes);
     let shape = params.shape(x.cols, if classes { fit.classes.max(2) } else { 1 });
     let net = MlpNet::new(shape, DType::F32, &Device::Cpu, fit.seed).map_err(err)?;
-    let rows = rows_of(x, y, classes, scale)?;
-    let valid = match fit.valid {
-        Some((vx, vy)) if vx.rows > 0 => Some(rows_of(vx, vy, classes, scale)?),
-        _ => None,
+    // A validated fit stops early on rows of its own training rows: stopping on the fold's
+    // validation rows would choose the epoch on the rows the out-of-fold score is taken on (an
+    // optimistic score the ensemble then trusts).
+    let (rows, valid) = match fit.valid {
+        Some(_) if x.rows >= MIN_STOPPING_ROWS => {
+            let (train, held) = hold_out(x.rows, fit.seed);
+            let pick = |r: &[usize]| r.iter().map(|&i| y[i]).collect::<Vec<f64>>();
+            let t = rows_of(&x.take_rows(&train), &pick(&train), classes, scale)?;
+            (t, Some(rows_of(&x.take_rows(&held), &pick(&held), classes, scale)?))
+        }
+        _ => (rows_of(x, y, classes, scale)?, None),
     };
     let mut opt = AdamW::new(
         net.trainable(),
@@ -155,7 +190,7 @@ fn train(params: &MlpParams, x: &Matrix, y: &[f64], fit: &Fit) -> Result<FittedM
     )
     .map_err(err)?;
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(fit.seed ^ 0x6d6c70);
-    let mut order: Vec<u32> = (0..x.rows as u32).collect();
+    let mut order: Vec<u32> = (0..rows.x.dim(0).map_err(err)? as u32).collect();
     let mut best = Best { loss: f64::INFINITY, epoch: 0, state: None };
     let mut epochs = 0;
     for epoch in 1..=params.epochs.max(1) {
@@ -170,7 +205,8 @@ fn train(params: &MlpParams, x: &Matrix, y: &[f64], fit: &Fit) -> Result<FittedM
                 .map_err(err)? as f64;
             if l.is_finite() && l < best.loss - 1e-7 {
                 best = Best { loss: l, epoch, state: Some(state_of(&net)?) };
-            } else if !l.is_finite() || epoch - best.epoch >= PATIENCE {
+            }
+            if !l.is_finite() || epoch - best.epoch >= PATIENCE || best.loss < CONVERGED_LOSS {
                 break;
             }
         }

@@ -13,6 +13,8 @@ use serde::{Deserialize, Serialize};
 
 use autoagent_proxies::{DotsSource, GradSource, LayerDots, LayerOutput, Trace};
 
+pub use crate::net::BnMode;
+
 /// BatchNorm's ε and momentum (PyTorch's defaults).
 const BN_EPS: f64 = 1e-5;
 const BN_MOMENTUM: f64 = 0.1;
@@ -74,19 +76,6 @@ impl MlpShape {
         let last = if self.layers == 0 { self.inputs } else { self.width };
         (hidden + last * self.outputs) as f64
     }
-}
-
-/// How BatchNorm behaves in a forward pass.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BnMode {
-    /// Batch statistics, folded into the running statistics (training).
-    Train,
-    /// Batch statistics, running statistics left alone.
-    Batch,
-    /// Running statistics (predictions).
-    Eval,
-    /// BatchNorm is the identity.
-    Bypass,
 }
 
 /// One BatchNorm over the columns of a `(rows, units)` input.

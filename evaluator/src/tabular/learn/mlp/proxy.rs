@@ -6,23 +6,16 @@
 use autoagent_proxies::{Batch, BnHandling, Candidate, ProxyNet, Recording, Trace, Weight};
 use candle_core::{DType, Device, Tensor, Var};
 
-use super::net::{BnMode, MlpNet, MlpShape, Pass};
+use super::net::{MlpNet, MlpShape, Pass};
+use crate::proxy::bn_mode;
 use crate::tabular::matrix::Matrix;
 
 fn proxy_err(e: candle_core::Error) -> autoagent_proxies::Error {
     autoagent_proxies::Error::Candle(e)
 }
 
-fn mode_of(bn: BnHandling) -> BnMode {
-    match bn {
-        BnHandling::Batch => BnMode::Batch,
-        BnHandling::Train => BnMode::Train,
-        BnHandling::Bypass => BnMode::Bypass,
-    }
-}
-
 fn recording(net: &MlpNet, x: &Tensor, bn: BnHandling, pass: Pass) -> autoagent_proxies::Result<Recording> {
-    let (logits, r) = net.forward_pass(x, mode_of(bn), pass).map_err(proxy_err)?;
+    let (logits, r) = net.forward_pass(x, bn_mode(bn), pass).map_err(proxy_err)?;
     Ok(Recording {
         logits,
         relu_inputs: r.relu_inputs,
