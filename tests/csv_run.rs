@@ -221,3 +221,43 @@ fn a_csv_run_killed_at_random_moments_resumes_to_what_a_clean_run_gives() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert_eq!(decided(&run), want, "after {kills} kills");
 }
+
+/// `--scheduler asha` on a table: trials start on a ninth of each fold's training rows, the best
+/// go on to a third and to all of them, and only the validations in full join the ensemble;
+/// the round's MLPs carry the proxy score that ranked them.
+#[test]
+fn a_csv_task_with_a_scheduler_promotes_from_row_subsamples_and_ranks_its_mlps_by_proxies() {
+    let dir = tempfile::tempdir().unwrap();
+    let task = format!("csv:{}", tabular("diabetes_pima.csv"));
+    let split = tabular("splits/diabetes_pima_seed0.json");
+    let out = dir.path().join("run");
+    let o = autoagent(
+        dir.path(),
+        &["run", "--task", &task, "--target", "target", "--split", &split, "--budget", "24trials", "--scheduler", "asha", "--threads", "1", "--strategy", "random", "--seed", "2", "--json", "--out", out.to_str().unwrap()],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let text = std::fs::read_to_string(out.join("trials.jsonl")).unwrap();
+    // A line a rung: each trial's last line is where it ended.
+    let mut last = std::collections::BTreeMap::new();
+    for l in text.lines() {
+        let t: serde_json::Value = serde_json::from_str(l).unwrap();
+        last.insert(t["id"].as_u64().unwrap(), t);
+    }
+    let trials: Vec<serde_json::Value> = last.into_values().collect();
+    let rungs = |t: &serde_json::Value| -> Vec<u64> { t["rungs"].as_array().unwrap().iter().map(|r| r["epochs"].as_u64().unwrap()).collect() };
+    assert!(trials.iter().any(|t| rungs(t).first() == Some(&1)), "new trials start at rung 1");
+    let full: Vec<u64> = trials.iter().filter(|t| rungs(t).last() == Some(&9)).map(|t| t["id"].as_u64().unwrap()).collect();
+    assert!(trials.iter().any(|t| rungs(t) == [1, 3, 9] || rungs(t) == [1, 3]), "a promotion");
+    // A trial at a lower rung left no out-of-fold file; the ensemble's members are full ones.
+    let e: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("final/ensemble.json")).unwrap()).unwrap();
+    for m in e["members"].as_array().unwrap() {
+        assert!(full.contains(&m["trial"].as_u64().unwrap()), "member {} was not validated in full", m["trial"]);
+    }
+    for t in trials.iter().filter(|t| rungs(t).last() != Some(&9)) {
+        assert!(!out.join(format!("trials/{:04}/oof.json", t["id"].as_u64().unwrap())).exists());
+    }
+    // The MLPs of ranked rounds were scored by the table's proxy (jacob_cov).
+    let mlps: Vec<&serde_json::Value> = trials.iter().filter(|t| t["config"]["model"] == "mlp").collect();
+    assert!(!mlps.is_empty());
+    assert!(mlps.iter().any(|t| t["proxies"]["jacob_cov"].is_number()), "{mlps:?}");
+}
