@@ -10,7 +10,7 @@
 use std::collections::BTreeMap;
 use std::time::Instant;
 
-use autoagent_evaluator::tabular::cheap::proxy_scores;
+use autoagent_evaluator::tabular::cheap::{proxy_scores, ProxyScores};
 use autoagent_evaluator::tabular::TabularData;
 use autoagent_proxies::ensemble::log_rank_aggregate;
 use autoagent_proxies::Proxy;
@@ -58,7 +58,7 @@ impl MlpRanking {
     pub fn rank(&mut self, configs: &[Config], data: &TabularData) -> (Vec<Scored>, f64) {
         let started = Instant::now();
         let rows: Vec<usize> = (0..data.len()).collect();
-        let scores: Vec<Option<Vec<(String, Option<f64>)>>> =
+        let scores: Vec<Option<ProxyScores>> =
             configs.iter().map(|c| is_mlp(c).then(|| proxy_scores(&pipeline(c), data, &rows, &self.proxies, self.seed)).flatten()).collect();
         let mlps: Vec<usize> = (0..configs.len()).filter(|&i| scores[i].is_some()).collect();
         let columns: Vec<Vec<f64>> = (0..self.proxies.len())

@@ -29,13 +29,16 @@ pub const MIN_ROWS: usize = 200;
 /// network (one output: a classification loss is constant).
 pub const LABEL_FREE: [&str; 6] = ["synflow", "naswot", "jacob_cov", "zen", "params", "flops"];
 
+/// Each proxy's name and score (`None`: not finite, failed, or not applicable).
+pub type ProxyScores = Vec<(String, Option<f64>)>;
+
 /// Rows in a proxy batch.
 pub const BATCH_ROWS: usize = 64;
 
 /// Each proxy's score of `pipeline`'s MLP (`None` for a proxy whose score is not finite, failed,
 /// or takes labels on a regression), its preprocessing fitted on `rows` of `data` and the batch
 /// a seeded draw of [`BATCH_ROWS`] of them; `None` when the pipeline is not an MLP.
-pub fn proxy_scores(pipeline: &Pipeline, data: &TabularData, rows: &[usize], proxies: &[Box<dyn Proxy>], seed: u64) -> Option<Vec<(String, Option<f64>)>> {
+pub fn proxy_scores(pipeline: &Pipeline, data: &TabularData, rows: &[usize], proxies: &[Box<dyn Proxy>], seed: u64) -> Option<ProxyScores> {
     let Learner::Mlp(params) = &pipeline.learner else {
         return None;
     };

@@ -61,6 +61,9 @@ pub struct MlpParams {
     pub epochs: usize,
 }
 
+/// A network's variables: name, dimensions, values.
+pub type Variables = Vec<(String, Vec<usize>, Vec<f32>)>;
+
 /// A fitted MLP.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FittedMlp {
@@ -69,7 +72,7 @@ pub struct FittedMlp {
     /// The network's shape.
     pub shape: MlpShape,
     /// Every variable: name, dimensions, values.
-    pub state: Vec<(String, Vec<usize>, Vec<f32>)>,
+    pub state: Variables,
     /// The target's mean and standard deviation (values; 0 and 1 for classes).
     pub target_scale: (f64, f64),
     /// Epochs of the weights kept.
@@ -160,7 +163,7 @@ fn hold_out(n: usize, seed: u64) -> (Vec<usize>, Vec<usize>) {
 struct Best {
     loss: f64,
     epoch: usize,
-    state: Option<Vec<(String, Vec<usize>, Vec<f32>)>>,
+    state: Option<Variables>,
 }
 
 fn train(params: &MlpParams, x: &Matrix, y: &[f64], fit: &Fit) -> Result<FittedMlp, LearnError> {
@@ -247,7 +250,7 @@ fn one_epoch(net: &MlpNet, opt: &mut AdamW, rows: &Rows, order: &[u32], params: 
     Ok(true)
 }
 
-fn state_of(net: &MlpNet) -> Result<Vec<(String, Vec<usize>, Vec<f32>)>, LearnError> {
+fn state_of(net: &MlpNet) -> Result<Variables, LearnError> {
     net.named()
         .into_iter()
         .map(|(name, v)| {
