@@ -335,7 +335,8 @@ impl Recorder {
     }
 }
 
-/// What a [`Recorder`] collected.
+/// What a [`Recorder`] (or a traced MLP) collected.
+#[derive(Debug, Default)]
 pub(crate) struct Recorded {
     pub(crate) relu_inputs: Vec<Tensor>,
     pub(crate) layer_outputs: Vec<LayerOutput>,

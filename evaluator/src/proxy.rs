@@ -4,7 +4,7 @@
 use autoagent_proxies::{BnHandling, Candidate, ProxyNet, Recording, Trace, Weight};
 use candle_core::{DType, Device, Tensor, Var};
 
-use crate::net::{is_running_stat, BnMode, Kernels, Model, Nb201Config, Recorder};
+use crate::net::{is_running_stat, BnMode, Kernels, Model, Nb201Config, Recorded, Recorder};
 
 fn proxy_err(e: crate::Error) -> autoagent_proxies::Error {
     match e {
@@ -22,16 +22,20 @@ pub(crate) fn bn_mode(bn: BnHandling) -> BnMode {
     }
 }
 
-fn run(model: &Model, x: &Tensor, bn: BnHandling, rec: Recorder) -> autoagent_proxies::Result<Recording> {
-    let logits = model.net.forward_traced(x, bn_mode(bn), Some(&rec)).map_err(proxy_err)?;
-    let r = rec.finish();
-    Ok(Recording {
+/// A proxy's recording of a traced forward pass: its logits and what was recorded.
+pub(crate) fn recording(logits: Tensor, r: Recorded) -> Recording {
+    Recording {
         logits,
         relu_inputs: r.relu_inputs,
         layer_outputs: r.layer_outputs,
         layer_dots: r.layer_dots,
         features: r.features,
-    })
+    }
+}
+
+fn run(model: &Model, x: &Tensor, bn: BnHandling, rec: Recorder) -> autoagent_proxies::Result<Recording> {
+    let logits = model.net.forward_traced(x, bn_mode(bn), Some(&rec)).map_err(proxy_err)?;
+    Ok(recording(logits, rec.finish()))
 }
 
 impl ProxyNet for Model {

@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use autoagent_proxies::{DotsSource, GradSource, LayerDots, LayerOutput, Trace};
 
 pub use crate::net::BnMode;
+use crate::net::Recorded;
 
 /// BatchNorm's ε and momentum (PyTorch's defaults).
 const BN_EPS: f64 = 1e-5;
@@ -93,15 +94,6 @@ pub(crate) struct Hidden {
     pub(crate) weight: Var,
     pub(crate) bias: Var,
     pub(crate) bn: Option<Bn>,
-}
-
-/// What a traced forward pass recorded (see [`autoagent_proxies::Trace`]).
-#[derive(Debug, Default)]
-pub(crate) struct Recorded {
-    pub(crate) relu_inputs: Vec<Tensor>,
-    pub(crate) layer_outputs: Vec<LayerOutput>,
-    pub(crate) layer_dots: Vec<LayerDots>,
-    pub(crate) features: Option<Tensor>,
 }
 
 /// What a forward pass does besides computing the outputs.

@@ -7,31 +7,25 @@ use autoagent_proxies::{Batch, BnHandling, Candidate, ProxyNet, Recording, Trace
 use candle_core::{DType, Device, Tensor, Var};
 
 use super::net::{MlpNet, MlpShape, Pass};
-use crate::proxy::bn_mode;
+use crate::proxy::{bn_mode, recording};
 use crate::tabular::matrix::Matrix;
 
 fn proxy_err(e: candle_core::Error) -> autoagent_proxies::Error {
     autoagent_proxies::Error::Candle(e)
 }
 
-fn recording(net: &MlpNet, x: &Tensor, bn: BnHandling, pass: Pass) -> autoagent_proxies::Result<Recording> {
+fn traced(net: &MlpNet, x: &Tensor, bn: BnHandling, pass: Pass) -> autoagent_proxies::Result<Recording> {
     let (logits, r) = net.forward_pass(x, bn_mode(bn), pass).map_err(proxy_err)?;
-    Ok(Recording {
-        logits,
-        relu_inputs: r.relu_inputs,
-        layer_outputs: r.layer_outputs,
-        layer_dots: r.layer_dots,
-        features: r.features,
-    })
+    Ok(recording(logits, r))
 }
 
 impl ProxyNet for MlpNet {
     fn forward(&self, x: &Tensor, bn: BnHandling, trace: Trace) -> autoagent_proxies::Result<Recording> {
-        recording(self, x, bn, Pass { trace, ..Pass::default() })
+        traced(self, x, bn, Pass { trace, ..Pass::default() })
     }
 
     fn forward_masked(&self, x: &Tensor, bn: BnHandling, masks: &[Tensor]) -> autoagent_proxies::Result<Recording> {
-        recording(self, x, bn, Pass { masks: Some(masks), ..Pass::default() })
+        traced(self, x, bn, Pass { masks: Some(masks), ..Pass::default() })
     }
 
     fn weights(&self) -> Vec<Weight> {
