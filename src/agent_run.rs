@@ -446,7 +446,8 @@ fn csv_rungs(args: &RunArgs) -> Result<(SchedulerKind, Vec<usize>)> {
     if kind == SchedulerKind::None {
         return Ok((kind, vec![1]));
     }
-    let top = args.eta.checked_mul(args.eta).filter(|_| args.eta >= 2).ok_or_else(|| anyhow::anyhow!("--eta must be at least 2, got {}", args.eta))?;
+    // (An η below 2 is refused by the ladder itself.)
+    let top = args.eta.saturating_mul(args.eta).max(1);
     Ok((kind, geometric_ladder(1, top, args.eta).map_err(anyhow::Error::msg)?))
 }
 
@@ -495,7 +496,7 @@ fn plan(args: &RunArgs, scheduler: &Scheduler, seconds_per_image: f64, images: u
 }
 
 /// The evaluator of a `csv:PATH` task (warnings on stderr unless `--json`).
-fn csv_evaluator(args: &RunArgs, path: &str, dir: &Path, space: &Space) -> Result<Box<dyn Evaluator>> {
+fn csv_evaluator(args: &RunArgs, path: &str, dir: &Path, space: &Space, full_rung: usize) -> Result<Box<dyn Evaluator>> {
     let Some(target) = args.target.clone() else {
         bail!("a csv task needs --target COLUMN (the column to predict)");
     };
@@ -512,7 +513,7 @@ fn csv_evaluator(args: &RunArgs, path: &str, dir: &Path, space: &Space) -> Resul
         seed: args.seed,
         llm_rows: args.llm_rows,
         proxies: (!args.no_proxies).then(|| args.proxies.clone().unwrap_or_else(|| TABULAR_PROXIES.to_string())),
-        full_rung: *csv_rungs(args)?.1.last().unwrap_or(&1),
+        full_rung,
     };
     let (mut task, warnings) = TabularTask::from_csv(&options, dir).map_err(anyhow::Error::msg)?;
     if !args.json {
@@ -562,7 +563,7 @@ fn prepare(args: &RunArgs, backend: Option<Arc<dyn LlmBackend>>, dir: &Path, cal
         evaluator.set_space(space.clone());
         (Box::new(evaluator), images)
     } else if let Some(path) = args.task.strip_prefix("csv:") {
-        (csv_evaluator(args, path, dir, &space)?, DatasetKind::Cifar10)
+        (csv_evaluator(args, path, dir, &space, *scheduler.ladder().last().unwrap_or(&1))?, DatasetKind::Cifar10)
     } else {
         let kind = DatasetKind::from_name(&args.task).with_context(|| {
             format!(

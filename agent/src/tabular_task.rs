@@ -11,6 +11,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
+use autoagent_evaluator::tabular::cheap::{at_share, subsample};
 use autoagent_evaluator::tabular::ensemble::{self, Ensemble};
 use autoagent_evaluator::tabular::pipeline::{score, width};
 use autoagent_evaluator::tabular::profile::profile;
@@ -21,7 +22,6 @@ use serde::{Deserialize, Serialize};
 use crate::configspace::{pipeline, tabular_space, Config, Space, Value};
 use crate::llm_strategy::TaskInfo;
 use crate::tabular_rank::MlpRanking;
-use autoagent_evaluator::tabular::cheap::{at_share, subsample};
 use crate::task::{Evaluation, Evaluator, Fidelity, TrialLimit};
 
 /// The file of a trial's out-of-fold predictions.
@@ -207,8 +207,8 @@ pub struct TabularTask {
     seed: u64,
     space: Space,
     run_dir: PathBuf,
-    /// Seconds of the finished trials of each model family.
-    seconds: HashMap<String, Vec<f64>>,
+    /// Seconds of the finished trials of each model family at each rung.
+    seconds: HashMap<(String, usize), Vec<f64>>,
     /// The data's profile, as the LLM's prompt shows it.
     profile: String,
     /// Each validated trial's metric (oriented: larger is better) and seconds, for planning
@@ -323,13 +323,10 @@ impl TabularTask {
         (fidelity.to as f64 / self.full_rung as f64).clamp(0.0, 1.0)
     }
 
-    /// What the seconds of a family's trials are kept under: the family, and the rung below
-    /// the full one.
-    fn seconds_key(&self, config: &Config, fidelity: Fidelity) -> String {
-        match self.share(fidelity) {
-            s if s < 1.0 => format!("{}@{}", Self::family(config), fidelity.to),
-            _ => Self::family(config),
-        }
+    /// What the seconds of a trial are kept under: its family and its rung (the full rung for a
+    /// validation in full).
+    fn seconds_key(&self, config: &Config, fidelity: Fidelity) -> (String, usize) {
+        (Self::family(config), fidelity.to.min(self.full_rung))
     }
 
     /// The out-of-fold predictions of every trial written under the run directory.
@@ -495,10 +492,10 @@ impl Evaluator for TabularTask {
 
     fn estimate_seconds(&self, config: &Config, fidelity: Fidelity) -> f64 {
         let mean = |v: &Vec<f64>| v.iter().sum::<f64>() / v.len().max(1) as f64;
-        let full = match self.seconds.get(&Self::family(config)) {
+        let full = match self.seconds.get(&(Self::family(config), self.full_rung)) {
             Some(v) if !v.is_empty() => mean(v),
             // A family not tried yet: the slowest family seen so far, else a second a fold.
-            _ => self.seconds.iter().filter(|(k, _)| !k.contains('@')).map(|(_, v)| mean(v)).fold(self.folds.len() as f64, f64::max),
+            _ => self.seconds.iter().filter(|(k, _)| k.1 == self.full_rung).map(|(_, v)| mean(v)).fold(self.folds.len() as f64, f64::max),
         };
         match self.seconds.get(&self.seconds_key(config, fidelity)) {
             Some(v) if !v.is_empty() && self.share(fidelity) < 1.0 => mean(v),
