@@ -14,8 +14,8 @@ use autoagent_agent::llm_strategy::{LlmOptions, LlmStrategy};
 use autoagent_agent::prompts::Prompts;
 use autoagent_agent::ranker::{Ranker, RankerConfig};
 use autoagent_agent::runner::{run_loop, LoopOptions, Recorder, Spent, Summary};
-use autoagent_agent::score::ScoreLabel;
 use autoagent_agent::scheduler::{geometric_ladder, Scheduler, SchedulerKind};
+use autoagent_agent::score::ScoreLabel;
 use autoagent_agent::strategy::{Evolution, LocalSearch, RandomSearch, Strategy};
 use autoagent_agent::tabular_rank::TABULAR_PROXIES;
 use autoagent_agent::tabular_task::{CsvOptions, TabularTask};
@@ -442,7 +442,13 @@ fn scheduler(args: &RunArgs) -> Result<Scheduler> {
 /// with `--scheduler`, the rungs 1, η, η² where rung r validates on r/η² of each fold's
 /// training rows (boosting's trees cut alike).
 fn csv_rungs(args: &RunArgs) -> Result<(SchedulerKind, Vec<usize>)> {
-    let kind = args.scheduler.as_deref().map(str::parse::<SchedulerKind>).transpose().map_err(anyhow::Error::msg)?.unwrap_or(SchedulerKind::None);
+    let kind = args
+        .scheduler
+        .as_deref()
+        .map(str::parse::<SchedulerKind>)
+        .transpose()
+        .map_err(anyhow::Error::msg)?
+        .unwrap_or(SchedulerKind::None);
     if kind == SchedulerKind::None {
         return Ok((kind, vec![1]));
     }
@@ -563,7 +569,10 @@ fn prepare(args: &RunArgs, backend: Option<Arc<dyn LlmBackend>>, dir: &Path, cal
         evaluator.set_space(space.clone());
         (Box::new(evaluator), images)
     } else if let Some(path) = args.task.strip_prefix("csv:") {
-        (csv_evaluator(args, path, dir, &space, *scheduler.ladder().last().unwrap_or(&1))?, DatasetKind::Cifar10)
+        (
+            csv_evaluator(args, path, dir, &space, *scheduler.ladder().last().unwrap_or(&1))?,
+            DatasetKind::Cifar10,
+        )
     } else {
         let kind = DatasetKind::from_name(&args.task).with_context(|| {
             format!(
@@ -709,7 +718,11 @@ fn execute(args: &RunArgs, dir: &Path, mut prepared: Prepared, mut recorder: Rec
         explore: args.explore,
         wall_limit: wall_limit(args)?,
         scheduler: prepared.scheduler.clone(),
-        final_epochs: (!args.task.starts_with("nb201:") && args.final_fraction > 0.0).then_some(if args.task.starts_with("csv:") { 1 } else { args.max_epochs }),
+        final_epochs: (!args.task.starts_with("nb201:") && args.final_fraction > 0.0).then_some(if args.task.starts_with("csv:") {
+            1
+        } else {
+            args.max_epochs
+        }),
         final_fraction: args.final_fraction,
     };
     let label = prepared.evaluator.score_label();

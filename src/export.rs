@@ -147,7 +147,10 @@ fn predict_split(m: &LoadedModel, split: &str, args: &PredictArgs, device: &Devi
 /// metrics (when the file has the target column) on standard error.
 fn predict_csv(csv: &std::path::Path, args: &PredictArgs) -> Result<()> {
     if !export::is_tabular_model(&args.model) {
-        bail!("{} holds no tabular model (export a csv: run with autoagent export RUN_DIR --best --out DIR)", args.model.display());
+        bail!(
+            "{} holds no tabular model (export a csv: run with autoagent export RUN_DIR --best --out DIR)",
+            args.model.display()
+        );
     }
     let p = export::predict_csv(&CsvPredictOptions {
         model_dir: args.model.clone(),

@@ -30,14 +30,35 @@ fn autoagent_and_a_default_lightgbm_are_scored_one_way_on_the_same_split() {
     let out = dir.path().join("tabular.md");
     let python = peers_python();
     let args = [
-        "bench", "tabular", "--data", data.to_str().unwrap(), "--splits", splits.to_str().unwrap(), "--datasets", "diabetes_pima", "--seeds", "0",
-        "--budget", "8s", "--peers", "defaults", "--python", &python, "--runs", runs.to_str().unwrap(), "--out", out.to_str().unwrap(),
+        "bench",
+        "tabular",
+        "--data",
+        data.to_str().unwrap(),
+        "--splits",
+        splits.to_str().unwrap(),
+        "--datasets",
+        "diabetes_pima",
+        "--seeds",
+        "0",
+        "--budget",
+        "8s",
+        "--peers",
+        "defaults",
+        "--python",
+        &python,
+        "--runs",
+        runs.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
     ];
     let o = autoagent(dir.path(), &args);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let table = std::fs::read_to_string(&out).unwrap();
     // Both tools' ROC-AUC on the 154 test rows, from predictions the harness scored.
-    let row = table.lines().find(|l| l.starts_with("| diabetes_pima | roc_auc ↑ |")).unwrap_or_else(|| panic!("{table}"));
+    let row = table
+        .lines()
+        .find(|l| l.starts_with("| diabetes_pima | roc_auc ↑ |"))
+        .unwrap_or_else(|| panic!("{table}"));
     let aucs: Vec<f64> = row.split('|').skip(3).filter_map(|c| c.trim().trim_matches('*').parse().ok()).collect();
     assert_eq!(aucs.len(), 2, "{row}");
     // (Peers measured 0.80-0.84 on these splits; a broken class order would give ~0.2.)
@@ -57,7 +78,10 @@ fn autoagent_and_a_default_lightgbm_are_scored_one_way_on_the_same_split() {
     std::fs::remove_dir_all(runs.join("autoagent-diabetes_pima-seed0")).unwrap();
     let o = autoagent(dir.path(), &args);
     assert!(o.status.success());
-    assert_eq!(std::fs::read_to_string(&out).unwrap().split("## Primary").nth(1), table.split("## Primary").nth(1));
+    assert_eq!(
+        std::fs::read_to_string(&out).unwrap().split("## Primary").nth(1),
+        table.split("## Primary").nth(1)
+    );
     assert!(!runs.join("autoagent-diabetes_pima-seed0").exists());
 }
 
@@ -77,6 +101,18 @@ fn bad_benchmark_options_are_one_line_errors() {
     assert_one_line_error(&with(&["--peers", "flaml"]), "the peers need --python PY");
     let empty = dir.path().join("empty");
     std::fs::create_dir_all(&empty).unwrap();
-    let o = autoagent(dir.path(), &["bench", "tabular", "--data", empty.to_str().unwrap(), "--splits", splits.to_str().unwrap(), "--peers", "none"]);
+    let o = autoagent(
+        dir.path(),
+        &[
+            "bench",
+            "tabular",
+            "--data",
+            empty.to_str().unwrap(),
+            "--splits",
+            splits.to_str().unwrap(),
+            "--peers",
+            "none",
+        ],
+    );
     assert_one_line_error(&o, "holds no CSV with a split");
 }

@@ -25,7 +25,26 @@ fn a_csv_task_searches_pipelines_and_ends_with_an_ensemble_measured_on_the_test_
     let out = dir.path().join("run");
     let o = autoagent(
         dir.path(),
-        &["run", "--task", &task, "--target", "target", "--split", &split, "--budget", "20s", "--threads", "1", "--strategy", "random", "--seed", "1", "--json", "--out", out.to_str().unwrap()],
+        &[
+            "run",
+            "--task",
+            &task,
+            "--target",
+            "target",
+            "--split",
+            &split,
+            "--budget",
+            "20s",
+            "--threads",
+            "1",
+            "--strategy",
+            "random",
+            "--seed",
+            "1",
+            "--json",
+            "--out",
+            out.to_str().unwrap(),
+        ],
     );
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success(), "{err}");
@@ -73,7 +92,18 @@ fn exported_ensemble_predicts_new_rows_as_the_run_measured_them(dir: &Path, run:
     assert!(String::from_utf8_lossy(&o.stdout).contains("exported the final ensemble"));
     let rows = test_rows_file(dir);
     let preds = dir.join("preds.csv");
-    let o = autoagent(dir, &["predict", "--model", model.to_str().unwrap(), "--csv", rows.to_str().unwrap(), "--out", preds.to_str().unwrap()]);
+    let o = autoagent(
+        dir,
+        &[
+            "predict",
+            "--model",
+            model.to_str().unwrap(),
+            "--csv",
+            rows.to_str().unwrap(),
+            "--out",
+            preds.to_str().unwrap(),
+        ],
+    );
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success(), "{err}");
     assert!(err.contains("ignored: note"), "{err}");
@@ -144,14 +174,26 @@ fn bad_tables_and_options_are_one_line_errors() {
     let missing = write("missing.csv", b"a,b,t\n1,,x\n2,,y\n3,,x\n4,,y\n");
     let o = run(&missing, &["--target", "t", "--problem", "regression"]);
     assert_one_line_error(&o, "a regression needs numbers, and 'x' is not one");
-    assert_one_line_error(&run(&good, &["--target", "target", "--metric", "rmse"]), "--metric rmse does not apply to a binary problem");
+    assert_one_line_error(
+        &run(&good, &["--target", "target", "--metric", "rmse"]),
+        "--metric rmse does not apply to a binary problem",
+    );
     assert_one_line_error(&run(&good, &["--target", "target", "--metric", "f1"]), "unknown metric 'f1'");
-    assert_one_line_error(&run(&good, &["--target", "target", "--cv", "1"]), "--cv 1: cross-validation needs at least 2 folds");
+    assert_one_line_error(
+        &run(&good, &["--target", "target", "--cv", "1"]),
+        "--cv 1: cross-validation needs at least 2 folds",
+    );
     let split = tabular("splits/diabetes_pima_seed0.json");
-    assert_one_line_error(&run(&good, &["--target", "target", "--split", &split, "--test", "x.csv"]), "give --split or --test, not both");
+    assert_one_line_error(
+        &run(&good, &["--target", "target", "--split", &split, "--test", "x.csv"]),
+        "give --split or --test, not both",
+    );
     let bad_split = dir.path().join("split.json");
     std::fs::write(&bad_split, r#"{"train": [0, 1], "test": [1]}"#).unwrap();
-    assert_one_line_error(&run(&good, &["--target", "target", "--split", bad_split.to_str().unwrap()]), "row 1 is in both train and test");
+    assert_one_line_error(
+        &run(&good, &["--target", "target", "--split", bad_split.to_str().unwrap()]),
+        "row 1 is in both train and test",
+    );
     assert_one_line_error(&run("csv:/nonexistent.csv", &["--target", "t"]), "/nonexistent.csv");
 }
 
@@ -181,11 +223,27 @@ fn a_csv_run_killed_at_random_moments_resumes_to_what_a_clean_run_gives() {
     let task = format!("csv:{}", tabular("diabetes_pima.csv"));
     let split = tabular("splits/diabetes_pima_seed0.json");
     let args = |out: &Path| -> Vec<String> {
-        ["run", "--task", &task, "--target", "target", "--split", &split, "--budget", "40trials", "--threads", "1", "--seed", "3", "--json", "--out"]
-            .iter()
-            .map(|s| s.to_string())
-            .chain([out.display().to_string()])
-            .collect()
+        [
+            "run",
+            "--task",
+            &task,
+            "--target",
+            "target",
+            "--split",
+            &split,
+            "--budget",
+            "40trials",
+            "--threads",
+            "1",
+            "--seed",
+            "3",
+            "--json",
+            "--out",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .chain([out.display().to_string()])
+        .collect()
     };
     let clean = tmp.path().join("clean");
     let o = autoagent(tmp.path(), &args(&clean).iter().map(String::as_str).collect::<Vec<_>>());
@@ -198,7 +256,9 @@ fn a_csv_run_killed_at_random_moments_resumes_to_what_a_clean_run_gives() {
     let mut kills = 0;
     for start in 0..40 {
         let mut c = Command::new(env!("CARGO_BIN_EXE_autoagent"));
-        c.current_dir(tmp.path()).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null());
+        c.current_dir(tmp.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
         match start {
             0 => c.args(args(&run)),
             _ => c.arg("resume").arg(&run).arg("--json"),
@@ -233,7 +293,28 @@ fn a_csv_task_with_a_scheduler_promotes_from_row_subsamples_and_ranks_its_mlps_b
     let out = dir.path().join("run");
     let o = autoagent(
         dir.path(),
-        &["run", "--task", &task, "--target", "target", "--split", &split, "--budget", "24trials", "--scheduler", "asha", "--threads", "1", "--strategy", "random", "--seed", "2", "--json", "--out", out.to_str().unwrap()],
+        &[
+            "run",
+            "--task",
+            &task,
+            "--target",
+            "target",
+            "--split",
+            &split,
+            "--budget",
+            "24trials",
+            "--scheduler",
+            "asha",
+            "--threads",
+            "1",
+            "--strategy",
+            "random",
+            "--seed",
+            "2",
+            "--json",
+            "--out",
+            out.to_str().unwrap(),
+        ],
     );
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let text = std::fs::read_to_string(out.join("trials.jsonl")).unwrap();
@@ -246,7 +327,11 @@ fn a_csv_task_with_a_scheduler_promotes_from_row_subsamples_and_ranks_its_mlps_b
     let trials: Vec<serde_json::Value> = last.into_values().collect();
     let rungs = |t: &serde_json::Value| -> Vec<u64> { t["rungs"].as_array().unwrap().iter().map(|r| r["epochs"].as_u64().unwrap()).collect() };
     assert!(trials.iter().any(|t| rungs(t).first() == Some(&1)), "new trials start at rung 1");
-    let full: Vec<u64> = trials.iter().filter(|t| rungs(t).last() == Some(&9)).map(|t| t["id"].as_u64().unwrap()).collect();
+    let full: Vec<u64> = trials
+        .iter()
+        .filter(|t| rungs(t).last() == Some(&9))
+        .map(|t| t["id"].as_u64().unwrap())
+        .collect();
     assert!(trials.iter().any(|t| rungs(t) == [1, 3, 9] || rungs(t) == [1, 3]), "a promotion");
     // A trial at a lower rung left no out-of-fold file; the ensemble's members are full ones.
     let e: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("final/ensemble.json")).unwrap()).unwrap();

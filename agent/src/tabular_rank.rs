@@ -50,7 +50,11 @@ impl MlpRanking {
 
     /// The estimated seconds of ranking `configs`.
     pub fn estimate_seconds(&self, configs: &[Config]) -> f64 {
-        let each = if self.measured.1 > 0 { self.measured.0 / self.measured.1 as f64 } else { FIRST_SECONDS };
+        let each = if self.measured.1 > 0 {
+            self.measured.0 / self.measured.1 as f64
+        } else {
+            FIRST_SECONDS
+        };
         configs.iter().filter(|c| is_mlp(c)).count() as f64 * each
     }
 
@@ -58,8 +62,10 @@ impl MlpRanking {
     pub fn rank(&mut self, configs: &[Config], data: &TabularData) -> (Vec<Scored>, f64) {
         let started = Instant::now();
         let rows: Vec<usize> = (0..data.len()).collect();
-        let scores: Vec<Option<ProxyScores>> =
-            configs.iter().map(|c| is_mlp(c).then(|| proxy_scores(&pipeline(c), data, &rows, &self.proxies, self.seed)).flatten()).collect();
+        let scores: Vec<Option<ProxyScores>> = configs
+            .iter()
+            .map(|c| is_mlp(c).then(|| proxy_scores(&pipeline(c), data, &rows, &self.proxies, self.seed)).flatten())
+            .collect();
         let mlps: Vec<usize> = (0..configs.len()).filter(|&i| scores[i].is_some()).collect();
         let columns: Vec<Vec<f64>> = (0..self.proxies.len())
             .map(|k| mlps.iter().map(|&i| scores[i].as_ref().and_then(|s| s[k].1).unwrap_or(f64::NAN)).collect())

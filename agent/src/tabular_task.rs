@@ -259,7 +259,12 @@ impl TabularTask {
     pub fn from_csv(o: &CsvOptions, run_dir: &Path) -> Result<(TabularTask, Vec<String>), String> {
         let read = ReadOptions::with_na(o.na.as_deref());
         let frame = read_csv(&o.path, &read).map_err(|e| e.to_string())?;
-        let problem = o.problem.as_deref().map(str::parse::<Problem>).transpose().map_err(|e| format!("--problem: {e}"))?;
+        let problem = o
+            .problem
+            .as_deref()
+            .map(str::parse::<Problem>)
+            .transpose()
+            .map_err(|e| format!("--problem: {e}"))?;
         let (train_frame, test_frame) = match (&o.split, &o.test) {
             (Some(_), Some(_)) => return Err("give --split or --test, not both".into()),
             (Some(path), None) => {
@@ -340,7 +345,12 @@ impl TabularTask {
         paths
             .iter()
             .filter_map(|p| Some((trial(p)?, std::fs::read_to_string(p).ok()?)))
-            .filter_map(|(n, t)| Some(Oof { trial: n, ..serde_json::from_str::<Oof>(&t).ok()? }))
+            .filter_map(|(n, t)| {
+                Some(Oof {
+                    trial: n,
+                    ..serde_json::from_str::<Oof>(&t).ok()?
+                })
+            })
             .filter(|o| o.predictions.len() == self.data.len() * width(&self.data.target.values))
             .collect()
     }
@@ -381,7 +391,11 @@ impl TabularTask {
                 let total: f64 = kept.iter().map(|m| m.1).sum();
                 let mut weights: Vec<(usize, f64)> = kept.iter().map(|&(i, x)| (i, x / total)).collect();
                 weights.sort_by_key(|m| m.0);
-                let blended = Ensemble { weights, score: f64::NAN, best: e.best };
+                let blended = Ensemble {
+                    weights,
+                    score: f64::NAN,
+                    best: e.best,
+                };
                 let score = ensemble::score_blend(&blended, &preds, &self.data.target.values, &self.predicted, w, self.metric);
                 e = Ensemble { score, ..blended };
             }
@@ -462,7 +476,15 @@ impl Evaluator for TabularTask {
                 self.data.target.name,
                 self.validation.describe()
             ),
-            metric: format!("{} ({})", self.metric, if self.metric.higher_is_better() { "higher is better" } else { "negated: higher is better" }),
+            metric: format!(
+                "{} ({})",
+                self.metric,
+                if self.metric.higher_is_better() {
+                    "higher is better"
+                } else {
+                    "negated: higher is better"
+                }
+            ),
             profile: Some(self.profile.clone()),
         }
     }
@@ -485,7 +507,10 @@ impl Evaluator for TabularTask {
         // and FLAML's portfolios start from defaults.
         crate::configspace::FAMILIES
             .iter()
-            .map(|fam| self.space.build(|p| if p.name == "model" { Value::Str(fam.to_string()) } else { p.default.clone() }))
+            .map(|fam| {
+                self.space
+                    .build(|p| if p.name == "model" { Value::Str(fam.to_string()) } else { p.default.clone() })
+            })
             .filter(|c| self.space.validate(c).is_ok())
             .collect()
     }
@@ -495,7 +520,12 @@ impl Evaluator for TabularTask {
         let full = match self.seconds.get(&(Self::family(config), self.full_rung)) {
             Some(v) if !v.is_empty() => mean(v),
             // A family not tried yet: the slowest family seen so far, else a second a fold.
-            _ => self.seconds.iter().filter(|(k, _)| k.1 == self.full_rung).map(|(_, v)| mean(v)).fold(self.folds.len() as f64, f64::max),
+            _ => self
+                .seconds
+                .iter()
+                .filter(|(k, _)| k.1 == self.full_rung)
+                .map(|(_, v)| mean(v))
+                .fold(self.folds.len() as f64, f64::max),
         };
         match self.seconds.get(&self.seconds_key(config, fidelity)) {
             Some(v) if !v.is_empty() && self.share(fidelity) < 1.0 => mean(v),

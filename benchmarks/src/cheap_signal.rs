@@ -100,7 +100,11 @@ fn draw(n: usize, mlp: bool, seed: u64) -> Vec<Config> {
 
 /// Spearman's ρ over the pairs where both are finite, and their count.
 fn rho(cheap: &[Option<f64>], full: &[f64]) -> (f64, usize) {
-    let (a, b): (Vec<f64>, Vec<f64>) = cheap.iter().zip(full).filter_map(|(c, f)| Some((*c.as_ref()?, *f)).filter(|p| p.0.is_finite() && p.1.is_finite())).unzip();
+    let (a, b): (Vec<f64>, Vec<f64>) = cheap
+        .iter()
+        .zip(full)
+        .filter_map(|(c, f)| Some((*c.as_ref()?, *f)).filter(|p| p.0.is_finite() && p.1.is_finite()))
+        .unzip();
     if a.len() < 3 {
         return (f64::NAN, a.len());
     }
@@ -118,7 +122,9 @@ fn measure(args: &CheapSignalArgs, dataset: &str) -> Result<Measured> {
     let full = |c: &Config, folds: &[_], share: f64| -> (f64, f64) {
         let t = Instant::now();
         let p = at_share(&pipeline(c), share);
-        let s = p.validate(&data, folds, metric, args.threads, args.seed).map_or(f64::NAN, |v| -metric.loss(v.score));
+        let s = p
+            .validate(&data, folds, metric, args.threads, args.seed)
+            .map_or(f64::NAN, |v| -metric.loss(v.score));
         (s, t.elapsed().as_secs_f64())
     };
     // MLPs: the proxies against the full validation.
@@ -186,7 +192,14 @@ fn markdown(args: &CheapSignalArgs, measured: &[Measured]) -> String {
     s.push_str(&format!("|---|---:|{}---:|---:|\n", "---:|".repeat(names.len())));
     for m in measured {
         let cells: Vec<String> = m.proxies.iter().map(|p| fmt(p.1)).collect();
-        s.push_str(&format!("| {} | {} | {} | {:.3} | {:.2} |\n", m.dataset, m.rows, cells.join(" | "), m.proxy_seconds, m.mlp_seconds));
+        s.push_str(&format!(
+            "| {} | {} | {} | {:.3} | {:.2} |\n",
+            m.dataset,
+            m.rows,
+            cells.join(" | "),
+            m.proxy_seconds,
+            m.mlp_seconds
+        ));
     }
     let mean = |k: usize| {
         let v: Vec<f64> = measured.iter().map(|m| m.proxies[k].1).filter(|v| v.is_finite()).collect();
@@ -199,7 +212,11 @@ fn markdown(args: &CheapSignalArgs, measured: &[Measured]) -> String {
         args.cv, args.configs
     ));
     let shares: Vec<String> = args.shares.iter().map(|s| format!("ρ at {:.0} % rows | time", 100.0 * s)).collect();
-    s.push_str(&format!("| dataset | rows | {} |\n|---|---:|{}\n", shares.join(" | "), "---:|---:|".repeat(args.shares.len())));
+    s.push_str(&format!(
+        "| dataset | rows | {} |\n|---|---:|{}\n",
+        shares.join(" | "),
+        "---:|---:|".repeat(args.shares.len())
+    ));
     for m in measured {
         let cells: Vec<String> = m.shares.iter().map(|(_, r, t)| format!("{} | {:.2}", fmt(*r), t)).collect();
         s.push_str(&format!("| {} | {} | {} |\n", m.dataset, m.rows, cells.join(" | ")));
@@ -215,7 +232,12 @@ pub fn run(args: &CheapSignalArgs) -> Result<()> {
         let m = measure(args, &d).with_context(|| format!("dataset {d}"))?;
         let proxies: Vec<String> = m.proxies.iter().map(|p| format!("{} {}", p.0, fmt(p.1))).collect();
         let shares: Vec<String> = m.shares.iter().map(|s| format!("{:.0} % {}", 100.0 * s.0, fmt(s.1))).collect();
-        eprintln!("{d}: {:.0} s; MLPs: {}; lower fidelities: {}", t.elapsed().as_secs_f64(), proxies.join(", "), shares.join(", "));
+        eprintln!(
+            "{d}: {:.0} s; MLPs: {}; lower fidelities: {}",
+            t.elapsed().as_secs_f64(),
+            proxies.join(", "),
+            shares.join(", ")
+        );
         measured.push(m);
     }
     let table = markdown(args, &measured);

@@ -171,7 +171,11 @@ fn run_autoagent(args: &TabularBenchArgs, job: &Job, t: &Truth, seconds: f64) ->
     let wall = started.elapsed().as_secs_f64();
     if !o.status.success() {
         let why = String::from_utf8_lossy(&o.stderr).lines().last().unwrap_or("").to_string();
-        return Ok(Outcome { wall_seconds: wall, error: Some(why), ..Outcome::default() });
+        return Ok(Outcome {
+            wall_seconds: wall,
+            error: Some(why),
+            ..Outcome::default()
+        });
     }
     let path = dir.join(TEST_PREDICTIONS_FILE);
     let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
@@ -209,10 +213,18 @@ fn run_peer(args: &TabularBenchArgs, job: &Job, t: &Truth, seconds: f64) -> Resu
     let wall = started.elapsed().as_secs_f64();
     let out = match out {
         Ok(o) => o,
-        Err(e) => return Ok(Outcome { wall_seconds: wall, error: Some(e.to_string()), ..Outcome::default() }),
+        Err(e) => {
+            return Ok(Outcome {
+                wall_seconds: wall,
+                error: Some(e.to_string()),
+                ..Outcome::default()
+            })
+        }
     };
     let v: serde_json::Value = serde_json::from_slice(&out).context("the peers' script printed no JSON")?;
-    let labels: Vec<String> = v["classes"].as_array().map_or(Vec::new(), |a| a.iter().filter_map(|c| c.as_str().map(str::to_string)).collect());
+    let labels: Vec<String> = v["classes"]
+        .as_array()
+        .map_or(Vec::new(), |a| a.iter().filter_map(|c| c.as_str().map(str::to_string)).collect());
     let pred = in_truth_order(t, &labels, &v["predictions"])?;
     Ok(Outcome {
         metrics: metrics(t, &pred),
@@ -252,7 +264,13 @@ fn datasets(args: &TabularBenchArgs) -> Result<Vec<String>> {
     let mut names: Vec<String> = std::fs::read_dir(&args.data)
         .with_context(|| format!("cannot read {}", args.data.display()))?
         .filter_map(|e| e.ok())
-        .filter_map(|e| e.path().file_stem().and_then(|s| s.to_str()).map(str::to_string).filter(|_| e.path().extension().is_some_and(|x| x == "csv")))
+        .filter_map(|e| {
+            e.path()
+                .file_stem()
+                .and_then(|s| s.to_str())
+                .map(str::to_string)
+                .filter(|_| e.path().extension().is_some_and(|x| x == "csv"))
+        })
         .filter(|n| split_of(args, n, 0).is_file())
         .collect();
     names.sort();
@@ -293,7 +311,11 @@ pub fn run(args: &TabularBenchArgs) -> Result<()> {
     for d in &names {
         for &seed in &args.seeds {
             for a in &arms {
-                jobs.push(Job { arm: a.clone(), dataset: d.clone(), seed });
+                jobs.push(Job {
+                    arm: a.clone(),
+                    dataset: d.clone(),
+                    seed,
+                });
             }
         }
     }
@@ -303,7 +325,15 @@ pub fn run(args: &TabularBenchArgs) -> Result<()> {
             .map(|j| {
                 let o = outcome(args, j, seconds);
                 match &o {
-                    Ok(o) => eprintln!("{} {} seed {}: {:?} in {:.1} s{}", j.arm, j.dataset, j.seed, o.metrics, o.wall_seconds, o.error.as_ref().map(|e| format!(" ({e})")).unwrap_or_default()),
+                    Ok(o) => eprintln!(
+                        "{} {} seed {}: {:?} in {:.1} s{}",
+                        j.arm,
+                        j.dataset,
+                        j.seed,
+                        o.metrics,
+                        o.wall_seconds,
+                        o.error.as_ref().map(|e| format!(" ({e})")).unwrap_or_default()
+                    ),
                     Err(e) => eprintln!("{} {} seed {}: {e}", j.arm, j.dataset, j.seed),
                 }
                 o
@@ -311,7 +341,13 @@ pub fn run(args: &TabularBenchArgs) -> Result<()> {
             .collect()
     });
     let results: Vec<(Job, Outcome)> = jobs.into_iter().zip(outcomes).map(|(j, o)| o.map(|o| (j, o))).collect::<Result<_>>()?;
-    let text = crate::tabular_table::tables(&results.iter().map(|(j, o)| (j.arm.as_str(), j.dataset.as_str(), j.seed, o.into())).collect::<Vec<_>>(), seconds);
+    let text = crate::tabular_table::tables(
+        &results
+            .iter()
+            .map(|(j, o)| (j.arm.as_str(), j.dataset.as_str(), j.seed, o.into()))
+            .collect::<Vec<_>>(),
+        seconds,
+    );
     println!("{text}");
     if let Some(out) = &args.out {
         let cmd: Vec<String> = std::env::args().collect();

@@ -78,7 +78,11 @@ fn primary_table(r: &Results) -> String {
         let loss = |v: &[f64]| mean(v).map(|m| metric.loss(m));
         let best = cols.iter().filter_map(|c| loss(&c.1)).fold(f64::INFINITY, f64::min);
         let cells: Vec<String> = cols.iter().map(|c| cell(&c.1, loss(&c.1) == Some(best))).collect();
-        out.push_str(&format!("| {d} | {metric} {} | {} |\n", if metric.higher_is_better() { "↑" } else { "↓" }, cells.join(" | ")));
+        out.push_str(&format!(
+            "| {d} | {metric} {} | {} |\n",
+            if metric.higher_is_better() { "↑" } else { "↓" },
+            cells.join(" | ")
+        ));
         let own = loss(&cols[0].1);
         for (a, c) in arms.iter().zip(&cols).skip(1) {
             let e = ahead.entry(a).or_default();
@@ -107,7 +111,8 @@ fn primary_table(r: &Results) -> String {
 
 /// Wall time of each tool against the budget.
 fn time_table(r: &Results, seconds: f64) -> String {
-    let mut out = "| tool | version | fits | mean wall s | max wall s | over budget (> 105 %) | mean own fit s | failed |\n|---|---|---|---|---|---|---|---|\n".to_string();
+    let mut out = "| tool | version | fits | mean wall s | max wall s | over budget (> 105 %) | mean own fit s | failed |\n|---|---|---|---|---|---|---|---|\n"
+        .to_string();
     for a in arms(r) {
         let fits: Vec<&Fit> = r.iter().filter(|x| x.0 == a).map(|x| &x.3).collect();
         let walls: Vec<f64> = fits.iter().map(|f| f.wall_seconds).collect();
@@ -119,7 +124,11 @@ fn time_table(r: &Results, seconds: f64) -> String {
             mean_sd(&walls).0,
             walls.iter().copied().fold(0.0, f64::max),
             walls.iter().filter(|&&w| w > OVER * seconds).count(),
-            if own.is_empty() { "—".to_string() } else { format!("{:.1}", mean_sd(&own).0) },
+            if own.is_empty() {
+                "—".to_string()
+            } else {
+                format!("{:.1}", mean_sd(&own).0)
+            },
             fits.iter().filter(|f| f.failed).count()
         ));
     }

@@ -65,28 +65,68 @@ fn scaled() -> Preprocess {
 #[test]
 fn every_family_learns_a_binary_task() {
     // Peers on this split family: AUC 0.987-0.992 (shared/data/README.md).
-    let keep = Preprocess { impute: Impute::Keep, ..Preprocess::default() };
+    let keep = Preprocess {
+        impute: Impute::Keep,
+        ..Preprocess::default()
+    };
     assert!(measure("breast_cancer_wisconsin", &keep, &gbm(), Metric::RocAuc) > 0.97);
-    let forest = Learner::Gbm(GbmParams { boosting: Boosting::Forest, trees: 200, num_leaves: 64, min_child_samples: 2, feature_fraction: 0.5, bagging_fraction: 0.632, ..GbmParams::default() });
+    let forest = Learner::Gbm(GbmParams {
+        boosting: Boosting::Forest,
+        trees: 200,
+        num_leaves: 64,
+        min_child_samples: 2,
+        feature_fraction: 0.5,
+        bagging_fraction: 0.632,
+        ..GbmParams::default()
+    });
     assert!(measure("breast_cancer_wisconsin", &keep, &forest, Metric::RocAuc) > 0.97);
-    let linear = Learner::Linear(LinearParams { alpha: 0.1, max_iterations: 300 });
+    let linear = Learner::Linear(LinearParams {
+        alpha: 0.1,
+        max_iterations: 300,
+    });
     assert!(measure("breast_cancer_wisconsin", &scaled(), &linear, Metric::RocAuc) > 0.98);
-    let knn = Learner::Knn(KnnParams { k: 15, distance_weighted: true });
+    let knn = Learner::Knn(KnnParams {
+        k: 15,
+        distance_weighted: true,
+    });
     assert!(measure("breast_cancer_wisconsin", &scaled(), &knn, Metric::RocAuc) > 0.95);
 }
 
 #[test]
 fn categorical_columns_multiclass_and_regression() {
     // credit_g: 13 string columns; AUC of the peers 0.78-0.80.
-    let target = Preprocess { encode: Encode::Target, ..Preprocess::default() };
+    let target = Preprocess {
+        encode: Encode::Target,
+        ..Preprocess::default()
+    };
     assert!(measure("credit_g", &target, &gbm(), Metric::RocAuc) > 0.70);
     assert!(measure("credit_g", &scaled(), &Learner::Linear(LinearParams::default()), Metric::RocAuc) > 0.72);
     // vehicle: 4 classes; accuracy of the peers 0.72-0.79.
     assert!(measure("vehicle", &Preprocess::default(), &gbm(), Metric::Accuracy) > 0.65);
-    assert!(measure("vehicle", &scaled(), &Learner::Linear(LinearParams { alpha: 0.01, max_iterations: 500 }), Metric::LogLoss) < 0.8);
+    assert!(
+        measure(
+            "vehicle",
+            &scaled(),
+            &Learner::Linear(LinearParams {
+                alpha: 0.01,
+                max_iterations: 500
+            }),
+            Metric::LogLoss
+        ) < 0.8
+    );
     // concrete: RMSE of the peers 3.9-4.6 (ridge 10.5).
     assert!(measure("concrete", &Preprocess::default(), &gbm(), Metric::Rmse) < 6.0);
-    assert!(measure("concrete", &scaled(), &Learner::Linear(LinearParams { alpha: 0.01, max_iterations: 1000 }), Metric::R2) > 0.55);
+    assert!(
+        measure(
+            "concrete",
+            &scaled(),
+            &Learner::Linear(LinearParams {
+                alpha: 0.01,
+                max_iterations: 1000
+            }),
+            Metric::R2
+        ) > 0.55
+    );
     // auto_mpg: missing horsepower, a high-cardinality name.
     assert!(measure("auto_mpg", &Preprocess::default(), &gbm(), Metric::Rmse) < 3.5);
 }
@@ -101,9 +141,24 @@ fn pipelines_validate_out_of_fold_and_the_ensemble_is_at_least_the_best_of_them(
     let data = TabularData::from_frame(&frame, "target", None).unwrap();
     let f = folds(&data.target.values, Validation::Cv { k: 5 }, 0).unwrap();
     let pipelines = [
-        Pipeline { preprocess: Preprocess { impute: Impute::Keep, ..Preprocess::default() }, learner: gbm() },
-        Pipeline { preprocess: scaled(), learner: Learner::Linear(LinearParams::default()) },
-        Pipeline { preprocess: scaled(), learner: Learner::Knn(KnnParams { k: 25, distance_weighted: false }) },
+        Pipeline {
+            preprocess: Preprocess {
+                impute: Impute::Keep,
+                ..Preprocess::default()
+            },
+            learner: gbm(),
+        },
+        Pipeline {
+            preprocess: scaled(),
+            learner: Learner::Linear(LinearParams::default()),
+        },
+        Pipeline {
+            preprocess: scaled(),
+            learner: Learner::Knn(KnnParams {
+                k: 25,
+                distance_weighted: false,
+            }),
+        },
     ];
     let validated: Vec<_> = pipelines.iter().map(|p| p.validate(&data, &f, Metric::RocAuc, 1, 0).unwrap()).collect();
     for v in &validated {
@@ -122,7 +177,12 @@ fn pipelines_validate_out_of_fold_and_the_ensemble_is_at_least_the_best_of_them(
     let oofs: Vec<&[f64]> = validated.iter().map(|v| v.oof.as_slice()).collect();
     let e = ensemble::select(&oofs, &data.target.values, &rows, 2, Metric::RocAuc).unwrap();
     let best = validated.iter().map(|v| v.score).fold(0.0, f64::max);
-    eprintln!("diabetes 5-fold AUC: {:?}, ensemble {:.4} {:?}", validated.iter().map(|v| v.score).collect::<Vec<_>>(), e.score, e.weights);
+    eprintln!(
+        "diabetes 5-fold AUC: {:?}, ensemble {:.4} {:?}",
+        validated.iter().map(|v| v.score).collect::<Vec<_>>(),
+        e.score,
+        e.weights
+    );
     assert!(e.score >= best);
     // The refit pipeline predicts rows of a file read again.
     let fitted = pipelines[1].fit(&data, &rows, 1, 0).unwrap();
@@ -160,19 +220,29 @@ fn an_mlp_learns_each_problem_stops_early_and_predicts_from_its_saved_weights() 
     let dir = shared().join("tabular");
     let data = TabularData::from_frame(&read_csv(&dir.join("diabetes_pima.csv"), &ReadOptions::default()).unwrap(), "target", None).unwrap();
     let f = folds(&data.target.values, Validation::Cv { k: 3 }, 0).unwrap();
-    let p = Pipeline { preprocess: scaled(), learner: mlp(300) };
+    let p = Pipeline {
+        preprocess: scaled(),
+        learner: mlp(300),
+    };
     let v = p.validate(&data, &f, Metric::RocAuc, 1, 0).unwrap();
     assert!(v.score > 0.78, "{}", v.score);
     // A seeded training is repeatable (dropout's masks included): a resumed run depends on it.
     assert_eq!(p.validate(&data, &f, Metric::RocAuc, 1, 0).unwrap().oof, v.oof);
-    assert!(v.rounds.len() == 3 && v.rounds.iter().all(|&e| (1..300).contains(&e)), "stopped early: {:?}", v.rounds);
+    assert!(
+        v.rounds.len() == 3 && v.rounds.iter().all(|&e| (1..300).contains(&e)),
+        "stopped early: {:?}",
+        v.rounds
+    );
     let refit = p.with_rounds(v.refit_rounds(3));
     assert!(matches!(refit.learner, Learner::Mlp(ref m) if m.epochs == v.refit_rounds(3).unwrap()));
     // The fitted network survives its serialisation: same predictions from the saved weights.
     let rows: Vec<usize> = (0..data.len()).collect();
     let fitted = refit.fit(&data, &rows, 1, 0).unwrap();
     let back: autoagent_evaluator::tabular::FittedPipeline = serde_json::from_str(&serde_json::to_string(&fitted).unwrap()).unwrap();
-    let (a, b) = (fitted.predict(&data.features, &rows, 1).unwrap(), back.predict(&data.features, &rows, 2).unwrap());
+    let (a, b) = (
+        fitted.predict(&data.features, &rows, 1).unwrap(),
+        back.predict(&data.features, &rows, 2).unwrap(),
+    );
     assert_eq!(a.len(), 2 * rows.len());
     assert!(a.iter().zip(&b).all(|(x, y)| (x - y).abs() < 1e-6));
     assert!(a.chunks(2).all(|r| (r[0] + r[1] - 1.0).abs() < 1e-5));

@@ -113,8 +113,14 @@ pub fn pipeline(c: &Config) -> Pipeline {
     let learner = match model.as_str() {
         "forest" => Learner::Gbm(trees(Boosting::Forest, false)),
         "extra_trees" => Learner::Gbm(trees(Boosting::Forest, true)),
-        "linear" => Learner::Linear(LinearParams { alpha: f("alpha"), max_iterations: 300 }),
-        "knn" => Learner::Knn(KnnParams { k: i("k").max(1), distance_weighted: s("weights") == "distance" }),
+        "linear" => Learner::Linear(LinearParams {
+            alpha: f("alpha"),
+            max_iterations: 300,
+        }),
+        "knn" => Learner::Knn(KnnParams {
+            k: i("k").max(1),
+            distance_weighted: s("weights") == "distance",
+        }),
         "mlp" => Learner::Mlp(MlpParams {
             layers: i("layers"),
             width: i("width").max(1),

@@ -73,9 +73,11 @@ pub use folder::{load_model_dir, LoadedModel};
 pub use from_run::{export_trial, ExportOptions, Exported};
 pub use images::{predict_images, ImagePrediction};
 pub use predict::{measure_split, predict_split, ClassScore, SplitChoice, SplitOptions, SplitScore};
-pub use tabular::{export_tabular, is_tabular_model, is_tabular_run, predict_csv, CsvPredictOptions, CsvPredictions, TabularModel, TABULAR_FORMAT, TABULAR_FORMAT_VERSION};
 pub use spec::{
     class_names, DataRecord, ModelFacts, ModelSpec, Normalization, MODEL_FORMAT, MODEL_FORMAT_VERSION, MODEL_FORMAT_VERSION_NO_DATA, SPEC_FILE, WEIGHTS_FILE,
+};
+pub use tabular::{
+    export_tabular, is_tabular_model, is_tabular_run, predict_csv, CsvPredictOptions, CsvPredictions, TabularModel, TABULAR_FORMAT, TABULAR_FORMAT_VERSION,
 };
 
 use crate::error_context::Failed;

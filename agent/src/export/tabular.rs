@@ -162,7 +162,11 @@ impl TabularModel {
         let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
         let value: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("{} is not JSON", path.display()))?;
         if value["format"] != TABULAR_FORMAT {
-            return invalid(format!("{} is not a tabular model (format is {}, expected \"{TABULAR_FORMAT}\")", path.display(), value["format"]));
+            return invalid(format!(
+                "{} is not a tabular model (format is {}, expected \"{TABULAR_FORMAT}\")",
+                path.display(),
+                value["format"]
+            ));
         }
         if value["format_version"] != TABULAR_FORMAT_VERSION {
             return invalid(format!(
@@ -219,7 +223,10 @@ pub fn predict_csv(o: &CsvPredictOptions) -> Result<CsvPredictions, ExportError>
             1 => String::new(),
             n => format!(", and {} more: {}", n - 1, taken.missing[1..].join(", ")),
         };
-        return invalid(format!("{} has no column '{first}', which the model was trained on{hint}{more}", o.csv.display()));
+        return invalid(format!(
+            "{} has no column '{first}', which the model was trained on{hint}{more}",
+            o.csv.display()
+        ));
     }
     let mut warnings = Vec::new();
     if !taken.extra.is_empty() {
@@ -243,7 +250,10 @@ pub fn predict_csv(o: &CsvPredictOptions) -> Result<CsvPredictions, ExportError>
 fn blend(model: &TabularModel, features: &[autoagent_evaluator::tabular::Feature], rows: &[usize], threads: usize) -> Result<Vec<f64>, ExportError> {
     let mut out: Vec<f64> = Vec::new();
     for m in &model.members {
-        let p = m.pipeline.predict(features, rows, threads).map_err(|e| ExportError::Invalid(format!("trial {}'s pipeline: {e}", m.trial)))?;
+        let p = m
+            .pipeline
+            .predict(features, rows, threads)
+            .map_err(|e| ExportError::Invalid(format!("trial {}'s pipeline: {e}", m.trial)))?;
         if out.is_empty() {
             out = vec![0.0; p.len()];
         }
@@ -295,9 +305,11 @@ impl CsvPredictions {
     /// Write the predictions as CSV to `out`.
     pub fn write_csv(&self, out: &mut dyn Write) -> Result<(), ExportError> {
         let mut w = csv::Writer::from_writer(out);
-        w.write_record(&self.header).map_err(|e| ExportError::Invalid(format!("cannot write the predictions: {e}")))?;
+        w.write_record(&self.header)
+            .map_err(|e| ExportError::Invalid(format!("cannot write the predictions: {e}")))?;
         for line in &self.rows {
-            w.write_record(line).map_err(|e| ExportError::Invalid(format!("cannot write the predictions: {e}")))?;
+            w.write_record(line)
+                .map_err(|e| ExportError::Invalid(format!("cannot write the predictions: {e}")))?;
         }
         w.flush()?;
         Ok(())

@@ -70,8 +70,12 @@ pub(crate) fn leaderboard(r: &Report) -> Table {
 /// A tabular run's final ensemble, in a sentence.
 pub(crate) fn ensemble(e: &crate::tabular_task::FinalEnsemble) -> String {
     let best = e.member(e.best);
-    let test = e.test_score.map_or("no test rows were given".to_string(), |t| format!("test {} {t:.4}, measured once", e.metric));
-    let single = best.and_then(|m| m.test_score).map_or(String::new(), |t| format!(" (the best single pipeline alone: test {t:.4})"));
+    let test = e
+        .test_score
+        .map_or("no test rows were given".to_string(), |t| format!("test {} {t:.4}, measured once", e.metric));
+    let single = best
+        .and_then(|m| m.test_score)
+        .map_or(String::new(), |t| format!(" (the best single pipeline alone: test {t:.4})"));
     format!(
         "A greedy ensemble (Caruana et al. 2004) of {} pipelines over the trials' out-of-fold predictions, each refit on every \
          training row: validation {} {:.4} (out of fold), {test}{single}. The best single pipeline, trial {}, is kept beside it. \
@@ -99,7 +103,10 @@ pub(crate) fn members(e: &crate::tabular_task::FinalEnsemble) -> Table {
             ]
         })
         .collect();
-    (header(&["trial", "model", "weight", &format!("valid {metric}"), &format!("test {metric}")]), rows)
+    (
+        header(&["trial", "model", "weight", &format!("valid {metric}"), &format!("test {metric}")]),
+        rows,
+    )
 }
 
 /// The final model, in a sentence.

@@ -969,16 +969,8 @@ mod tests {
         let mut budget = Budget::new(limit);
         let options = test_options(8, 5);
         let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
-        rt.block_on(run_loop(
-            &mut strategy,
-            evaluator,
-            None,
-            &mut budget,
-            &options,
-            recorder,
-            |_, _| {},
-        ))
-        .unwrap()
+        rt.block_on(run_loop(&mut strategy, evaluator, None, &mut budget, &options, recorder, |_, _| {}))
+            .unwrap()
     }
 
     #[test]

@@ -417,7 +417,10 @@ impl Loop<'_> {
             }
             _ => true,
         };
-        if let Some(n) = (1..=configs.len()).rev().find(|&n| self.budget.affords(1, ranking(n) + cheapest(n)) && worth(n)) {
+        if let Some(n) = (1..=configs.len())
+            .rev()
+            .find(|&n| self.budget.affords(1, ranking(n) + cheapest(n)) && worth(n))
+        {
             return Ok(n);
         }
         Err(format!(

@@ -413,12 +413,24 @@ mod tests {
         let dropped: Vec<(&str, &str)> = d.dropped.iter().map(|x| (x.name.as_str(), x.reason.as_str())).collect();
         assert_eq!(
             dropped,
-            [("row", "identifier"), ("id", "identifier"), ("note", "free text"), ("empty", "all missing"), ("same", "constant")]
+            [
+                ("row", "identifier"),
+                ("id", "identifier"),
+                ("note", "free text"),
+                ("empty", "all missing"),
+                ("same", "constant")
+            ]
         );
         // The row with no target is left out.
         assert_eq!(d.rows, [0, 1, 2]);
         assert_eq!(d.target.problem, Problem::Binary);
-        assert_eq!(d.target.values, TargetValues::Classes { codes: vec![0, 1, 0], classes: vec!["x".into(), "y".into()] });
+        assert_eq!(
+            d.target.values,
+            TargetValues::Classes {
+                codes: vec![0, 1, 0],
+                classes: vec!["x".into(), "y".into()]
+            }
+        );
     }
 
     #[test]
@@ -426,7 +438,13 @@ mod tests {
         let d = TabularData::from_frame(&frame_of("a,b,t\nYes,5,10\nno,2,9\nyes,7,10\n"), "t", None).unwrap();
         assert_eq!(d.features[0].kind, FeatureKind::Boolean);
         assert_eq!(d.features[0].column.data, ColumnData::Numeric(vec![1.0, 0.0, 1.0]));
-        assert_eq!(d.target.values, TargetValues::Classes { codes: vec![1, 0, 1], classes: vec!["9".into(), "10".into()] });
+        assert_eq!(
+            d.target.values,
+            TargetValues::Classes {
+                codes: vec![1, 0, 1],
+                classes: vec!["9".into(), "10".into()]
+            }
+        );
     }
 
     #[test]
@@ -435,7 +453,13 @@ mod tests {
         let test = train.like(&frame_of("b,a,t,extra\n9,no,y,1\n8,YES,x,2\n")).unwrap();
         assert_eq!(test.features[0].column.data, ColumnData::Numeric(vec![0.0, 1.0]));
         assert_eq!(test.features[1].column.data, ColumnData::Numeric(vec![9.0, 8.0]));
-        assert_eq!(test.target.values, TargetValues::Classes { codes: vec![1, 0], classes: vec!["x".into(), "y".into()] });
+        assert_eq!(
+            test.target.values,
+            TargetValues::Classes {
+                codes: vec![1, 0],
+                classes: vec!["x".into(), "y".into()]
+            }
+        );
         let e = train.like(&frame_of("a,b,t\nyes,1,z\n")).unwrap_err().to_string();
         assert!(e.contains("row 0 has the class 'z', which the training rows do not have"), "{e}");
         let missing = train.like(&frame_of("a,t\nno,x\n")).unwrap();

@@ -48,7 +48,9 @@ pub fn select(oofs: &[&[f64]], y: &TargetValues, rows: &[usize], width: usize, m
             let avg: Vec<f64> = sum.iter().zip(&preds[m]).map(|(s, p)| (s + p) / n).collect();
             loss(&avg)
         };
-        let (m, l) = (0..preds.len()).map(|m| (m, trial(m))).fold((0, f64::INFINITY), |a, b| if b.1 < a.1 { b } else { a });
+        let (m, l) = (0..preds.len())
+            .map(|m| (m, trial(m)))
+            .fold((0, f64::INFINITY), |a, b| if b.1 < a.1 { b } else { a });
         if !l.is_finite() {
             break;
         }
@@ -62,7 +64,12 @@ pub fn select(oofs: &[&[f64]], y: &TargetValues, rows: &[usize], width: usize, m
     let (l, counts) = best?;
     let total: usize = counts.iter().sum();
     Some(Ensemble {
-        weights: counts.iter().enumerate().filter(|(_, &c)| c > 0).map(|(i, &c)| (i, c as f64 / total as f64)).collect(),
+        weights: counts
+            .iter()
+            .enumerate()
+            .filter(|(_, &c)| c > 0)
+            .map(|(i, &c)| (i, c as f64 / total as f64))
+            .collect(),
         score: if metric.higher_is_better() { -l } else { l },
         best: first?,
     })
@@ -116,7 +123,10 @@ mod tests {
 
     #[test]
     fn classes_are_averaged_as_probabilities_on_the_task_metric() {
-        let y = TargetValues::Classes { codes: vec![0, 1, 1, 0], classes: vec!["a".into(), "b".into()] };
+        let y = TargetValues::Classes {
+            codes: vec![0, 1, 1, 0],
+            classes: vec!["a".into(), "b".into()],
+        };
         let good = [0.8, 0.2, 0.3, 0.7, 0.4, 0.6, 0.6, 0.4];
         let bad = [0.2, 0.8, 0.7, 0.3, 0.6, 0.4, 0.4, 0.6];
         let e = select(&[&bad, &good], &y, &[0, 1, 2, 3], 2, Metric::RocAuc).unwrap();

@@ -141,7 +141,9 @@ impl Pipeline {
             let vx = pre.transform(&data.features, &fold.valid);
             let y = target_numbers(&data.target.values.take(&fold.train));
             let vy = target_numbers(&data.target.values.take(&fold.valid));
-            let model = self.learner.fit(&x, &y, &self.fit_context(data, threads, fold_seed, Some((&vx, &vy)), deadline))?;
+            let model = self
+                .learner
+                .fit(&x, &y, &self.fit_context(data, threads, fold_seed, Some((&vx, &vy)), deadline))?;
             if let Some(r) = model.rounds() {
                 rounds.push(r);
             }

@@ -97,10 +97,26 @@ const TARGET_FOLDS: usize = 5;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "step", rename_all = "snake_case")]
 enum Step {
-    Numeric { name: String, fill: Option<f64>, indicator: bool },
-    OneHot { name: String, levels: Vec<String>, other: bool },
-    Ordinal { name: String, levels: Vec<String> },
-    Target { name: String, levels: Vec<String>, means: Vec<Vec<f64>>, prior: Vec<f64> },
+    Numeric {
+        name: String,
+        fill: Option<f64>,
+        indicator: bool,
+    },
+    OneHot {
+        name: String,
+        levels: Vec<String>,
+        other: bool,
+    },
+    Ordinal {
+        name: String,
+        levels: Vec<String>,
+    },
+    Target {
+        name: String,
+        levels: Vec<String>,
+        means: Vec<Vec<f64>>,
+        prior: Vec<f64>,
+    },
 }
 
 /// A fitted preprocessing.
@@ -152,7 +168,11 @@ impl Preprocessor {
             let f = features.iter().find(|f| f.column.name == step_name(step));
             match f {
                 Some(f) => columns.extend(apply_step(step, &f.column, rows)),
-                None => columns.extend(apply_step(step, &missing_column(step_name(step), rows.len()), &(0..rows.len()).collect::<Vec<_>>())),
+                None => columns.extend(apply_step(
+                    step,
+                    &missing_column(step_name(step), rows.len()),
+                    &(0..rows.len()).collect::<Vec<_>>(),
+                )),
             }
         }
         scale_columns(&self.scale, &mut columns);
@@ -241,7 +261,11 @@ fn fill_value(impute: Impute, values: &[f64]) -> Option<f64> {
         Impute::Mean => Some(present.iter().sum::<f64>() / present.len() as f64),
         Impute::Median => {
             let n = present.len();
-            Some(if n % 2 == 1 { present[n / 2] } else { (present[n / 2 - 1] + present[n / 2]) / 2.0 })
+            Some(if n % 2 == 1 {
+                present[n / 2]
+            } else {
+                (present[n / 2 - 1] + present[n / 2]) / 2.0
+            })
         }
         Impute::MostFrequent => {
             let mut best = (present[0], 0usize);
@@ -318,7 +342,12 @@ fn oof_target_encodings(spec: &Preprocess, features: &[Feature], y: &TargetValue
                 let held: Vec<(usize, usize)> = rows.iter().enumerate().filter(|(p, _)| fold_of[*p] == k).map(|(p, &r)| (p, r)).collect();
                 let levels = levels_by_frequency(&f.column, &fit);
                 let (means, prior) = target_means(&f.column, &levels, y, &fit);
-                let step = Step::Target { name: f.column.name.clone(), levels, means, prior };
+                let step = Step::Target {
+                    name: f.column.name.clone(),
+                    levels,
+                    means,
+                    prior,
+                };
                 let held_rows: Vec<usize> = held.iter().map(|&(_, r)| r).collect();
                 let cols = apply_step(&step, &f.column, &held_rows);
                 if out.is_empty() {
@@ -346,7 +375,10 @@ fn apply_step(step: &Step, c: &Column, rows: &[usize]) -> Vec<(String, Vec<f64>)
     match step {
         Step::Numeric { name, fill, indicator } => {
             let raw: Vec<f64> = rows.iter().map(|&r| number(c, r)).collect();
-            let mut out = vec![(name.clone(), raw.iter().map(|&v| if v.is_nan() { fill.unwrap_or(f64::NAN) } else { v }).collect())];
+            let mut out = vec![(
+                name.clone(),
+                raw.iter().map(|&v| if v.is_nan() { fill.unwrap_or(f64::NAN) } else { v }).collect(),
+            )];
             if *indicator {
                 out.push((format!("{name}=missing"), raw.iter().map(|v| f64::from(u8::from(v.is_nan()))).collect()));
             }
@@ -473,7 +505,10 @@ mod tests {
     fn imputation_indicators_and_one_hot_with_a_cap() {
         let d = data(TEXT);
         let rows: Vec<usize> = (0..6).collect();
-        let spec = Preprocess { max_onehot: 2, ..Preprocess::default() };
+        let spec = Preprocess {
+            max_onehot: 2,
+            ..Preprocess::default()
+        };
         let (p, m) = Preprocessor::fit_transform(&spec, &d.features, &d.target.values, &rows, 0);
         assert_eq!(m.names, ["x", "x=missing", "c=a", "c=b", "c=other"]);
         // The median of 1, 3, 5, 7, 9 fills row 1.
@@ -495,7 +530,12 @@ mod tests {
     fn target_encoding_is_out_of_fold_on_training_rows_and_smoothed() {
         let d = data(TEXT);
         let rows: Vec<usize> = (0..6).collect();
-        let spec = Preprocess { encode: Encode::Target, impute: Impute::Mean, indicators: false, ..Preprocess::default() };
+        let spec = Preprocess {
+            encode: Encode::Target,
+            impute: Impute::Mean,
+            indicators: false,
+            ..Preprocess::default()
+        };
         let (p, m) = Preprocessor::fit_transform(&spec, &d.features, &d.target.values, &rows, 3);
         assert_eq!(m.names, ["x", "c=target"]);
         // Full-data means: a = (1 + 10 × 0.5) / (3 + 10), the prior being 0.5.
@@ -509,7 +549,11 @@ mod tests {
     fn scaling_and_selection() {
         let d = data("x,noise,t\n10,5,0\n11,3,0\n13,4,1\n14,5,1\n");
         let rows: Vec<usize> = (0..4).collect();
-        let spec = Preprocess { scale: Scale::Standard, select: 0.5, ..Preprocess::default() };
+        let spec = Preprocess {
+            scale: Scale::Standard,
+            select: 0.5,
+            ..Preprocess::default()
+        };
         let (_, m) = Preprocessor::fit_transform(&spec, &d.features, &d.target.values, &rows, 0);
         assert_eq!(m.names, ["x"]);
         let mean: f64 = m.column(0).iter().sum::<f64>() / 4.0;

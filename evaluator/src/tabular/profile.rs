@@ -10,7 +10,12 @@ pub const LISTED_COLUMNS: usize = 60;
 
 /// The profile of `data`, with its first `rows` rows shown as CSV (0: none).
 pub fn profile(data: &TabularData, rows: usize) -> String {
-    let mut out = format!("{} training rows; target '{}': {}\n", data.len(), data.target.name, target_line(&data.target.values, data.target.problem.name()));
+    let mut out = format!(
+        "{} training rows; target '{}': {}\n",
+        data.len(),
+        data.target.name,
+        target_line(&data.target.values, data.target.problem.name())
+    );
     out.push_str(&format!("{} feature columns:\n", data.features.len()));
     for f in data.features.iter().take(LISTED_COLUMNS) {
         out.push_str(&format!("- {}\n", column_line(f)));
@@ -41,7 +46,11 @@ fn target_line(values: &TargetValues, problem: &str) -> String {
         TargetValues::Classes { classes, .. } => {
             let counts = values.counts();
             let n = values.len().max(1) as f64;
-            let each: Vec<String> = classes.iter().zip(&counts).map(|(c, k)| format!("'{c}' {:.1} %", 100.0 * *k as f64 / n)).collect();
+            let each: Vec<String> = classes
+                .iter()
+                .zip(&counts)
+                .map(|(c, k)| format!("'{c}' {:.1} %", 100.0 * *k as f64 / n))
+                .collect();
             format!("{problem}, {} classes ({})", classes.len(), each.join(", "))
         }
         TargetValues::Values(v) => {
@@ -61,7 +70,10 @@ fn column_line(f: &super::dataset::Feature) -> String {
             let (lo, med, hi) = spread(&present);
             format!("numeric, min {} median {} max {}", short(lo), short(med), short(hi))
         }
-        (ColumnData::Numeric(v), _) => format!("boolean, {:.0} % true", 100.0 * v.iter().filter(|&&x| x == 1.0).count() as f64 / c.len().max(1) as f64),
+        (ColumnData::Numeric(v), _) => format!(
+            "boolean, {:.0} % true",
+            100.0 * v.iter().filter(|&&x| x == 1.0).count() as f64 / c.len().max(1) as f64
+        ),
         (ColumnData::Categorical { codes, levels }, _) => {
             let mut counts = vec![0usize; levels.len()];
             codes.iter().filter(|&&k| k != MISSING).for_each(|&k| counts[k as usize] += 1);
@@ -81,7 +93,12 @@ fn column_line(f: &super::dataset::Feature) -> String {
 
 /// The first `n` rows, features then target, as CSV lines under a header.
 fn first_rows(data: &TabularData, n: usize) -> String {
-    let names: Vec<&str> = data.features.iter().map(|f| f.column.name.as_str()).chain([data.target.name.as_str()]).collect();
+    let names: Vec<&str> = data
+        .features
+        .iter()
+        .map(|f| f.column.name.as_str())
+        .chain([data.target.name.as_str()])
+        .collect();
     let mut out = format!("first {} training rows (CSV):\n{}\n", n.min(data.len()), names.join(","));
     for r in 0..n.min(data.len()) {
         let mut fields: Vec<String> = data.features.iter().map(|f| f.column.text(r).unwrap_or_default()).collect();

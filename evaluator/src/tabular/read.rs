@@ -73,7 +73,11 @@ fn open(path: &Path) -> Result<csv::Reader<File>> {
         path: path.display().to_string(),
         source,
     })?;
-    Ok(csv::ReaderBuilder::new().has_headers(true).flexible(false).trim(csv::Trim::All).from_reader(file))
+    Ok(csv::ReaderBuilder::new()
+        .has_headers(true)
+        .flexible(false)
+        .trim(csv::Trim::All)
+        .from_reader(file))
 }
 
 /// The header's names: present, unique.

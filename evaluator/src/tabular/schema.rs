@@ -81,7 +81,10 @@ impl TargetSchema {
         for &r in rows {
             let label = t.text(r).unwrap_or_default();
             let Some(c) = self.classes.iter().position(|c| same_label(c, &label)) else {
-                return Err(bad_target(&self.name, &format!("row {r} has the class '{label}', which the training rows do not have")));
+                return Err(bad_target(
+                    &self.name,
+                    &format!("row {r} has the class '{label}', which the training rows do not have"),
+                ));
             };
             codes.push(c);
         }

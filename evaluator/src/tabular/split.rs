@@ -50,7 +50,9 @@ impl SplitFile {
         for (part, list, mark) in [("train", &self.train, 1u8), ("test", &self.test, 2u8)] {
             for &r in list {
                 let Some(s) = seen.get_mut(r) else {
-                    return Err(format!("{part} row {r} is past the data's {rows} rows (rows count from 0, the header not counted)"));
+                    return Err(format!(
+                        "{part} row {r} is past the data's {rows} rows (rows count from 0, the header not counted)"
+                    ));
                 };
                 match *s {
                     0 => *s = mark,

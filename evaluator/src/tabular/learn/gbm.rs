@@ -142,7 +142,10 @@ pub fn fit(params: &GbmParams, x: &Matrix, y: &[f64], fit: &Fit) -> Result<Fitte
         return fit_trees(params, x, y, fit);
     };
     let started = std::time::Instant::now();
-    let probe = GbmParams { trees: PROBE_TREES, ..params.clone() };
+    let probe = GbmParams {
+        trees: PROBE_TREES,
+        ..params.clone()
+    };
     let probed = fit_trees(&probe, x, y, &Fit { valid: None, ..*fit })?;
     let per_tree = started.elapsed().as_secs_f64() / PROBE_TREES as f64;
     let left = deadline.saturating_duration_since(std::time::Instant::now()).as_secs_f64();
@@ -150,7 +153,15 @@ pub fn fit(params: &GbmParams, x: &Matrix, y: &[f64], fit: &Fit) -> Result<Fitte
     if affordable <= PROBE_TREES {
         return Ok(probed);
     }
-    fit_trees(&GbmParams { trees: params.trees.min(affordable), ..params.clone() }, x, y, fit)
+    fit_trees(
+        &GbmParams {
+            trees: params.trees.min(affordable),
+            ..params.clone()
+        },
+        x,
+        y,
+        fit,
+    )
 }
 
 /// Fit `params.trees` trees (fewer when boosting stops early on the validation rows).
@@ -195,8 +206,17 @@ mod tests {
         let (rows, cols) = (200_000, 10);
         let data: Vec<f64> = (0..rows * cols).map(|i| ((i * 7919) % 1000) as f64 / 1000.0).collect();
         let y: Vec<f64> = (0..rows).map(|r| f64::from(u8::from(data[r * cols] + data[r * cols + 1] > 1.0))).collect();
-        let x = Matrix { rows, cols, data, names: (0..cols).map(|j| format!("x{j}")).collect() };
-        let params = GbmParams { trees: 100_000, learning_rate: 0.01, ..GbmParams::default() };
+        let x = Matrix {
+            rows,
+            cols,
+            data,
+            names: (0..cols).map(|j| format!("x{j}")).collect(),
+        };
+        let params = GbmParams {
+            trees: 100_000,
+            learning_rate: 0.01,
+            ..GbmParams::default()
+        };
         let started = std::time::Instant::now();
         let fit = Fit {
             problem: Problem::Binary,

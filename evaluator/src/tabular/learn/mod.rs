@@ -125,4 +125,3 @@ impl Fitted {
 fn finite(x: &Matrix) -> Vec<f64> {
     x.data.iter().map(|&v| if v.is_finite() { v } else { 0.0 }).collect()
 }
-

@@ -136,7 +136,10 @@ fn target_scale(y: &[f64], classes: bool) -> (f64, f64) {
 
 /// Fit an MLP on `x` and `y` (see the module's documentation).
 pub fn fit(params: &MlpParams, x: &Matrix, y: &[f64], fit: &Fit) -> Result<FittedMlp, LearnError> {
-    let pool = rayon::ThreadPoolBuilder::new().num_threads(fit.threads.max(1)).build().map_err(|e| LearnError(e.to_string()))?;
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(fit.threads.max(1))
+        .build()
+        .map_err(|e| LearnError(e.to_string()))?;
     pool.install(|| train(params, x, y, fit))
 }
 
@@ -194,7 +197,11 @@ fn train(params: &MlpParams, x: &Matrix, y: &[f64], fit: &Fit) -> Result<FittedM
     .map_err(err)?;
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(fit.seed ^ 0x6d6c70);
     let mut order: Vec<u32> = (0..rows.x.dim(0).map_err(err)? as u32).collect();
-    let mut best = Best { loss: f64::INFINITY, epoch: 0, state: None };
+    let mut best = Best {
+        loss: f64::INFINITY,
+        epoch: 0,
+        state: None,
+    };
     let mut epochs = 0;
     for epoch in 1..=params.epochs.max(1) {
         order.shuffle(&mut rng);
@@ -207,7 +214,11 @@ fn train(params: &MlpParams, x: &Matrix, y: &[f64], fit: &Fit) -> Result<FittedM
                 .and_then(|l| l.to_scalar::<f32>())
                 .map_err(err)? as f64;
             if l.is_finite() && l < best.loss - 1e-7 {
-                best = Best { loss: l, epoch, state: Some(state_of(&net)?) };
+                best = Best {
+                    loss: l,
+                    epoch,
+                    state: Some(state_of(&net)?),
+                };
             }
             if !l.is_finite() || epoch - best.epoch >= PATIENCE || best.loss < CONVERGED_LOSS {
                 break;
@@ -233,7 +244,15 @@ fn train(params: &MlpParams, x: &Matrix, y: &[f64], fit: &Fit) -> Result<FittedM
 
 /// One pass over the rows in `order`, a minibatch at a time; `false` when the loss stopped
 /// being finite.
-fn one_epoch(net: &MlpNet, opt: &mut AdamW, rows: &Rows, order: &[u32], params: &MlpParams, classes: bool, rng: &mut impl rand::Rng) -> Result<bool, LearnError> {
+fn one_epoch(
+    net: &MlpNet,
+    opt: &mut AdamW,
+    rows: &Rows,
+    order: &[u32],
+    params: &MlpParams,
+    classes: bool,
+    rng: &mut impl rand::Rng,
+) -> Result<bool, LearnError> {
     for chunk in order.chunks(params.batch_size.max(1)) {
         // BatchNorm has no statistics of a single row.
         if chunk.len() < 2 && params.batch_norm {
@@ -276,7 +295,10 @@ impl FittedMlp {
 
     /// Predictions for `x`: rows × classes probabilities, or one value a row.
     pub fn predict(&self, x: &Matrix, threads: usize) -> Result<Vec<f64>, LearnError> {
-        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads.max(1)).build().map_err(|e| LearnError(e.to_string()))?;
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads.max(1))
+            .build()
+            .map_err(|e| LearnError(e.to_string()))?;
         pool.install(|| {
             let net = self.network()?;
             let xs: Vec<f32> = finite(x).into_iter().map(|v| v as f32).collect();
@@ -285,11 +307,7 @@ impl FittedMlp {
                 let n = (x.rows - k * PREDICT_CHUNK).min(PREDICT_CHUNK);
                 let xt = Tensor::from_slice(chunk, (n, x.cols), &Device::Cpu).map_err(err)?;
                 let o = net.forward(&xt, BnMode::Eval).map_err(err)?;
-                let o = if self.shape.outputs > 1 {
-                    net::softmax(&o).map_err(err)?
-                } else {
-                    o
-                };
+                let o = if self.shape.outputs > 1 { net::softmax(&o).map_err(err)? } else { o };
                 out.extend(o.flatten_all().and_then(|f| f.to_vec1::<f32>()).map_err(err)?.into_iter().map(f64::from));
             }
             if self.shape.outputs == 1 {

@@ -182,7 +182,11 @@ impl MlpNet {
 
     /// The trainable variables (all but the running statistics).
     pub fn trainable(&self) -> Vec<Var> {
-        self.named().into_iter().filter(|(n, _)| !crate::net::is_running_stat(n)).map(|(_, v)| v).collect()
+        self.named()
+            .into_iter()
+            .filter(|(n, _)| !crate::net::is_running_stat(n))
+            .map(|(_, v)| v)
+            .collect()
     }
 
     /// Outputs `(rows, outputs)` for a `(rows, inputs)` batch (or `(rows, inputs, 1, 1)`).
@@ -285,7 +289,9 @@ impl Bn {
             }
         };
         let scale = (var + BN_EPS)?.sqrt()?.recip()?.broadcast_mul(&self.gamma.as_tensor().unsqueeze(0)?)?;
-        z.broadcast_sub(&mean)?.broadcast_mul(&scale)?.broadcast_add(&self.beta.as_tensor().unsqueeze(0)?)
+        z.broadcast_sub(&mean)?
+            .broadcast_mul(&scale)?
+            .broadcast_add(&self.beta.as_tensor().unsqueeze(0)?)
     }
 
     /// Fold one batch's mean and (biased) variance into the running statistics (the unbiased

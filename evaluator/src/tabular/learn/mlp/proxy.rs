@@ -25,7 +25,15 @@ impl ProxyNet for MlpNet {
     }
 
     fn forward_masked(&self, x: &Tensor, bn: BnHandling, masks: &[Tensor]) -> autoagent_proxies::Result<Recording> {
-        traced(self, x, bn, Pass { masks: Some(masks), ..Pass::default() })
+        traced(
+            self,
+            x,
+            bn,
+            Pass {
+                masks: Some(masks),
+                ..Pass::default()
+            },
+        )
     }
 
     fn weights(&self) -> Vec<Weight> {
@@ -44,7 +52,11 @@ impl ProxyNet for MlpNet {
     }
 
     fn bn_running_vars(&self) -> Vec<Tensor> {
-        self.hidden.iter().filter_map(|h| h.bn.as_ref()).map(|bn| bn.running_var.as_tensor().clone()).collect()
+        self.hidden
+            .iter()
+            .filter_map(|h| h.bn.as_ref())
+            .map(|bn| bn.running_var.as_tensor().clone())
+            .collect()
     }
 }
 
